@@ -1,0 +1,152 @@
+"""The `thickets` command: parses arguments and calls the library; every error is one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import SearchConfig, parse_floats, parse_ints
+from .errors import ThicketsError
+
+
+def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
+    p.add_argument("--model", default=defaults.model, help="HF model folder, .gguf file, or smollm2-135m (default)")
+    p.add_argument("--task", default=defaults.task, help="task name (see `thickets tasks`)")
+    p.add_argument("--population", type=int, default=defaults.population, help="number of candidates N")
+    p.add_argument("--sigma", default=",".join(map(str, defaults.sigmas)), help="noise scale, or a grid a,b,c")
+    p.add_argument("--val-size", type=int, default=defaults.val_size, help="validation examples per candidate")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="population seed")
+    p.add_argument("--split-seed", type=int, default=defaults.split_seed, help="seed of the validation/test splits")
+    p.add_argument("--include", default=",".join(defaults.include), help="parameter name patterns to perturb")
+    p.add_argument("--exclude", default=",".join(defaults.exclude), help="parameter name patterns to leave alone")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, not the chat template")
+    p.add_argument("--run-dir", required=True, help="run folder (created, or resumed if it exists)")
+
+
+def _config(a: argparse.Namespace) -> SearchConfig:
+    patterns = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+    return SearchConfig(
+        model=a.model, task=a.task, population=a.population, sigmas=parse_floats(a.sigma, "--sigma"),
+        val_size=a.val_size, max_new_tokens=a.max_new_tokens, seed=a.seed, split_seed=a.split_seed,
+        include=patterns(a.include), exclude=patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
+        chat_template=not a.no_chat_template,
+    )
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples")
+    for col in ("model", "K", "test accuracy", "answer extracted"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in report["rows"]:
+        t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}")
+    Console().print(t)
+
+
+def cmd_search(a) -> None:
+    from .search import search
+
+    result = search(_config(a), a.run_dir, progress=not a.quiet)
+    best = result.ranked[0]
+    print(f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates "
+          f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a.run_dir}")
+
+
+def cmd_ensemble(a) -> None:
+    from .ensemble import ensemble
+
+    report = ensemble(a.run_dir, parse_ints(a.top_k, "--top-k"), a.test_size, progress=not a.quiet)
+    _print_table(report)
+    print(f"report written to {Path(a.run_dir) / 'report.json'} and report.md")
+
+
+def cmd_export(a) -> None:
+    from .export import export_candidate, export_spec
+    from .noise import ParamFilter, PerturbationSpec
+
+    if a.run_dir:
+        out = export_candidate(a.run_dir, a.rank, a.out)
+    else:
+        if a.seed is None or a.sigma is None:
+            raise ThicketsError("export needs --run-dir D [--rank R], or --model M --seed X --sigma S")
+        if not a.sigma > 0:
+            raise ThicketsError(f"sigma must be a positive number, got {a.sigma}")
+        spec = PerturbationSpec(a.seed, a.sigma, filter=ParamFilter(
+            tuple(x for x in a.include.split(",") if x), tuple(x for x in a.exclude.split(",") if x)))
+        out = export_spec(a.model, spec, a.out)
+    print(f"exported to {out}")
+
+
+def cmd_demo(a) -> None:
+    from .demo import demo
+
+    demo(a.run_dir, progress=not a.quiet)
+
+
+def cmd_tasks(a) -> None:
+    from .tasks import describe_tasks
+
+    for name, description in describe_tasks():
+        print(f"{name:<28} {description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
+                                     "and top-K majority vote")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    defaults = SearchConfig()
+
+    p = sub.add_parser("search", help="score N random perturbations on the validation split")
+    _add_search_args(p, defaults)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("ensemble", help="top-K majority vote vs base vs best single, on held-out test data")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--top-k", default="1,5", help="K values, e.g. 1,5,10")
+    p.add_argument("--test-size", type=int, default=100)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("export", help="write a candidate as a standalone Hugging Face model folder")
+    p.add_argument("--run-dir", help="export from this run (with --rank)")
+    p.add_argument("--rank", type=int, default=1, help="1 = best candidate on validation")
+    p.add_argument("--model", default=defaults.model, help="base model (with --seed and --sigma)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--sigma", type=float)
+    p.add_argument("--include", default="*")
+    p.add_argument("--exclude", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the embedded model end to end: search, then ensemble")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tasks", help="list the tasks")
+    p.set_defaults(func=cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ThicketsError as e:
+        print(f"thickets: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thickets: interrupted; finished candidates are stored, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Run configuration as dataclasses (as TRL does), validated before anything touches the store."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import ThicketsError
+from .noise import ParamFilter, PerturbationSpec, STRATEGIES
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that fixes a search's population and scores. Stored in the run folder."""
+
+    model: str = "smollm2-135m"
+    task: str = "countdown"
+    population: int = 32
+    sigmas: tuple[float, ...] = (1e-3,)
+    val_size: int = 64
+    max_new_tokens: int = 256
+    seed: int = 0  # fixes the population
+    split_seed: int = 0  # fixes which examples form the validation and test splits
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    strategy: str = "gaussian"
+    batch_size: int = 32
+    dtype: str = "float32"
+    chat_template: bool = True
+    #: fields a later call may change without changing what the finished candidates mean
+    EXTENDABLE = ("population",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        self.validate()
+
+    def validate(self) -> None:
+        if self.population < 1:
+            raise ThicketsError(f"population must be at least 1, got {self.population}")
+        if not self.sigmas:
+            raise ThicketsError("give at least one sigma")
+        for s in self.sigmas:
+            if not (s > 0 and math.isfinite(s)):
+                raise ThicketsError(f"sigma must be a positive number, got {s}")
+        if len(set(self.sigmas)) != len(self.sigmas):
+            raise ThicketsError(f"sigma grid has repeated values: {self.sigmas}")
+        if self.val_size < 1:
+            raise ThicketsError(f"val-size must be at least 1, got {self.val_size}")
+        if self.max_new_tokens < 1:
+            raise ThicketsError(f"max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ThicketsError(f"batch-size must be at least 1, got {self.batch_size}")
+        for what, v in (("seed", self.seed), ("split-seed", self.split_seed)):
+            if not 0 <= v < 2**62:
+                raise ThicketsError(f"{what} must be in [0, 2**62), got {v}")
+        if self.strategy not in STRATEGIES:
+            raise ThicketsError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ThicketsError(f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
+        if not self.include:
+            raise ThicketsError("the parameter filter includes nothing")
+
+    @property
+    def filter(self) -> ParamFilter:
+        return ParamFilter(self.include, self.exclude)
+
+    def candidate(self, index: int) -> PerturbationSpec:
+        """Candidate `index` of the population: its own seed, and the sigma grid in round robin."""
+        return PerturbationSpec(
+            seed=candidate_seed(self.seed, index),
+            sigma=self.sigmas[index % len(self.sigmas)],
+            strategy=self.strategy,
+            filter=self.filter,
+        )
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ThicketsError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def differences(self, other: "SearchConfig") -> list[str]:
+        """Fields that differ and may not change on an existing run folder."""
+        a, b = asdict(self), asdict(other)
+        return [k for k in a if k not in self.EXTENDABLE and a[k] != b[k]]
+
+
+def candidate_seed(run_seed: int, index: int) -> int:
+    """A 62-bit seed per (run seed, index): different run seeds give unrelated populations."""
+    digest = hashlib.blake2b(f"{run_seed}:{index}".encode(), digest_size=8, person=b"thickets-cand").digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ThicketsError(f"{what} must be numbers separated by commas, got {text!r}") from None
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ThicketsError(f"{what} must be integers separated by commas, got {text!r}") from None

@@ -1,0 +1,24 @@
+"""Engines generate text from a model whose weights can be perturbed and restored exactly."""
+
+from __future__ import annotations
+
+from .base import Engine, cut_at_stop, render_prompt
+
+ENGINES = ("transformers",)
+
+
+def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
+                batch_size: int = 32):
+    """(engine, model identity) for a model name or path."""
+    from ..errors import ThicketsError
+    from ..models import load
+
+    if engine != "transformers":
+        raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    from .transformers_engine import TransformersEngine
+
+    m, tok, identity = load(model, dtype=dtype, device=device)
+    return TransformersEngine(m, tok, batch_size=batch_size), identity
+
+
+__all__ = ["Engine", "ENGINES", "cut_at_stop", "load_engine", "render_prompt"]

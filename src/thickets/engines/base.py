@@ -1,0 +1,42 @@
+"""What the search needs from an engine: generate greedily, perturb weights, restore them exactly."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from ..noise import PerturbationSpec
+
+
+@runtime_checkable
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy completions, each cut right after the first stop string it contains."""
+        ...
+
+    def perturb(self, spec: PerturbationSpec) -> None:
+        """Move the weights to base + sigma * noise(spec). Only one perturbation at a time."""
+        ...
+
+    def restore(self) -> None:
+        """Bring every weight back, bitwise, to the base."""
+        ...
+
+    def describe(self) -> dict:
+        """Engine settings that change scores (engine, dtype, device, batch size), for the run record."""
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut a completion right after the earliest stop string, so every engine agrees on the text."""
+    ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
+    """The text the model sees: the tokenizer's chat template when it has one (and it is wanted)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": user_text}
+        ]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return (system_prompt + "\n\n" if system_prompt else "") + user_text

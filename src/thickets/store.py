@@ -1,0 +1,243 @@
+"""The run folder and its SQLite database: the single source of truth of a run.
+
+One process writes (an exclusive lock file guards the folder). Each candidate goes in with
+all of its per-example results in one transaction, so a killed run loses at most the
+candidate in flight and never records one twice. The config is written when the folder is
+created and compared on every later open; a different config is refused before any write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .config import SearchConfig
+from .errors import ThicketsError
+from .tasks.base import Example, Score
+
+DB_NAME = "thickets.sqlite"
+BASE = "base"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    idx INTEGER PRIMARY KEY,
+    seed INTEGER NOT NULL UNIQUE,
+    sigma REAL NOT NULL,
+    score REAL NOT NULL,          -- mean reward on the validation split
+    accuracy REAL NOT NULL,       -- fraction correct on the validation split
+    format_rate REAL NOT NULL,    -- fraction of answers that could be extracted
+    seconds REAL NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL,          -- 'base' or 'cand:<idx>'
+    split TEXT NOT NULL,          -- 'val' or 'test'
+    example INTEGER NOT NULL,     -- position in the split
+    example_id TEXT NOT NULL,
+    completion TEXT NOT NULL,
+    answer TEXT,
+    vote_key TEXT,
+    reward REAL NOT NULL,
+    correct INTEGER NOT NULL,
+    PRIMARY KEY (model, split, example)
+);
+"""
+
+
+def candidate_model(idx: int) -> str:
+    return f"cand:{idx}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    idx: int
+    seed: int
+    sigma: float
+    score: float
+    accuracy: float
+    format_rate: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean reward, accuracy and extractable fraction over some examples."""
+
+    n: int
+    score: float
+    accuracy: float
+    format_rate: float
+
+    @classmethod
+    def of(cls, scores: Sequence[Score]) -> "Summary":
+        n = len(scores)
+        if n == 0:
+            return cls(0, 0.0, 0.0, 0.0)
+        return cls(
+            n,
+            sum(s.reward for s in scores) / n,
+            sum(s.correct for s in scores) / n,
+            sum(s.extracted for s in scores) / n,
+        )
+
+
+def read_config(run_dir: Path) -> SearchConfig | None:
+    """The config of an existing run folder, read without writing anything; None if there is no run."""
+    db = Path(run_dir) / DB_NAME
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise ThicketsError(f"{db} is not a readable thickets run database: {e}") from None
+    if row is None:
+        raise ThicketsError(f"{db} has no config; it is not a thickets run folder")
+    return SearchConfig.from_dict(json.loads(row[0]))
+
+
+def check_compatible(run_dir: Path, config: SearchConfig) -> SearchConfig | None:
+    """Refuse (before any write) a config that differs from the run folder's in a field that matters."""
+    old = read_config(run_dir)
+    if old is not None:
+        diff = old.differences(config)
+        if diff:
+            detail = "; ".join(f"{k}: {getattr(old, k)!r} in the run, {getattr(config, k)!r} now" for k in diff)
+            raise ThicketsError(f"run folder {run_dir} holds a run with another config ({detail}); use a new --run-dir")
+    return old
+
+
+class RunStore:
+    """Open with RunStore.open(); use as a context manager so the lock is released."""
+
+    def __init__(self, run_dir: Path, con: sqlite3.Connection, lock_fd: int | None):
+        self.run_dir = run_dir
+        self.con = con
+        self._lock_fd = lock_fd
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, run_dir: str | Path, config: SearchConfig | None = None, meta: dict | None = None,
+             write: bool = True) -> "RunStore":
+        """Open a run folder; with `config`, create it or check it matches. Takes the writer lock."""
+        run_dir = Path(run_dir)
+        if config is not None:
+            check_compatible(run_dir, config)
+        elif read_config(run_dir) is None:
+            raise ThicketsError(f"no thickets run in {run_dir} (run `thickets search` first)")
+        lock_fd = None
+        if write:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                raise ThicketsError(f"run folder {run_dir} is in use by another thickets process") from None
+        uri = f"file:{run_dir / DB_NAME}" + ("" if write else "?mode=ro")
+        con = sqlite3.connect(uri, uri=True, isolation_level=None)
+        store = cls(run_dir, con, lock_fd)
+        if write:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            with store.transaction():
+                for statement in SCHEMA.split(";"):  # executescript() would commit on its own
+                    if statement.strip():
+                        con.execute(statement)
+                if config is not None:
+                    con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
+                for k, v in (meta or {}).items():
+                    con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v)))  # as first recorded
+        return store
+
+    def close(self) -> None:
+        self.con.close()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def transaction(self):
+        con = self.con
+
+        class _Tx:
+            def __enter__(self_inner):
+                con.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_inner, exc_type, *_):
+                con.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+        return _Tx()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SearchConfig:
+        return SearchConfig.from_dict(self.meta("config"))
+
+    def meta(self, key: str, default=None):
+        row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def done_indices(self) -> set[int]:
+        return {r[0] for r in self.con.execute("SELECT idx FROM candidates")}
+
+    def candidates(self) -> list[Candidate]:
+        rows = self.con.execute(
+            "SELECT idx, seed, sigma, score, accuracy, format_rate, seconds FROM candidates ORDER BY idx"
+        ).fetchall()
+        return [Candidate(*r) for r in rows]
+
+    def scores(self, model: str, split: str) -> dict[int, Score]:
+        """Stored per-example scores of one model on one split, by example position."""
+        rows = self.con.execute(
+            "SELECT example, answer, vote_key, reward, correct FROM results WHERE model=? AND split=?",
+            (model, split),
+        )
+        return {ex: Score(answer, key, reward, bool(correct)) for ex, answer, key, reward, correct in rows}
+
+    def completions(self, model: str, split: str) -> dict[int, str]:
+        rows = self.con.execute("SELECT example, completion FROM results WHERE model=? AND split=?", (model, split))
+        return dict(rows.fetchall())
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _insert_results(self, model: str, split: str, rows: Iterable[tuple[int, Example, str, Score]]) -> None:
+        self.con.executemany(
+            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(model, split, pos, ex.id, comp, s.answer, s.vote_key, float(s.reward), int(bool(s.correct)))
+             for pos, ex, comp, s in rows],
+        )
+
+    def add_candidate(self, idx: int, seed: int, sigma: float, rows: Sequence[tuple[int, Example, str, Score]],
+                      seconds: float) -> Candidate:
+        """One candidate and all its validation results, atomically."""
+        summary = Summary.of([r[3] for r in rows])
+        with self.transaction():
+            self._insert_results(candidate_model(idx), "val", rows)
+            self.con.execute(
+                "INSERT INTO candidates (idx, seed, sigma, score, accuracy, format_rate, seconds) VALUES (?,?,?,?,?,?,?)",
+                (idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds),
+            )
+        return Candidate(idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds)
+
+    def add_results(self, model: str, split: str, rows: Sequence[tuple[int, Example, str, Score]]) -> None:
+        """Per-example results of the base model, or of an expert on the test split, atomically."""
+        with self.transaction():
+            self._insert_results(model, split, rows)

@@ -1,0 +1,65 @@
+"""The task registry: built-in tasks by name, reasoning-gym tasks as `gym:<name>`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ThicketsError
+from .base import Example, Score, Task
+
+_REGISTRY: dict[str, tuple[Callable[[], Task], str]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task], description: str) -> None:
+    """Make a task available by name (to the CLI too). Later registrations replace earlier ones."""
+    _REGISTRY[name] = (factory, description)
+
+
+_builtins_loaded = False
+
+
+def _builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+
+    def countdown() -> Task:
+        from .countdown import CountdownTask
+
+        return CountdownTask()
+
+    def add2() -> Task:
+        from .arithmetic_qa import ArithmeticQATask
+
+        return ArithmeticQATask()
+
+    for name, factory, description in (
+        ("countdown", countdown, "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"),
+        ("add2", add2, "two-number addition and subtraction, answer in answer tags (demo task)"),
+    ):
+        _REGISTRY.setdefault(name, (factory, description))
+
+
+def get_task(name: str) -> Task:
+    _builtins()
+    if name.startswith("gym:"):
+        from .gym import GymTask
+
+        return GymTask(name.removeprefix("gym:"))
+    if name not in _REGISTRY:
+        raise ThicketsError(f"unknown task {name!r}; known: {', '.join(sorted(_REGISTRY))}, or gym:<name> "
+                            f"(see `thickets tasks`)")
+    return _REGISTRY[name][0]()
+
+
+def describe_tasks() -> list[tuple[str, str]]:
+    _builtins()
+    rows = [(name, desc) for name, (_, desc) in sorted(_REGISTRY.items())]
+    from .gym import gym_task_names
+
+    rows += [(f"gym:{n}", "reasoning-gym task, scored by reasoning-gym") for n in gym_task_names()]
+    return rows
+
+
+__all__ = ["Example", "Score", "Task", "describe_tasks", "get_task", "register_task"]

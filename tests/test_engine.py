@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from thickets.engines.transformers_engine import canonical_parameters
+from thickets.noise import ParamFilter, PerturbationSpec, noise
+
+
+def _state(engine):
+    return {k: v.clone() for k, v in engine.model.state_dict().items()}
+
+
+def test_restore_is_bitwise_exact(tiny_engine):
+    before = _state(tiny_engine)
+    for seed in range(3):
+        tiny_engine.perturb(PerturbationSpec(seed, 0.05))
+        assert any(not torch.equal(before[k], v) for k, v in tiny_engine.model.state_dict().items())
+        tiny_engine.restore()
+    after = tiny_engine.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_perturbation_adds_sigma_times_the_named_noise_once_to_tied_weights(tiny_engine):
+    model = tiny_engine.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    names = list(canonical_parameters(model))
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    spec = PerturbationSpec(4, 0.01)
+    base = {n: p.detach().clone() for n, p in canonical_parameters(model).items()}
+    tiny_engine.perturb(spec)
+    for n, p in canonical_parameters(model).items():
+        expected = base[n].numpy() + noise(spec, n, tuple(p.shape))
+        np.testing.assert_array_equal(p.detach().numpy(), expected)
+    tiny_engine.restore()
+
+
+def test_filter_limits_what_is_perturbed(tiny_engine):
+    before = _state(tiny_engine)
+    tiny_engine.perturb(PerturbationSpec(1, 0.05, filter=ParamFilter(include=("*mlp*",))))
+    changed = {k for k, v in tiny_engine.model.state_dict().items() if not torch.equal(before[k], v)}
+    tiny_engine.restore()
+    assert changed and all("mlp" in k for k in changed)
+
+
+def test_perturb_twice_without_restore_is_an_error(tiny_engine):
+    tiny_engine.perturb(PerturbationSpec(1, 0.01))
+    with pytest.raises(RuntimeError):
+        tiny_engine.perturb(PerturbationSpec(2, 0.01))
+    tiny_engine.restore()
+
+
+def test_generation_is_deterministic_in_input_order_and_cut_at_stop(tiny_engine):
+    prompts = ["Hello there, how", "A", "Tell me about the weather in a long sentence please", "B c d"]
+    a = tiny_engine.generate(prompts, 12, stop=("\n",))
+    b = tiny_engine.generate(prompts, 12, stop=("\n",))
+    assert a == b and len(a) == 4
+    single = [tiny_engine.generate([p], 12, stop=("\n",))[0] for p in prompts]
+    # left padding in a batch may change float rounding, but not which prompt an answer belongs to
+    assert sum(x == y for x, y in zip(a, single)) >= 3
+    for text in a:
+        assert "\n" not in text[:-1]
+
+
+def test_a_perturbation_changes_what_the_model_says(tiny_engine):
+    prompts = [f"Write about {i}" for i in range(4)]
+    base = tiny_engine.generate(prompts, 8)
+    tiny_engine.perturb(PerturbationSpec(2, 0.2))
+    moved = tiny_engine.generate(prompts, 8)
+    tiny_engine.restore()
+    assert moved != base
+    assert tiny_engine.generate(prompts, 8) == base

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from thickets.noise import CHUNK, ParamFilter, PerturbationSpec, add_noise_, noise, standard_noise
+
+
+def test_same_seed_and_name_give_the_same_noise_in_another_process():
+    code = ("from thickets.noise import *; import hashlib;"
+            "print(hashlib.sha256(standard_noise(PerturbationSpec(7, 1e-3), 'model.layers.0.mlp.up_proj.weight', (300, 70)).tobytes()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    import hashlib
+
+    here = hashlib.sha256(standard_noise(PerturbationSpec(7, 1e-3), "model.layers.0.mlp.up_proj.weight", (300, 70)).tobytes()).hexdigest()
+    assert outs == {here + "\n"}
+
+
+def test_same_shaped_tensors_get_uncorrelated_noise():
+    spec = PerturbationSpec(3, 1.0)
+    a = standard_noise(spec, "model.layers.0.self_attn.k_proj.weight", (256, 512)).ravel()
+    b = standard_noise(spec, "model.layers.0.self_attn.v_proj.weight", (256, 512)).ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(a.size)
+    assert abs(a.mean()) < 0.01 and abs(a.std() - 1) < 0.01
+
+
+def test_different_seeds_give_different_noise_and_sigma_scales_it():
+    a = noise(PerturbationSpec(1, 1e-3), "w", (1000,))
+    b = noise(PerturbationSpec(2, 1e-3), "w", (1000,))
+    c = noise(PerturbationSpec(1, 2e-3), "w", (1000,))
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(c, 2 * a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("start,stop", [(0, 10), (CHUNK - 5, CHUNK + 5), (CHUNK + 1, 2 * CHUNK + 3), (17, 3 * CHUNK)])
+def test_any_slice_can_be_generated_on_its_own(start, stop):
+    spec = PerturbationSpec(11, 1e-3)
+    full = standard_noise(spec, "big", (3 * CHUNK + 7,)).ravel()
+    np.testing.assert_array_equal(standard_noise(spec, "big", (3 * CHUNK + 7,), start, stop), full[start:stop])
+
+
+def test_a_filter_does_not_change_the_noise_of_the_parameters_it_keeps():
+    shapes = {"a.weight": (64, 32), "b.weight": (64, 32), "c.bias": (64,)}
+
+    def perturbed(filt):
+        params = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
+        add_noise_(PerturbationSpec(5, 0.01, filter=filt), params.items())
+        return params
+
+    every = perturbed(ParamFilter())
+    some = perturbed(ParamFilter(include=("*.weight",), exclude=("a.*",)))
+    np.testing.assert_array_equal(some["b.weight"], every["b.weight"])
+    assert not some["a.weight"].any() and not some["c.bias"].any()
+    assert every["a.weight"].any()
+
+
+def test_add_noise_matches_noise_and_is_independent_of_threads(monkeypatch):
+    spec = PerturbationSpec(9, 0.02)
+    shape = (CHUNK // 512 + 3, 1024)  # more than two chunks
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("THICKETS_NOISE_THREADS", threads)
+        x = np.ones(shape, np.float32)
+        add_noise_(spec, [("w", x)])
+        results.append(x)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], np.float32(1) + noise(spec, "w", shape))
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError):
+        PerturbationSpec(1, 0.0)
+    with pytest.raises(ValueError):
+        PerturbationSpec(1, 1e-3, strategy="nope")
