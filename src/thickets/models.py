@@ -124,6 +124,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -165,20 +166,26 @@ def local_folder(identity: ModelIdentity) -> Path:
     return out
 
 
+def quiet_transformers() -> None:
+    """transformers' own progress bars and warnings would drown ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
 def load(name: str, dtype: str = "float32", device: str = "cpu"):
     """Load (model, tokenizer, identity). The model is in eval mode with gradients off."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     identity = resolve(name)
     folder = local_folder(identity)
     try:
         torch_dtype = getattr(torch, dtype)
     except AttributeError:
         raise ThicketsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
-    hf_logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)

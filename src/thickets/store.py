@@ -148,7 +148,6 @@ class RunStore:
         con = sqlite3.connect(uri, uri=True, isolation_level=None)
         store = cls(run_dir, con, lock_fd)
         if write:
-            con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
             with store.transaction():
                 for statement in SCHEMA.split(";"):  # executescript() would commit on its own

@@ -1,0 +1,93 @@
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from thickets.cli import main
+
+RUN_CLI = str(Path(__file__).parent / "run_cli.py")
+
+
+def _search_args(model, run_dir, **over):
+    opts = {"--model": str(model), "--task": "toy", "--population": "2", "--sigma": "0.05", "--val-size": "3",
+            "--max-new-tokens": "4", "--run-dir": str(run_dir)}
+    opts.update(over)
+    return ["--quiet", "search", *[x for kv in opts.items() for x in kv]]
+
+
+def _snapshot(run_dir: Path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()} \
+        if run_dir.exists() else None
+
+
+@pytest.fixture(scope="module")
+def existing_run(tiny_model_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(_search_args(tiny_model_dir, run)) == 0
+    return run
+
+
+BAD = {
+    "missing model": ({"--model": "/nonexistent/model"}, "model not found: /nonexistent/model"),
+    "unknown task": ({"--task": "nope"}, "unknown task 'nope'"),
+    "empty split": ({"--task": "small", "--val-size": "10"}, "task small has only 5 distinct examples"),
+    "zero sigma": ({"--sigma": "0"}, "sigma must be a positive number"),
+    "negative sigma": ({"--sigma": "0.01,-1"}, "sigma must be a positive number"),
+    "sigma not a number": ({"--sigma": "abc"}, "--sigma must be numbers"),
+    "zero population": ({"--population": "0"}, "population must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_search_input_is_one_line_exit_2_and_no_run_folder_is_made(case, tiny_model_dir, tmp_path, capsys):
+    over, message = BAD[case]
+    assert main(_search_args(tiny_model_dir, tmp_path / "fresh", **over)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize("over", [{"--val-size": "5"}, {"--sigma": "0.01"}, {"--model": "/nonexistent"}])
+def test_another_config_on_an_existing_run_is_refused_and_the_store_untouched(over, existing_run, tiny_model_dir, capsys):
+    before = _snapshot(existing_run)
+    assert main(_search_args(tiny_model_dir, existing_run, **over)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a run with another config" in err and len(err.splitlines()) == 1, err
+    assert _snapshot(existing_run) == before
+
+
+def test_corrupt_gguf_is_reported_in_one_line(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00\x01garbage" * 100)
+    env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 2
+    assert r.stderr.startswith("thickets: error: cannot read GGUF file") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    assert not list((tmp_path / "cache" / "models").glob("*")) if (tmp_path / "cache" / "models").exists() else True
+
+
+def test_ensemble_and_export_bad_input(existing_run, tmp_path, capsys):
+    before = _snapshot(existing_run)
+    cases = [
+        (["ensemble", "--run-dir", str(existing_run), "--top-k", "5", "--test-size", "3"], "top-k 5 is more than the 2"),
+        (["ensemble", "--run-dir", str(existing_run), "--top-k", "1", "--test-size", "0"], "test-size must be at least 1"),
+        (["ensemble", "--run-dir", str(tmp_path / "none"), "--top-k", "1"], "no thickets run in"),
+        (["export", "--run-dir", str(existing_run), "--rank", "3", "--out", str(tmp_path / "o")], "rank must be between 1 and 2"),
+        (["export", "--seed", "1", "--out", str(tmp_path / "o")], "export needs --run-dir"),
+    ]
+    for argv, message in cases:
+        assert main(["--quiet", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    assert _snapshot(existing_run) == before
+    assert not (tmp_path / "none").exists() and not (tmp_path / "o").exists()
+
+
+def test_tasks_lists_builtin_and_gym_tasks(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "countdown" in out and "gym:basic_arithmetic" in out

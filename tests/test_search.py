@@ -1,0 +1,132 @@
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from thickets.config import SearchConfig
+from thickets.errors import ThicketsError
+from thickets.search import search
+from thickets.store import DB_NAME
+
+RUN_CLI = str(Path(__file__).parent / "run_cli.py")
+
+
+def _config(model, **kw):
+    base = dict(model=str(model), task="toy", population=6, sigmas=(0.05, 0.1), val_size=6, max_new_tokens=6,
+                batch_size=6, seed=3)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _rows(run_dir):
+    con = sqlite3.connect(Path(run_dir) / DB_NAME)
+    try:
+        cands = con.execute("SELECT idx, seed, sigma, score FROM candidates ORDER BY idx").fetchall()
+        per = con.execute("SELECT model, COUNT(*) FROM results WHERE split='val' GROUP BY model").fetchall()
+    finally:
+        con.close()
+    return cands, dict(per)
+
+
+def _key(ranked):
+    return [(c.idx, c.seed, c.sigma, c.score, c.accuracy, c.format_rate) for c in ranked]
+
+
+def _digest(run_dir):
+    return hashlib.sha256((Path(run_dir) / DB_NAME).read_bytes()).hexdigest()
+
+
+class CountingEngine:
+    """Wraps an engine and counts candidate evaluations, to prove resume scores nothing twice."""
+
+    def __init__(self, inner):
+        self.inner, self.perturbs = inner, 0
+        self.tokenizer = inner.tokenizer
+
+    def perturb(self, spec):
+        self.perturbs += 1
+        self.inner.perturb(spec)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_search_stores_every_candidate_with_its_results_and_resumes_without_rescoring(tiny_engine, tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir)
+    engine = CountingEngine(tiny_engine)
+    result = search(config, tmp_path / "run", engine=engine, progress=False)
+    assert engine.perturbs == 6
+    cands, per = _rows(tmp_path / "run")
+    assert [c[0] for c in cands] == list(range(6))
+    assert len({c[1] for c in cands}) == 6
+    assert [c[2] for c in cands] == [0.05, 0.1] * 3  # sigma grid in round robin, recorded per candidate
+    assert per == {"base": 6, **{f"cand:{i}": 6 for i in range(6)}}
+    assert len({c[3] for c in cands}) > 1, "the toy task should separate candidates"
+    scores = [c.score for c in result.ranked]
+    assert scores == sorted(scores, reverse=True)
+
+    again = search(config, tmp_path / "run", engine=engine, progress=False)
+    assert engine.perturbs == 6, "a finished candidate was scored again"
+    assert _key(again.ranked) == _key(result.ranked)
+
+    bigger = search(_config(tiny_model_dir, population=8), tmp_path / "run", engine=engine, progress=False)
+    assert engine.perturbs == 8 and len(bigger.ranked) == 8
+
+
+def test_a_different_config_on_an_existing_run_is_refused_without_touching_it(tiny_engine, tiny_model_dir, tmp_path):
+    search(_config(tiny_model_dir, population=2), tmp_path / "run", engine=tiny_engine, progress=False)
+    before = _digest(tmp_path / "run")
+    with pytest.raises(ThicketsError, match="another config.*sigmas"):
+        search(_config(tiny_model_dir, population=2, sigmas=(0.01,)), tmp_path / "run", engine=tiny_engine, progress=False)
+    with pytest.raises(ThicketsError, match="val_size"):
+        search(_config(tiny_model_dir, population=2, val_size=3), tmp_path / "run", engine=tiny_engine, progress=False)
+    assert _digest(tmp_path / "run") == before
+
+
+def test_scores_are_the_same_however_the_run_is_split(tiny_engine, tiny_model_dir, tmp_path):
+    one = search(_config(tiny_model_dir), tmp_path / "a", engine=tiny_engine, progress=False)
+    search(_config(tiny_model_dir, population=2), tmp_path / "b", engine=tiny_engine, progress=False)
+    two = search(_config(tiny_model_dir), tmp_path / "b", engine=tiny_engine, progress=False)
+    assert _key(one.ranked) == _key(two.ranked)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, RUN_CLI, *args], capture_output=True, text=True, **kw)
+
+
+def test_a_search_killed_with_sigkill_resumes_to_exactly_n_candidates_with_the_same_scores(tiny_model_dir, tmp_path):
+    n = 10
+    args = ["--quiet", "search", "--model", str(tiny_model_dir), "--task", "toy", "--population", str(n),
+            "--sigma", "0.05,0.1", "--val-size", "6", "--max-new-tokens", "6", "--batch-size", "6", "--seed", "3"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, RUN_CLI, *args, "--run-dir", str(killed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (killed / DB_NAME).exists():
+            try:
+                if len(_rows(killed)[0]) >= 3:
+                    break
+            except sqlite3.Error:
+                pass
+        if proc.poll() is not None:
+            pytest.fail(f"search ended before it could be killed: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _rows(killed)[0]
+    assert 3 <= len(partial) < n
+
+    assert _cli(*args, "--run-dir", str(killed)).returncode == 0
+    assert _cli(*args, "--run-dir", str(tmp_path / "straight")).returncode == 0
+    resumed, per = _rows(killed)
+    straight, _ = _rows(tmp_path / "straight")
+    assert len(resumed) == n and len({r[1] for r in resumed}) == n
+    assert all(per[f"cand:{i}"] == 6 for i in range(n))
+    assert resumed == straight
