@@ -46,6 +46,7 @@ def test_ensemble_reports_base_best_single_and_each_k_on_the_same_test_split(tin
     assert [e["k"] for e in report["ensembles"]] == [1, 3]
     assert report["ensembles"][0]["accuracy"] == report["best_single"]["accuracy"]
     assert "| top-3 vote | 3 |" in (tmp_path / "report.md").read_text()
+    assert report["ensembles"][1]["vs_base"]["gain"] == pytest.approx(report["ensembles"][1]["accuracy"] - report["base"]["accuracy"])
     # test answers are stored: a second call with another K generates nothing
     class NoEngine:
         def __getattr__(self, name):
@@ -61,3 +62,11 @@ def test_k_larger_than_the_population_is_refused(tiny_engine, tiny_model_dir, tm
     with pytest.raises(ThicketsError, match="top-k 5 is more than the 2 candidates"):
         ensemble(tmp_path, [5], 4, engine=tiny_engine, progress=False)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_paired_gain_and_its_interval():
+    from thickets.ensemble import paired_gain
+
+    g = paired_gain([True, True, False, True], [False, True, False, False])
+    assert g["gain"] == 0.5 and g["ci95"][0] < 0.5 < g["ci95"][1]
+    assert paired_gain([True] * 3, [True] * 3) == {"gain": 0.0, "ci95": [0.0, 0.0]}

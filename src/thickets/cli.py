@@ -38,15 +38,17 @@ def _config(a: argparse.Namespace) -> SearchConfig:
     )
 
 
-def _print_table(report: dict) -> None:
+def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples")
-    for col in ("model", "K", "test accuracy", "answer extracted"):
+    from .ensemble import format_gain
+
+    for col in ("model", "K", "test accuracy", "answer extracted", "gain vs base (95% CI)"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
-        t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}")
+        t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}", format_gain(r["vs_base"]))
     Console().print(t)
 
 
@@ -63,7 +65,7 @@ def cmd_ensemble(a) -> None:
     from .ensemble import ensemble
 
     report = ensemble(a.run_dir, parse_ints(a.top_k, "--top-k"), a.test_size, progress=not a.quiet)
-    _print_table(report)
+    print_table(report)
     print(f"report written to {Path(a.run_dir) / 'report.json'} and report.md")
 
 

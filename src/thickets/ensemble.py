@@ -10,6 +10,7 @@ Test answers are stored, so asking again with other K values generates nothing n
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,14 +49,25 @@ class Row:
     score: float | None = None  # mean reward, for single models
 
 
+def vote_outcomes(per_expert: Sequence[dict[int, Score]], n: int) -> list[Score | None]:
+    """The ensemble's answer to each of n questions (None where no expert gave one)."""
+    return [majority_vote([scores[ex] for scores in per_expert]) for ex in range(n)]
+
+
 def vote_accuracy(per_expert: Sequence[dict[int, Score]], n: int) -> tuple[float, float]:
     """(accuracy, fraction of questions with any extractable answer) of the majority vote."""
-    correct = answered = 0
-    for ex in range(n):
-        won = majority_vote([scores[ex] for scores in per_expert])
-        answered += won is not None
-        correct += bool(won is not None and won.correct)
-    return correct / n, answered / n
+    won = vote_outcomes(per_expert, n)
+    return sum(bool(w and w.correct) for w in won) / n, sum(w is not None for w in won) / n
+
+
+def paired_gain(correct: Sequence[bool], baseline: Sequence[bool]) -> dict:
+    """Accuracy gain over the base on the same questions, with a 95% normal interval of the paired difference."""
+    n = len(correct)
+    d = [int(a) - int(b) for a, b in zip(correct, baseline)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    half = 1.96 * math.sqrt(var / n)
+    return {"gain": mean, "ci95": [mean - half, mean + half]}
 
 
 def _test_scores(store: RunStore, model: str, test, engine_box: list, config: SearchConfig, task,
@@ -109,11 +121,16 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         s = Summary.of(list(scores.values()))
         return Row(label, 1, s.accuracy, s.format_rate, s.score)
 
+    n = len(test)
+    base_correct = [base[i].correct for i in range(n)]
     best = ranked[0]
     rows = [single("base", base), single("best single expert", per_expert[0])]
+    gains = [None, paired_gain([per_expert[0][i].correct for i in range(n)], base_correct)]
     for k in sorted(set(top_k)):
-        acc, fmt = vote_accuracy(per_expert[:k], len(test))
-        rows.append(Row(f"top-{k} vote", k, acc, fmt))
+        won = vote_outcomes(per_expert[:k], n)
+        correct = [bool(w and w.correct) for w in won]
+        rows.append(Row(f"top-{k} vote", k, sum(correct) / n, sum(w is not None for w in won) / n))
+        gains.append(paired_gain(correct, base_correct))
     report = {
         "task": config.task,
         "model": config.model,
@@ -126,9 +143,10 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
                  "val_score": base_val.score, "val_accuracy": base_val.accuracy},
         "best_single": {"rank": 1, "idx": best.idx, "seed": best.seed, "sigma": best.sigma,
                         "val_score": best.score, "val_accuracy": best.accuracy, "accuracy": rows[1].accuracy,
-                        "format_rate": rows[1].format_rate, "score": rows[1].score},
-        "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate} for r in rows[2:]],
-        "rows": [asdict(r) for r in rows],
+                        "format_rate": rows[1].format_rate, "score": rows[1].score, "vs_base": gains[1]},
+        "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
+                      for r, g in zip(rows[2:], gains[2:])],
+        "rows": [{**asdict(r), "vs_base": g} for r, g in zip(rows, gains)],
         "tie_rules": {"ranking": "validation score, then validation accuracy, then earlier candidate",
                       "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer"},
     }
@@ -145,9 +163,16 @@ def report_markdown(report: dict) -> str:
         f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
         f"test {report['test_size']} held-out examples.",
         "",
-        "| model | K | test accuracy | answer extracted |",
-        "|---|---:|---:|---:|",
+        "| model | K | test accuracy | answer extracted | gain vs base (95% CI) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} |")
+        lines.append(f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | {format_gain(r['vs_base'])} |")
     return "\n".join(lines)
+
+
+def format_gain(g: dict | None) -> str:
+    if g is None:
+        return "-"
+    lo, hi = g["ci95"]
+    return f"{g['gain'] * 100:+.1f} pts [{lo * 100:+.1f}, {hi * 100:+.1f}]"

@@ -29,14 +29,14 @@ def _builtins() -> None:
 
         return CountdownTask()
 
-    def add2() -> Task:
-        from .arithmetic_qa import ArithmeticQATask
+    def products() -> Task:
+        from .numeric import products
 
-        return ArithmeticQATask()
+        return products()
 
     for name, factory, description in (
         ("countdown", countdown, "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"),
-        ("add2", add2, "two-number addition and subtraction, answer in answer tags (demo task)"),
+        ("products", products, "multiply two 1-2 digit numbers, answer by number (the demo task)"),
     ):
         _REGISTRY.setdefault(name, (factory, description))
 
