@@ -15,7 +15,8 @@ from pathlib import Path
 from . import __version__
 from .errors import ThicketsError
 from .noise import NOISE_VERSION, ParamFilter, PerturbationSpec
-from .search import load_run_config, rank
+from .search import load_run_config
+from .search import rank as rank_candidates
 from .store import RunStore
 
 RECIPE_NAME = "thickets_recipe.json"
@@ -70,17 +71,17 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
     return out
 
 
-def export_candidate(run_dir: str | Path, rank_no: int, out: str | Path) -> Path:
-    """Export the candidate at rank `rank_no` (1 = best on validation) of a run."""
+def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
+    """Export the candidate at `rank` (1 = best on validation) of a run."""
     config = load_run_config(run_dir)
     with RunStore.open(run_dir, write=False) as store:
-        ranked = rank(store.candidates())
-    if not 1 <= rank_no <= len(ranked):
-        raise ThicketsError(f"rank must be between 1 and {len(ranked)} (the candidates in {run_dir}), got {rank_no}")
-    c = ranked[rank_no - 1]
+        ranked = rank_candidates(store.candidates())
+    if not 1 <= rank <= len(ranked):
+        raise ThicketsError(f"rank must be between 1 and {len(ranked)} (the candidates in {run_dir}), got {rank}")
+    c = ranked[rank - 1]
     spec = config.candidate(c.idx)
     return export_spec(config.model, spec, out, dtype=config.dtype,
-                       run={"run_dir": str(Path(run_dir).resolve()), "rank": rank_no, "index": c.idx,
+                       run={"run_dir": str(Path(run_dir).resolve()), "rank": rank, "index": c.idx,
                             "val_score": c.score, "task": config.task})
 
 

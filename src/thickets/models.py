@@ -125,6 +125,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    from .progress import console
+
+    console.print(f"converting {gguf.name} to a cached float32 folder, once (about 30 s on 2 cores)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -9,6 +9,8 @@ from ..noise import PerturbationSpec
 
 @runtime_checkable
 class Engine(Protocol):
+    tokenizer: object  # a Hugging Face tokenizer: prompts are rendered with its chat template
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
         """Greedy completions, each cut right after the first stop string it contains."""
         ...
