@@ -42,10 +42,11 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples")
+    t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
+              caption="extracted: share of answers that could be read; vs base: paired gain on the same questions")
     from .ensemble import format_gain
 
-    for col in ("model", "K", "test accuracy", "answer extracted", "gain vs base (95% CI)"):
+    for col in ("model", "K", "accuracy", "extracted", "vs base, pts [95% CI]"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
         t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}", format_gain(r["vs_base"]))

@@ -20,7 +20,7 @@ DEMO_CONFIG = SearchConfig(
     max_new_tokens=12,
     seed=0,
 )
-DEMO_TOP_K = (1, 3, 5)
+DEMO_TOP_K = (3, 5)  # K=1 is the best single expert, always reported
 DEMO_TEST_SIZE = 150
 
 

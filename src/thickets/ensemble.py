@@ -163,7 +163,7 @@ def report_markdown(report: dict) -> str:
         f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
         f"test {report['test_size']} held-out examples.",
         "",
-        "| model | K | test accuracy | answer extracted | gain vs base (95% CI) |",
+        "| model | K | test accuracy | answer extracted | gain vs base, points [95% CI] |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
@@ -175,4 +175,4 @@ def format_gain(g: dict | None) -> str:
     if g is None:
         return "-"
     lo, hi = g["ci95"]
-    return f"{g['gain'] * 100:+.1f} pts [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+    return f"{g['gain'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]"
