@@ -91,3 +91,15 @@ def test_tasks_lists_builtin_and_gym_tasks(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert "countdown" in out and "gym:basic_arithmetic" in out
+
+
+def test_a_gguf_with_a_good_header_but_corrupt_body_is_one_line_too(tmp_path):
+    bad = tmp_path / "truncated.gguf"
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
+    env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("thickets: error: cannot read GGUF file") and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

@@ -119,12 +119,25 @@ def resolve(name: str) -> ModelIdentity:
     return ModelIdentity(name=name, kind=kind, path=str(path), sha256=content_hash(path))
 
 
+def _check_gguf_header(path: Path) -> None:
+    """Refuse a file that is not GGUF v2/v3 before spending time on it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise ThicketsError(f"cannot read GGUF file {path}: {e.strerror}") from None
+    version = int.from_bytes(head[4:8], "little") if len(head) == 8 else None
+    if head[:4] != b"GGUF" or version not in (2, 3):
+        raise ThicketsError(f"cannot read GGUF file {path}: not a GGUF v2/v3 file (corrupt or another format)")
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF into a float32 safetensors folder with its tokenizer (written atomically)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    _check_gguf_header(gguf)
     from .progress import console
 
     console.print(f"converting {gguf.name} to a cached float32 folder, once (about 30 s on 2 cores)")
