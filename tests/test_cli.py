@@ -103,3 +103,24 @@ def test_a_gguf_with_a_good_header_but_corrupt_body_is_one_line_too(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("thickets: error: cannot read GGUF file") and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_score_explains_a_reward_and_survives_an_exponent_bomb(tmp_path, capsys):
+    import json
+
+    f = tmp_path / "c.txt"
+    f.write_text("<think>easy</think><answer>(7 - 5) * 3 + 0 * 9**9**9**9</answer>")
+    assert main(["score", "--task", "countdown", "--example", '{"numbers": [3, 5, 7], "target": 6}',
+                 "--completion-file", str(f)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reward"] == 0.1 and out["correct"] is False and out["vote_key"] is None
+    f.write_text("<answer>(7 - 5) * 3</answer>")
+    assert main(["score", "--task", "countdown", "--example", '{"numbers": [3, 5, 7], "target": 6}',
+                 "--completion-file", str(f)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"task": "countdown", "answer": "(7 - 5) * 3", "vote_key": "3,5,7=6", "extracted": True,
+                   "reward": 1.1, "correct": True}
+    assert main(["score", "--task", "countdown", "--example", '{"numbers": [3]', "--completion-file", str(f)]) == 2
+    assert "--example is not valid JSON" in capsys.readouterr().err
+    assert main(["score", "--task", "countdown", "--example", '{"target": 6}', "--completion-file", str(f)]) == 2
+    assert "lacks the field 'numbers'" in capsys.readouterr().err

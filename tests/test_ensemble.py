@@ -45,6 +45,8 @@ def test_ensemble_reports_base_best_single_and_each_k_on_the_same_test_split(tin
     assert {"accuracy", "format_rate"} <= set(report["base"])
     assert [e["k"] for e in report["ensembles"]] == [1, 3]
     assert report["ensembles"][0]["accuracy"] == report["best_single"]["accuracy"]
+    assert [e["rank"] for e in report["experts"]] == [1, 2, 3]
+    assert report["experts"][0]["accuracy"] == report["best_single"]["accuracy"]
     assert "| top-3 vote | 3 |" in (tmp_path / "report.md").read_text()
     assert report["ensembles"][1]["vs_base"]["gain"] == pytest.approx(report["ensembles"][1]["accuracy"] - report["base"]["accuracy"])
     # test answers are stored: a second call with another K generates nothing

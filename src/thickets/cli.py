@@ -93,6 +93,22 @@ def cmd_demo(a) -> None:
     demo(a.run_dir, progress=not a.quiet)
 
 
+def cmd_score(a) -> None:
+    from .tasks import get_task, score_one
+
+    try:
+        example = json.loads(a.example)
+    except json.JSONDecodeError as e:
+        raise ThicketsError(f"--example is not valid JSON: {e}") from None
+    if not isinstance(example, dict):
+        raise ThicketsError("--example must be a JSON object")
+    try:
+        completion = sys.stdin.read() if a.completion_file == "-" else Path(a.completion_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ThicketsError(f"cannot read --completion-file {a.completion_file}: {e}") from None
+    print(json.dumps(score_one(get_task(a.task), example, completion), indent=2))
+
+
 def cmd_tasks(a) -> None:
     from .tasks import describe_tasks
 
@@ -131,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the embedded model end to end: search, then ensemble")
     p.add_argument("--run-dir", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("score", help="score one completion: extracted answer, vote key, reward, correct")
+    p.add_argument("--task", required=True)
+    p.add_argument("--example", required=True, help='the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
+    p.add_argument("--completion-file", required=True, help="file with the model's completion, or - for stdin")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)

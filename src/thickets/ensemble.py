@@ -144,6 +144,8 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         "best_single": {"rank": 1, "idx": best.idx, "seed": best.seed, "sigma": best.sigma,
                         "val_score": best.score, "val_accuracy": best.accuracy, "accuracy": rows[1].accuracy,
                         "format_rate": rows[1].format_rate, "score": rows[1].score, "vs_base": gains[1]},
+        "experts": [{"rank": r, "idx": c.idx, "seed": c.seed, "sigma": c.sigma, "val_score": c.score,
+                     **_summary_dict(per_expert[r - 1])} for r, c in enumerate(experts, 1)],
         "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
                       for r, g in zip(rows[2:], gains[2:])],
         "rows": [{**asdict(r), "vs_base": g} for r, g in zip(rows, gains)],
@@ -154,6 +156,11 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (run_dir / "report.md").write_text(report_markdown(report) + "\n")
     return report
+
+
+def _summary_dict(scores: dict[int, Score]) -> dict:
+    s = Summary.of(list(scores.values()))
+    return {"accuracy": s.accuracy, "format_rate": s.format_rate, "score": s.score}
 
 
 def report_markdown(report: dict) -> str:
@@ -168,6 +175,11 @@ def report_markdown(report: dict) -> str:
     ]
     for r in report["rows"]:
         lines.append(f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | {format_gain(r['vs_base'])} |")
+    lines += ["", "Each expert of the largest K on the test split (format = answer extracted):", "",
+              "| rank | candidate | sigma | validation score | test accuracy | format |", "|---:|---:|---:|---:|---:|---:|"]
+    for e in report["experts"]:
+        lines.append(f"| {e['rank']} | {e['idx']} | {e['sigma']:g} | {e['val_score']:.3f} | {e['accuracy']:.1%} | "
+                     f"{e['format_rate']:.1%} |")
     return "\n".join(lines)
 
 

@@ -63,3 +63,22 @@ def describe_tasks() -> list[tuple[str, str]]:
 
 
 __all__ = ["Example", "Score", "Task", "describe_tasks", "get_task", "register_task"]
+
+
+def example_from_dict(task: Task, d: dict) -> Example:
+    """An Example from user-written JSON: a task's own row format where it has one, else {prompt, data} or data."""
+    if hasattr(task, "example_from_row"):
+        return task.example_from_row(d)
+    if "data" in d and isinstance(d["data"], dict):
+        return Example(id=str(d.get("id", "example")), prompt=str(d.get("prompt", "")), data=d["data"])
+    return Example(id=str(d.get("id", "example")), prompt=str(d.get("prompt", "")), data=d)
+
+
+def score_one(task: Task, example: dict, completion: str) -> dict:
+    """What a task makes of one completion: the tool for "why did this get that reward?"."""
+    try:
+        s = task.score(example_from_dict(task, example), completion)
+    except KeyError as e:
+        raise ThicketsError(f"the example lacks the field {e.args[0]!r} that task {task.name} needs") from None
+    return {"task": task.name, "answer": s.answer, "vote_key": s.vote_key, "extracted": s.extracted,
+            "reward": s.reward, "correct": s.correct}
