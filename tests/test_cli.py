@@ -124,3 +124,14 @@ def test_score_explains_a_reward_and_survives_an_exponent_bomb(tmp_path, capsys)
     assert "--example is not valid JSON" in capsys.readouterr().err
     assert main(["score", "--task", "countdown", "--example", '{"target": 6}', "--completion-file", str(f)]) == 2
     assert "lacks the field 'numbers'" in capsys.readouterr().err
+
+
+def test_export_from_the_command_line_by_rank_and_by_seed(existing_run, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    assert main(["export", "--run-dir", str(existing_run), "--rank", "2", "--out", str(tmp_path / "r2")]) == 0
+    recipe = json.loads((tmp_path / "r2" / "thickets_recipe.json").read_text())
+    assert recipe["run"]["rank"] == 2 and (tmp_path / "r2" / "model.safetensors").exists()
+    assert main(["export", "--model", str(tiny_model_dir), "--seed", str(recipe["seed"]), "--sigma",
+                 str(recipe["sigma"]), "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "model.safetensors").read_bytes() == (tmp_path / "r2" / "model.safetensors").read_bytes()
