@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except ThicketsError as e:
         print(f"thickets: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `thickets tasks | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("thickets: interrupted; finished candidates are stored, rerun the same command to resume",
               file=sys.stderr)

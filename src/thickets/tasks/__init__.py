@@ -34,8 +34,14 @@ def _builtins() -> None:
 
         return products()
 
+    def humaneval() -> Task:
+        from .code import HumanEvalTask
+
+        return HumanEvalTask()
+
     for name, factory, description in (
         ("countdown", countdown, "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"),
+        ("humaneval", humaneval, "HumanEval: complete the function; its tests run in the sandbox"),
         ("products", products, "multiply two 1-2 digit numbers, answer by number (the demo task)"),
     ):
         _REGISTRY.setdefault(name, (factory, description))
