@@ -164,7 +164,7 @@ def test_mbpp_rows_and_scoring():
 def test_mbpp_missing_fields_are_named(row, missing):
     with pytest.raises(ThicketsError) as err:
         MBPPTask([row])
-    assert missing in str(err.value) and str(sorted(row)) in str(err.value)
+    assert missing in str(err.value) and ", ".join(sorted(row)) in str(err.value)
 
 
 def test_mbpp_rejects_bad_rows():

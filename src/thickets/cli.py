@@ -14,7 +14,8 @@ from .errors import ThicketsError
 
 def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
     p.add_argument("--model", default=defaults.model, help="HF model folder, .gguf file, or smollm2-135m (default)")
-    p.add_argument("--task", default=defaults.task, help="task name (see `thickets tasks`)")
+    p.add_argument("--task", default=defaults.task, help="task name, gym:NAME, or KIND:DATA_FILE (see `thickets tasks`)")
+    _add_task_source_args(p)
     p.add_argument("--population", type=int, default=defaults.population, help="number of candidates N")
     p.add_argument("--sigma", default=",".join(map(str, defaults.sigmas)), help="noise scale, or a grid a,b,c")
     p.add_argument("--val-size", type=int, default=defaults.val_size, help="validation examples per candidate")
@@ -29,13 +30,21 @@ def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     p.add_argument("--run-dir", required=True, help="run folder (created, or resumed if it exists)")
 
 
+def _add_task_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--columns", default="", help="for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. question=problem,answer=solution")
+    p.add_argument("--reward", default=None, help="a TRL-style reward function, module:function or file.py:function")
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _config(a: argparse.Namespace) -> SearchConfig:
-    patterns = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     return SearchConfig(
         model=a.model, task=a.task, population=a.population, sigmas=parse_floats(a.sigma, "--sigma"),
         val_size=a.val_size, max_new_tokens=a.max_new_tokens, seed=a.seed, split_seed=a.split_seed,
-        include=patterns(a.include), exclude=patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
-        chat_template=not a.no_chat_template,
+        include=_patterns(a.include), exclude=_patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
+        chat_template=not a.no_chat_template, columns=_patterns(a.columns), reward=a.reward,
     )
 
 
@@ -96,6 +105,7 @@ def cmd_demo(a) -> None:
 
 def cmd_score(a) -> None:
     from .tasks import get_task, score_one
+    from .tasks.data import parse_columns
 
     try:
         example = json.loads(a.example)
@@ -107,7 +117,8 @@ def cmd_score(a) -> None:
         completion = sys.stdin.read() if a.completion_file == "-" else Path(a.completion_file).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ThicketsError(f"cannot read --completion-file {a.completion_file}: {e}") from None
-    print(json.dumps(score_one(get_task(a.task), example, completion), indent=2))
+    task = get_task(a.task, parse_columns(_patterns(a.columns)), a.reward)
+    print(json.dumps(score_one(task, example, completion), indent=2))
 
 
 def cmd_tasks(a) -> None:
@@ -151,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score one completion: extracted answer, vote key, reward, correct")
     p.add_argument("--task", required=True)
+    _add_task_source_args(p)
     p.add_argument("--example", required=True, help='the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
     p.add_argument("--completion-file", required=True, help="file with the model's completion, or - for stdin")
     p.set_defaults(func=cmd_score)

@@ -28,6 +28,10 @@ class SearchConfig:
     batch_size: int = 32
     dtype: str = "float32"
     chat_template: bool = True
+    #: for tasks read from a file: FIELD=COLUMN pairs naming the columns the task reads
+    columns: tuple[str, ...] = ()
+    #: a TRL-style reward function, module:function or file.py:function, replacing the task's reward
+    reward: str | None = None
     #: fields a later call may change without changing what the finished candidates mean
     EXTENDABLE = ("population",)
 
@@ -35,6 +39,8 @@ class SearchConfig:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "reward", self.reward or None)
         self.validate()
 
     def validate(self) -> None:

@@ -20,9 +20,8 @@ from .config import SearchConfig
 from .engines import Engine, load_engine
 from .errors import ThicketsError
 from .progress import bar
-from .search import evaluate, load_run_config, rank
+from .search import check_unchanged, evaluate, load_run_config, rank, task_for
 from .store import BASE, RunStore, Summary, candidate_model
-from .tasks import get_task
 from .tasks.base import Score
 from .tasks.splits import make_splits
 
@@ -98,9 +97,10 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         raise ThicketsError(f"test-size must be at least 1, got {test_size}")
     if not top_k or any(k < 1 for k in top_k):
         raise ThicketsError(f"top-k values must be at least 1, got {list(top_k)}")
-    task = get_task(config.task)
+    task = task_for(config)
     _, test = make_splits(task, config.split_seed, config.val_size, test_size)
     with RunStore.open(run_dir) as store:
+        check_unchanged(store, task)
         ranked = rank(store.candidates())
         if max(top_k) > len(ranked):
             raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked)} candidates scored in {run_dir}")

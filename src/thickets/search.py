@@ -21,7 +21,8 @@ from .models import ModelIdentity, resolve
 from .noise import NOISE_VERSION, PerturbationSpec
 from .progress import bar
 from .store import BASE, Candidate, RunStore, Summary, check_compatible, read_config
-from .tasks import get_task
+from .tasks import get_task, score_all
+from .tasks.data import parse_columns
 from .tasks.base import Example, Score, Task
 from .tasks.splits import make_splits
 
@@ -49,7 +50,27 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
     finally:
         if spec is not None:
             engine.restore()
-    return [(i, ex, c, task.score(ex, c)) for i, (ex, c) in enumerate(zip(examples, completions))]
+    scores = score_all(task, examples, completions)
+    return [(i, ex, c, s) for i, (ex, c, s) in enumerate(zip(examples, completions, scores))]
+
+
+def task_for(config: SearchConfig) -> Task:
+    """The run's task, with its data file, column mapping and reward function."""
+    return get_task(config.task, parse_columns(config.columns), config.reward)
+
+
+def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None = None) -> None:
+    """Refuse to go on with a run whose model, data file or reward function has changed since it began."""
+    recorded = store.meta("model_identity")
+    if identity is not None and recorded and recorded["sha256"] != identity.sha256:
+        raise ThicketsError(f"model {identity.name} has changed since run {store.run_dir} began (content hash differs)")
+    recorded_sources = store.meta("task_sources") or {}
+    for role, now in getattr(task, "sources", {}).items():
+        then = recorded_sources.get(role)
+        if then is not None and then.get("sha256") != now.get("sha256"):
+            what = now.get("path") or now.get("function")
+            raise ThicketsError(f"the task's {role} {what} has changed since run {store.run_dir} began "
+                                f"(content hash differs); start a new run folder")
 
 
 def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
@@ -62,6 +83,7 @@ def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
         "model_identity": identity.to_dict(),
         "engine": engine.describe(),
         "task_description": task.description,
+        "task_sources": getattr(task, "sources", {}),
         "noise_version": NOISE_VERSION,
         "versions": {"thickets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "numpy": numpy.__version__, "python": platform.python_version()},
@@ -71,14 +93,14 @@ def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
 def prepare(config: SearchConfig, run_dir: Path) -> tuple[Task, list[Example], ModelIdentity]:
     """Every check that can fail on bad input, before a model is loaded or the store is written."""
     old = check_compatible(run_dir, config)
-    task = get_task(config.task)
+    task = task_for(config)
     val, _ = make_splits(task, config.split_seed, config.val_size)
+    if hasattr(task, "check"):  # a user's reward function: fail now, not after the model loads
+        task.check(val)
     identity = resolve(config.model)
     if old is not None:
         with RunStore.open(run_dir, write=False) as store:
-            recorded = store.meta("model_identity")
-        if recorded and recorded["sha256"] != identity.sha256:
-            raise ThicketsError(f"model {config.model} has changed since run {run_dir} began (content hash differs)")
+            check_unchanged(store, task, identity)
     return task, val, identity
 
 

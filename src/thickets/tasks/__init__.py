@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from ..errors import ThicketsError
 from .base import Example, Score, Task
@@ -47,16 +47,46 @@ def _builtins() -> None:
         _REGISTRY.setdefault(name, (factory, description))
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | None = None) -> Task:
+    """A task by name: a built-in, `gym:<name>`, or `<kind>:<data file>` with an optional column mapping;
+    `reward` (`module:function` or `file.py:function`) replaces its reward with a TRL-style function."""
     _builtins()
-    if name.startswith("gym:"):
-        from .gym import GymTask
+    kind, sep, rest = name.partition(":")
+    from .file_tasks import KINDS, make_file_task
 
-        return GymTask(name.removeprefix("gym:"))
-    if name not in _REGISTRY:
-        raise ThicketsError(f"unknown task {name!r}; known: {', '.join(sorted(_REGISTRY))}, or gym:<name> "
-                            f"(see `thickets tasks`)")
-    return _REGISTRY[name][0]()
+    if sep and kind in KINDS:
+        if not rest:
+            raise ThicketsError(f"task {name!r} needs a data file: {kind}:PATH")
+        task = make_file_task(kind, rest, columns)
+    elif name in KINDS:  # no data: enough to score one example (`thickets score`), not to search
+        task = KINDS[name]([], name, columns)
+    else:
+        if columns:
+            raise ThicketsError(f"--columns applies to tasks read from a file ({', '.join(k + ':PATH' for k in KINDS)}), "
+                                f"not to {name}")
+        if kind == "gym" and sep:
+            from .gym import GymTask
+
+            task = GymTask(rest)
+        elif name in _REGISTRY:
+            task = _REGISTRY[name][0]()
+        else:
+            raise ThicketsError(f"unknown task {name!r}; known: {', '.join(sorted(_REGISTRY))}, gym:<name>, "
+                                f"or a data file as {', '.join(k + ':PATH' for k in KINDS)} (see `thickets tasks`)")
+    if getattr(task, "kind", None) == "prompts" and not reward:
+        raise ThicketsError(f"task {name} has no verifier of its own: give --reward module:function")
+    if reward:
+        from .reward_fn import RewardTask, load_reward
+
+        task = RewardTask(task, *load_reward(reward))
+    return task
+
+
+def score_all(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
+    """Scores for many completions: one call for tasks that score in batches (a user's reward function)."""
+    if hasattr(task, "score_batch"):
+        return task.score_batch(examples, completions)
+    return [task.score(ex, c) for ex, c in zip(examples, completions)]
 
 
 def describe_tasks() -> list[tuple[str, str]]:
@@ -64,11 +94,15 @@ def describe_tasks() -> list[tuple[str, str]]:
     rows = [(name, desc) for name, (_, desc) in sorted(_REGISTRY.items())]
     from .gym import gym_task_names
 
+    from .file_tasks import KINDS
+
+    rows += [(f"{kind}:PATH", f"{cls.kind_description} (a JSONL/JSON/CSV/Parquet file or datasets folder)")
+             for kind, cls in KINDS.items()]
     rows += [(f"gym:{n}", "reasoning-gym task, scored by reasoning-gym") for n in gym_task_names()]
     return rows
 
 
-__all__ = ["Example", "Score", "Task", "describe_tasks", "get_task", "register_task"]
+__all__ = ["Example", "Score", "Task", "describe_tasks", "get_task", "register_task", "score_all"]
 
 
 def example_from_dict(task: Task, d: dict) -> Example:
@@ -83,8 +117,12 @@ def example_from_dict(task: Task, d: dict) -> Example:
 def score_one(task: Task, example: dict, completion: str) -> dict:
     """What a task makes of one completion: the tool for "why did this get that reward?"."""
     try:
-        s = task.score(example_from_dict(task, example), completion)
+        ex = example_from_dict(task, example)
+        s = score_all(task, [ex], [completion])[0]
     except KeyError as e:
         raise ThicketsError(f"the example lacks the field {e.args[0]!r} that task {task.name} needs") from None
-    return {"task": task.name, "answer": s.answer, "vote_key": s.vote_key, "extracted": s.extracted,
-            "reward": s.reward, "correct": s.correct}
+    out = {"task": task.name, "answer": s.answer, "vote_key": s.vote_key, "extracted": s.extracted,
+           "reward": s.reward, "correct": s.correct}
+    if "answer" in ex.data and "row" in ex.data:  # a file task's reference, as the task reads it
+        out["reference"] = ex.data["answer"]
+    return out

@@ -9,16 +9,16 @@ code never runs in this process: only `sandbox.run_python` executes it.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import random
 import textwrap
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from ..errors import ThicketsError
 from .base import Example, Score
+from .rows import RowTask
 from .sandbox import run_python
 
 MAX_CODE_CHARS = 20_000  # an answer longer than this is not run (generation is bounded anyway)
@@ -116,7 +116,7 @@ class HumanEvalTask:
         return _score_program(answer, program, self.timeout_s, self.memory_mb)
 
 
-class MBPPTask:
+class MBPPTask(RowTask):
     """MBPP-style rows: a description and assert statements; 1.0 only if every assert passes.
 
     A row needs `prompt` (or MBPP's `text`) and `tests` (or MBPP's `test_list`), a list of
@@ -124,43 +124,25 @@ class MBPPTask:
     `task_id` (else a hash of the prompt) names the example.
     """
 
-    stop: tuple[str, ...] = ()
-    system_prompt: str | None = None
+    kind = "mbpp"
+    kind_description = "code run against the row's asserts in a sandbox; 1 if all pass"
 
-    def __init__(self, rows: list[dict[str, Any]], name: str = "mbpp", timeout_s: float = 5.0, memory_mb: int = 512):
-        self.name, self.timeout_s, self.memory_mb = name, timeout_s, memory_mb
-        self.description = f"{len(rows)} MBPP-style problems, run against their asserts in a sandbox; 1 if all pass"
-        self._examples = [self.example_from_row(row) for row in rows]
-        ids = [e.id for e in self._examples]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ThicketsError(f"{name}: duplicate example id {dup!r}; give each row a distinct task_id")
+    def __init__(self, rows: list[dict[str, Any]], name: str = "mbpp", columns: Mapping[str, str] | None = None,
+                 source: str | None = None, timeout_s: float = 5.0, memory_mb: int = 512):
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        super().__init__(rows, name, columns, source)
 
-    def example_from_row(self, row: dict[str, Any]) -> Example:
-        def field(*names: str) -> Any:
-            for n in names:
-                if n in row:
-                    return row[n]
-            raise ThicketsError(f"{self.name}: a row lacks the field {' or '.join(map(repr, names))}; "
-                                f"it has {sorted(row)}")
-
-        text, tests = field("prompt", "text"), field("tests", "test_list")
+    def fields(self, row, where):
+        text, tests = self.get(row, where, "prompt", "text"), self.get(row, where, "tests", "test_list")
         if not isinstance(text, str) or not isinstance(tests, list) or not tests \
                 or not all(isinstance(t, str) for t in tests):
-            raise ThicketsError(f"{self.name}: a row needs a string prompt and a non-empty list of test strings")
-        setup = row.get("setup", row.get("test_setup_code", "")) or ""
-        task_id = row.get("task_id")
-        ident = f"{self.name}:{task_id}" if task_id is not None else \
-            f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-        prompt = (f"{text}\nYour code should pass these tests:\n\n" + "\n".join(tests) +
-                  "\n\nReply with the Python code in a ```python code block.")
-        return Example(id=ident, prompt=prompt, data={"tests": tests, "setup": setup})
+            raise ThicketsError(f"{where}: a row needs a string prompt and a non-empty list of test strings")
+        setup = row.get(self.columns.get("setup", "setup"), row.get("test_setup_code", "")) or ""
+        return {"text": text, "tests": tests, "setup": setup}
 
-    def examples(self, seed: int) -> Iterator[Example]:
-        """Every row once, in an order shuffled by the seed."""
-        order = list(self._examples)
-        random.Random(seed).shuffle(order)
-        yield from order
+    def prompt(self, fields):
+        return (f"{fields['text']}\nYour code should pass these tests:\n\n" + "\n".join(fields["tests"]) +
+                "\n\nReply with the Python code in a ```python code block.")
 
     def score(self, example: Example, completion: str) -> Score:
         answer = _clean(extract_code(completion))
