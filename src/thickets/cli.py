@@ -27,6 +27,11 @@ def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, not the chat template")
+    p.add_argument("--racing", default=defaults.racing, choices=["off", "exact", "hoeffding"],
+                   help="stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)")
+    p.add_argument("--racing-top-k", type=int, default=defaults.racing_top_k, help="the K racing keeps exact")
+    p.add_argument("--racing-delta", type=float, default=defaults.racing_delta,
+                   help="hoeffding racing: chance of dropping a true top-K candidate")
     p.add_argument("--run-dir", required=True, help="run folder (created, or resumed if it exists)")
 
 
@@ -45,6 +50,7 @@ def _config(a: argparse.Namespace) -> SearchConfig:
         val_size=a.val_size, max_new_tokens=a.max_new_tokens, seed=a.seed, split_seed=a.split_seed,
         include=_patterns(a.include), exclude=_patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
         chat_template=not a.no_chat_template, columns=_patterns(a.columns), reward=a.reward,
+        racing=a.racing, racing_top_k=a.racing_top_k, racing_delta=a.racing_delta,
     )
 
 
@@ -68,7 +74,9 @@ def cmd_search(a) -> None:
 
     result = search(_config(a), a.run_dir, progress=not a.quiet)
     best = result.ranked[0]
-    print(f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates "
+    stopped = sum(not c.complete for c in result.ranked)
+    raced = f" ({stopped} stopped early by racing)" if stopped else ""
+    print(f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
           f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a.run_dir}")
 
 

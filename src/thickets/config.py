@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ThicketsError
 from .noise import ParamFilter, PerturbationSpec, STRATEGIES
+from .racing import Race
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class SearchConfig:
     columns: tuple[str, ...] = ()
     #: a TRL-style reward function, module:function or file.py:function, replacing the task's reward
     reward: str | None = None
+    #: stop scoring a candidate once it cannot reach the top `racing_top_k`: off, exact or hoeffding
+    racing: str = "off"
+    racing_top_k: int = 5
+    racing_delta: float = 0.05  # hoeffding only: the chance of dropping a true top-K candidate, per candidate
     #: fields a later call may change without changing what the finished candidates mean
     EXTENDABLE = ("population",)
 
@@ -68,6 +73,7 @@ class SearchConfig:
             raise ThicketsError(f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
         if not self.include:
             raise ThicketsError("the parameter filter includes nothing")
+        Race(self.val_size, self.racing_top_k, self.racing, self.racing_delta)  # raises on a bad setting
 
     @property
     def filter(self) -> ParamFilter:

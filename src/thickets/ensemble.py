@@ -101,9 +101,9 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
     _, test = make_splits(task, config.split_seed, config.val_size, test_size)
     with RunStore.open(run_dir) as store:
         check_unchanged(store, task)
-        ranked = rank(store.candidates())
+        ranked = [c for c in rank(store.candidates()) if c.complete]
         if max(top_k) > len(ranked):
-            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked)} candidates scored in {run_dir}")
+            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked)} candidates fully scored in {run_dir}")
         engine_box = [engine]
         experts = ranked[: max(top_k)]
         per_expert: list[dict[int, Score]] = []

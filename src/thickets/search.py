@@ -19,6 +19,7 @@ from .engines import Engine, load_engine, render_prompt
 from .errors import ThicketsError
 from .models import ModelIdentity, resolve
 from .noise import NOISE_VERSION, PerturbationSpec
+from .racing import Race
 from .progress import bar
 from .store import BASE, Candidate, RunStore, Summary, check_compatible, read_config
 from .tasks import get_task, score_all
@@ -35,23 +36,49 @@ class SearchResult:
 
 
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: higher validation score, then higher validation accuracy, then the earlier candidate."""
-    return sorted(candidates, key=lambda c: (-c.score, -c.accuracy, c.idx))
+    """Best first: higher validation score, then higher validation accuracy, then the earlier candidate.
+
+    Candidates that racing stopped early come last: their scores cover part of validation only.
+    """
+    return sorted(candidates, key=lambda c: (not c.complete, -c.score, -c.accuracy, c.idx))
 
 
 def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig,
-             spec: PerturbationSpec | None = None) -> list[tuple[int, Example, str, Score]]:
-    """Score one model (the base, or base + spec) on some examples; the weights are restored after."""
+             spec: PerturbationSpec | None = None, race: Race | None = None,
+             threshold: float | None = None) -> list[tuple[int, Example, str, Score]]:
+    """Score one model (the base, or base + spec) on some examples; the weights are restored after.
+
+    With a race and a threshold, examples go in chunks of one batch and scoring stops once the
+    candidate cannot reach the threshold; the rows scored so far are returned.
+    """
     prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template) for ex in examples]
+    chunk = config.batch_size if race is not None and threshold is not None else len(examples)
+    rows: list[tuple[int, Example, str, Score]] = []
     if spec is not None:
         engine.perturb(spec)
     try:
-        completions = engine.generate(prompts, config.max_new_tokens, task.stop)
+        for lo in range(0, len(examples), chunk):
+            completions = engine.generate(prompts[lo: lo + chunk], config.max_new_tokens, task.stop)
+            part = examples[lo: lo + chunk]
+            rows += [(lo + i, ex, c, s) for i, (ex, c, s) in
+                     enumerate(zip(part, completions, score_all(task, part, completions)))]
+            if race is not None and race.should_stop([r[3].reward for r in rows], threshold):
+                break
     finally:
         if spec is not None:
             engine.restore()
-    scores = score_all(task, examples, completions)
-    return [(i, ex, c, s) for i, (ex, c, s) in enumerate(zip(examples, completions, scores))]
+    return rows
+
+
+def race_for(config: SearchConfig, task: Task) -> Race | None:
+    """The run's racing rule, or None when racing is off."""
+    if config.racing == "off":
+        return None
+    reward_range = getattr(task, "reward_range", (0.0, 1.0))
+    if reward_range is None:
+        raise ThicketsError(f"racing needs the task's reward range, and task {task.name} (with a user reward "
+                            f"function) does not declare one; run without --racing")
+    return Race(config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range)
 
 
 def task_for(config: SearchConfig) -> Task:
@@ -109,6 +136,7 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
     """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked."""
     run_dir = Path(run_dir)
     task, val, identity = prepare(config, run_dir)
+    race = race_for(config, task)
     if engine is None:
         engine, identity = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)
     with RunStore.open(run_dir, config, meta=run_record(identity, engine, task)) as store:
@@ -117,16 +145,23 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
         base = Summary.of(list(store.scores(BASE, "val").values()))
         todo = [i for i in range(config.population) if i not in store.done_indices()]
         done = store.candidates()
-        best = max((c.score for c in done), default=None)
+        finished = [c.score for c in done if c.complete]
+        stopped = len(done) - len(finished)
+        fields = lambda: dict(base=f"{base.score:.3f}", best=f"{max(finished):.3f}" if finished else "-",  # noqa: E731
+                              **({"raced": stopped} if race else {}))
         with bar("search", config.population, progress) as update:
-            update(advance=len(done), base=f"{base.score:.3f}", best="-" if best is None else f"{best:.3f}")
+            update(advance=len(done), **fields())
             for i in todo:
                 spec = config.candidate(i)
+                threshold = race.threshold(finished) if race else None
                 t0 = time.perf_counter()
-                rows = evaluate(engine, task, val, config, spec)
+                rows = evaluate(engine, task, val, config, spec, race, threshold)
                 cand = store.add_candidate(i, spec.seed, spec.sigma, rows, time.perf_counter() - t0)
-                best = cand.score if best is None else max(best, cand.score)
-                update(base=f"{base.score:.3f}", best=f"{best:.3f}")
+                if cand.complete:
+                    finished.append(cand.score)
+                else:
+                    stopped += 1
+                update(**fields())
         return SearchResult(run_dir, base, rank(store.candidates()))
 
 

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     accuracy REAL NOT NULL,       -- fraction correct on the validation split
     format_rate REAL NOT NULL,    -- fraction of answers that could be extracted
     seconds REAL NOT NULL,
+    n_val INTEGER,                -- validation examples scored (fewer than val_size: racing stopped it)
     finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -59,10 +60,11 @@ class Candidate:
     idx: int
     seed: int
     sigma: float
-    score: float
+    score: float  # over the examples scored: all of validation unless racing stopped it early
     accuracy: float
     format_rate: float
     seconds: float
+    complete: bool = True  # False: racing stopped it; it cannot be among the top K
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,9 @@ class RunStore:
                 for statement in SCHEMA.split(";"):  # executescript() would commit on its own
                     if statement.strip():
                         con.execute(statement)
+                columns = {r[1] for r in con.execute("PRAGMA table_info(candidates)")}
+                if "n_val" not in columns:  # a run folder from before racing: every candidate is complete
+                    con.execute("ALTER TABLE candidates ADD COLUMN n_val INTEGER")
                 if config is not None:
                     con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
                 for k, v in (meta or {}).items():
@@ -198,10 +203,13 @@ class RunStore:
         return {r[0] for r in self.con.execute("SELECT idx FROM candidates")}
 
     def candidates(self) -> list[Candidate]:
+        columns = {r[1] for r in self.con.execute("PRAGMA table_info(candidates)")}
+        n_val = "n_val" if "n_val" in columns else "NULL"  # read-only opens of old folders
         rows = self.con.execute(
-            "SELECT idx, seed, sigma, score, accuracy, format_rate, seconds FROM candidates ORDER BY idx"
+            f"SELECT idx, seed, sigma, score, accuracy, format_rate, seconds, {n_val} FROM candidates ORDER BY idx"
         ).fetchall()
-        return [Candidate(*r) for r in rows]
+        val_size = self.config.val_size
+        return [Candidate(*r[:7], complete=r[7] is None or r[7] >= val_size) for r in rows]
 
     def scores(self, model: str, split: str) -> dict[int, Score]:
         """Stored per-example scores of one model on one split, by example position."""
@@ -226,15 +234,17 @@ class RunStore:
 
     def add_candidate(self, idx: int, seed: int, sigma: float, rows: Sequence[tuple[int, Example, str, Score]],
                       seconds: float) -> Candidate:
-        """One candidate and all its validation results, atomically."""
+        """One candidate and its validation results (all, or those scored before racing stopped it), atomically."""
         summary = Summary.of([r[3] for r in rows])
         with self.transaction():
             self._insert_results(candidate_model(idx), "val", rows)
             self.con.execute(
-                "INSERT INTO candidates (idx, seed, sigma, score, accuracy, format_rate, seconds) VALUES (?,?,?,?,?,?,?)",
-                (idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds),
+                "INSERT INTO candidates (idx, seed, sigma, score, accuracy, format_rate, seconds, n_val) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds, len(rows)),
             )
-        return Candidate(idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds)
+        return Candidate(idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds,
+                         complete=len(rows) >= self.config.val_size)
 
     def add_results(self, model: str, split: str, rows: Sequence[tuple[int, Example, str, Score]]) -> None:
         """Per-example results of the base model, or of an expert on the test split, atomically."""

@@ -46,6 +46,7 @@ class Task(Protocol):
     stop: tuple[str, ...]
     #: a system message for chat models, or None to use the model's default
     system_prompt: str | None
+    # optional: `reward_range = (low, high)`, the bounds racing relies on; (0, 1) when absent
 
     def examples(self, seed: int) -> Iterator[Example]:
         """A deterministic stream of examples for this seed (finite or endless)."""

@@ -32,6 +32,7 @@ class CountdownTask:
     description = "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"
     stop = ("</answer>",)
     system_prompt: str | None = None
+    reward_range = (0.0, FORMAT_REWARD + CORRECT_REWARD)
 
     def __init__(self, min_numbers: int = 3, max_numbers: int = 4, max_value: int = 99, max_target: int = 1000):
         if not 2 <= min_numbers <= max_numbers or max_value < 1 or max_target < 1:

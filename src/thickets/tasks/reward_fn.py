@@ -69,6 +69,8 @@ def _columns(examples: Sequence[Example]) -> dict[str, list]:
 class RewardTask:
     """Any task, with its reward replaced by a user's function; extraction and correctness stay the task's."""
 
+    reward_range = None  # unknown: a user's function may return any number
+
     def __init__(self, inner: Task, fn: Callable, name: str, digest: str, style: str | None = None):
         self.inner, self.fn, self.reward_name, self.style = inner, fn, name, style
         self.name = inner.name
