@@ -73,6 +73,7 @@ class ReplayResult:
     examples_scored: int  # validation examples generated, over all candidates
     examples_total: int  # what the exhaustive search generated
     same_top_k: bool  # the racing search's top K (as a set) equals the exhaustive one's
+    overlap: float  # the share of the exhaustive top K that the racing search kept
 
     @property
     def saved(self) -> float:
@@ -96,7 +97,8 @@ def replay(rewards: Sequence[Sequence[float]], race: Race, chunk: int) -> Replay
     full = sorted(((sum(r) / len(r), i) for i, r in enumerate(rewards)), key=lambda t: (-t[0], t[1]))
     raced = sorted(finished, key=lambda t: (-t[0], t[1]))
     top = lambda ranked: {i for _, i in ranked[: race.k]}  # noqa: E731
-    return ReplayResult(scored, sum(len(r) for r in rewards), top(full) == top(raced))
+    kept = len(top(full) & top(raced)) / len(top(full))
+    return ReplayResult(scored, sum(len(r) for r in rewards), top(full) == top(raced), kept)
 
 
 def replay_many(rewards: Sequence[Sequence[float]], race: Race, chunk: int, orders: int = 200,
@@ -104,7 +106,7 @@ def replay_many(rewards: Sequence[Sequence[float]], race: Race, chunk: int, orde
     """Replay with the validation examples (and candidates) in many random orders: agreement and savings."""
     rng = random.Random(seed)
     n_ex = len(rewards[0])
-    same, saved = 0, []
+    same, saved, overlap = 0, [], []
     for _ in range(orders):
         perm = list(range(n_ex))
         rng.shuffle(perm)
@@ -113,5 +115,31 @@ def replay_many(rewards: Sequence[Sequence[float]], race: Race, chunk: int, orde
         result = replay([[rewards[c][e] for e in perm] for c in cands], race, chunk)
         same += result.same_top_k
         saved.append(result.saved)
+        overlap.append(result.overlap)
     return {"mode": race.mode, "delta": race.delta, "k": race.k, "orders": orders,
-            "same_top_k": same / orders, "generation_saved": sum(saved) / orders}
+            "same_top_k": same / orders, "top_k_overlap": sum(overlap) / orders,
+            "generation_saved": sum(saved) / orders}
+
+
+def stored_rewards(run_dir) -> list[list[float]]:
+    """Per-example validation rewards of a run's fully scored candidates (candidate x example)."""
+    from .store import RunStore, candidate_model
+
+    with RunStore.open(run_dir, write=False) as store:
+        out = []
+        for c in store.candidates():
+            if c.complete:
+                scores = store.scores(candidate_model(c.idx), "val")
+                out.append([scores[i].reward for i in sorted(scores)])
+    return out
+
+
+def replay_run(run_dir, k: int = 5, chunk: int = 8, deltas: Sequence[float] = (0.2, 0.05, 0.01),
+               orders: int = 200, reward_range: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
+    """How racing would have done on a finished exhaustive run: top-K agreement and generation saved."""
+    rewards = stored_rewards(run_dir)
+    if len(rewards) <= k:
+        raise ThicketsError(f"replaying racing needs more than {k} fully scored candidates in {run_dir}")
+    races = [Race(len(rewards[0]), k, "exact", 0.05, *reward_range)]
+    races += [Race(len(rewards[0]), k, "hoeffding", d, *reward_range) for d in deltas]
+    return [replay_many(rewards, race, chunk, orders) for race in races]
