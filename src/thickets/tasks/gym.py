@@ -3,6 +3,10 @@
 reasoning-gym datasets are procedural: item i is generated from (seed, i), so a split seed
 gives an endless deterministic stream. Correct means the scorer gives full credit; partial
 credit counts in the reward only.
+
+The answer is the last <answer> tag. Small models rarely write tags, so where the reference
+answer is an integer and there is no tag, the final number of the completion is taken instead
+(GSM8K-style flexible extraction); reasoning-gym's scorer still judges it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Iterator
 
 from ..errors import ThicketsError
 from .base import Example, Score
+from .answers import extract_final_number, parse_number
 from .extract import last_tag, normalise
 
 _INSTRUCTION = "\n\nGive only the final answer inside <answer></answer> tags."
@@ -58,6 +63,10 @@ class GymTask:
 
     def score(self, example: Example, completion: str) -> Score:
         answer = last_tag(completion)
+        if answer is None and _is_integer(example.data["entry"].get("answer")):
+            number = extract_final_number(completion)
+            value = parse_number(number) if number is not None else None
+            answer = str(value) if value is not None and value.denominator == 1 else None
         if answer is None:
             return Score(None, None, 0.0, False)
         try:
@@ -65,3 +74,7 @@ class GymTask:
         except Exception:
             reward = 0.0
         return Score(answer, normalise(answer), reward, reward >= 1.0)
+
+
+def _is_integer(answer) -> bool:
+    return isinstance(answer, int) or (isinstance(answer, str) and answer.strip().lstrip("-").isdigit())
