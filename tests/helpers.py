@@ -46,10 +46,11 @@ def register_toy_task() -> None:
     register_task("small", SmallTask, SmallTask.__doc__)
 
 
-def make_tiny_model(out: Path) -> Path:
-    """A tiny random Llama (tied embeddings, like SmolLM2) with the embedded model's tokenizer."""
+def make_tiny_model(out: Path, family: str = "llama") -> Path:
+    """A tiny random model with the embedded model's tokenizer: a Llama with tied embeddings (like
+    SmolLM2), or a Qwen2 with an untied output head and q/k/v biases that matter."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from thickets.models import embedded_gguf_path
 
@@ -57,16 +58,19 @@ def make_tiny_model(out: Path) -> Path:
         return out
     gguf = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
+    config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        tie_word_embeddings=family == "llama", bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0 if family == "llama" else 1)
+    model = model_cls(config)
     with torch.no_grad():  # larger weights than the default init, so small noise changes outputs
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() > 1:
                 p.mul_(5.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.5)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -1,4 +1,9 @@
-"""The transformers engine: batched greedy generation on CPU or GPU, in-place perturbation, exact restore."""
+"""The transformers engine: batched greedy generation on CPU or GPU, in-place perturbation, exact restore.
+
+Greedy generation goes through `fast_decode` (a static-cache decoder over the model's own
+weights, token for token what `generate` gives) for Llama-family and Qwen2 models, and through
+transformers' `generate` for anything else or when built with `fast=False`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Sequence
 import torch
 
 from ..noise import PerturbationSpec, add_noise_, standard_noise
+from . import fast_decode
 from .base import cut_at_stop
 
 
@@ -16,14 +22,24 @@ def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class TransformersEngine:
-    """Keeps a copy of the base weights and restores by copying it back: exact in any dtype."""
+    """Keeps the base weights untouched and swaps a perturbed working copy in: restore is exact in
+    any dtype and costs nothing.
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32):
+    The base tensors are the ones the model was loaded with (often pages of the safetensors file,
+    mapped by transformers), never written. The first perturb() allocates one working tensor per
+    parameter; every perturb() writes base + sigma * noise into it in one pass and points the
+    model's parameters at it; restore() points them back at the base. Two copies of the weights in
+    memory, never three, and no copy-back pass.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, fast: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.fast = fast and fast_decode.supports(model)  # else transformers' generate
         self.params = canonical_parameters(model)
-        self._base = {n: p.detach().clone() for n, p in self.params.items()}
+        self._base = {n: p.data for n, p in self.params.items()}
+        self._work: dict[str, torch.Tensor] = {}
         self._touched: list[str] = []
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -35,21 +51,26 @@ class TransformersEngine:
         if self._touched:
             raise RuntimeError("perturb() called twice without restore()")
         names = [n for n in self.params if spec.filter.keeps(n)]
-        self._touched = names
-        fast = [(n, self.params[n]) for n in names if self.params[n].dtype == torch.float32 and self.params[n].device.type == "cpu"]
+        for n in names:
+            if n not in self._work:
+                self._work[n] = torch.empty_like(self._base[n])
+        numpy_ok = [n for n in names if self._base[n].dtype == torch.float32 and self._base[n].device.type == "cpu"]
         with torch.no_grad():
-            add_noise_(spec, [(n, p.detach().numpy()) for n, p in fast])
+            add_noise_(spec, [(n, self._work[n].numpy()) for n in numpy_ok],
+                       base={n: self._base[n].numpy() for n in numpy_ok})
             for n in names:
-                p = self.params[n]
-                if p.dtype == torch.float32 and p.device.type == "cpu":
+                if n in numpy_ok:
                     continue
-                eps = torch.from_numpy(standard_noise(spec, n, tuple(p.shape))).to(p.device)
-                p.copy_((p.float() + spec.sigma * eps).to(p.dtype))
+                base = self._base[n]
+                eps = torch.from_numpy(standard_noise(spec, n, tuple(base.shape))).to(base.device)
+                self._work[n].copy_((base.float() + spec.sigma * eps).to(base.dtype))
+            for n in names:
+                self.params[n].data = self._work[n]
+        self._touched = names
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for n in self._touched:
-                self.params[n].copy_(self._base[n])
+        for n in self._touched:
+            self.params[n].data = self._base[n]
         self._touched = []
 
     # -- generation ----------------------------------------------------------------------------
@@ -65,22 +86,27 @@ class TransformersEngine:
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo : lo + self.batch_size]
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = self.model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tok.pad_token_id,
-                stop_strings=list(stop) or None,
-                tokenizer=tok if stop else None,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            if self.fast:
+                new = fast_decode.generate_greedy(self.model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                                                  pad_token_id=tok.pad_token_id, tokenizer=tok, stop_strings=stop)
+            else:
+                new = self.model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    stop_strings=list(stop) or None,
+                    tokenizer=tok if stop else None,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )[:, enc["input_ids"].shape[1] :]
+            texts = tok.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = cut_at_stop(text, stop)
         return out
 
     def describe(self) -> dict:
         p = next(iter(self.params.values()))
-        return {"engine": "transformers", "dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type, "batch_size": self.batch_size}
+        return {"engine": "transformers", "dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type,
+                "batch_size": self.batch_size, "fast_decode": self.fast}

@@ -1,0 +1,391 @@
+"""Fast greedy decoding for Llama-family and Qwen2 causal LMs, reading the model's live weights.
+
+Hugging Face `generate` spends much of a CPU decode step outside the matrix products: a
+dynamic cache that grows by concatenation (every layer copies its whole K and V each step),
+masks and position embeddings rebuilt per step, logits processors and stopping criteria run
+through generic machinery. This module is one small forward pass in plain torch:
+
+- embedding, RMSNorm, RoPE (a cos/sin table built once per call), GQA attention through
+  `scaled_dot_product_attention` (for one query token the query heads are packed per
+  key/value head, as transformers does), SwiGLU MLP, tied or untied output head, Qwen2's
+  q/k/v biases (any `nn.Linear` bias is applied);
+- a preallocated static KV cache `[layers, batch, kv_heads, max_len, head_dim]`; left-padded
+  prompts with position ids as transformers computes them (cumsum of the mask - 1) and the
+  padded keys masked; prefill in one forward, then one token per step with argmax;
+- rows that end (an EOS id of the generation config, or a stop string, detected by
+  transformers' own `StopStringCriteria` so the stopping step is the same) leave the batch:
+  the cache, tokens and masks are compacted with `index_select` when enough rows are done.
+
+Every weight is read from the model's own parameters at call time (no copies), so a
+perturbation applied in place between calls is seen. Numerically this follows the
+transformers float32 path operation by operation (the same RMSNorm, RoPE and SDPA calls), so
+greedy tokens match `model.generate(do_sample=False)`; only the reduction order inside a
+kernel may differ (a static cache and a compacted batch give other blockings), which changes
+the last bits of a logit and could flip a near-tie.
+
+`supports(model)` says whether a model can take this path; callers fall back to `generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+_STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
+# generation-config fields that would add a logits processor or a stopping rule to greedy generate
+_NEUTRAL = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "max_time": (None,),
+    "watermarking_config": (None,),
+    "renormalize_logits": (None, False),
+}
+
+
+def supports(model) -> bool:
+    """True when `generate_greedy` reproduces the model's greedy `generate` (else use `generate`)."""
+    if type(model).__name__ not in SUPPORTED_ARCHITECTURES or getattr(model, "training", False):
+        return False
+    cfg = model.config
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return False
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ())):
+        return False  # sliding-window layers
+    rope = getattr(model.model, "rotary_emb", None)
+    if rope is None or getattr(rope, "rope_type", None) not in _STATIC_ROPE_TYPES:
+        return False
+    if getattr(model.model, "embed_tokens", None) is None or not hasattr(model, "lm_head"):
+        return False
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        for name, neutral in _NEUTRAL.items():
+            if getattr(gen, name, None) not in neutral:
+                return False
+    layer = model.model.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+    if not all(hasattr(attn, n) for n in needed) or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        return False
+    return True
+
+
+def eos_ids(model) -> list[int]:
+    """The ids `generate` stops on: the generation config's `eos_token_id` (none when it is unset)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    eps1: float
+    q: torch.nn.Linear
+    k: torch.nn.Linear
+    v: torch.nn.Linear
+    o: torch.nn.Linear
+    ln2: torch.Tensor
+    eps2: float
+    gate: torch.nn.Linear
+    up: torch.nn.Linear
+    down: torch.nn.Linear
+
+
+def _layers(model) -> list[_Layer]:
+    out = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        out.append(_Layer(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, a.q_proj, a.k_proj,
+                          a.v_proj, a.o_proj, layer.post_attention_layernorm.weight,
+                          layer.post_attention_layernorm.variance_epsilon, m.gate_proj, m.up_proj, m.down_proj))
+    return out
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm / Qwen2RMSNorm, operation for operation."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _linear(x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
+    return F.linear(x, lin.weight, lin.bias)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+_STOP_CRITERIA: dict = {}  # (id(tokenizer), len(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
+
+
+def _stop_string_criteria(tokenizer, stop_strings: tuple[str, ...]):
+    """transformers' StopStringCriteria, built once per tokenizer and stop strings (building scans the
+    whole vocabulary: about 0.3 s, and transformers' own cache misses because its key is the vocabulary
+    in hash order)."""
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    key = (id(tokenizer), len(tokenizer), stop_strings)
+    hit = _STOP_CRITERIA.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    criteria = StopStringCriteria(tokenizer, list(stop_strings))
+    if len(_STOP_CRITERIA) >= 8:
+        _STOP_CRITERIA.pop(next(iter(_STOP_CRITERIA)))
+    _STOP_CRITERIA[key] = (tokenizer, criteria)  # the tokenizer is held so its id is not reused
+    return criteria
+
+
+class _Stops:
+    """EOS ids and stop strings; a row is done after the token that ends it (as `generate` decides)."""
+
+    def __init__(self, model, tokenizer, stop_strings, device):
+        ids = eos_ids(model)
+        self.eos = torch.tensor(ids, device=device, dtype=torch.long) if ids else None
+        self.strings = None
+        if stop_strings:
+            self.strings = _stop_string_criteria(tokenizer, tuple(stop_strings))
+            self.window = self.strings.maximum_token_len
+
+    def __call__(self, last: torch.Tensor, seq: torch.Tensor) -> torch.Tensor | None:
+        """last: [B] new tokens; seq: [B, L] all tokens so far (prompt + generated)."""
+        done = None
+        if self.eos is not None:
+            done = torch.isin(last, self.eos)
+        if self.strings is not None:
+            hit = self.strings(seq[:, -self.window :], None)
+            done = hit if done is None else done | hit
+        return done
+
+
+def _compact_worth_it(n_done: int, n_active: int, steps_left: int) -> bool:
+    """Drop finished rows when the compute they would still cost outweighs one cache copy.
+
+    A row-step (about 2 x params FLOPs) costs far more than copying one row's cache once, so
+    compaction pays off after a few steps; batching the finished rows avoids copying on every step.
+    """
+    if n_done == 0 or steps_left <= 0:
+        return False
+    return n_done * steps_left >= max(2, n_active // 8)
+
+
+def _attend(q, k, v, scaling: float, group: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """SDPA called as transformers calls it for the same case, so the arithmetic is the same.
+
+    No mask -> GQA inside SDPA (causal for a prompt); a mask and one query token -> the query heads
+    of each key/value head packed as its queries; a mask and several tokens -> key/value heads repeated.
+    """
+    n, _, t, hd = q.shape
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal, enable_gqa=group > 1)
+    if t == 1:
+        n_kv = k.shape[1]
+        a = F.scaled_dot_product_attention(q.reshape(n, n_kv, group, hd), k, v, attn_mask=mask, scale=scaling)
+        return a.reshape(n, n_kv * group, 1, hd)
+    if group > 1:
+        s, n_kv = k.shape[2], k.shape[1]
+        k = k[:, :, None].expand(n, n_kv, group, s, hd).reshape(n, n_kv * group, s, hd)
+        v = v[:, :, None].expand(n, n_kv, group, s, hd).reshape(n, n_kv * group, s, hd)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+
+
+class _Decoder:
+    """The model's layers over a preallocated cache [layers, batch, kv_heads, max_len, head_dim]."""
+
+    def __init__(self, model, batch: int, max_len: int, device):
+        inner = model.model
+        self.layers = _layers(model)
+        self.embed = inner.embed_tokens.weight
+        self.norm, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.head = model.lm_head
+        attn0 = inner.layers[0].self_attn
+        self.hd, self.scaling = attn0.head_dim, attn0.scaling
+        self.n_heads = attn0.q_proj.out_features // self.hd
+        self.n_kv = attn0.k_proj.out_features // self.hd
+        self.group = self.n_heads // self.n_kv
+        self.rotary = inner.rotary_emb
+        shape = (len(self.layers), batch, self.n_kv, max_len, self.hd)
+        self.k = torch.empty(shape, dtype=self.embed.dtype, device=device)
+        self.v = torch.empty_like(self.k)
+
+    def rope_table(self, n_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions 0..n_pos-1, built once per call with the model's own rotary module."""
+        table = torch.arange(n_pos, device=self.embed.device)[None, :]
+        cos, sin = self.rotary(self.embed[:1].unsqueeze(0), table)
+        return cos[0], sin[0]
+
+    def forward(self, ids: torch.Tensor, cos, sin, lo: int, mask: torch.Tensor | None, causal: bool = False,
+                rows: int | None = None) -> torch.Tensor:
+        """Feed ids [n, t] at cache columns lo..lo+t, attending to columns 0..lo+t; the last position's
+        logits [n, vocab]. `rows`: write the new keys to this many cache rows (a shared prefix computed
+        once for the whole batch)."""
+        n, t = ids.shape
+        hi = lo + t
+        hd, nh, nkv = self.hd, self.n_heads, self.n_kv
+        x = F.embedding(ids, self.embed)
+        for i, L in enumerate(self.layers):
+            h = _rms_norm(x, L.ln1, L.eps1)
+            q = _linear(h, L.q).view(n, t, nh, hd).transpose(1, 2)
+            k = _linear(h, L.k).view(n, t, nkv, hd).transpose(1, 2)
+            v = _linear(h, L.v).view(n, t, nkv, hd).transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            ck, cv = self.k[i, : rows or n], self.v[i, : rows or n]
+            ck[:, :, lo:hi] = k
+            cv[:, :, lo:hi] = v
+            if causal:  # a prompt on an empty cache: attend to the new keys only, as transformers does
+                a = _attend(q, k, v, self.scaling, self.group, None, True)
+            else:
+                a = _attend(q, ck[:n, :, :hi], cv[:n, :, :hi], self.scaling, self.group, mask, False)
+            x = x + _linear(a.transpose(1, 2).reshape(n, t, nh * hd), L.o)
+            h = _rms_norm(x, L.ln2, L.eps2)
+            x = x + _linear(F.silu(_linear(h, L.gate)) * _linear(h, L.up), L.down)
+        x = _rms_norm(x[:, -1], self.norm, self.norm_eps)
+        return _linear(x, self.head)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these cache rows (ascending), moved down in place one layer at a time, so the
+        cache is never copied whole."""
+        n = rows.numel()
+        for cache in (self.k, self.v):
+            for i in range(cache.shape[0]):
+                cache[i, :n] = cache[i].index_select(0, rows)
+        self.k, self.v = self.k[:, :n], self.v[:, :n]
+
+
+def shared_prefix(input_ids: torch.Tensor, valid: torch.Tensor) -> int:
+    """Length of the token prefix every (left-padded) row starts with, leaving each row at least one
+    token of its own: a chat template's system prompt is usually most of a short prompt."""
+    lengths = valid.sum(1)
+    shortest = int(lengths.min())
+    if shortest < 2 or input_ids.shape[0] < 2:
+        return 0
+    T = input_ids.shape[1]
+    starts = T - lengths  # left padding
+    idx = starts[:, None] + torch.arange(shortest - 1, device=input_ids.device)[None, :]
+    heads = input_ids.gather(1, idx)  # [B, shortest - 1] each row's first tokens
+    same = (heads == heads[:1]).all(0)
+    return int(same.long().cumprod(0).sum())
+
+
+MIN_SHARED_PREFIX = 8  # below this, one prefill over the padded batch is as cheap
+
+
+@torch.inference_mode()
+def generate_greedy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int, *,
+                    pad_token_id: int, tokenizer=None, stop_strings=(), compact=_compact_worth_it,
+                    share_prefix: bool = True) -> torch.Tensor:
+    """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
+    `pad_token_id` after each row's end, exactly as `model.generate(do_sample=False)` returns them
+    (n = the step at which the last row ended, at most max_new_tokens).
+
+    A prefix all prompts share is run once, not once per row: its keys and values do not depend
+    on what follows. The rows' own tokens then sit after it, left-padded, with the positions
+    transformers would give them; padded keys are masked.
+    """
+    device = input_ids.device
+    B, T = input_ids.shape
+    if max_new_tokens <= 0 or B == 0:
+        return input_ids.new_empty((B, 0))
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.to(torch.bool)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop strings need the tokenizer")
+    stops = _Stops(model, tokenizer, stop_strings, device)
+
+    P = shared_prefix(input_ids, valid) if share_prefix else 0
+    if P < MIN_SHARED_PREFIX:
+        P = 0
+    lengths = valid.sum(1)
+    S = int(lengths.max()) - P  # width of the rows' own parts, left-padded
+    W = P + S  # prompt columns in the cache
+    max_len = W + max_new_tokens - 1  # the last new token is never fed back
+    dec = _Decoder(model, B, max_len, device)
+    cos_t, sin_t = dec.rope_table(W + max_new_tokens + 1)
+
+    # the rows' own tokens, right-aligned in S columns; positions as transformers computes them
+    own_ok = torch.arange(S, device=device)[None, :] >= (S - (lengths - P))[:, None]  # [B, S]
+    own_ids = input_ids[:, T - S :].masked_fill(~own_ok, pad_token_id) if S <= T else None
+    own_pos = (P + own_ok.long().cumsum(1) - 1).masked_fill(~own_ok, 0)
+    key_ok = torch.ones((B, max_len), dtype=torch.bool, device=device)
+    key_ok[:, P:W] = own_ok
+    padded = not bool(own_ok.all())
+
+    # -- prefill -------------------------------------------------------------------------------
+    if P:
+        prefix = input_ids[:1, T - int(lengths[0]) : T - int(lengths[0]) + P]
+        pcos, psin = cos_t[:P][None, None], sin_t[:P][None, None]
+        dec.forward(prefix, pcos, psin, 0, None, causal=True, rows=1)
+        dec.k[:, 1:, :, :P] = dec.k[:, :1, :, :P]
+        dec.v[:, 1:, :, :P] = dec.v[:, :1, :, :P]
+    cos, sin = cos_t[own_pos].unsqueeze(1), sin_t[own_pos].unsqueeze(1)  # [B, 1, S, hd]
+    if not P and not padded:
+        logits = dec.forward(own_ids, cos, sin, 0, None, causal=True)
+    else:
+        causal = torch.ones((S, S), dtype=torch.bool, device=device).tril_()
+        mask = causal[None] & own_ok[:, None, :]
+        mask |= torch.eye(S, dtype=torch.bool, device=device)  # padded queries see themselves: no NaN rows
+        if P:
+            mask = torch.cat([torch.ones((B, S, P), dtype=torch.bool, device=device), mask], 2)
+        logits = dec.forward(own_ids, cos, sin, P, mask[:, None])
+    tok = logits.argmax(-1)  # [B]
+
+    # -- decode --------------------------------------------------------------------------------
+    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    seq = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=device)  # for stop strings
+    seq[:, :T] = input_ids
+    rows = torch.arange(B, device=device)  # active row -> original row
+    last_pos = own_pos[:, -1].clone()
+    n_done_pending = 0
+    pending = torch.zeros(B, dtype=torch.bool, device=device)
+    n = B
+    steps = max_new_tokens
+    for s in range(max_new_tokens):
+        c = W + s  # cache column of this step's token
+        out[rows, s] = torch.where(pending, pad_token_id, tok) if n_done_pending else tok
+        seq[:, T + s] = tok
+        done = stops(tok, seq[:, : T + s + 1])
+        if done is not None:
+            done &= ~pending
+            new_done = int(done.sum())
+            if new_done:
+                pending |= done
+                n_done_pending += new_done
+        if n_done_pending == n:
+            steps = s + 1
+            break
+        if s == max_new_tokens - 1:
+            break
+        if n_done_pending and compact(n_done_pending, n - n_done_pending, max_new_tokens - 1 - s):
+            keep = (~pending).nonzero().squeeze(1)
+            rows, tok, seq, key_ok, last_pos = rows[keep], tok[keep], seq[keep], key_ok[keep], last_pos[keep]
+            dec.keep(keep)
+            n = keep.numel()
+            pending = torch.zeros(n, dtype=torch.bool, device=device)
+            n_done_pending = 0
+        p = last_pos + (s + 1)
+        cos, sin = cos_t[p][:, None, None], sin_t[p][:, None, None]  # [n, 1, 1, hd]
+        mask = key_ok[:, None, None, : c + 1] if padded else None
+        tok = dec.forward(tok[:, None], cos, sin, c, mask).argmax(-1)
+    return out[:, :steps]
