@@ -20,6 +20,24 @@ def test_restore_is_bitwise_exact(tiny_engine):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_the_base_weights_are_never_written_and_the_working_copy_is_reused(tiny_engine):
+    """perturb() writes a working copy, restore() swaps the loaded tensors back: two copies, never three."""
+    params = canonical_parameters(tiny_engine.model)
+    loaded = {n: p.data for n, p in params.items()}
+    snapshot = {n: t.clone() for n, t in loaded.items()}
+    tiny_engine.perturb(PerturbationSpec(1, 0.05))
+    work = {n: p.data.data_ptr() for n, p in params.items()}
+    assert all(work[n] != loaded[n].data_ptr() for n in params)
+    tiny_engine.restore()
+    assert all(p.data.data_ptr() == loaded[n].data_ptr() for n, p in params.items())
+    tiny_engine.perturb(PerturbationSpec(2, 0.05))
+    assert {n: p.data.data_ptr() for n, p in params.items()} == work  # no new allocation
+    tiny_engine.restore()
+    assert all(torch.equal(loaded[n], snapshot[n]) for n in params)
+    model = tiny_engine.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied weights stay tied
+
+
 def test_perturbation_adds_sigma_times_the_named_noise_once_to_tied_weights(tiny_engine):
     model = tiny_engine.model
     assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -67,6 +67,12 @@ def test_add_noise_matches_noise_and_is_independent_of_threads(monkeypatch):
         results.append(x)
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], np.float32(1) + noise(spec, "w", shape))
+    # from a base: the same sum in the output, the base untouched
+    base = np.full(shape, 1, np.float32)
+    out = np.zeros(shape, np.float32)
+    add_noise_(spec, [("w", out)], base={"w": base})
+    np.testing.assert_array_equal(out, results[0])
+    assert (base == 1).all()
 
 
 def test_bad_specs_are_refused():

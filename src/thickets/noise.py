@@ -16,7 +16,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -114,8 +114,10 @@ def _threads() -> int:
     return max(1, int(os.environ.get("THICKETS_NOISE_THREADS", os.cpu_count() or 1)))
 
 
-def add_noise_(spec: PerturbationSpec, params: Iterable[tuple[str, np.ndarray]], scale: float = 1.0) -> None:
+def add_noise_(spec: PerturbationSpec, params: Iterable[tuple[str, np.ndarray]], scale: float = 1.0,
+               base: Mapping[str, np.ndarray] | None = None) -> None:
     """In place: params[name] += scale * sigma * noise(name), chunk by chunk in parallel threads.
+    With `base`: params[name] = base[name] + scale * sigma * noise(name), in the same single pass.
 
     `params` are float32 NumPy views (of torch tensors, say). Each chunk is generated and
     added in one thread while it is in cache; no full-size noise tensor is ever allocated.
@@ -129,15 +131,20 @@ def add_noise_(spec: PerturbationSpec, params: Iterable[tuple[str, np.ndarray]],
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
             raise TypeError(f"{name}: add_noise_ needs a contiguous float32 array, got {arr.dtype}")
         flat = arr.reshape(-1)
+        src = flat
+        if base is not None:
+            src = base[name].reshape(-1)
+            if src.dtype != np.float32 or src.shape != flat.shape:
+                raise TypeError(f"{name}: base must be float32 of the same shape as the parameter")
         for lo in range(0, flat.size, CHUNK):
-            jobs.append((name, flat, lo, min(lo + CHUNK, flat.size)))
+            jobs.append((name, flat, src, lo, min(lo + CHUNK, flat.size)))
 
-    def run(job: tuple[str, np.ndarray, int, int]) -> None:
-        name, flat, lo, hi = job
+    def run(job: tuple[str, np.ndarray, np.ndarray, int, int]) -> None:
+        name, flat, src, lo, hi = job
         buf = np.empty(hi - lo, dtype=np.float32)
         fill(spec.seed, name, flat.size, lo, hi, buf)
         buf *= alpha
-        flat[lo:hi] += buf
+        np.add(src[lo:hi], buf, out=flat[lo:hi])
 
     threads = _threads()
     if threads == 1:
