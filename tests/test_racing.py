@@ -115,3 +115,18 @@ def test_a_run_folder_from_before_racing_reads_as_all_complete_and_is_upgraded(t
     result = search(SearchConfig(**{**config.__dict__, "population": 4}), tmp_path / "old", engine=KnownEngine(),
                     progress=False)
     assert len(result.ranked) == 4 and all(c.complete for c in result.ranked)
+
+
+def test_race_replay_command_prints_agreement_for_each_rule(tmp_path, tiny_model_dir, capsys):
+    from thickets.cli import main
+
+    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=12, val_size=16, batch_size=4,
+                          max_new_tokens=2)
+    search(config, tmp_path / "run", engine=KnownEngine(), progress=False)
+    assert main(["race-replay", "--run-dir", str(tmp_path / "run"), "--top-k", "1,3", "--orders", "20"]) == 0
+    out = capsys.readouterr().out
+    exact = [line for line in out.splitlines() if "exact" in line]
+    assert len(exact) == 2 and all("100.0%" in line for line in exact)  # the exact rule never changes the top K
+    assert out.count("hoeffding") == 6
+    assert main(["race-replay", "--run-dir", str(tmp_path / "missing")]) == 2
+    assert "no thickets run" in capsys.readouterr().err

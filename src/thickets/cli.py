@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import SearchConfig, parse_floats, parse_ints
+from .config import BenchConfig, SearchConfig, parse_floats, parse_ints
 from .errors import ThicketsError
 
 
@@ -136,6 +136,45 @@ def cmd_tasks(a) -> None:
         print(f"{name:<28} {description}")
 
 
+def cmd_bench(a) -> None:
+    from .bench import bench, print_bench
+
+    sizes = parse_ints(a.batch_sizes, "--batch-sizes")
+    if not sizes or a.candidates < 1 or a.val_size < 1 or a.decode_tokens < 2 or min(sizes) < 1:
+        raise ThicketsError("--candidates, --val-size and --batch-sizes must be at least 1, --decode-tokens at least 2")
+    if a.json:
+        out = Path(a.json)
+        if not out.parent.is_dir():
+            raise ThicketsError(f"cannot write --json {a.json}: folder {out.parent} does not exist")
+    cfg = BenchConfig(model=a.model, task=a.task, candidates=a.candidates, val_size=a.val_size,
+                      max_new_tokens=a.max_new_tokens, batch_sizes=sizes, decode_tokens=a.decode_tokens)
+    results = bench(cfg, progress=not a.quiet)
+    print_bench(results)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {a.json}")
+
+
+def cmd_race_replay(a) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .racing import replay_run
+    from .search import load_run_config, task_for
+
+    reward_range = getattr(task_for(load_run_config(a.run_dir)), "reward_range", (0.0, 1.0))
+    if reward_range is None:
+        raise ThicketsError("the run's reward has no declared range (a --reward function), so racing cannot bound it")
+    t = Table(title=f"racing replayed on {a.run_dir}: {a.orders} random orders, chunks of {a.chunk} examples")
+    for col in ("K", "rule", "same top-K", "top-K overlap", "generation saved"):
+        t.add_column(col, justify="right")
+    for k in parse_ints(a.top_k, "--top-k"):
+        for r in replay_run(a.run_dir, k, a.chunk, orders=a.orders, reward_range=reward_range):
+            rule = "exact" if r["mode"] == "exact" else f"hoeffding d={r['delta']:g}"
+            t.add_row(str(k), rule, f"{r['same_top_k']:.1%}", f"{r['top_k_overlap']:.1%}", f"{r['generation_saved']:.1%}")
+    Console().print(t)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
                                      "and top-K majority vote")
@@ -174,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", required=True, help='the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
     p.add_argument("--completion-file", required=True, help="file with the model's completion, or - for stdin")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("bench", help="speed, side by side: our decoder vs generate, search vs a naive loop")
+    bdef = BenchConfig()
+    p.add_argument("--model", default=bdef.model)
+    p.add_argument("--task", default=bdef.task)
+    p.add_argument("--candidates", type=int, default=bdef.candidates, help="candidates per side of the search comparison")
+    p.add_argument("--val-size", type=int, default=bdef.val_size)
+    p.add_argument("--max-new-tokens", type=int, default=bdef.max_new_tokens)
+    p.add_argument("--batch-sizes", default=",".join(map(str, bdef.batch_sizes)))
+    p.add_argument("--decode-tokens", type=int, default=bdef.decode_tokens)
+    p.add_argument("--json", help="write the figures to this file")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("race-replay", help="how racing would have done on a finished run: same top-K, work saved")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--top-k", default="1,3,5")
+    p.add_argument("--chunk", type=int, default=8, help="examples scored between racing decisions")
+    p.add_argument("--orders", type=int, default=200, help="random example and candidate orders to replay")
+    p.set_defaults(func=cmd_race_replay)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)

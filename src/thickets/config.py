@@ -123,3 +123,18 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ThicketsError(f"{what} must be integers separated by commas, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`thickets bench`: the figures of BENCHMARKS.md, measured side by side in one run."""
+
+    model: str = "smollm2-135m"
+    task: str = "products"
+    candidates: int = 6  # per side of the search comparison
+    val_size: int = 32
+    max_new_tokens: int = 12
+    sigma: float = 1e-3
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    decode_tokens: int = 32  # tokens per row in the decode comparison
+    top_k: int = 3

@@ -1,0 +1,69 @@
+"""`thickets bench` measures both sides on the same candidates; the figures it reports are consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thickets.bench import bench
+from thickets.cli import main
+from thickets.config import BenchConfig
+
+
+@pytest.fixture(scope="module")
+def figures(tiny_model_dir, tmp_path_factory):
+    """`thickets bench --json` on the tiny model: the figures as a user's file holds them."""
+    out = tmp_path_factory.mktemp("bench") / "figures.json"
+    assert main(["--quiet", "bench", "--model", str(tiny_model_dir), "--task", "products", "--candidates", "3",
+                 "--val-size", "4", "--max-new-tokens", "4", "--batch-sizes", "1,3", "--decode-tokens", "3",
+                 "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_issue_keys_are_written(figures):
+    for key in ("decode_vs_hf_b3", "roofline_fraction_b3", "search_vs_naive", "perturb_share", "warm_load_s",
+                "peak_rss_gb"):
+        assert isinstance(figures[key], float), key
+
+
+def test_search_and_naive_loop_score_the_same_candidates_alike(figures):
+    assert figures["same_scores"] is True and figures["same_top_k"] is True
+    assert figures["search_vs_naive"] == pytest.approx(
+        figures["search_candidates_per_hour"] / figures["naive_candidates_per_hour"])
+
+
+def test_decode_figures_for_each_batch_size(figures):
+    for b in (1, 3):
+        d = figures["decode"][str(b)]
+        assert d["same_tokens"] is True  # the fast path gave generate's tokens
+        assert figures[f"decode_vs_hf_b{b}"] == pytest.approx(d["ours_tok_s"] / d["hf_tok_s"])
+        assert figures[f"roofline_fraction_b{b}"] == pytest.approx(d["ours_step_tok_s"] / d["limit_tok_s"])
+        assert d["matmul_gflop_s"] > 0
+
+
+def test_memory_and_load_figures(figures):
+    assert 0 < figures["perturb_share"] < 1
+    assert figures["perturb_restore_s"] < figures["candidate_s"]
+    assert figures["peak_rss_gb"] > figures["baseline_rss_gb"] > 0
+    assert figures["memory_budget_gb"] == pytest.approx(2 * figures["model_gb"] + figures["kv_cache_gb"])
+    assert 0 < figures["warm_load_s"] < figures["process_ready_s"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes", "1,x"], "--batch-sizes must be integers"),
+    (["--batch-sizes", "0"], "must be at least 1"),
+    (["--decode-tokens", "1"], "--decode-tokens at least 2"),
+    (["--json", "/nonexistent/dir/out.json"], "folder /nonexistent/dir does not exist"),
+])
+def test_bad_bench_input_is_one_line_before_any_work(args, message, capsys):
+    assert main(["--quiet", "bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_from_python_takes_a_config(tiny_model_dir):
+    cfg = BenchConfig(model=str(tiny_model_dir), task="products", candidates=1, val_size=2, max_new_tokens=2,
+                      batch_sizes=(2,), decode_tokens=2, top_k=1)
+    r = bench(cfg, progress=False)
+    assert set(r["decode"]) == {2} and "decode_vs_hf_b2" in r and r["config"]["candidates"] == 1
