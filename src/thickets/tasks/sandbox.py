@@ -194,13 +194,16 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-def _sweep(tag: str) -> None:
-    """Kill processes that left the process group (setsid via ctypes) but still carry our argv.
+def _sweep(tag: str, rounds: int = 300) -> None:
+    """Kill processes that still carry this run's argv, until none is left (at most about 3 s).
 
-    Only needed in process mode; a process that also exec()s something else escapes this too.
+    In process mode: those that left the process group (setsid via ctypes). In namespace mode the
+    kernel kills the namespace when its init dies, but asynchronously: this waits for that to
+    finish, so no process of the run outlives the call. A process that exec()s something else
+    escapes the argv match (process mode only; namespace mode has no such gap).
     """
     needle = tag.encode()
-    for _ in range(20):  # a forking survivor may add processes while we look
+    for _ in range(rounds):  # a forking survivor may add processes while we look
         found = False
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -244,7 +247,7 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
                 timed_out = True
             _killpg(proc.pid)  # leftovers too, when the program exited but its children did not
             proc.wait()
-            if mode != "namespace" and os.path.isdir("/proc"):
+            if os.path.isdir("/proc"):
                 _sweep(str(run_dir))
         stdout = _read_capped(run_dir / "stdout", max_output)
         stderr = _read_capped(run_dir / "stderr", max_output)
