@@ -49,9 +49,6 @@ class NumberTask(RowTask):
             raise ThicketsError(f"{where}: cannot read a number from the answer {text[-60:]!r}")
         return {"question": question, "answer": number_key(gold)}
 
-    def prompt(self, fields):
-        return self._PROMPT.format(question=fields["question"])
-
     def score(self, example, completion):
         answer = extract_final_number(completion)
         if answer is None:
@@ -83,9 +80,6 @@ class MathTask(RowTask):
         if _parsed_gold(gold) is None:
             raise ThicketsError(f"{where}: math-verify cannot read the reference answer {gold[:60]!r}")
         return {"question": question, "answer": gold}
-
-    def prompt(self, fields):
-        return self._PROMPT.format(question=fields["question"])
 
     def score(self, example, completion):
         answer = last_boxed(completion)

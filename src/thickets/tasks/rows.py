@@ -58,8 +58,12 @@ class RowTask:
     def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    _PROMPT: str | None = None  # a kind may give a template over its fields instead of prompt()
+
     def prompt(self, fields: dict[str, Any]) -> str:
-        raise NotImplementedError
+        if self._PROMPT is None:
+            raise NotImplementedError
+        return self._PROMPT.format(**fields)
 
     def score(self, example: Example, completion: str) -> Score:
         raise NotImplementedError
