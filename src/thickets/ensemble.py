@@ -70,27 +70,43 @@ def paired_gain(correct: Sequence[bool], baseline: Sequence[bool]) -> dict:
 
 
 def _test_scores(store: RunStore, model: str, test, engine_box: list, config: SearchConfig, task,
-                 spec) -> dict[int, Score]:
-    """Stored test scores of one model, generating (and storing) the examples it lacks."""
+                 spec, positions: Sequence[int] | None = None) -> dict[int, Score]:
+    """Stored test scores of one model (at `positions`, default all), generating (and storing) those it lacks."""
+    positions = range(len(test)) if positions is None else positions
     have = store.scores(model, "test")
     ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'", (model,)))
     for pos, ex_id in ids.items():
         if pos < len(test) and test[pos].id != ex_id:
             raise ThicketsError(f"stored test answers of {model} are for other examples (the task changed?); "
                                 f"use a new run folder")
-    missing = [pos for pos in range(len(test)) if pos not in have]
+    missing = [pos for pos in positions if pos not in have]
     if missing:
         if not engine_box[0]:
             engine_box[0] = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)[0]
         rows = evaluate(engine_box[0], task, [test[p] for p in missing], config, spec)
         store.add_results(model, "test", [(missing[j], ex, c, s) for j, ex, c, s in rows])
         have = store.scores(model, "test")
-    return {p: have[p] for p in range(len(test))}
+    return {p: have[p] for p in positions}
+
+
+def val_scores_by_task(store: RunStore, model: str) -> dict[str, float]:
+    """Mean validation reward of one model on each task of a multi-task run."""
+    from .tasks.multi import task_of
+
+    sums: dict[str, list[float]] = {}
+    for ex_id, reward in store.con.execute("SELECT example_id, reward FROM results WHERE model=? AND split='val'",
+                                           (model,)):
+        sums.setdefault(task_of(ex_id), []).append(reward)
+    return {t: sum(v) / len(v) for t, v in sums.items()}
 
 
 def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None,
              progress: bool = True, write_report: bool = True) -> dict:
-    """Evaluate base, best single expert and top-K majority votes on the same test examples."""
+    """Evaluate base, best single expert and top-K majority votes on the same test examples.
+
+    A multi-task run gets one report per task, its experts ranked by their validation score on
+    that task (a candidate can be an expert at one task and not another): {"tasks": {name: report}}.
+    """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if test_size < 1:
@@ -99,29 +115,55 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         raise ThicketsError(f"top-k values must be at least 1, got {list(top_k)}")
     task = task_for(config)
     _, test = make_splits(task, config.split_seed, config.val_size, test_size)
+    parts = list(getattr(task, "parts", None) or [None])
+    reports = {}
     with RunStore.open(run_dir) as store:
         check_unchanged(store, task)
-        ranked = [c for c in rank(store.candidates()) if c.complete]
-        if max(top_k) > len(ranked):
-            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked)} candidates fully scored in {run_dir}")
-        engine_box = [engine]
-        experts = ranked[: max(top_k)]
-        per_expert: list[dict[int, Score]] = []
-        with bar("test answers", len(experts) + 1, progress) as update:
-            base = _test_scores(store, BASE, test, engine_box, config, task, None)
-            update()
-            for c in experts:
-                per_expert.append(_test_scores(store, candidate_model(c.idx), test, engine_box, config, task,
-                                               config.candidate(c.idx)))
-                update()
-        base_val = Summary.of(list(store.scores(BASE, "val").values()))
+        ranked_all = [c for c in rank(store.candidates()) if c.complete]
+        if max(top_k) > len(ranked_all):
+            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}")
         identity = store.meta("model_identity")
+        engine_box = [engine]
+        for part in parts:
+            if part is None:
+                ranked, positions, base_val = ranked_all, list(range(len(test))), None
+            else:
+                by_task = {c.idx: val_scores_by_task(store, candidate_model(c.idx)).get(part, 0.0) for c in ranked_all}
+                ranked = sorted(ranked_all, key=lambda c: (-by_task[c.idx], -c.score, c.idx))
+                positions = [p for p, ex in enumerate(test) if ex.data["task"] == part]
+                base_val = val_scores_by_task(store, BASE).get(part)
+            experts = ranked[: max(top_k)]
+            per_expert: list[dict[int, Score]] = []
+            with bar(f"test answers{'' if part is None else ' ' + part}", len(experts) + 1, progress) as update:
+                base = _test_scores(store, BASE, test, engine_box, config, task, None, positions)
+                update()
+                for c in experts:
+                    per_expert.append(_test_scores(store, candidate_model(c.idx), test, engine_box, config, task,
+                                                   config.candidate(c.idx), positions))
+                    update()
+            if base_val is None:
+                base_val = Summary.of(list(store.scores(BASE, "val").values())).score
+            reindex = lambda scores: {i: scores[p] for i, p in enumerate(positions)}  # noqa: E731
+            reports[part] = _report(part or config.task, config, identity, ranked, experts, reindex(base),
+                                    [reindex(e) for e in per_expert], top_k, base_val,
+                                    None if part is None else by_task)
+    report = reports[None] if parts == [None] else {"task": config.task, "model": config.model, "tasks": reports}
+    if write_report:
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        markdown = [report_markdown(r) for r in reports.values()]
+        (run_dir / "report.md").write_text("\n\n".join(markdown) + "\n")
+    return report
 
+
+def _report(task_name: str, config: SearchConfig, identity, ranked, experts, base: dict[int, Score],
+            per_expert: list[dict[int, Score]], top_k: Sequence[int], base_val: float,
+            val_by_candidate: dict[int, float] | None) -> dict:
     def single(label: str, scores: dict[int, Score]) -> Row:
         s = Summary.of(list(scores.values()))
         return Row(label, 1, s.accuracy, s.format_rate, s.score)
 
-    n = len(test)
+    val_of = (lambda c: c.score) if val_by_candidate is None else (lambda c: val_by_candidate[c.idx])  # noqa: E731
+    n = len(base)
     base_correct = [base[i].correct for i in range(n)]
     best = ranked[0]
     rows = [single("base", base), single("best single expert", per_expert[0])]
@@ -131,31 +173,28 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
         correct = [bool(w and w.correct) for w in won]
         rows.append(Row(f"top-{k} vote", k, sum(correct) / n, sum(w is not None for w in won) / n))
         gains.append(paired_gain(correct, base_correct))
-    report = {
-        "task": config.task,
+    return {
+        "task": task_name,
         "model": config.model,
         "model_identity": identity,
         "population": len(ranked),
         "sigmas": list(config.sigmas),
         "val_size": config.val_size,
-        "test_size": len(test),
+        "test_size": n,
         "base": {"accuracy": rows[0].accuracy, "format_rate": rows[0].format_rate, "score": rows[0].score,
-                 "val_score": base_val.score, "val_accuracy": base_val.accuracy},
+                 "val_score": base_val},
         "best_single": {"rank": 1, "idx": best.idx, "seed": best.seed, "sigma": best.sigma,
-                        "val_score": best.score, "val_accuracy": best.accuracy, "accuracy": rows[1].accuracy,
+                        "val_score": val_of(best), "accuracy": rows[1].accuracy,
                         "format_rate": rows[1].format_rate, "score": rows[1].score, "vs_base": gains[1]},
-        "experts": [{"rank": r, "idx": c.idx, "seed": c.seed, "sigma": c.sigma, "val_score": c.score,
+        "experts": [{"rank": r, "idx": c.idx, "seed": c.seed, "sigma": c.sigma, "val_score": val_of(c),
                      **_summary_dict(per_expert[r - 1])} for r, c in enumerate(experts, 1)],
         "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
                       for r, g in zip(rows[2:], gains[2:])],
         "rows": [{**asdict(r), "vs_base": g} for r, g in zip(rows, gains)],
-        "tie_rules": {"ranking": "validation score, then validation accuracy, then earlier candidate",
+        "tie_rules": {"ranking": "validation score (on this task, in a multi-task run), then overall validation "
+                                 "score, then earlier candidate",
                       "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer"},
     }
-    if write_report:
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (run_dir / "report.md").write_text(report_markdown(report) + "\n")
-    return report
 
 
 def _summary_dict(scores: dict[int, Score]) -> dict:

@@ -51,14 +51,13 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
     With a race and a threshold, examples go in chunks of one batch and scoring stops once the
     candidate cannot reach the threshold; the rows scored so far are returned.
     """
-    prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template) for ex in examples]
     chunk = config.batch_size if race is not None and threshold is not None else len(examples)
     rows: list[tuple[int, Example, str, Score]] = []
     if spec is not None:
         engine.perturb(spec)
     try:
         for lo in range(0, len(examples), chunk):
-            completions = engine.generate(prompts[lo: lo + chunk], config.max_new_tokens, task.stop)
+            completions = generate(engine, task, examples[lo: lo + chunk], config)
             part = examples[lo: lo + chunk]
             rows += [(lo + i, ex, c, s) for i, (ex, c, s) in
                      enumerate(zip(part, completions, score_all(task, part, completions)))]
@@ -68,6 +67,23 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
         if spec is not None:
             engine.restore()
     return rows
+
+
+def generate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
+    """Completions in the order of `examples`; a multi-task run generates each task's examples with
+    that task's stop strings and system prompt."""
+    parts = getattr(task, "parts", None)
+    if parts is None:
+        prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template)
+                   for ex in examples]
+        return engine.generate(prompts, config.max_new_tokens, task.stop)
+    out = [""] * len(examples)
+    for name, part in parts.items():
+        idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
+        if idx:
+            for i, c in zip(idx, generate(engine, part, [examples[i].data["example"] for i in idx], config)):
+                out[i] = c
+    return out
 
 
 def race_for(config: SearchConfig, task: Task) -> Race | None:

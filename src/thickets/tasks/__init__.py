@@ -51,6 +51,13 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
     """A task by name: a built-in, `gym:<name>`, or `<kind>:<data file>` with an optional column mapping;
     `reward` (`module:function` or `file.py:function`) replaces its reward with a TRL-style function."""
     _builtins()
+    if "," in name:
+        from .multi import MultiTask
+
+        names = [n.strip() for n in name.split(",") if n.strip()]
+        if len(set(names)) != len(names):
+            raise ThicketsError(f"task list {name!r} names a task twice")
+        return MultiTask({n: get_task(n, columns, reward) for n in names})
     kind, sep, rest = name.partition(":")
     from .file_tasks import KINDS, make_file_task
 
@@ -84,6 +91,14 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
 
 def score_all(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
     """Scores for many completions: one call for tasks that score in batches (a user's reward function)."""
+    if hasattr(task, "parts"):  # a multi-task run: each task scores its own examples
+        out: list[Score | None] = [None] * len(examples)
+        for name, part in task.parts.items():
+            idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
+            for i, s in zip(idx, score_all(part, [examples[i].data["example"] for i in idx],
+                                           [completions[i] for i in idx])):
+                out[i] = s
+        return out
     if hasattr(task, "score_batch"):
         return task.score_batch(examples, completions)
     return [task.score(ex, c) for ex, c in zip(examples, completions)]
