@@ -1,0 +1,236 @@
+"""`thickets toy`: the paper's mechanism experiment on 1D signals, small enough for a laptop CPU.
+
+A ReLU MLP reads the last CONTEXT values of a signal and predicts the next; rolled out on its
+own predictions for ROLLOUT steps, its score is the mean squared error against the true signal.
+Each model (unpretrained, pretrained on one family, pretrained on all six) is post-trained by
+RandOpt on each target (one fixed signal, or a whole family): N perturbations with the
+project's own noise, the fraction that improve on the base, the best one, and the average of
+the top K rollouts. All N candidates run at once as one batched matrix product per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from ..config import candidate_seed
+from ..noise import PerturbationSpec, standard_noise
+from ..progress import bar
+from .signals import CONTEXT, FAMILIES, LENGTH, ROLLOUT, SPECIFIC, sample
+
+INITS = ("xavier", "kaiming", "orthogonal")
+REGIMES: dict[str, tuple[str, ...]] = {  # name -> families pretrained on (empty: none, just the init)
+    **{f"none/{init}": () for init in INITS},
+    "single/line": ("line",), "single/sinusoid": ("sinusoid",), "single/square": ("square",),
+    "mixed": tuple(FAMILIES),
+}
+TARGETS: tuple[str, ...] = (*SPECIFIC, *(f"family/{f}" for f in FAMILIES))
+CLAMP = 10.0  # a diverging rollout is clipped, so its error stays finite and comparable
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    population: int = 1000
+    top_k: int = 10
+    sigma_none: float = 0.05  # unpretrained models
+    sigma_pretrained: float = 0.002
+    sweep: tuple[float, ...] = (0.25, 0.5, 2.0, 4.0, 10.0)  # multiples of the regime's sigma
+    sweep_population: int = 200
+    margin: float = 0.1  # "improving": at least this share below the base's error
+    width: int = 128
+    depth: int = 5  # linear layers
+    pretrain_steps: int = 3000
+    pretrain_batch: int = 256
+    pretrain_signals: int = 4096
+    family_targets: int = 16  # signals of a family target
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **over) -> "ToyConfig":
+        return cls(**{"population": 300, "sweep": (0.5, 4.0), "sweep_population": 100, "pretrain_steps": 1200,
+                      "family_targets": 8, **over})
+
+
+def _layer_shapes(cfg: ToyConfig) -> list[tuple[int, int]]:
+    dims = [CONTEXT] + [cfg.width] * (cfg.depth - 1) + [1]
+    return list(zip(dims[1:], dims[:-1]))  # (out, in)
+
+
+def n_params(cfg: ToyConfig) -> int:
+    return sum(o * i + o for o, i in _layer_shapes(cfg))
+
+
+def init_params(cfg: ToyConfig, init: str, seed: int) -> torch.Tensor:
+    """A flat parameter vector: for each layer W [out, in] then b [out]; biases zero."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for out, inp in _layer_shapes(cfg):
+        w = torch.empty(out, inp)
+        if init == "xavier":
+            bound = math.sqrt(6 / (inp + out))
+            w.uniform_(-bound, bound, generator=g)
+        elif init == "kaiming":
+            w.normal_(0, math.sqrt(2 / inp), generator=g)
+        elif init == "orthogonal":
+            a = torch.randn(max(out, inp), min(out, inp), generator=g)
+            q, r = torch.linalg.qr(a)
+            q = q * torch.sign(torch.diagonal(r))
+            w = q if out >= inp else q.T
+            w = w[:out, :inp].contiguous()
+        else:
+            raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+        parts += [w.reshape(-1), torch.zeros(out)]
+    return torch.cat(parts)
+
+
+def _unflatten(cfg: ToyConfig, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[N, P] -> per layer (W [N, out, in], b [N, 1, out])."""
+    layers, pos = [], 0
+    for out, inp in _layer_shapes(cfg):
+        w = flat[:, pos: pos + out * inp].reshape(-1, out, inp)
+        pos += out * inp
+        b = flat[:, pos: pos + out].reshape(-1, 1, out)
+        pos += out
+        layers.append((w, b))
+    return layers
+
+
+def forward(layers, x: torch.Tensor) -> torch.Tensor:
+    """x [N, S, CONTEXT] -> next value [N, S]: candidate n's weights on its own S windows."""
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = torch.baddbmm(b, h, w.transpose(1, 2))
+        if i < len(layers) - 1:
+            h = torch.relu(h)
+    return h[..., 0]
+
+
+@torch.no_grad()
+def rollout(cfg: ToyConfig, flat: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
+    """Candidates [N, P] on signals [S, LENGTH]: predictions [N, S, ROLLOUT], each fed back."""
+    layers = _unflatten(cfg, flat)
+    n = flat.shape[0]
+    window = signals[:, :CONTEXT].expand(n, -1, -1).contiguous()
+    preds = []
+    for _ in range(ROLLOUT):
+        nxt = forward(layers, window).clamp_(-CLAMP, CLAMP)
+        preds.append(nxt)
+        window = torch.cat([window[..., 1:], nxt[..., None]], -1)
+    return torch.stack(preds, -1)
+
+
+def mse(preds: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
+    """[N, S, ROLLOUT] vs the true continuation -> [N] mean squared error."""
+    return ((preds - signals[None, :, CONTEXT:]) ** 2).mean((1, 2))
+
+
+def pretrain(cfg: ToyConfig, families: tuple[str, ...], init: str = "kaiming", seed: int = 0) -> torch.Tensor:
+    """Next-value prediction on windows of random signals from the families (teacher forcing with
+    a little input noise, so the rollout tolerates its own small errors; Adam, cosine schedule)."""
+    flat = init_params(cfg, init, seed)
+    if not families:
+        return flat
+    data = torch.from_numpy(sample(list(families), cfg.pretrain_signals, seed + 1))
+    p = flat.clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_steps)
+    g = torch.Generator().manual_seed(seed + 2)
+    for _ in range(cfg.pretrain_steps):
+        rows = torch.randint(0, data.shape[0], (cfg.pretrain_batch,), generator=g)
+        starts = torch.randint(0, LENGTH - CONTEXT, (cfg.pretrain_batch,), generator=g)
+        win = data[rows[:, None], starts[:, None] + torch.arange(CONTEXT + 1)[None, :]]
+        x = win[:, :CONTEXT] + 0.01 * torch.randn(win.shape[0], CONTEXT, generator=g)
+        pred = forward(_unflatten(cfg, p[None]), x[None])[0]
+        loss = ((pred - win[:, CONTEXT]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return p.detach()
+
+
+def standard_directions(cfg: ToyConfig, n: int) -> torch.Tensor:
+    """[n, P] unit-variance noise from the project's noise streams, one stream per candidate."""
+    p = n_params(cfg)
+    return torch.from_numpy(np.stack([standard_noise(PerturbationSpec(candidate_seed(cfg.seed, i), 1.0), "toy.mlp", (p,))
+                                      for i in range(n)]))
+
+
+def target_signals(cfg: ToyConfig, target: str) -> torch.Tensor:
+    if target in SPECIFIC:
+        return torch.from_numpy(SPECIFIC[target][None].astype(np.float32))
+    family = target.removeprefix("family/")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown toy target {target!r}; known: {', '.join(TARGETS)}")
+    return torch.from_numpy(sample([family], cfg.family_targets, 10_000 + cfg.seed))
+
+
+def randopt(cfg: ToyConfig, base: torch.Tensor, signals: torch.Tensor, eps: torch.Tensor, sigma: float,
+            chunk: int = 250) -> dict:
+    """Score base + sigma * eps[i] for every i; the density of improvements, best and top-K."""
+    base_preds = rollout(cfg, base[None], signals)
+    base_mse = float(mse(base_preds, signals)[0])
+    errs, preds = [], []
+    for lo in range(0, eps.shape[0], chunk):
+        p = rollout(cfg, base[None] + sigma * eps[lo: lo + chunk], signals)
+        errs.append(mse(p, signals))
+        preds.append(p)
+    err = torch.cat(errs)
+    pred = torch.cat(preds)
+    order = torch.argsort(err)
+    top = order[: cfg.top_k]
+    top_mean = pred[top].mean(0, keepdim=True)
+    return {
+        "sigma": sigma, "base_mse": base_mse,
+        "density": float((err < base_mse).float().mean()),
+        "density_margin": float((err < (1 - cfg.margin) * base_mse).float().mean()),
+        "best_mse": float(err[order[0]]), "topk_mse": float(mse(top_mean, signals)[0]),
+        "median_mse": float(err.median()),
+        "_err": err, "_pred": pred, "_base_pred": base_preds[0], "_top": top,
+    }
+
+
+def run(cfg: ToyConfig = ToyConfig(), regimes: dict[str, tuple[str, ...]] | None = None,
+        targets: tuple[str, ...] = TARGETS, progress: bool = True) -> dict:
+    """The whole grid: every regime x target, at the regime's sigma and over the sigma sweep."""
+    regimes = REGIMES if regimes is None else regimes
+    t0 = time.perf_counter()
+    eps = standard_directions(cfg, cfg.population)
+    models: dict[str, torch.Tensor] = {}
+    cells, examples = [], {}
+    with bar("toy: pretrain", len(regimes), progress) as update:
+        for name, families in regimes.items():
+            init = name.split("/")[1] if name.startswith("none/") else "kaiming"
+            models[name] = pretrain(cfg, families, init, cfg.seed)
+            update()
+    with bar("toy: randopt", len(regimes) * len(targets), progress) as update:
+        for name, families in regimes.items():
+            sigma = cfg.sigma_pretrained if families else cfg.sigma_none
+            for target in targets:
+                signals = target_signals(cfg, target)
+                main = randopt(cfg, models[name], signals, eps, sigma)
+                sweep = [randopt(cfg, models[name], signals, eps[: cfg.sweep_population], sigma * m)
+                         for m in sorted({1.0, *cfg.sweep})]
+                family = target.removeprefix("family/") if target.startswith("family/") else None
+                cell = {"regime": name, "target": target, "pretrained_on": list(families),
+                        "in_family": bool(family and family in families) or target_in(target, families),
+                        **{k: v for k, v in main.items() if not k.startswith("_")},
+                        "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in sweep]}
+                cells.append(cell)
+                if target in SPECIFIC:  # kept for the rollout figures
+                    examples[(name, target)] = (signals[0], main)
+                update(density=f"{main['density_margin']:.2f}")
+    return {"config": asdict(cfg), "cells": cells, "seconds": time.perf_counter() - t0, "_examples": examples}
+
+
+def target_in(target: str, families: tuple[str, ...]) -> bool:
+    """Whether a specific target belongs to a family the model was pretrained on."""
+    kind = {"line(-0.25)": "line", "one sinusoid": "sinusoid", "one square": "square"}.get(target)
+    return kind is not None and kind in families
+
+
+__all__ = ["ToyConfig", "REGIMES", "TARGETS", "run", "replace"]
