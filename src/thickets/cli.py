@@ -84,7 +84,8 @@ def cmd_ensemble(a) -> None:
     from .ensemble import ensemble
 
     report = ensemble(a.run_dir, parse_ints(a.top_k, "--top-k"), a.test_size, progress=not a.quiet)
-    print_table(report)
+    for r in report["tasks"].values() if "tasks" in report else [report]:
+        print_table(r)
     print(f"report written to {Path(a.run_dir) / 'report.json'} and report.md")
 
 
@@ -175,6 +176,72 @@ def cmd_race_replay(a) -> None:
     Console().print(t)
 
 
+def cmd_toy(a) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .toy.experiment import ToyConfig, run
+    from .toy.report import summary, write
+
+    if a.population is not None and a.population < 1:
+        raise ThicketsError(f"--population must be at least 1, got {a.population}")
+    over = {"seed": a.seed, **({"population": a.population} if a.population else {})}
+    cfg = ToyConfig.quick(**over) if a.quick else ToyConfig(**over)
+    if cfg.top_k > cfg.population:
+        raise ThicketsError(f"--population must be at least top-K ({cfg.top_k})")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise ThicketsError(f"--out {a.out} exists and is not a folder")
+    result = run(cfg, progress=not a.quiet)
+    files = write(result, out)
+    t = Table(title=f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} "
+                    f"({result['seconds']:.0f} s); improving = at least {cfg.margin:.0%} below the base's error")
+    for col in ("pretraining", "cells", "beats base", "improving", "best / base", "top-K / base"):
+        t.add_column(col, justify="right")
+    for r in summary(result):
+        t.add_row(r["group"], str(r["cells"]), f"{r['density']:.1%}", f"{r['density_margin']:.1%}",
+                  f"{r['best_over_base']:.2f}", f"{r['topk_over_base']:.2f}")
+    Console().print(t)
+    print("written: " + ", ".join(str(f) for f in files))
+
+
+def print_density(rows: list[dict], base: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    delta = rows[0]["delta"]
+    t = Table(title=f"density of improving perturbations (base validation score {base:.3f})")
+    for col in ("sigma", "candidates", "above base", f"above base + {delta:g}", "mean", "best"):
+        t.add_column(col, justify="right")
+    for d in rows:
+        t.add_row("all" if d["sigma"] is None else f"{d['sigma']:g}", str(d["n"]), f"{d['above_base']:.1%}",
+                  f"{d['above_base_plus_delta']:.1%}", f"{d['mean']:.3f}", f"{d['best']:.3f}")
+    Console().print(t)
+
+
+def cmd_analyze(a) -> None:
+    from .analysis import analyze
+    from .search import load_run_config
+
+    if not a.delta >= 0:
+        raise ThicketsError(f"--delta must be a number >= 0, got {a.delta}")
+    load_run_config(a.run_dir)  # a clear error when the folder holds no run
+    s = analyze(a.run_dir, a.delta, projection_map=not a.no_map, progress=not a.quiet)
+    print_density(s["density"], s["base"])
+    print(f"report: {s['html']} (figures in {Path(a.run_dir) / 'analysis'})")
+
+
+def cmd_density(a) -> None:
+    from .analysis import RunScores, density
+    from .search import search
+
+    if not a.delta >= 0:
+        raise ThicketsError(f"--delta must be a number >= 0, got {a.delta}")
+    config = _config(a)
+    result = search(config, a.run_dir, progress=not a.quiet)
+    print_density(density(RunScores.read(result.run_dir), a.delta), result.base.score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
                                      "and top-K majority vote")
@@ -232,6 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=8, help="examples scored between racing decisions")
     p.add_argument("--orders", type=int, default=200, help="random example and candidate orders to replay")
     p.set_defaults(func=cmd_race_replay)
+
+    p = sub.add_parser("toy", help="the 1D signal experiment: where pretraining makes improving perturbations dense")
+    p.add_argument("--quick", action="store_true", help="a smaller grid, under 2 minutes on 2 cores")
+    p.add_argument("--population", type=int, help="perturbations per cell (default 1000, quick 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/toy", help="folder for results.json and the figures")
+    p.set_defaults(func=cmd_toy)
+
+    p = sub.add_parser("analyze", help="landscape of a run: densities, sigma curve, top-K curve, map, report.html")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--delta", type=float, default=0.02, help="also count candidates above base + delta")
+    p.add_argument("--no-map", action="store_true", help="skip the perturbation map (N+2 noise passes)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("density", help="a search without ensemble, then the density of improving perturbations")
+    _add_search_args(p, defaults)
+    p.add_argument("--delta", type=float, default=0.02)
+    p.set_defaults(func=cmd_density)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)
