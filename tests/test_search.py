@@ -1,5 +1,4 @@
 import hashlib
-import os
 import signal
 import sqlite3
 import subprocess

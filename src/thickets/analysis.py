@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import ThicketsError
 from .noise import CHUNK, PerturbationSpec, standard_noise
+from .plotting import pyplot, save
 from .progress import bar
 from .store import BASE, RunStore, candidate_model
 
@@ -58,7 +59,7 @@ def density(r: RunScores, delta: float) -> list[dict]:
         pick = np.ones_like(r.score, bool) if sigma is None else r.sigma == sigma
         s = r.score[pick]
         rows.append({"sigma": sigma, "n": int(pick.sum()), "above_base": float((s > r.base).mean()),
-                     f"above_base_plus_delta": float((s > r.base + delta).mean()), "delta": delta,
+                     "above_base_plus_delta": float((s > r.base + delta).mean()), "delta": delta,
                      "mean": float(s.mean()), "best": float(s.max()), "worst": float(s.min())})
     return rows
 
@@ -143,24 +144,8 @@ def specialisation(run_dir: str | Path) -> dict | None:
 # -- figures ---------------------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def plot_histogram(r: RunScores, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sigmas = sorted(set(r.sigma.tolist()))
     bins = np.linspace(min(r.score.min(), r.base) - 1e-9, max(r.score.max(), r.base) + 1e-9, 25)
@@ -170,11 +155,11 @@ def plot_histogram(r: RunScores, path: Path) -> Path:
     ax.set_ylabel("candidates")
     ax.set_title(f"{len(r.score)} perturbations of {r.model} on {r.task}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_sigma_curve(r: RunScores, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rows = [d for d in density(r, 0.0) if d["sigma"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sig = [d["sigma"] for d in rows]
@@ -187,11 +172,11 @@ def plot_sigma_curve(r: RunScores, path: Path) -> Path:
     ax.set_ylabel("validation score")
     ax.set_title("score vs sigma")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_topk(curve: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     ax.plot(curve["k"], curve["accuracy"], marker="o", label="top-K vote")
     if curve["base"] is not None:
@@ -201,11 +186,11 @@ def plot_topk(curve: dict, path: Path) -> Path:
     ax.set_ylabel(f"test accuracy ({curve['n_test']} questions)")
     ax.set_title("ensemble accuracy as K grows")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_projection(r: RunScores, xy: np.ndarray, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
     better = r.score > r.base
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=r.score, cmap="coolwarm", s=28, edgecolors=np.where(better, "k", "none"))
@@ -215,11 +200,11 @@ def plot_projection(r: RunScores, xy: np.ndarray, path: Path) -> Path:
     ax.set_ylabel("random direction 2")
     ax.set_title("perturbations on a random 2D projection\n(outlined: above the base)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_specialisation(spec: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     g = np.array(spec["gains"])
     order = np.argsort(-np.nanmean(g, 1))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
@@ -237,7 +222,7 @@ def plot_specialisation(spec: dict, path: Path) -> Path:
     axes[1].set_ylabel(f"gain on {spec['tasks'][b]}")
     r = spec["correlation"][a][b]
     axes[1].set_title(f"correlation {r:.2f}" if r == r else "correlation undefined")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # -- report ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from ..errors import ThicketsError
 from .answers import (LETTERS, extract_choice, extract_final_number, extract_order, last_boxed, latex_equal,
                       latex_key, number_key, parse_latex, parse_number)
-from .base import Example, Score
+from .base import Score
 from .code import MBPPTask
 from .data import fingerprint, load_rows
 from .extract import MAX_ANSWER_CHARS, last_tag, normalise

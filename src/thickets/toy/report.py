@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plotting import pyplot, save
 from .signals import CONTEXT, LENGTH, X
 
 
@@ -46,17 +47,8 @@ def write(result: dict, out: Path) -> list[Path]:
             sigma_sweep(result, out / "sigma_sweep.png"), *rollout_figures(result, out)]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def density_heatmap(result: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     regimes = list(dict.fromkeys(c["regime"] for c in result["cells"]))
     targets = list(dict.fromkeys(c["target"] for c in result["cells"]))
     grid = np.zeros((len(regimes), len(targets)))
@@ -73,14 +65,11 @@ def density_heatmap(result: dict, path: Path) -> Path:
     margin = result["config"]["margin"]
     ax.set_title(f"share of perturbations at least {margin:.0%} below the base's rollout error")
     fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def sigma_sweep(result: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     regimes = list(dict.fromkeys(c["regime"] for c in result["cells"]))
     for regime in regimes:
@@ -93,15 +82,12 @@ def sigma_sweep(result: dict, path: Path) -> Path:
     ax.set_ylabel("improving share (mean over targets)")
     ax.set_title("density of improving perturbations vs sigma")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def rollout_figures(result: dict, out: Path, n_random: int = 12) -> list[Path]:
     """For each specific target: per regime, the base, random perturbations and the top-K rollouts."""
-    plt = _plt()
+    plt = pyplot()
     examples = result.get("_examples", {})
     regimes = list(dict.fromkeys(r for r, _ in examples))
     targets = [t for t in dict.fromkeys(t for _, t in examples) if not t.startswith("family/")]
@@ -127,9 +113,5 @@ def rollout_figures(result: dict, out: Path, n_random: int = 12) -> list[Path]:
             ax.set_title(f"{regime}\nbase {main['base_mse']:.3f} top-K {main['topk_mse']:.3f}", fontsize=8)
         axes[0][0].legend(fontsize=6, loc="lower left")
         fig.suptitle(f"target: {target} (grey: random perturbations, orange: top K)", fontsize=9)
-        fig.tight_layout()
-        path = out / f"rollouts_{target.replace('(', '').replace(')', '').replace(' ', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out / f"rollouts_{target.replace('(', '').replace(')', '').replace(' ', '_')}.png"))
     return paths
