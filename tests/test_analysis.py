@@ -53,7 +53,7 @@ def test_densities_per_sigma_are_counted_from_the_store(known_run):
 
 def test_analyze_writes_figures_summary_and_a_self_contained_report(known_run):
     s = analyze(known_run, delta=0.15, projection_map=True, progress=False)
-    curve = s["topk_curve"]
+    curve = s["topk_curves"]["toy"]
     # test answers "1" everywhere, correct on the first c questions: votes agree, so top-K = best expert
     assert curve["k"] == [1, 2, 3, 4] and curve["accuracy"][0] == pytest.approx(1.0) and curve["base"] == 0.5
     html = (known_run / "report.html").read_text()
@@ -145,3 +145,5 @@ def test_a_multi_task_search_scores_every_task_and_ensembles_per_task(tmp_path, 
     assert all(r["test_size"] == 1 for r in report["tasks"].values())
     s = analyze(tmp_path / "run", projection_map=False, progress=False)
     assert s["specialisation"]["tasks"] == ["toy", "small"]
+    assert set(s["topk_curves"]) == {"toy", "small"}  # per task, as ensemble ranked them
+    assert all(c["n_test"] == 1 and c["k"] == [1, 2] for c in s["topk_curves"].values())

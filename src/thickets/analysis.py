@@ -64,27 +64,47 @@ def density(r: RunScores, delta: float) -> list[dict]:
     return rows
 
 
-def topk_curve(run_dir: str | Path, k_max: int = 20) -> dict | None:
-    """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`)."""
-    from .ensemble import vote_accuracy
+def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
+    """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`),
+    per task: a multi-task run ranks experts by their validation score on each task, as `ensemble` does."""
+    from .ensemble import val_scores_by_task
     from .search import rank
+    from .tasks.multi import task_of
 
+    curves = {}
     with RunStore.open(run_dir, write=False) as store:
-        if "," in store.config.task:
-            return None  # a multi-task run: `thickets ensemble` reports the top-K vote per task
-        ranked = rank([c for c in store.candidates() if c.complete])
-        base = store.scores(BASE, "test")
-        experts = []
-        for c in ranked[:k_max]:
-            scores = store.scores(candidate_model(c.idx), "test")
-            if not scores or (base and len(scores) != len(base)):
-                break
-            experts.append(scores)
+        cands = rank([c for c in store.candidates() if c.complete])
+        multi = "," in store.config.task
+        tasks = [t.strip() for t in store.config.task.split(",")] if multi else [store.config.task]
+        test_ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'",
+                                          (BASE,)))
+        for task in tasks:
+            ranked = cands
+            positions = sorted(p for p, i in test_ids.items() if not multi or task_of(i) == task)
+            if multi:
+                by_task = {c.idx: val_scores_by_task(store, candidate_model(c.idx)).get(task, 0.0) for c in cands}
+                ranked = sorted(cands, key=lambda c: (-by_task[c.idx], -c.score, c.idx))
+            curve = _curve(store, ranked[:k_max], positions)
+            if curve is not None:
+                curves[task] = curve
+    return curves
+
+
+def _curve(store: RunStore, ranked, positions: list[int]) -> dict | None:
+    from .ensemble import vote_accuracy
+
+    base = store.scores(BASE, "test")
+    experts = []
+    for c in ranked:
+        scores = store.scores(candidate_model(c.idx), "test")
+        if not positions or any(p not in scores for p in positions):
+            break
+        experts.append({i: scores[p] for i, p in enumerate(positions)})
     if not experts:
         return None
-    n = len(experts[0])
+    n = len(positions)
     acc = [vote_accuracy(experts[:k], n)[0] for k in range(1, len(experts) + 1)]
-    base_acc = float(np.mean([s.correct for s in base.values()])) if base else None
+    base_acc = float(np.mean([base[p].correct for p in positions]))
     return {"k": list(range(1, len(experts) + 1)), "accuracy": acc, "base": base_acc, "n_test": n}
 
 
@@ -175,17 +195,19 @@ def plot_sigma_curve(r: RunScores, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_topk(curve: dict, path: Path) -> Path:
+def plot_topk(curves: dict[str, dict], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ax.plot(curve["k"], curve["accuracy"], marker="o", label="top-K vote")
-    if curve["base"] is not None:
-        ax.axhline(curve["base"], color="black", ls="--", label="base")
-    ax.set_xticks(curve["k"])
+    for i, (task, curve) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(curve["k"], curve["accuracy"], marker="o", color=color,
+                label=f"{task}: top-K vote ({curve['n_test']} questions)")
+        ax.axhline(curve["base"], color=color, ls="--", lw=1, label=f"{task}: base")
+    ax.set_xticks(sorted({k for c in curves.values() for k in c["k"]}))
     ax.set_xlabel("K")
-    ax.set_ylabel(f"test accuracy ({curve['n_test']} questions)")
+    ax.set_ylabel("test accuracy")
     ax.set_title("ensemble accuracy as K grows")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -249,9 +271,9 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
     dens = density(r, delta)
     figures = {"histogram": plot_histogram(r, out / "histogram.png"),
                "sigma": plot_sigma_curve(r, out / "sigma_curve.png")}
-    curve = topk_curve(run_dir)
-    if curve is not None:
-        figures["topk"] = plot_topk(curve, out / "topk.png")
+    curves = topk_curves(run_dir)
+    if curves:
+        figures["topk"] = plot_topk(curves, out / "topk.png")
     spec = specialisation(run_dir)
     if spec is not None:
         figures["specialisation"] = plot_specialisation(spec, out / "specialisation.png")
@@ -261,7 +283,7 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
         xy = projection(specs, _parameter_shapes(run_dir), progress)
         figures["projection"] = plot_projection(r, xy, out / "projection.png")
     summary = {"task": r.task, "model": r.model, "base": r.base, "candidates": len(r.score), "density": dens,
-               "topk_curve": curve, "specialisation": spec, "figures": {k: str(v) for k, v in figures.items()}}
+               "topk_curves": curves, "specialisation": spec, "figures": {k: str(v) for k, v in figures.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.html").write_text(_html(summary, figures))
     summary["html"] = str(run_dir / "report.html")
