@@ -32,6 +32,11 @@ def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     p.add_argument("--racing-top-k", type=int, default=defaults.racing_top_k, help="the K racing keeps exact")
     p.add_argument("--racing-delta", type=float, default=defaults.racing_delta,
                    help="hoeffding racing: chance of dropping a true top-K candidate")
+    p.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
+                   help="where candidates are scored: this process, or Ray actors (see README: Scaling out)")
+    p.add_argument("--address", default=None, help="ray: an existing cluster (ray start --head ...); default: a local Ray")
+    p.add_argument("--workers", type=int, default=2, help="ray: actors, each loading the model once")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (0: CPU)")
     p.add_argument("--run-dir", required=True, help="run folder (created, or resumed if it exists)")
 
 
@@ -69,10 +74,28 @@ def print_table(report: dict) -> None:
     Console().print(t)
 
 
-def cmd_search(a) -> None:
-    from .search import search
+def _search(a, config: SearchConfig):
+    """search() with the executor the command line asked for (the store is checked before Ray starts)."""
+    from .search import prepare, search
 
-    result = search(_config(a), a.run_dir, progress=not a.quiet)
+    if a.executor == "inprocess":
+        return search(config, a.run_dir, progress=not a.quiet)
+    from .executors import RayOptions, make_executor
+
+    if a.workers < 1:
+        raise ThicketsError(f"--workers must be at least 1, got {a.workers}")
+    if a.gpus_per_worker < 0:
+        raise ThicketsError(f"--gpus-per-worker must be >= 0, got {a.gpus_per_worker}")
+    prepare(config, Path(a.run_dir))  # bad input fails here, before any worker loads a model
+    executor = make_executor("ray", config, ray_options=RayOptions(a.address, a.workers, a.gpus_per_worker))
+    try:
+        return search(config, a.run_dir, executor=executor, progress=not a.quiet)
+    finally:
+        executor.close()
+
+
+def cmd_search(a) -> None:
+    result = _search(a, _config(a))
     best = result.ranked[0]
     stopped = sum(not c.complete for c in result.ranked)
     raced = f" ({stopped} stopped early by racing)" if stopped else ""
@@ -233,12 +256,10 @@ def cmd_analyze(a) -> None:
 
 def cmd_density(a) -> None:
     from .analysis import RunScores, density
-    from .search import search
 
     if not a.delta >= 0:
         raise ThicketsError(f"--delta must be a number >= 0, got {a.delta}")
-    config = _config(a)
-    result = search(config, a.run_dir, progress=not a.quiet)
+    result = _search(a, _config(a))
     print_density(density(RunScores.read(result.run_dir), a.delta), result.base.score)
 
 

@@ -8,14 +8,13 @@ resuming is simply "score the indices the store does not have yet".
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .config import SearchConfig
-from .engines import Engine, load_engine, render_prompt
+from .engines import Engine, render_prompt
 from .errors import ThicketsError
 from .models import ModelIdentity, resolve
 from .noise import NOISE_VERSION, PerturbationSpec
@@ -116,7 +115,7 @@ def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None 
                                 f"(content hash differs); start a new run folder")
 
 
-def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
+def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
     """What, besides the config, is needed to reproduce the run."""
     import numpy
     import torch
@@ -124,7 +123,7 @@ def run_record(identity: ModelIdentity, engine: Engine, task: Task) -> dict:
 
     return {
         "model_identity": identity.to_dict(),
-        "engine": engine.describe(),
+        "engine": engine,
         "task_description": task.description,
         "task_sources": getattr(task, "sources", {}),
         "noise_version": NOISE_VERSION,
@@ -147,38 +146,53 @@ def prepare(config: SearchConfig, run_dir: Path) -> tuple[Task, list[Example], M
     return task, val, identity
 
 
-def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None = None,
+def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None = None, executor=None,
            progress: bool = True) -> SearchResult:
-    """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked."""
+    """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked.
+
+    `executor` (see executors.py) decides where candidates are scored, in this process by default;
+    whatever it is, only this function writes the store, one candidate per transaction.
+    """
+    from .executors import InProcessExecutor
+
     run_dir = Path(run_dir)
     task, val, identity = prepare(config, run_dir)
     race = race_for(config, task)
-    if engine is None:
-        engine, identity = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)
-    with RunStore.open(run_dir, config, meta=run_record(identity, engine, task)) as store:
-        if not store.scores(BASE, "val"):
-            store.add_results(BASE, "val", evaluate(engine, task, val, config))
-        base = Summary.of(list(store.scores(BASE, "val").values()))
-        todo = [i for i in range(config.population) if i not in store.done_indices()]
-        done = store.candidates()
-        finished = [c.score for c in done if c.complete]
-        stopped = len(done) - len(finished)
-        fields = lambda: dict(base=f"{base.score:.3f}", best=f"{max(finished):.3f}" if finished else "-",  # noqa: E731
-                              **({"raced": stopped} if race else {}))
-        with bar("search", config.population, progress) as update:
-            update(advance=len(done), **fields())
-            for i in todo:
-                spec = config.candidate(i)
-                threshold = race.threshold(finished) if race else None
-                t0 = time.perf_counter()
-                rows = evaluate(engine, task, val, config, spec, race, threshold)
-                cand = store.add_candidate(i, spec.seed, spec.sigma, rows, time.perf_counter() - t0)
-                if cand.complete:
-                    finished.append(cand.score)
-                else:
-                    stopped += 1
-                update(**fields())
-        return SearchResult(run_dir, base, rank(store.candidates()))
+    own = executor is None
+    if executor is None:
+        executor = InProcessExecutor(config, engine)
+    try:
+        with RunStore.open(run_dir, config, meta=run_record(identity, executor.describe(), task)) as store:
+            todo = [i for i in range(config.population) if i not in store.done_indices()]
+            items = ([] if store.scores(BASE, "val") else [None]) + todo
+            done = store.candidates()
+            finished = [c.score for c in done if c.complete]
+            stopped = len(done) - len(finished)
+
+            def fields() -> dict:
+                base = store.scores(BASE, "val")
+                return dict(base=f"{Summary.of(list(base.values())).score:.3f}" if base else "-",
+                            best=f"{max(finished):.3f}" if finished else "-", **({"raced": stopped} if race else {}))
+
+            with bar("search", config.population, progress) as update:
+                update(advance=len(done), **fields())
+                for item, rows, seconds in executor.run(items, lambda: race.threshold(finished) if race else None):
+                    if item is None:
+                        store.add_results(BASE, "val", rows)
+                        update(advance=0, **fields())
+                        continue
+                    spec = config.candidate(item)
+                    cand = store.add_candidate(item, spec.seed, spec.sigma, rows, seconds)
+                    if cand.complete:
+                        finished.append(cand.score)
+                    else:
+                        stopped += 1
+                    update(**fields())
+            base = Summary.of(list(store.scores(BASE, "val").values()))
+            return SearchResult(run_dir, base, rank(store.candidates()))
+    finally:
+        if own:
+            executor.close()
 
 
 def load_run_config(run_dir: str | Path) -> SearchConfig:

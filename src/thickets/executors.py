@@ -1,0 +1,196 @@
+"""Where candidates are scored: in this process, or on Ray actors across processes, GPUs and machines.
+
+An executor takes work items (None for the base model, or a candidate index) and yields
+(item, rows, seconds) as each finishes, in any order. It never writes the store: the search
+driver does, one candidate per transaction, so a result is recorded once or not at all.
+
+The Ray executor keeps one actor per worker; each loads the model once and scores one item at
+a time. The driver hands the next item to whichever actor finishes first (no synchronous
+rounds where the slowest worker gates the rest). An actor that dies has its item put back at
+the head of the queue; Ray restarts the actor (it reloads the model) and it goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
+
+from .config import SearchConfig
+from .errors import ThicketsError
+
+Item = int | None  # None: the base model
+Result = tuple[Item, list, float]
+EXECUTORS = ("inprocess", "ray")
+
+
+class Executor(Protocol):
+    def describe(self) -> dict:
+        """The engine settings that change scores, for the run record."""
+        ...
+
+    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        """Score the items; `threshold()` is racing's bar for a candidate given out now (None: no racing)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class _Scorer:
+    """What a worker holds: the engine, the task and its validation split, and racing's rule."""
+
+    def __init__(self, config: SearchConfig, engine=None, device: str = "cpu"):
+        from .engines import load_engine
+        from .search import race_for, task_for
+        from .tasks.splits import make_splits
+
+        self.config = config
+        self.task = task_for(config)
+        self.val, _ = make_splits(self.task, config.split_seed, config.val_size)
+        self.race = race_for(config, self.task)
+        if engine is None:
+            engine, _ = load_engine(config.model, dtype=config.dtype, device=device, batch_size=config.batch_size)
+        self.engine = engine
+
+    def score(self, item: Item, threshold: float | None) -> Result:
+        from .search import evaluate
+
+        spec = None if item is None else self.config.candidate(item)
+        t0 = time.perf_counter()
+        rows = evaluate(self.engine, self.task, self.val, self.config, spec,
+                        self.race if item is not None else None, threshold)
+        return item, rows, time.perf_counter() - t0
+
+
+class InProcessExecutor:
+    """The default: one engine in this process, items in order."""
+
+    def __init__(self, config: SearchConfig, engine=None):
+        self._scorer = _Scorer(config, engine)
+
+    @property
+    def engine(self):
+        return self._scorer.engine
+
+    def describe(self) -> dict:
+        return self._scorer.engine.describe()
+
+    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        for item in items:
+            yield self._scorer.score(item, None if item is None else threshold())
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: a local Ray started (and stopped) by thickets
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: int | None = None  # default: the machine's cores shared among the workers
+    max_restarts: int = 3  # per actor: a worker that keeps dying stops the run
+
+
+class RayExecutor:
+    """Candidates on Ray actors, from a shared queue: a free worker takes the next item at once."""
+
+    def __init__(self, config: SearchConfig, options: RayOptions = RayOptions()):
+        try:
+            import ray
+        except ImportError:
+            raise ThicketsError("the Ray executor needs Ray: pip install 'thickets[ray]'") from None
+        if options.workers < 1:
+            raise ThicketsError(f"--workers must be at least 1, got {options.workers}")
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            if options.address:
+                ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+            else:
+                cores = os.cpu_count() or 1
+                ray.init(num_cpus=max(cores, options.workers), include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+                self._started = True
+        cpus = options.cpus_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
+        device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+        worker_cls = ray.remote(_RayWorker).options(num_cpus=cpus, num_gpus=options.gpus_per_worker,
+                                                    max_restarts=options.max_restarts, max_task_retries=0)
+        config_dict = config.to_dict()
+        self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
+        self._describe = ray.get(self.actors[0].describe.remote())
+        self.requeued = 0
+
+    def describe(self) -> dict:
+        return self._describe
+
+    def pids(self) -> list[int]:
+        return self._ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        ray = self._ray
+        queue = deque(items)
+        idle = list(self.actors)
+        inflight: dict = {}  # object ref -> (actor, item)
+        failures = 0
+        while queue or inflight:
+            while queue and idle:
+                actor, item = idle.pop(), queue.popleft()
+                ref = actor.score.remote(item, None if item is None else threshold())
+                inflight[ref] = (actor, item)
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            actor, item = inflight.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                failures += 1
+                if failures > len(self.actors) * (1 + 3):
+                    raise ThicketsError(f"Ray workers keep dying ({failures} times); last: {type(e).__name__}") from None
+                queue.appendleft(item)  # scored again, by this actor once Ray has restarted it, or another
+                self.requeued += 1
+                idle.append(actor)
+                continue
+            idle.append(actor)
+            yield result
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self._ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self._started:
+            self._ray.shutdown()
+
+
+class _RayWorker:
+    """One Ray actor: the model loaded once, candidates scored one at a time."""
+
+    def __init__(self, config: dict, threads: int, device: str):
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["THICKETS_NOISE_THREADS"] = str(threads)
+        self._scorer = _Scorer(SearchConfig.from_dict(config), device=device)
+
+    def describe(self) -> dict:
+        return self._scorer.engine.describe()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, item: Item, threshold: float | None) -> Result:
+        return self._scorer.score(item, threshold)
+
+
+def make_executor(kind: str, config: SearchConfig, *, engine=None, ray_options: RayOptions | None = None):
+    if kind == "inprocess":
+        return InProcessExecutor(config, engine)
+    if kind == "ray":
+        if engine is not None:
+            raise ThicketsError("the Ray executor loads the model in its workers; do not pass an engine")
+        return RayExecutor(config, ray_options or RayOptions())
+    raise ThicketsError(f"unknown executor {kind!r}; available: {', '.join(EXECUTORS)}")

@@ -1,0 +1,122 @@
+"""The Ray executor: the same scores as in-process, a killed worker loses nothing, a killed driver resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from thickets.config import SearchConfig  # noqa: E402
+from thickets.executors import RayExecutor, RayOptions  # noqa: E402
+from thickets.search import search  # noqa: E402
+from thickets.store import RunStore, candidate_model  # noqa: E402
+
+
+def _config(model, **over):
+    base = dict(model=str(model), task="products", population=6, sigmas=(0.05, 0.1), val_size=4,
+                max_new_tokens=4, batch_size=4)
+    return SearchConfig(**{**base, **over})
+
+
+def _stored(run_dir):
+    with RunStore.open(run_dir, write=False) as store:
+        cands = store.candidates()
+        return ({c.idx: c.score for c in cands},
+                {c.idx: store.completions(candidate_model(c.idx), "val") for c in cands})
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_two_ray_workers_give_exactly_the_in_process_scores(tmp_path, tiny_model_dir, ray_session):
+    config = _config(tiny_model_dir)
+    search(config, tmp_path / "local", progress=False)
+    executor = RayExecutor(config, RayOptions(workers=2, cpus_per_worker=1))
+    try:
+        search(config, tmp_path / "ray", executor=executor, progress=False)
+    finally:
+        executor.close()
+    local, ray_run = _stored(tmp_path / "local"), _stored(tmp_path / "ray")
+    assert sorted(local[0]) == list(range(6))
+    assert ray_run == local  # scores and every completion
+
+
+class _KillWorkersAfterFirst:
+    """Wraps an executor: after its first candidate, SIGKILL every worker process (one is mid-candidate)."""
+
+    def __init__(self, inner: RayExecutor):
+        self.inner, self.pids, self.killed = inner, inner.pids(), False
+
+    def describe(self):
+        return self.inner.describe()
+
+    def close(self):
+        self.inner.close()
+
+    def run(self, items, threshold):
+        for result in self.inner.run(items, threshold):
+            if not self.killed and result[0] is not None:
+                for pid in self.pids:
+                    os.kill(pid, signal.SIGKILL)
+                self.killed = True
+            yield result
+
+
+def test_a_killed_worker_loses_no_candidate_and_records_none_twice(tmp_path, tiny_model_dir, ray_session):
+    config = _config(tiny_model_dir, population=10, val_size=8, max_new_tokens=8)
+    executor = _KillWorkersAfterFirst(RayExecutor(config, RayOptions(workers=2, cpus_per_worker=1)))
+    try:
+        result = search(config, tmp_path / "run", executor=executor, progress=False)
+    finally:
+        executor.close()
+    assert executor.killed and executor.inner.requeued >= 1
+    assert sorted(c.idx for c in result.ranked) == list(range(10))
+    con = sqlite3.connect(tmp_path / "run" / "thickets.sqlite")
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT idx) FROM candidates").fetchone() == (10, 10)
+    per_candidate = con.execute("SELECT model, COUNT(*) FROM results WHERE split='val' GROUP BY model").fetchall()
+    assert len(per_candidate) == 11 and all(n == 8 for _, n in per_candidate)  # base + 10, each complete
+    # the same scores as a run without failures
+    search(config, tmp_path / "clean", progress=False)
+    assert _stored(tmp_path / "run") == _stored(tmp_path / "clean")
+
+
+def test_a_killed_driver_resumes_where_it_stopped(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(tiny_model_dir),
+           "--task", "products", "--population", "12", "--sigma", "0.05", "--val-size", "8",
+           "--max-new-tokens", "8", "--executor", "ray", "--workers", "2", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            n = sqlite3.connect(f"file:{run / 'thickets.sqlite'}?mode=ro", uri=True).execute(
+                "SELECT COUNT(*) FROM candidates").fetchone()[0]
+        except sqlite3.Error:
+            n = 0
+        if n >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-800:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    with RunStore.open(run, write=False) as store:
+        before = len(store.candidates())
+    assert 2 <= before < 12
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-800:]
+    con = sqlite3.connect(run / "thickets.sqlite")
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT idx) FROM candidates").fetchone() == (12, 12)
