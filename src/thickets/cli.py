@@ -26,6 +26,8 @@ def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     p.add_argument("--exclude", default=",".join(defaults.exclude), help="parameter name patterns to leave alone")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--engine", default=defaults.engine, choices=["transformers", "vllm"],
+                   help="vllm: GPUs only, experimental (see README)")
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, not the chat template")
     p.add_argument("--racing", default=defaults.racing, choices=["off", "exact", "hoeffding"],
                    help="stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)")
@@ -54,6 +56,7 @@ def _config(a: argparse.Namespace) -> SearchConfig:
         model=a.model, task=a.task, population=a.population, sigmas=parse_floats(a.sigma, "--sigma"),
         val_size=a.val_size, max_new_tokens=a.max_new_tokens, seed=a.seed, split_seed=a.split_seed,
         include=_patterns(a.include), exclude=_patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
+        engine=a.engine,
         chat_template=not a.no_chat_template, columns=_patterns(a.columns), reward=a.reward,
         racing=a.racing, racing_top_k=a.racing_top_k, racing_delta=a.racing_delta,
     )

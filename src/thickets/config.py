@@ -27,6 +27,7 @@ class SearchConfig:
     exclude: tuple[str, ...] = ()
     strategy: str = "gaussian"
     batch_size: int = 32
+    engine: str = "transformers"  # or vllm (GPU, experimental)
     dtype: str = "float32"
     chat_template: bool = True
     #: for tasks read from a file: FIELD=COLUMN pairs naming the columns the task reads
@@ -69,6 +70,8 @@ class SearchConfig:
                 raise ThicketsError(f"{what} must be in [0, 2**62), got {v}")
         if self.strategy not in STRATEGIES:
             raise ThicketsError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.engine not in ("transformers", "vllm"):
+            raise ThicketsError(f"unknown engine {self.engine!r}; use transformers or vllm")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ThicketsError(f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
         if not self.include:

@@ -82,7 +82,8 @@ def _test_scores(store: RunStore, model: str, test, engine_box: list, config: Se
     missing = [pos for pos in positions if pos not in have]
     if missing:
         if not engine_box[0]:
-            engine_box[0] = load_engine(config.model, dtype=config.dtype, batch_size=config.batch_size)[0]
+            engine_box[0] = load_engine(config.model, engine=config.engine, dtype=config.dtype,
+                                        batch_size=config.batch_size)[0]
         rows = evaluate(engine_box[0], task, [test[p] for p in missing], config, spec)
         store.add_results(model, "test", [(missing[j], ex, c, s) for j, ex, c, s in rows])
         have = store.scores(model, "test")

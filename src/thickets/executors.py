@@ -52,7 +52,8 @@ class _Scorer:
         self.val, _ = make_splits(self.task, config.split_seed, config.val_size)
         self.race = race_for(config, self.task)
         if engine is None:
-            engine, _ = load_engine(config.model, dtype=config.dtype, device=device, batch_size=config.batch_size)
+            engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
+                                    batch_size=config.batch_size)
         self.engine = engine
 
     def score(self, item: Item, threshold: float | None) -> Result:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Engine, cut_at_stop, render_prompt
 
-ENGINES = ("transformers",)
+ENGINES = ("transformers", "vllm")
 
 
 def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
@@ -13,8 +13,19 @@ def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float
     from ..errors import ThicketsError
     from ..models import load
 
-    if engine != "transformers":
+    if engine not in ENGINES:
         raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    if engine == "vllm":
+        from ..models import local_folder, resolve
+
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'") from None
+        from .vllm_engine import VLLMEngine
+
+        identity = resolve(model)
+        return VLLMEngine(str(local_folder(identity)), dtype=dtype, batch_size=batch_size), identity
     from .transformers_engine import TransformersEngine
 
     m, tok, identity = load(model, dtype=dtype, device=device)
