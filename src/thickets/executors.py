@@ -113,8 +113,8 @@ class RayExecutor:
                 ray.init(address=options.address, log_to_driver=False, configure_logging=False)
             else:
                 cores = os.cpu_count() or 1
-                ray.init(num_cpus=max(cores, options.workers), include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+                ray.init(address="local", num_cpus=max(cores, options.workers), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)  # our own, never a cluster found lying around
                 self._started = True
         cpus = options.cpus_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
         device = "cuda" if options.gpus_per_worker > 0 else "cpu"
