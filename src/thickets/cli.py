@@ -266,6 +266,24 @@ def cmd_density(a) -> None:
     print_density(density(RunScores.read(result.run_dir), a.delta), result.base.score)
 
 
+def cmd_es(a) -> None:
+    from .es import ESConfig, run_es
+
+    cfg = ESConfig(model=a.model, task=a.task, iterations=a.iterations, population=a.population, sigma=a.sigma,
+                   alpha=a.alpha, val_size=a.val_size, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                   seed=a.seed)
+    from .models import resolve
+    from .search import task_for
+    from .tasks.splits import make_splits
+
+    make_splits(task_for(SearchConfig(task=cfg.task)), cfg.split_seed, cfg.val_size)  # bad input: one line, early
+    resolve(cfg.model)
+    log = run_es(cfg, a.run_dir, progress=not a.quiet)
+    means = " ".join(f"{r['mean_reward']:.3f}" for r in log["iterations"])
+    print(f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
+          f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {a.run_dir}/es.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
                                      "and top-K majority vote")
@@ -341,6 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(p, defaults)
     p.add_argument("--delta", type=float, default=0.02)
     p.set_defaults(func=cmd_density)
+
+    p = sub.add_parser("es", help="evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline")
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--task", default=defaults.task)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--population", type=int, default=30)
+    p.add_argument("--sigma", type=float, default=1e-3)
+    p.add_argument("--alpha", type=float, default=5e-4)
+    p.add_argument("--val-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", required=True, help="ES log (es.json), resumed if it exists")
+    p.set_defaults(func=cmd_es)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)

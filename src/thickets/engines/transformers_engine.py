@@ -7,9 +7,12 @@ transformers' `generate` for anything else or when built with `fast=False`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy
 
 from ..noise import PerturbationSpec, add_noise_, standard_noise
 from . import fast_decode
@@ -67,6 +70,21 @@ class TransformersEngine:
             for n in names:
                 self.params[n].data = self._work[n]
         self._touched = names
+
+    def own_base(self) -> list[tuple[str, "numpy.ndarray"]]:
+        """The base weights as writable float32 arrays this engine owns (copied once from what was
+        loaded, which may be the model file's pages): ES moves them between iterations, and every
+        later perturb() and restore() is relative to where they are."""
+        if self._touched:
+            raise RuntimeError("own_base() while perturbed")
+        if not getattr(self, "_owned", False):
+            for n, t in self._base.items():
+                if t.dtype != torch.float32 or t.device.type != "cpu":
+                    raise ValueError(f"ES needs float32 weights on the CPU; {n} is {t.dtype} on {t.device}")
+                self._base[n] = t.clone()
+                self.params[n].data = self._base[n]
+            self._owned = True
+        return [(n, t.numpy()) for n, t in self._base.items()]
 
     def restore(self) -> None:
         for n in self._touched:
