@@ -284,6 +284,23 @@ def cmd_es(a) -> None:
           f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {a.run_dir}/es.json")
 
 
+def cmd_grpo(a) -> None:
+    from .grpo import GRPOSettings, run_grpo
+    from .models import resolve
+    from .search import task_for
+
+    cfg = GRPOSettings(model=a.model, task=a.task, steps=a.steps, num_generations=a.num_generations,
+                       prompts_per_step=a.prompts_per_step, learning_rate=a.learning_rate,
+                       max_new_tokens=a.max_new_tokens, val_size=a.val_size, lora=a.lora, seed=a.seed)
+    task_for(SearchConfig(task=cfg.task))  # bad input: one line, before anything loads
+    resolve(cfg.model)
+    log = run_grpo(cfg, a.out, progress=not a.quiet)
+    (Path(a.out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
+    rewards = " ".join(f"{s['reward']:.3f}" for s in log["steps"])
+    print(f"GRPO: mean reward per step {rewards}; {log['tokens']} tokens generated in {log['seconds']:.0f} s; "
+          f"model in {log['model_dir']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
                                      "and top-K majority vote")
@@ -373,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", required=True, help="ES log (es.json), resumed if it exists")
     p.set_defaults(func=cmd_es)
+
+    p = sub.add_parser("grpo", help="GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline")
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--task", default=defaults.task)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--num-generations", type=int, default=4, help="completions per prompt (the GRPO group)")
+    p.add_argument("--prompts-per-step", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--val-size", type=int, default=32, help="training prompts: the validation split")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged when saved")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the trained model and grpo.json")
+    p.set_defaults(func=cmd_grpo)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)
