@@ -301,6 +301,31 @@ def cmd_grpo(a) -> None:
           f"model in {log['model_dir']}")
 
 
+def cmd_compare(a) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .compare import CompareConfig, compare
+    from .models import resolve
+    from .search import task_for
+
+    cfg = CompareConfig(model=a.model, task=a.task, budget=a.budget, val_size=a.val_size, test_size=a.test_size,
+                        max_new_tokens=a.max_new_tokens, top_k=a.top_k, seed=a.seed)
+    task_for(SearchConfig(task=cfg.task))  # bad input: one line, before anything loads
+    resolve(cfg.model)
+    result = compare(cfg, a.out, progress=not a.quiet)
+    t = Table(title=f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, "
+                    f"{result['test_size']} test questions")
+    for col in ("method", "train tokens", "wall time", "test accuracy", "answers per question",
+                "test tokens per question"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in result["rows"]:
+        t.add_row(r["method"], str(r["train_tokens"]), f"{r['seconds']:.0f} s", f"{r['accuracy']:.1%}",
+                  str(r["test_answers_per_question"]), f"{r['test_tokens_per_question']:.1f}")
+    Console().print(t)
+    print(f"written: {a.out}/compare.json, {a.out}/compare.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
                                      "and top-K majority vote")
@@ -404,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the trained model and grpo.json")
     p.set_defaults(func=cmd_grpo)
+
+    p = sub.add_parser("compare", help="RandOpt vs ES vs GRPO at an equal budget of generated tokens")
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--task", default="products")
+    p.add_argument("--budget", type=int, default=100_000, help="generated tokens per method")
+    p.add_argument("--val-size", type=int, default=32)
+    p.add_argument("--test-size", type=int, default=100)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tasks", help="list the tasks")
     p.set_defaults(func=cmd_tasks)
