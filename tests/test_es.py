@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from thickets.engines import load_engine
+from thickets.engines.transformers_engine import canonical_parameters
 from thickets.errors import ThicketsError
 from thickets.es import ESConfig, apply_update, es_step, run_es, update_coefficients
 from thickets.noise import standard_noise
@@ -46,15 +48,27 @@ def test_an_es_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
                   max_new_tokens=2, batch_size=4)
     engine, _ = load_engine(str(tiny_model_dir))
     straight = run_es(ESConfig(iterations=2, **common), tmp_path / "a", engine=engine, progress=False)
-    theta_a = {n: a.copy() for n, a in engine.own_base()}
+    theta_a = {n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()}
     engine2, _ = load_engine(str(tiny_model_dir))
     run_es(ESConfig(iterations=1, **common), tmp_path / "b", engine=engine2, progress=False)
     engine3, _ = load_engine(str(tiny_model_dir))  # a new process, as after a crash: replays iteration 0
     resumed = run_es(ESConfig(iterations=2, **common), tmp_path / "b", engine=engine3, progress=False)
-    theta_b = dict(engine3.own_base())
-    assert all(np.array_equal(theta_a[n], theta_b[n]) for n in theta_a)
+    theta_b = canonical_parameters(engine3.model)
+    assert all(torch.equal(theta_a[n], theta_b[n]) for n in theta_a)
     assert [r["rewards"] for r in straight["iterations"]] == [r["rewards"] for r in resumed["iterations"]]
     assert straight["iterations"][0]["tokens"] > 0
     assert json.loads((tmp_path / "b" / "es.json").read_text())["config"]["iterations"] == 2
     with pytest.raises(ThicketsError, match="another config"):
         run_es(ESConfig(iterations=2, **{**common, "sigma": 0.1}), tmp_path / "b", engine=engine3, progress=False)
+    # an engine whose weights ES already moved would replay the log on top of them: refused
+    with pytest.raises(RuntimeError, match="already handed to ES"):
+        run_es(ESConfig(iterations=3, **common), tmp_path / "b", engine=engine3, progress=False)
+
+
+def test_a_token_budget_stops_es_after_the_iteration_that_reaches_it(tiny_model_dir, tmp_path):
+    engine, _ = load_engine(str(tiny_model_dir))
+    cfg = ESConfig(model=str(tiny_model_dir), task="toy", iterations=50, population=2, sigma=0.05, alpha=0.02,
+                   val_size=4, max_new_tokens=2, batch_size=4)
+    log = run_es(cfg, tmp_path, engine=engine, budget_tokens=40, progress=False)
+    per_it = [r["tokens"] for r in log["iterations"]]
+    assert sum(per_it) >= 40 > sum(per_it[:-1]) and len(per_it) < 50

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engines import count_tokens
 from .errors import ThicketsError
 from .plotting import pyplot, save
 from .progress import console
@@ -43,15 +44,11 @@ class CompareConfig:
             raise ThicketsError("budget, val-size, test-size and top-k must be at least 1")
 
 
-def _tokens(tok, texts) -> int:
-    return sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
-
-
 def _accuracy(engine, task, test, config) -> tuple[float, int]:
     from .search import evaluate
 
     rows = evaluate(engine, task, test, config)
-    return float(np.mean([r[3].correct for r in rows])), _tokens(engine.tokenizer, [r[2] for r in rows])
+    return float(np.mean([r[3].correct for r in rows])), count_tokens(engine.tokenizer, [r[2] for r in rows])
 
 
 def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -> dict:
@@ -69,9 +66,9 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
     while spent < cfg.budget:
         n += 1
         search(replace(search_cfg, population=n), run_dir, engine=engine, progress=False)
-        with RunStore.open(run_dir, write=False) as store:
-            spent = sum(_tokens(engine.tokenizer, store.completions(m, "val").values())
-                        for m in ["base", *(f"cand:{i}" for i in range(n))])
+        with RunStore.open(run_dir, write=False) as store:  # only what this step generated is new
+            spent += sum(count_tokens(engine.tokenizer, store.completions(m, "val").values())
+                         for m in (["base"] if n == 1 else []) + [f"cand:{n - 1}"])
         for frac in (0.25, 0.5):
             if spent >= frac * cfg.budget and frac not in marks:
                 marks[frac] = (n, spent)
@@ -97,7 +94,7 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
         curve.append({"tokens": used, "candidates": count, "accuracy": acc, "k": k})
     final = curve[-1]
     with RunStore.open(run_dir, write=False) as store:  # what the K experts wrote on the test split
-        written = sum(_tokens(engine.tokenizer, store.completions(f"cand:{e['idx']}", "test").values())
+        written = sum(count_tokens(engine.tokenizer, store.completions(f"cand:{e['idx']}", "test").values())
                       for e in report["experts"])
     test_tokens = written / cfg.test_size
     return {"method": f"RandOpt top-{final['k']} vote", "train_tokens": final["tokens"], "seconds": seconds,
@@ -111,14 +108,12 @@ def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict
 
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     t0 = time.perf_counter()
-    spent, it, log = 0, 0, None
-    while spent < cfg.budget:
-        it += 1
-        es_cfg = ESConfig(model=cfg.model, task=cfg.task, iterations=it, population=cfg.es_population,
-                          sigma=cfg.es_sigma, alpha=cfg.es_alpha, val_size=cfg.val_size,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=search_cfg.batch_size, seed=cfg.seed)
-        log = run_es(es_cfg, out / "es", engine=engine, progress=False)
-        spent = sum(r["tokens"] for r in log["iterations"])
+    # every iteration generates at least one token, so the budget stops ES before this many iterations
+    es_cfg = ESConfig(model=cfg.model, task=cfg.task, iterations=cfg.budget, population=cfg.es_population,
+                      sigma=cfg.es_sigma, alpha=cfg.es_alpha, val_size=cfg.val_size,
+                      max_new_tokens=cfg.max_new_tokens, batch_size=search_cfg.batch_size, seed=cfg.seed)
+    log = run_es(es_cfg, out / "es", engine=engine, budget_tokens=cfg.budget, progress=False)
+    spent, it = sum(r["tokens"] for r in log["iterations"]), len(log["iterations"])
     seconds = time.perf_counter() - t0
     acc, tokens = _accuracy(engine, task, test, search_cfg)
     return {"method": "ES", "train_tokens": spent, "seconds": seconds, "accuracy": acc, "iterations": it,

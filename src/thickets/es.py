@@ -76,10 +76,14 @@ def es_step(cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], f
     return {"iteration": iteration, "rewards": rewards, "coefficients": coefficients}
 
 
-def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, progress: bool = True) -> dict:
-    """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds)."""
+def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: int | None = None,
+           progress: bool = True) -> dict:
+    """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds).
+
+    `engine` must hold the loaded weights (ES takes them over). With `budget_tokens`, ES stops after
+    the iteration that brings the tokens generated to the budget (at most cfg.iterations)."""
     from .config import SearchConfig
-    from .engines import load_engine
+    from .engines import count_tokens, load_engine
     from .search import evaluate, task_for
     from .tasks.splits import make_splits
 
@@ -106,12 +110,14 @@ def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, progress: bool = 
     def score(spec: PerturbationSpec) -> float:
         nonlocal tokens
         rows = evaluate(engine, task, val, search_cfg, spec)
-        tokens += sum(_n_tokens(engine, r[2]) for r in rows)
+        tokens += count_tokens(engine.tokenizer, [r[2] for r in rows])
         return float(np.mean([r[3].reward for r in rows]))
 
     with bar("es", cfg.iterations, progress) as update:
         update(advance=len(log["iterations"]))
         for it in range(len(log["iterations"]), cfg.iterations):
+            if budget_tokens is not None and tokens >= budget_tokens:
+                break
             t0, before = time.perf_counter(), tokens
             rec = es_step(cfg, it, score, theta)
             rec.update(seconds=time.perf_counter() - t0, tokens=tokens - before, mean_reward=float(np.mean(rec["rewards"])))
@@ -123,7 +129,3 @@ def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, progress: bool = 
     final = evaluate(engine, task, val, search_cfg)  # theta itself
     log["final_val_reward"] = float(np.mean([r[3].reward for r in final]))
     return log
-
-
-def _n_tokens(engine, text: str) -> int:
-    return len(engine.tokenizer(text, add_special_tokens=False).input_ids)

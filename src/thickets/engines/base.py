@@ -34,6 +34,11 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def count_tokens(tokenizer, texts: Sequence[str]) -> int:
+    """Tokens in the texts, as the tokenizer counts generated text (no special tokens): the unit of a budget."""
+    return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+
+
 def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
     """The text the model sees: the tokenizer's chat template when it has one (and it is wanted)."""
     if chat_template and getattr(tokenizer, "chat_template", None):

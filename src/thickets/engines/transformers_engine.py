@@ -72,18 +72,20 @@ class TransformersEngine:
         self._touched = names
 
     def own_base(self) -> list[tuple[str, "numpy.ndarray"]]:
-        """The base weights as writable float32 arrays this engine owns (copied once from what was
-        loaded, which may be the model file's pages): ES moves them between iterations, and every
-        later perturb() and restore() is relative to where they are."""
+        """Hand the base weights over to ES, once: writable float32 arrays this engine owns (copied
+        from what was loaded, which may be the model file's pages). ES moves them between
+        iterations, and every later perturb() and restore() is relative to where they are. A second
+        call is refused: its caller would take moved weights for the loaded ones."""
         if self._touched:
             raise RuntimeError("own_base() while perturbed")
-        if not getattr(self, "_owned", False):
-            for n, t in self._base.items():
-                if t.dtype != torch.float32 or t.device.type != "cpu":
-                    raise ValueError(f"ES needs float32 weights on the CPU; {n} is {t.dtype} on {t.device}")
-                self._base[n] = t.clone()
-                self.params[n].data = self._base[n]
-            self._owned = True
+        if getattr(self, "_owned", False):
+            raise RuntimeError("the base weights were already handed to ES; load a fresh engine")
+        for n, t in self._base.items():
+            if t.dtype != torch.float32 or t.device.type != "cpu":
+                raise ValueError(f"ES needs float32 weights on the CPU; {n} is {t.dtype} on {t.device}")
+            self._base[n] = t.clone()
+            self.params[n].data = self._base[n]
+        self._owned = True
         return [(n, t.numpy()) for n, t in self._base.items()]
 
     def restore(self) -> None:
