@@ -67,23 +67,21 @@ def density(r: RunScores, delta: float) -> list[dict]:
 def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
     """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`),
     per task: a multi-task run ranks experts by their validation score on each task, as `ensemble` does."""
-    from .ensemble import val_scores_by_task
+    from .ensemble import rank_on_task, val_scores_by_task
     from .search import rank
-    from .tasks.multi import task_of
+    from .tasks.multi import task_names, task_of
 
     curves = {}
     with RunStore.open(run_dir, write=False) as store:
         cands = rank([c for c in store.candidates() if c.complete])
-        multi = "," in store.config.task
-        tasks = [t.strip() for t in store.config.task.split(",")] if multi else [store.config.task]
+        tasks = task_names(store.config.task)
+        multi = len(tasks) > 1
+        by_model = val_scores_by_task(store) if multi else {}
         test_ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'",
                                           (BASE,)))
         for task in tasks:
-            ranked = cands
             positions = sorted(p for p, i in test_ids.items() if not multi or task_of(i) == task)
-            if multi:
-                by_task = {c.idx: val_scores_by_task(store, candidate_model(c.idx)).get(task, 0.0) for c in cands}
-                ranked = sorted(cands, key=lambda c: (-by_task[c.idx], -c.score, c.idx))
+            ranked = rank_on_task(cands, by_model, task) if multi else cands
             curve = _curve(store, ranked[:k_max], positions)
             if curve is not None:
                 curves[task] = curve
@@ -136,15 +134,17 @@ def specialisation(run_dir: str | Path) -> dict | None:
     """For a multi-task run: candidate x task gain over the base on validation, the task-task correlation
     of those gains, and how often a candidate improves one task while hurting another."""
     from .ensemble import val_scores_by_task
+    from .tasks.multi import task_names
 
     with RunStore.open(run_dir, write=False) as store:
-        if "," not in store.config.task:
+        tasks = task_names(store.config.task)
+        if len(tasks) < 2:
             return None
-        base = val_scores_by_task(store, BASE)
+        by_model = val_scores_by_task(store)
         cands = [c for c in store.candidates() if c.complete]
-        tasks = [t.strip() for t in store.config.task.split(",")]
-        gains = np.array([[val_scores_by_task(store, candidate_model(c.idx)).get(t, np.nan) - base[t] for t in tasks]
-                          for c in cands])
+    base = by_model[BASE]
+    gains = np.array([[by_model.get(candidate_model(c.idx), {}).get(t, np.nan) - base[t] for t in tasks]
+                      for c in cands])
     T = len(tasks)
     corr = np.full((T, T), np.nan)
     for a in range(T):

@@ -78,18 +78,15 @@ def print_table(report: dict) -> None:
 
 
 def _search(a, config: SearchConfig):
-    """search() with the executor the command line asked for (the store is checked before Ray starts)."""
-    from .search import prepare, search
+    """search() with the executor the command line asked for."""
+    from .search import search
 
     if a.executor == "inprocess":
         return search(config, a.run_dir, progress=not a.quiet)
     from .executors import RayOptions, make_executor
 
-    if a.workers < 1:
-        raise ThicketsError(f"--workers must be at least 1, got {a.workers}")
     if a.gpus_per_worker < 0:
         raise ThicketsError(f"--gpus-per-worker must be >= 0, got {a.gpus_per_worker}")
-    prepare(config, Path(a.run_dir))  # bad input fails here, before any worker loads a model
     executor = make_executor("ray", config, ray_options=RayOptions(a.address, a.workers, a.gpus_per_worker))
     try:
         return search(config, a.run_dir, executor=executor, progress=not a.quiet)
@@ -266,18 +263,23 @@ def cmd_density(a) -> None:
     print_density(density(RunScores.read(result.run_dir), a.delta), result.base.score)
 
 
+def _check_inputs(task: str, model: str, split_seed: int, val_size: int, test_size: int = 0) -> None:
+    """Bad task, data or model for the baselines: one line, before any model loads."""
+    from .models import resolve
+    from .search import task_for
+    from .tasks.splits import make_splits
+
+    make_splits(task_for(SearchConfig(task=task)), split_seed, val_size, test_size)
+    resolve(model)
+
+
 def cmd_es(a) -> None:
     from .es import ESConfig, run_es
 
     cfg = ESConfig(model=a.model, task=a.task, iterations=a.iterations, population=a.population, sigma=a.sigma,
                    alpha=a.alpha, val_size=a.val_size, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                    seed=a.seed)
-    from .models import resolve
-    from .search import task_for
-    from .tasks.splits import make_splits
-
-    make_splits(task_for(SearchConfig(task=cfg.task)), cfg.split_seed, cfg.val_size)  # bad input: one line, early
-    resolve(cfg.model)
+    _check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
     log = run_es(cfg, a.run_dir, progress=not a.quiet)
     means = " ".join(f"{r['mean_reward']:.3f}" for r in log["iterations"])
     print(f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
@@ -286,14 +288,11 @@ def cmd_es(a) -> None:
 
 def cmd_grpo(a) -> None:
     from .grpo import GRPOSettings, run_grpo
-    from .models import resolve
-    from .search import task_for
 
     cfg = GRPOSettings(model=a.model, task=a.task, steps=a.steps, num_generations=a.num_generations,
                        prompts_per_step=a.prompts_per_step, learning_rate=a.learning_rate,
                        max_new_tokens=a.max_new_tokens, val_size=a.val_size, lora=a.lora, seed=a.seed)
-    task_for(SearchConfig(task=cfg.task))  # bad input: one line, before anything loads
-    resolve(cfg.model)
+    _check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
     log = run_grpo(cfg, a.out, progress=not a.quiet)
     (Path(a.out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
     rewards = " ".join(f"{s['reward']:.3f}" for s in log["steps"])
@@ -306,13 +305,10 @@ def cmd_compare(a) -> None:
     from rich.table import Table
 
     from .compare import CompareConfig, compare
-    from .models import resolve
-    from .search import task_for
 
     cfg = CompareConfig(model=a.model, task=a.task, budget=a.budget, val_size=a.val_size, test_size=a.test_size,
                         max_new_tokens=a.max_new_tokens, top_k=a.top_k, seed=a.seed)
-    task_for(SearchConfig(task=cfg.task))  # bad input: one line, before anything loads
-    resolve(cfg.model)
+    _check_inputs(cfg.task, cfg.model, 0, cfg.val_size, cfg.test_size)
     result = compare(cfg, a.out, progress=not a.quiet)
     t = Table(title=f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, "
                     f"{result['test_size']} test questions")

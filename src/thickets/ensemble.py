@@ -90,15 +90,21 @@ def _test_scores(store: RunStore, model: str, test, engine_box: list, config: Se
     return {p: have[p] for p in positions}
 
 
-def val_scores_by_task(store: RunStore, model: str) -> dict[str, float]:
-    """Mean validation reward of one model on each task of a multi-task run."""
+def val_scores_by_task(store: RunStore) -> dict[str, dict[str, float]]:
+    """Mean validation reward of every model (base and candidates) on each task of a multi-task run,
+    {model: {task: mean}}, in one pass over the stored results."""
     from .tasks.multi import task_of
 
-    sums: dict[str, list[float]] = {}
-    for ex_id, reward in store.con.execute("SELECT example_id, reward FROM results WHERE model=? AND split='val'",
-                                           (model,)):
-        sums.setdefault(task_of(ex_id), []).append(reward)
-    return {t: sum(v) / len(v) for t, v in sums.items()}
+    sums: dict[str, dict[str, list[float]]] = {}
+    for model, ex_id, reward in store.con.execute("SELECT model, example_id, reward FROM results WHERE split='val'"):
+        sums.setdefault(model, {}).setdefault(task_of(ex_id), []).append(reward)
+    return {m: {t: sum(v) / len(v) for t, v in per.items()} for m, per in sums.items()}
+
+
+def rank_on_task(candidates: Sequence, by_model: dict[str, dict[str, float]], task: str) -> list:
+    """Candidates best first on one task of a multi-task run: that task's validation score, then the
+    overall score, then the earlier candidate."""
+    return sorted(candidates, key=lambda c: (-by_model.get(candidate_model(c.idx), {}).get(task, 0.0), -c.score, c.idx))
 
 
 def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None,
@@ -125,14 +131,14 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
             raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}")
         identity = store.meta("model_identity")
         engine_box = [engine]
+        by_model = val_scores_by_task(store) if parts != [None] else {}
         for part in parts:
             if part is None:
                 ranked, positions, base_val = ranked_all, list(range(len(test))), None
             else:
-                by_task = {c.idx: val_scores_by_task(store, candidate_model(c.idx)).get(part, 0.0) for c in ranked_all}
-                ranked = sorted(ranked_all, key=lambda c: (-by_task[c.idx], -c.score, c.idx))
+                ranked = rank_on_task(ranked_all, by_model, part)
                 positions = [p for p, ex in enumerate(test) if ex.data["task"] == part]
-                base_val = val_scores_by_task(store, BASE).get(part)
+                base_val = by_model.get(BASE, {}).get(part)
             experts = ranked[: max(top_k)]
             per_expert: list[dict[int, Score]] = []
             with bar(f"test answers{'' if part is None else ' ' + part}", len(experts) + 1, progress) as update:
@@ -147,7 +153,8 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
             reindex = lambda scores: {i: scores[p] for i, p in enumerate(positions)}  # noqa: E731
             reports[part] = _report(part or config.task, config, identity, ranked, experts, reindex(base),
                                     [reindex(e) for e in per_expert], top_k, base_val,
-                                    None if part is None else by_task)
+                                    None if part is None else {c.idx: by_model.get(candidate_model(c.idx), {})
+                                                               .get(part, 0.0) for c in ranked_all})
     report = reports[None] if parts == [None] else {"task": config.task, "model": config.model, "tasks": reports}
     if write_report:
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

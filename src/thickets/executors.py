@@ -42,14 +42,14 @@ class Executor(Protocol):
 class _Scorer:
     """What a worker holds: the engine, the task and its validation split, and racing's rule."""
 
-    def __init__(self, config: SearchConfig, engine=None, device: str = "cpu"):
+    def __init__(self, config: SearchConfig, engine=None, device: str = "cpu", task=None, val=None):
         from .engines import load_engine
         from .search import race_for, task_for
         from .tasks.splits import make_splits
 
         self.config = config
-        self.task = task_for(config)
-        self.val, _ = make_splits(self.task, config.split_seed, config.val_size)
+        self.task = task_for(config) if task is None else task  # a worker builds its own; search() passes its
+        self.val = make_splits(self.task, config.split_seed, config.val_size)[0] if val is None else val
         self.race = race_for(config, self.task)
         if engine is None:
             engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
@@ -69,12 +69,8 @@ class _Scorer:
 class InProcessExecutor:
     """The default: one engine in this process, items in order."""
 
-    def __init__(self, config: SearchConfig, engine=None):
-        self._scorer = _Scorer(config, engine)
-
-    @property
-    def engine(self):
-        return self._scorer.engine
+    def __init__(self, config: SearchConfig, engine=None, task=None, val=None):
+        self._scorer = _Scorer(config, engine, task=task, val=val)
 
     def describe(self) -> dict:
         return self._scorer.engine.describe()
@@ -97,7 +93,10 @@ class RayOptions:
 
 
 class RayExecutor:
-    """Candidates on Ray actors, from a shared queue: a free worker takes the next item at once."""
+    """Candidates on Ray actors, from a shared queue: a free worker takes the next item at once.
+
+    Ray and the actors start on first use, so search() has checked its input before any worker
+    loads a model."""
 
     def __init__(self, config: SearchConfig, options: RayOptions = RayOptions()):
         try:
@@ -106,8 +105,15 @@ class RayExecutor:
             raise ThicketsError("the Ray executor needs Ray: pip install 'thickets[ray]'") from None
         if options.workers < 1:
             raise ThicketsError(f"--workers must be at least 1, got {options.workers}")
-        self._ray = ray
+        self._ray, self._config, self._options = ray, config, options
         self._started = False
+        self.actors: list = []
+        self.requeued = 0
+
+    def _start(self) -> None:
+        if self.actors:
+            return
+        ray, options = self._ray, self._options
         if not ray.is_initialized():
             if options.address:
                 ray.init(address=options.address, log_to_driver=False, configure_logging=False)
@@ -120,18 +126,21 @@ class RayExecutor:
         device = "cuda" if options.gpus_per_worker > 0 else "cpu"
         worker_cls = ray.remote(_RayWorker).options(num_cpus=cpus, num_gpus=options.gpus_per_worker,
                                                     max_restarts=options.max_restarts, max_task_retries=0)
-        config_dict = config.to_dict()
+        config_dict = self._config.to_dict()
         self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
+        self._max_failures = options.workers * (1 + options.max_restarts)
         self._describe = ray.get(self.actors[0].describe.remote())
-        self.requeued = 0
 
     def describe(self) -> dict:
+        self._start()
         return self._describe
 
     def pids(self) -> list[int]:
+        self._start()
         return self._ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        self._start()
         ray = self._ray
         queue = deque(items)
         idle = list(self.actors)
@@ -147,11 +156,15 @@ class RayExecutor:
             try:
                 result = ray.get(done[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-                failures += 1
-                if failures > len(self.actors) * (1 + 3):
-                    raise ThicketsError(f"Ray workers keep dying ({failures} times); last: {type(e).__name__}") from None
                 queue.appendleft(item)  # scored again, by this actor once Ray has restarted it, or another
                 self.requeued += 1
+                if isinstance(e, ray.exceptions.ActorUnavailableError):
+                    time.sleep(0.5)  # restarting (reloading the model), not a new death: ask again shortly
+                else:
+                    failures += 1
+                    if failures > self._max_failures:
+                        raise ThicketsError(f"Ray workers keep dying ({failures} times); last: "
+                                            f"{type(e).__name__}") from None
                 idle.append(actor)
                 continue
             idle.append(actor)

@@ -76,12 +76,12 @@ def generate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
         prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template)
                    for ex in examples]
         return engine.generate(prompts, config.max_new_tokens, task.stop)
+    from .tasks.multi import by_part
+
     out = [""] * len(examples)
-    for name, part in parts.items():
-        idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
-        if idx:
-            for i, c in zip(idx, generate(engine, part, [examples[i].data["example"] for i in idx], config)):
-                out[i] = c
+    for part, idx, inner in by_part(task, examples):
+        for i, c in zip(idx, generate(engine, part, inner, config)):
+            out[i] = c
     return out
 
 
@@ -160,18 +160,19 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
     race = race_for(config, task)
     own = executor is None
     if executor is None:
-        executor = InProcessExecutor(config, engine)
+        executor = InProcessExecutor(config, engine, task=task, val=val)
     try:
         with RunStore.open(run_dir, config, meta=run_record(identity, executor.describe(), task)) as store:
             todo = [i for i in range(config.population) if i not in store.done_indices()]
-            items = ([] if store.scores(BASE, "val") else [None]) + todo
+            stored_base = store.scores(BASE, "val")
+            base = Summary.of(list(stored_base.values())) if stored_base else None
+            items = ([] if base else [None]) + todo
             done = store.candidates()
             finished = [c.score for c in done if c.complete]
             stopped = len(done) - len(finished)
 
             def fields() -> dict:
-                base = store.scores(BASE, "val")
-                return dict(base=f"{Summary.of(list(base.values())).score:.3f}" if base else "-",
+                return dict(base=f"{base.score:.3f}" if base else "-",
                             best=f"{max(finished):.3f}" if finished else "-", **({"raced": stopped} if race else {}))
 
             with bar("search", config.population, progress) as update:
@@ -179,6 +180,7 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
                 for item, rows, seconds in executor.run(items, lambda: race.threshold(finished) if race else None):
                     if item is None:
                         store.add_results(BASE, "val", rows)
+                        base = Summary.of([r[3] for r in rows])
                         update(advance=0, **fields())
                         continue
                     spec = config.candidate(item)
@@ -188,7 +190,6 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
                     else:
                         stopped += 1
                     update(**fields())
-            base = Summary.of(list(store.scores(BASE, "val").values()))
             return SearchResult(run_dir, base, rank(store.candidates()))
     finally:
         if own:

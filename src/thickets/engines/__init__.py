@@ -18,10 +18,10 @@ def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float
     if engine == "vllm":
         from ..models import local_folder, resolve
 
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'") from None
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'")
         from .vllm_engine import VLLMEngine
 
         identity = resolve(model)

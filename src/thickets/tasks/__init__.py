@@ -52,9 +52,9 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
     `reward` (`module:function` or `file.py:function`) replaces its reward with a TRL-style function."""
     _builtins()
     if "," in name:
-        from .multi import MultiTask
+        from .multi import MultiTask, task_names
 
-        names = [n.strip() for n in name.split(",") if n.strip()]
+        names = task_names(name)
         if len(set(names)) != len(names):
             raise ThicketsError(f"task list {name!r} names a task twice")
         return MultiTask({n: get_task(n, columns, reward) for n in names})
@@ -92,11 +92,11 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
 def score_all(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
     """Scores for many completions: one call for tasks that score in batches (a user's reward function)."""
     if hasattr(task, "parts"):  # a multi-task run: each task scores its own examples
+        from .multi import by_part
+
         out: list[Score | None] = [None] * len(examples)
-        for name, part in task.parts.items():
-            idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
-            for i, s in zip(idx, score_all(part, [examples[i].data["example"] for i in idx],
-                                           [completions[i] for i in idx])):
+        for part, idx, inner in by_part(task, examples):
+            for i, s in zip(idx, score_all(part, inner, [completions[i] for i in idx])):
                 out[i] = s
         return out
     if hasattr(task, "score_batch"):

@@ -53,9 +53,23 @@ class MultiTask:
         return task.score(inner, completion)
 
     def check(self, examples: Sequence[Example]) -> None:
-        for name, task in self.parts.items():
-            if hasattr(task, "check"):
-                task.check([e.data["example"] for e in examples if e.data["task"] == name])
+        for part, _, inner in by_part(self, examples):
+            if hasattr(part, "check"):
+                part.check(inner)
+
+
+def task_names(spec: str) -> list[str]:
+    """The tasks a `--task` value names: one, or several separated by commas."""
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def by_part(task, examples: Sequence[Example]) -> Iterator[tuple[object, list[int], list[Example]]]:
+    """For a multi-task run: each task, the positions of its examples, and those examples as the task
+    made them. Callers work per task and put results back at the positions."""
+    for name, part in task.parts.items():
+        idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
+        if idx:
+            yield part, idx, [examples[i].data["example"] for i in idx]
 
 
 def task_of(example_id: str) -> str:
