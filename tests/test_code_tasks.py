@@ -172,3 +172,37 @@ def test_mbpp_rejects_bad_rows():
         MBPPTask([{"text": "x", "test_list": []}])
     with pytest.raises(ThicketsError, match="duplicate"):
         MBPPTask([{"task_id": 1, "text": "a", "test_list": ["assert 1"]}] * 2)
+
+
+EARLY_EXITS = {
+    "sys.exit": "import sys\ndef has_close_elements(numbers, threshold):\n    return False\nsys.exit(0)",
+    "os._exit": "import os\ndef has_close_elements(numbers, threshold):\n    return False\nos._exit(0)",
+    "SystemExit from main": ("import sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+                             "def main():\n    return 0\nif __name__ == '__main__':\n    sys.exit(main())"),
+    "atexit": ("import atexit, os\ndef has_close_elements(numbers, threshold):\n    return False\n"
+               "atexit.register(lambda: os._exit(0))\nraise SystemExit(0)"),
+}
+
+
+@pytest.mark.parametrize("how", EARLY_EXITS)
+def test_code_that_exits_before_the_tests_run_is_not_correct(he0, how):
+    """The official harness counts these as failures; passing must prove the tests ran to the end."""
+    task, example, _ = he0
+    score = task.score(example, fenced(EARLY_EXITS[how]))
+    assert score.answer is not None and not score.correct and score.reward == 0.0
+
+
+def test_printing_a_fake_completion_marker_does_not_pass(he0):
+    task, example, _ = he0
+    forged = ("import os, sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+              "for fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
+              "print('0' * 32)\nsys.stdout.flush()\nos._exit(0)")
+    assert not task.score(example, fenced(forged)).correct
+
+
+def test_mbpp_exit_before_the_asserts_is_not_correct():
+    rows = [{"task_id": 1, "text": "Write double(x).", "test_list": ["assert double(2) == 4"]}]
+    task = MBPPTask(rows, timeout_s=2.0)
+    (ex,) = list(task.examples(0))
+    assert task.score(ex, fenced("def double(x):\n    return 2 * x")).correct
+    assert not task.score(ex, fenced("import sys\ndef double(x):\n    return x\nsys.exit(0)")).correct

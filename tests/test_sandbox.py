@@ -61,6 +61,13 @@ def test_runs_code_and_reports_exit(mode):
     assert run_python("def f(:", mode=mode).status == "failed"
 
 
+@pytest.mark.parametrize("code", ["import sys\nsys.exit(0)\nprint('end')", "import os\nos._exit(0)",
+                                  "raise SystemExit(0)", "import sys\nsys.stdout.write('0' * 32)\nsys.exit()"])
+def test_exit_status_zero_before_the_end_is_not_a_pass(mode, code):
+    r = run_python(code, mode=mode)
+    assert r.returncode == 0 and r.status == "incomplete" and not r.ok
+
+
 def test_runs_in_its_own_writable_folder(mode):
     r = run_python("import os, tempfile\nopen('a.txt', 'w').write('x')\n"
                    "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir(), sorted(os.environ))", mode=mode)

@@ -7,17 +7,23 @@ credit counts in the reward only.
 The answer is the last <answer> tag. Small models rarely write tags, so where the reference
 answer is an integer and there is no tag, the final number of the completion is taken instead
 (GSM8K-style flexible extraction); reasoning-gym's scorer still judges it.
+
+reasoning-gym's scorers are third-party code reading model output, and several eval() it or
+hang on it: they run only in the scorer sandbox (`third_party`), one fork per answer, and an
+answer whose scoring fails, runs out of memory or times out earns 0.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+import json
+from typing import Iterator, Sequence
 
 from ..errors import ThicketsError
 from .base import Example, Score
 from .answers import extract_final_number, parse_number
 from .extract import last_tag, normalise
+from .third_party import sandboxed, warm
 
 _INSTRUCTION = "\n\nGive only the final answer inside <answer></answer> tags."
 _STREAM_SIZE = 1_000_000
@@ -33,12 +39,14 @@ def gym_task_names() -> tuple[str, ...]:
 class GymTask:
     stop = ("</answer>",)
     system_prompt: str | None = None
+    packages = ("reasoning-gym",)
 
     def __init__(self, dataset: str, **config):
         if dataset not in gym_task_names():
             raise ThicketsError(f"unknown reasoning-gym task {dataset!r}; see `thickets tasks` for the list")
         self.dataset = dataset
         self.config = config
+        self.config_json = json.dumps(config, sort_keys=True)
         self.name = f"gym:{dataset}"
         self.description = f"reasoning-gym {dataset}"
 
@@ -57,23 +65,30 @@ class GymTask:
             yield Example(id=f"{self.name}:{entry['question']}", prompt=entry["question"] + _INSTRUCTION,
                           data={"entry": entry})
 
-    @functools.cached_property
-    def _scorer(self):
-        return self._dataset(0)
-
-    def score(self, example: Example, completion: str) -> Score:
+    def _answer(self, example: Example, completion: str) -> str | None:
         answer = last_tag(completion)
         if answer is None and _is_integer(example.data["entry"].get("answer")):
             number = extract_final_number(completion)
             value = parse_number(number) if number is not None else None
             answer = str(value) if value is not None and value.denominator == 1 else None
-        if answer is None:
-            return Score(None, None, 0.0, False)
-        try:
-            reward = float(self._scorer.score_answer(answer, example.data["entry"]))
-        except Exception:
-            reward = 0.0
-        return Score(answer, normalise(answer), reward, reward >= 1.0)
+        return answer
+
+    def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
+        answers = [self._answer(ex, c) for ex, c in zip(examples, completions)]
+        todo = [i for i, a in enumerate(answers) if a is not None]
+        rewards = [0.0] * len(answers)
+        if todo:
+            warm("gym_warm", self.dataset, self.config_json)
+            outcomes = sandboxed("gym_score", [(self.dataset, self.config_json, answers[i], examples[i].data["entry"])
+                                               for i in todo])
+            for i, out in zip(todo, outcomes):
+                value = out.value if out.ok and isinstance(out.value, (int, float)) else 0.0
+                rewards[i] = min(1.0, max(0.0, float(value)))
+        return [Score(None, None, 0.0, False) if a is None else Score(a, normalise(a), r, r >= 1.0)
+                for a, r in zip(answers, rewards)]
+
+    def score(self, example: Example, completion: str) -> Score:
+        return self.score_batch([example], [completion])[0]
 
 
 def _is_integer(answer) -> bool:

@@ -21,141 +21,59 @@ user may write are NOT protected, and network is only blocked by the in-process 
 
 Both levels: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_NOFILE, no core dumps, an
 isolated interpreter (`-I -S -B`: no site-packages, no PYTHON* variables, no .pyc writes), a
-minimal environment, and a prelude that replaces os.fork/exec/spawn/system, subprocess,
-and socket with functions that raise before the user code is compiled. Those patches are
-defence in depth only: code using ctypes (or reloading modules) gets past them, which is why
-the kernel mechanisms above matter. Output goes to files (not pipes) capped by RLIMIT_FSIZE,
-so a chatty or hung child can neither deadlock the caller nor fill its memory, and the wall
-clock is enforced by the caller, which kills the whole process group.
+minimal environment, and patches that replace os.fork/exec/spawn/system, subprocess, and socket
+with functions that raise before the user code is compiled. Those patches are defence in depth
+only: code using ctypes (or reloading modules) gets past them, which is why the kernel
+mechanisms above matter. Output goes to files (not pipes) capped by RLIMIT_FSIZE, so a chatty
+or hung child can neither deadlock the caller nor fill its memory, and the wall clock is
+enforced by the caller, which kills the whole process group. The launcher is a real script,
+`sandbox_launcher.py`.
+
+A program passes only if it ran to its end: the caller hands the launcher a random token on a
+pipe before any untrusted code exists, and the launcher writes it out only after the program
+returned normally. Exit status 0 alone proves nothing (`sys.exit(0)` before the tests).
+
+`ScorerSandbox` runs third-party scorers (reasoning-gym, math-verify) on model output the same
+way: a zygote process in the same jail (with the Python packages bound read-only) forks one
+child per answer, with CPU, memory and wall-clock limits, and answers in JSON.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Sequence
+
+from .pipes import read_line, send
 
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
 _SETUP_FAILED = 125  # the launcher's exit status when it could not build the sandbox
-_FILE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: bounds captured output and every file the child writes
 _SCRATCH_MB = 64  # size of the tmpfs the child may write to (namespace mode)
 _UNSHARE = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
             "--propagation", "private")
-
-# Runs as `python -I -S -B -u -c _LAUNCHER mode run_dir cpu_s memory_mb nproc`: builds the jail
-# (namespace mode), drops privileges, sets limits, patches, then runs run_dir/main.py as __main__.
-_LAUNCHER = r'''
-import os, sys, resource
-def _setup():
-    mode, run_dir = sys.argv[1], sys.argv[2]
-    cpu_s, memory_mb, nproc = (int(a) for a in sys.argv[3:6])
-    with open(os.path.join(run_dir, "main.py"), encoding="utf-8") as f:
-        source = f.read()
-    if mode == "namespace":
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC = 1, 2, 4, 8, 32, 4096, 16384
-        def mount(src, dst, fstype, flags, data=None):
-            if libc.mount(src and src.encode(), dst.encode(), fstype and fstype.encode(), flags,
-                          data and data.encode()) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, "mount %s on %s: %s" % (src, dst, os.strerror(e)))
-        def bind(src, dst, flags):
-            mount(src, dst, None, BIND | REC)
-            mount(None, dst, None, REMOUNT | BIND | flags)
-        root = os.path.join(run_dir, "root")
-        mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,mode=755")
-        done = []
-        for path in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
-                     os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]:
-            if not os.path.lexists(path) or any(path == d or path.startswith(d + "/") for d in done):
-                continue
-            target = root + path
-            if os.path.islink(path) and os.path.dirname(path) == "/":
-                os.symlink(os.readlink(path), target)
-                continue
-            os.makedirs(target, exist_ok=True)
-            bind(path, target, RDONLY | NOSUID | NODEV)
-            done.append(path)
-        os.makedirs(root + "/dev")
-        for dev in ("null", "zero", "full", "random", "urandom"):
-            open(root + "/dev/" + dev, "w").close()
-            bind("/dev/" + dev, root + "/dev/" + dev, NOSUID | NOEXEC)
-        os.makedirs(root + "/sandbox")
-        mount("tmpfs", root + "/sandbox", "tmpfs", NOSUID | NODEV | NOEXEC,
-              "size=%dm,mode=700,uid=%d,gid=%d" % (SCRATCH_MB, NOBODY, NOBODY))
-        mount(None, root, None, REMOUNT | RDONLY | NOSUID | NODEV, "size=1m,mode=755")
-        os.chroot(root)
-        os.chdir("/sandbox")
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: setuid binaries stay powerless
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        os.makedirs("tmp")
-        with open("main.py", "w", encoding="utf-8") as f:
-            f.write(source)
-        pid = os.fork()  # we are the namespace's init: wait, and report a signal death as 128 + signal
-        if pid:          # ourselves (unshare does not pass some signals on reliably, e.g. SIGXCPU)
-            status = os.waitpid(pid, 0)[1]
-            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-    for lim, val in ((resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
-                     (resource.RLIMIT_AS, (memory_mb << 20,) * 2),
-                     (resource.RLIMIT_FSIZE, (FILE_LIMIT,) * 2),
-                     (resource.RLIMIT_NOFILE, (256, 256)),
-                     (resource.RLIMIT_CORE, (0, 0)),
-                     (resource.RLIMIT_NPROC, (nproc, nproc))):
-        resource.setrlimit(lim, val)
-    return source
-try:
-    _source = _setup()
-except BaseException as e:
-    sys.stderr.write("thickets sandbox setup failed: %r\n" % (e,))
-    os._exit(SETUP_FAILED)
-def _refuse(*a, **k):
-    raise PermissionError("disabled in the thickets sandbox")
-import socket, _posixsubprocess
-for _n in ("fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "execv", "execve",
-           "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl",
-           "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe", "kill", "killpg", "setsid"):
-    if hasattr(os, _n):
-        setattr(os, _n, _refuse)
-_posixsubprocess.fork_exec = _refuse
-if sys.argv[1] != "namespace":  # there the network namespace has no route anywhere
-    class _NoSocket(socket.socket):  # a subclass, so that ssl and asyncio still import
-        def __init__(self, *a, **k):
-            _refuse()
-    socket.socket = socket.SocketType = _NoSocket
-    for _n in ("socketpair", "create_connection", "create_server", "fromfd", "getaddrinfo"):
-        setattr(socket, _n, _refuse)
-import types
-_main = types.ModuleType("__main__")
-_main.__file__ = "main.py"
-_main.__builtins__ = __builtins__
-sys.modules["__main__"] = _main
-sys.argv = ["main.py"]
-_code = compile(_source, "main.py", "exec")
-del _setup, _source, _n, socket, _posixsubprocess, types, resource
-exec(_code, _main.__dict__)
-'''.replace("SCRATCH_MB", str(_SCRATCH_MB)).replace("NOBODY", str(NOBODY)) \
-   .replace("FILE_LIMIT", str(_FILE_LIMIT)).replace("SETUP_FAILED", str(_SETUP_FAILED))
+_LAUNCHER = str(Path(__file__).with_name("sandbox_launcher.py"))
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """`ok` iff the program exited 0 by itself. `status`: passed, failed (non-zero exit),
-    timeout (wall clock or CPU limit), memory (MemoryError), killed (other signal), error (the
-    sandbox itself could not run it)."""
+    """`ok` iff the program ran to its end and exited 0. `status`: passed, incomplete (exited 0
+    before its end: sys.exit, os._exit), failed (non-zero exit), timeout (wall clock or CPU
+    limit), memory (MemoryError), killed (other signal), error (the sandbox itself could not run it)."""
 
     ok: bool
     status: str
@@ -180,10 +98,9 @@ def _read_capped(path: Path, max_output: int) -> str:
     return f"{head.decode('utf-8', 'replace')}\n...[{size - 2 * half} bytes cut]...\n{tail.decode('utf-8', 'replace')}"
 
 
-def _argv(mode: str, run_dir: Path, cpu_s: int, memory_mb: int, max_processes: int) -> list[str]:
-    python = [sys.executable, "-I", "-S", "-B", "-u", "-c", _LAUNCHER, mode, str(run_dir),
-              str(cpu_s), str(memory_mb), str(max_processes),
-              f"thickets-sandbox:{os.getpid()}"]  # a tag that finds this caller's children in ps
+def _argv(mode: str, config: dict, tag: str = "thickets-sandbox") -> list[str]:
+    python = [sys.executable, "-I", "-S", "-B", "-u", _LAUNCHER, json.dumps(config),
+              f"{tag}:{os.getpid()}"]  # a tag that finds this caller's children in ps
     return [shutil.which("unshare") or "unshare", *_UNSHARE, "--", *python] if mode == "namespace" else python
 
 
@@ -221,26 +138,35 @@ def _sweep(tag: str, rounds: int = 300) -> None:
         time.sleep(0.01)
 
 
+def _env(mode: str, work: Path) -> dict[str, str]:
+    home = "/sandbox" if mode == "namespace" else str(work)
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": f"{home}/tmp", "LANG": "C.UTF-8"}
+
+
 def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max_output: int,
          max_processes: int) -> SandboxResult:
     run_dir = Path(tempfile.mkdtemp(prefix="thickets-sandbox-"))  # 0700, the caller's own
+    token = secrets.token_hex(16).encode()
     try:
         work = run_dir / "work"
         (work / "tmp").mkdir(parents=True)
         (run_dir / "root").mkdir()
         (run_dir / "main.py").write_text(code, encoding="utf-8")
         shutil.copy(run_dir / "main.py", work / "main.py")
-        home = "/sandbox" if mode == "namespace" else str(work)
-        env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": f"{home}/tmp", "LANG": "C.UTF-8"}
-
+        config = {"mode": mode, "role": "script", "run_dir": str(run_dir), "cpu_s": cpu_s, "memory_mb": memory_mb,
+                  "nproc": max_processes, "scratch_mb": _SCRATCH_MB}
         timed_out = False
         with open(run_dir / "stdout", "wb") as out, open(run_dir / "stderr", "wb") as err:
             try:
-                proc = subprocess.Popen(_argv(mode, run_dir, cpu_s, memory_mb, max_processes),
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work, env=env,
-                                        start_new_session=True, close_fds=True)  # no preexec_fn: thread-safe
+                proc = subprocess.Popen(_argv(mode, config), stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work,
+                                        env=_env(mode, work), start_new_session=True, close_fds=True)
             except OSError as e:
                 return SandboxResult(False, "error", None, "", f"could not start the sandbox: {e}")
+            try:
+                proc.stdin.write(token)  # read by the launcher before any untrusted code runs
+                proc.stdin.close()
+            except OSError:
+                pass  # it died at once; the status says how
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -251,6 +177,10 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
                 _sweep(str(run_dir))
         stdout = _read_capped(run_dir / "stdout", max_output)
         stderr = _read_capped(run_dir / "stderr", max_output)
+        try:
+            finished = (run_dir / "done").read_bytes() == token
+        except OSError:
+            finished = False
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rc = proc.returncode
@@ -258,7 +188,7 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
     if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):  # 128 + n: signal n in namespace mode
         status = "timeout"
     elif rc == 0:
-        status = "passed"
+        status = "passed" if finished else "incomplete"
     elif (rc == _SETUP_FAILED and "thickets sandbox setup failed" in stderr) or \
             (mode == "namespace" and stderr.startswith("unshare: ")):
         status = "error"
@@ -294,3 +224,129 @@ def run_python(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_mb: 
     is counted over all sandboxes running at once); `mode` overrides `isolation()` (tests).
     """
     return _run(code, mode or isolation(), timeout_s, cpu_s, memory_mb, max_output, max_processes)
+
+
+# -- third-party scorers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One sandboxed call: `value` when `ok`, else `error` ("timeout", "memory", "raised ...", "crashed ...")."""
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+
+
+class ScorerSandboxError(RuntimeError):
+    """The scorer sandbox itself failed (not a verdict on an answer)."""
+
+
+def _import_roots() -> list[str]:
+    """The folders the zygote imports from: this interpreter's path and the folder holding thickets
+    (an editable install reaches it through a .pth hook that `-S` skips)."""
+    here = str(Path(__file__).resolve().parents[2])
+    return [here] + [p for p in sys.path if p and os.path.isdir(p) and p != here]
+
+
+class ScorerSandbox:
+    """A zygote in the sandbox that runs `module:function` on untrusted input, one fork per call.
+
+    `call_many(target, [args, ...])` returns one Outcome per args; a call that hangs costs at most
+    `timeout_s` and is reported as a timeout. `warm(target, args)` runs a trusted set-up function in
+    the zygote itself (imports, building a dataset), so every later child starts from it.
+    """
+
+    def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 2048, mode: str | None = None):
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        self.mode = mode or isolation()
+        self._proc: subprocess.Popen | None = None
+        self._run_dir: Path | None = None
+        self._warmed: list[tuple[str, tuple]] = []
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        self._run_dir = Path(tempfile.mkdtemp(prefix="thickets-scorer-"))
+        (self._run_dir / "root").mkdir()
+        roots = _import_roots()
+        config = {"mode": self.mode, "role": "server", "run_dir": str(self._run_dir), "cpu_s": 10**6,
+                  "memory_mb": max(self.memory_mb, 2048), "nproc": 64, "scratch_mb": _SCRATCH_MB,
+                  "binds": roots, "sys_path": roots}
+        self._proc = subprocess.Popen(_argv(self.mode, config, "thickets-scorer"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, cwd=self._run_dir,
+                                      env=_env(self.mode, self._run_dir), start_new_session=True, close_fds=True)
+        for target, args in self._warmed:
+            self._request("warm", target, args, 120.0)
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _killpg(proc.pid)
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            if os.path.isdir("/proc") and self._run_dir is not None:
+                _sweep(str(self._run_dir))
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _request(self, op: str, target: str, payload, deadline_s: float):
+        proc = self._proc
+        if not send(proc.stdin, (op, target, payload)):
+            raise ScorerSandboxError("the scorer sandbox died")
+        line = read_line(proc.stdout, deadline_s)
+        if not line:
+            raise ScorerSandboxError("the scorer sandbox did not answer")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise ScorerSandboxError(reply.get("error", "the scorer sandbox failed"))
+        return reply["value"]
+
+    def warm(self, target: str, args: Sequence = ()) -> None:
+        """Run a trusted set-up function in the zygote (now and after every restart)."""
+        with self._lock:
+            key = (target, tuple(args))
+            if key in self._warmed:
+                return
+            self._warmed.append(key)
+            if self._proc is not None:
+                self._request("warm", target, tuple(args), 120.0)
+
+    def call_many(self, target: str, calls: Sequence[Sequence]) -> list[Outcome]:
+        if not calls:
+            return []
+        payload = (self.timeout_s, max(1, int(self.timeout_s + 0.999)), self.memory_mb, [tuple(a) for a in calls])
+        with self._lock:
+            for attempt in (0, 1):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._stop()
+                    self._start()
+                try:
+                    raw = self._request("call", target, payload, 30.0 + len(calls) * (self.timeout_s + 1))
+                    break
+                except ScorerSandboxError:
+                    self._stop()
+                    if attempt:
+                        raise
+        return [Outcome(True, r.get("value")) if r.get("ok") else Outcome(False, error=str(r.get("error")))
+                for r in raw]
+
+
+_SHARED: ScorerSandbox | None = None
+
+
+def scorer_sandbox() -> ScorerSandbox:
+    """The process's scorer sandbox, started on first use and stopped at exit."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = ScorerSandbox()
+        atexit.register(_SHARED.close)
+    return _SHARED
