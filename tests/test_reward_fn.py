@@ -120,3 +120,52 @@ def test_thickets_score_with_a_reward(tmp_path, capsys):
                  "--example", json.dumps({"prompt": "2+2?"}), "--completion-file", str(completion)])
     assert code == 2 and "the judge is down" in capsys.readouterr().err
     assert score_one(get_task("gsm8k"), {"question": "q", "answer": "#### 3"}, "#### 3")["correct"]
+
+
+HOSTILE = Path(__file__).parent / "fixtures" / "hostile_rewards.py"
+MBPP_ROWS = [{"task_id": i, "text": f"Write double{i}(x).", "test_list": [f"assert double{i}(2) == 4"]} for i in range(3)]
+
+
+def mbpp_task(tmp_path, fn, timeout=5.0):
+    return get_task(f"mbpp:{data(tmp_path, MBPP_ROWS, 'mbpp.jsonl')}", reward=f"{HOSTILE}:{fn}", reward_timeout=timeout)
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("hangs", "did not return within 2 s"),
+    ("exits", r"ended its process \(exit status 0\)"),
+    ("raises_system_exit", "raised SystemExit"),
+])
+def test_a_reward_that_hangs_or_exits_fails_clearly(tmp_path, fn, message):
+    task = mbpp_task(tmp_path, fn, timeout=2.0)
+    val, _ = make_splits(task, 0, 2)
+    with pytest.raises(ThicketsError, match=message):
+        task.check(val)
+
+
+def test_a_reward_that_exits_mid_run_ends_the_search_with_exit_2_and_keeps_the_store(tmp_path, tiny_model_dir,
+                                                                                    capsys):
+    run = tmp_path / "run"
+    argv = ["--quiet", "search", "--model", str(tiny_model_dir), "--task", f"mbpp:{data(tmp_path, MBPP_ROWS, 'm.jsonl')}",
+            "--reward", f"{HOSTILE}:exits", "--population", "2", "--val-size", "2", "--max-new-tokens", "4",
+            "--run-dir", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ended its process" in err and len(err.splitlines()) == 1
+    assert not run.exists()  # the probe call found it before anything was written
+
+
+def test_a_reward_gets_copies_so_mutating_its_inputs_changes_no_verdict(tmp_path):
+    task = mbpp_task(tmp_path, "empties_the_tests")
+    val, _ = make_splits(task, 0, 3)
+    task.check(val)
+    wrong = [f"```python\ndef double{ex.data['row']['task_id']}(x):\n    return x\n```" for ex in val]
+    scores = score_all(task, val, wrong)
+    assert not any(s.correct for s in scores)  # the asserts still ran
+    assert all(ex.data["tests"] and ex.data["row"]["test_list"] for ex in val)
+
+
+def test_what_a_reward_prints_is_not_taken_for_its_answer(tmp_path):
+    task = get_task(f"prompts:{data(tmp_path)}", reward=f"{HOSTILE}:prints_and_scores")
+    val, _ = make_splits(task, 0, 2)
+    task.check(val)
+    assert [s.reward for s in score_all(task, val, ["a", "b"])] == [0.25, 0.25]

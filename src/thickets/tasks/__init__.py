@@ -47,9 +47,11 @@ def _builtins() -> None:
         _REGISTRY.setdefault(name, (factory, description))
 
 
-def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | None = None) -> Task:
+def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | None = None,
+             reward_timeout: float = 300.0) -> Task:
     """A task by name: a built-in, `gym:<name>`, or `<kind>:<data file>` with an optional column mapping;
-    `reward` (`module:function` or `file.py:function`) replaces its reward with a TRL-style function."""
+    `reward` (`module:function` or `file.py:function`) replaces its reward with a TRL-style function,
+    run in a process of its own with `reward_timeout` seconds per batch."""
     _builtins()
     if "," in name:
         from .multi import MultiTask, task_names
@@ -57,7 +59,7 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
         names = task_names(name)
         if len(set(names)) != len(names):
             raise ThicketsError(f"task list {name!r} names a task twice")
-        return MultiTask({n: get_task(n, columns, reward) for n in names})
+        return MultiTask({n: get_task(n, columns, reward, reward_timeout) for n in names})
     kind, sep, rest = name.partition(":")
     from .file_tasks import KINDS, make_file_task
 
@@ -85,7 +87,7 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
     if reward:
         from .reward_fn import RewardTask, load_reward
 
-        task = RewardTask(task, *load_reward(reward))
+        task = RewardTask(task, *load_reward(reward, reward_timeout))
     return task
 
 

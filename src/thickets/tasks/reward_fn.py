@@ -6,57 +6,108 @@ We call it the same way. Which completion style a function wants is found once, 
 strings first and then chat messages on a probe batch, before any candidate is scored.
 A `None` reward (TRL's "does not apply") counts as 0. The task around it still extracts the
 answer and decides correctness, so a reward with a format bonus never inflates accuracy.
+
+The function is untrusted code and runs in a process of its own (`reward_worker`): it gets
+copies of its inputs (mutating them changes nothing here), each batch has a time bound, and a
+hang, an exit (`os._exit`, SystemExit) or a wrong return stops the run with one line naming the
+function, before that batch's scores are stored. Nothing it does can end a run as a success.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import math
-import numbers
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..errors import ThicketsError
 from .base import Example, Score, Task
+from .pipes import read_line, send
 
 #: a reward at or above this counts as correct on a prompts-only task (no verifier of its own)
 SUCCESS_REWARD = 1.0
 STYLES = ("text", "chat")
 
 
-def load_reward(spec: str) -> tuple[Callable, str, str]:
-    """(function, its name, sha256 of its source file) from `module:function` or `path/to/file.py:function`."""
+class RewardProcess:
+    """The worker process a reward function runs in: started on first use, restarted after a failure."""
+
+    def __init__(self, spec: str, timeout_s: float):
+        self.spec, self.timeout_s = spec, timeout_s
+        self._proc: subprocess.Popen | None = None
+        self.source: str | None = None
+
+    def _start(self) -> None:
+        import thickets
+
+        root = str(Path(thickets.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self._proc = subprocess.Popen([sys.executable, "-m", "thickets.tasks.reward_worker"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, cwd=os.getcwd(), env=env)
+        reply = self._ask(("load", self.spec), "importing it")
+        if not reply.get("ok"):
+            self.close()
+            raise ThicketsError(f"cannot load reward {self.spec}: {reply.get('error', '')}")
+        self.source = reply.get("source")
+
+    def _ask(self, message: tuple, doing: str) -> dict:
+        proc = self._proc
+        send(proc.stdin, message)  # if it is gone, the read below says how
+        line = read_line(proc.stdout, self.timeout_s)
+        if line is None:
+            self.close()
+            raise ThicketsError(f"reward function {self.spec} did not return within {self.timeout_s:g} s while "
+                                f"{doing}; fix it or raise --reward-timeout")
+        if not line:
+            try:
+                status = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                status = "unknown"
+            self.close()
+            raise ThicketsError(f"reward function {self.spec} ended its process (exit status {status}) while "
+                                f"{doing}; a reward function must return its rewards")
+        try:
+            return json.loads(line)
+        except ValueError:
+            self.close()
+            raise ThicketsError(f"reward function {self.spec}: its process answered garbage") from None
+
+    def call(self, kwargs: dict) -> dict:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = None
+            self._start()
+        return self._ask(("call", kwargs), "scoring")
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def load_reward(spec: str, timeout_s: float = 300.0) -> tuple[RewardProcess, str, str]:
+    """(its process, its name, sha256 of its source file) from `module:function` or `path/to/file.py:function`.
+    The module is imported in the worker, never here."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ThicketsError(f"--reward must be module:function or file.py:function, got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ThicketsError(f"reward file {target} does not exist")
-        name = f"thickets_reward_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:
-            raise ThicketsError(f"cannot import reward file {target}: {type(e).__name__}: {e}") from None
-    else:
-        sys.path.insert(0, str(Path.cwd()))  # a console script does not put the working folder on the path
-        try:
-            module = importlib.import_module(target)
-        except Exception as e:
-            raise ThicketsError(f"cannot import reward module {target}: {type(e).__name__}: {e}") from None
-        finally:
-            sys.path.remove(str(Path.cwd()))
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ThicketsError(f"reward {spec}: {target} has no function {attr!r}")
-    source = getattr(module, "__file__", None)
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
-    return fn, spec, digest
+    if target.endswith(".py") and not Path(target).is_file():
+        raise ThicketsError(f"reward file {target} does not exist")
+    proc = RewardProcess(str(Path(target).resolve()) + ":" + attr if target.endswith(".py") else spec, timeout_s)
+    proc._start()
+    digest = hashlib.sha256(Path(proc.source).read_bytes()).hexdigest() if proc.source else ""
+    return proc, spec, digest
 
 
 def _columns(examples: Sequence[Example]) -> dict[str, list]:
@@ -66,17 +117,22 @@ def _columns(examples: Sequence[Example]) -> dict[str, list]:
     return {k: [r[k] for r in rows] for k in keys if k not in ("prompts", "completions")}
 
 
+class _Raised(Exception):
+    """The function raised (its message says what); a failure of the function, not of thickets."""
+
+
 class RewardTask:
     """Any task, with its reward replaced by a user's function; extraction and correctness stay the task's."""
 
     reward_range = None  # unknown: a user's function may return any number
 
-    def __init__(self, inner: Task, fn: Callable, name: str, digest: str, style: str | None = None):
+    def __init__(self, inner: Task, fn: RewardProcess, name: str, digest: str, style: str | None = None):
         self.inner, self.fn, self.reward_name, self.style = inner, fn, name, style
         self.name = inner.name
         self.description = f"{inner.description}; reward from {name}"
         self.stop, self.system_prompt = inner.stop, inner.system_prompt
         self.sources = {**getattr(inner, "sources", {}), "reward": {"function": name, "sha256": digest}}
+        self.packages = getattr(inner, "packages", ())
         self._judges = not hasattr(inner, "kind") or inner.kind != "prompts"
 
     def examples(self, seed: int):
@@ -93,24 +149,21 @@ class RewardTask:
             prompts: list[Any] = [[{"role": "user", "content": ex.prompt}] for ex in examples]
         else:
             comps, prompts = list(completions), [ex.prompt for ex in examples]
-        out = self.fn(completions=comps, prompts=prompts, **_columns(examples))
-        return self._validate(out, len(completions))
+        reply = self.fn.call(dict(completions=comps, prompts=prompts, **_columns(examples)))
+        if not reply.get("ok"):
+            raise _Raised(reply.get("error", "failed"))
+        return self._validate(reply["rewards"], len(completions))
 
-    def _validate(self, out: Any, n: int) -> list[float]:
+    def _validate(self, values: list, n: int) -> list[float]:
         who = f"reward function {self.reward_name}"
-        try:
-            values = list(out)
-        except TypeError:
-            raise ThicketsError(f"{who} returned {type(out).__name__}, not a list of numbers") from None
         if len(values) != n:
             raise ThicketsError(f"{who} returned {len(values)} rewards for {n} completions")
         rewards = []
         for i, v in enumerate(values):
-            if v is None:
-                v = 0.0
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-                raise ThicketsError(f"{who} returned {v!r} at position {i}; rewards must be finite numbers or None")
-            rewards.append(float(v))
+            if not (v is None or isinstance(v, float)):
+                shown = v[0] if isinstance(v, list) else repr(v)  # the worker sends what is not a number as its repr
+                raise ThicketsError(f"{who} returned {shown} at position {i}; rewards must be finite numbers or None")
+            rewards.append(0.0 if v is None else v)
         return rewards
 
     def check(self, examples: Sequence[Example]) -> None:
@@ -121,24 +174,20 @@ class RewardTask:
         for style in ([self.style] if self.style else STYLES):
             try:
                 self._call(probe, completions, style)
-            except ThicketsError:
-                raise
-            except Exception as e:
-                errors.append(f"{type(e).__name__}: {e}")
+            except _Raised as e:
+                errors.append(str(e))
                 continue
             self.style = style
             return
-        raise ThicketsError(f"reward function {self.reward_name} raised {errors[0]}")
+        raise ThicketsError(f"reward function {self.reward_name} {errors[0]}")
 
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         if self.style is None:
             self.check(examples)
         try:
             rewards = self._call(examples, completions, self.style)
-        except ThicketsError:
-            raise
-        except Exception as e:
-            raise ThicketsError(f"reward function {self.reward_name} raised {type(e).__name__}: {e}") from None
+        except _Raised as e:
+            raise ThicketsError(f"reward function {self.reward_name} {e}") from None
         scores = []
         for ex, c, r in zip(examples, completions, rewards):
             s = self.inner.score(ex, c)
