@@ -63,7 +63,8 @@ def test_examples_deterministic_and_reachable():
     ("<think>easy</think> <answer> (1 + 2) * 3 </answer>", 1.1, True),
     ("<answer>3 * (2 + 1)</answer>", 1.1, True),
     ("<answer>(1+2)*3 = 9</answer>", 1.1, True),
-    ("<answer>(1+2)*3 = 10</answer>", 1.1, True),  # the claimed result is not trusted either way
+    ("<answer>(1+2)*3 = 10</answer>", 0.1, False),  # a false claimed result makes the equation false
+    ("<answer>+1+2*3+0</answer>", 0.1, False),  # unary plus parses; 0 is not a given number
     ("<answer>1 + 2 + 3</answer>", 0.1, False),  # wrong value
     ("<answer>(1 + 2) * 3 * 1</answer>", 0.1, False),  # reused number
     ("<answer>3 * 3</answer>", 0.1, False),  # reused, missing numbers
@@ -97,8 +98,9 @@ def test_vote_keys():
     a, b = _score("<answer>(1+2)*3</answer>"), _score("<answer> 3 * (2 + 1) = 9 </answer>")
     assert a.vote_key == b.vote_key == "1,2,3=9"
     assert a.answer == "(1+2)*3"
-    assert _score("<answer>7/2</answer>").vote_key == "2,7=7/2"
-    assert _score("<answer>1+2+3</answer>").vote_key != a.vote_key
+    assert _score("<answer>1+2+3</answer>").vote_key == "1,2,3=6" != a.vote_key  # wrong, but a real attempt
+    assert _score("<answer>7/2</answer>").vote_key is None  # numbers that were not given never vote
+    assert _score("<answer>(1+2)*3*1</answer>").vote_key is None  # nor does a reused one
     assert _score("<answer>2^3</answer>").vote_key is None
     assert _score("no answer").vote_key is None
 

@@ -132,8 +132,10 @@ def test_gsm8k_numbers_are_equal_however_written(tmp_path, i, completion, correc
 
 def test_gsm8k_vote_keys_merge_equal_numbers(tmp_path):
     task, ex = gsm_example(tmp_path, 2)
-    keys = {task.score(ex, c).vote_key for c in ("#### 0.5", "#### 1/2", "#### \\frac{1}{2}", "#### 50%", "#### .5 of it")}
+    keys = {task.score(ex, c).vote_key for c in ("#### 0.5", "#### 1/2", "#### \\frac{1}{2}", "#### .5 of it")}
     assert keys - {None} == {"1/2"}
+    # a percent sign is a unit (GSM8K's golds for "what percent" questions are bare numbers)
+    assert task.score(ex, "#### 50%").vote_key == task.score(ex, "#### 50").vote_key == "50"
     assert task.score(ex, "no numbers here").answer is None
 
 

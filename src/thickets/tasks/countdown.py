@@ -78,6 +78,9 @@ class CountdownTask:
             value, used = evaluate_equation(answer)
         except EquationError:
             return Score(answer, None, FORMAT_REWARD, False)
-        correct = Counter(used) == Counter(example.data["numbers"]) and value == example.data["target"]
-        vote_key = f"{','.join(map(str, sorted(used)))}={value}"
+        uses_given = Counter(used) == Counter(example.data["numbers"])
+        correct = uses_given and value == example.data["target"]
+        # only an equation with exactly the given numbers may vote (as in the authors' ensemble):
+        # one that invents numbers must not outvote a real attempt
+        vote_key = f"{','.join(map(str, sorted(used)))}={value}" if uses_given else None
         return Score(answer, vote_key, FORMAT_REWARD + (CORRECT_REWARD if correct else 0.0), correct)

@@ -9,7 +9,6 @@ which is what a user's reward function receives.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import random
 from fractions import Fraction
@@ -17,13 +16,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ThicketsError
-from .answers import (LETTERS, extract_choice, extract_final_number, extract_order, last_boxed, latex_equal,
-                      latex_key, number_key, parse_latex, parse_number)
+from .answers import (LETTERS, extract_choice, extract_final_number, extract_order, is_percent, last_boxed,
+                      latex_is_safe, number_key, parse_latex, parse_number)
 from .base import Score
 from .code import MBPPTask
 from .data import fingerprint, load_rows
 from .extract import MAX_ANSWER_CHARS, last_tag, normalise
 from .rows import RowTask
+from .third_party import sandboxed, warm
 
 
 def _text(value: Any, what: str, where: str) -> str:
@@ -56,18 +56,19 @@ class NumberTask(RowTask):
         value = parse_number(answer)
         if value is None:
             return Score(answer, None, 0.0, False)
-        correct = value == Fraction(example.data["answer"])
+        gold = Fraction(example.data["answer"])
+        # '50%' is 50 (GSM8K's convention) and, where the gold is the fraction, 1/2 as well
+        correct = value == gold or (is_percent(answer) and value / 100 == gold)
         return Score(answer, number_key(value), float(correct), correct)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parsed_gold(answer: str):
-    return parse_latex(answer)
-
-
 class MathTask(RowTask):
+    """LaTeX answers judged by math-verify, which runs in the scorer sandbox: it hands some answers to
+    sympy's parse_expr (an eval), so it never sees model output in our process."""
+
     kind = "math"
     kind_description = "\\boxed{} answer, equivalence by math-verify"
+    packages = ("math-verify",)
     _PROMPT = "{question}\n\nReason step by step, and put your final answer within \\boxed{{}}."
 
     def fields(self, row, where):
@@ -77,19 +78,34 @@ class MathTask(RowTask):
             answer = answer[0]
         answer = str(answer)
         gold = last_boxed(answer) or answer.strip().strip("$").strip()
-        if _parsed_gold(gold) is None:
+        if parse_latex(gold) is None:
             raise ThicketsError(f"{where}: math-verify cannot read the reference answer {gold[:60]!r}")
         return {"question": question, "answer": gold}
 
+    def score_batch(self, examples, completions):
+        answers = [last_boxed(c) for c in completions]
+        todo = [i for i, a in enumerate(answers) if a is not None and latex_is_safe(a)]
+        verdicts: dict[int, dict] = {}
+        if todo:
+            warm("math_warm")
+            for i, out in zip(todo, sandboxed("math_score", [(examples[i].data["answer"], answers[i]) for i in todo])):
+                if out.ok and isinstance(out.value, dict) and out.value.get("parsed"):
+                    verdicts[i] = out.value
+        scores = []
+        for i, answer in enumerate(answers):
+            v = verdicts.get(i)
+            if answer is None:
+                scores.append(Score(None, None, 0.0, False))
+            elif v is None:  # unreadable, unsafe, or its scoring failed
+                scores.append(Score(answer, None, 0.0, False))
+            else:
+                correct = v.get("correct") is True
+                key = v.get("key")
+                scores.append(Score(answer, key if isinstance(key, str) else None, float(correct), correct))
+        return scores
+
     def score(self, example, completion):
-        answer = last_boxed(completion)
-        if answer is None:
-            return Score(None, None, 0.0, False)
-        parsed = parse_latex(answer)
-        if parsed is None:
-            return Score(answer, None, 0.0, False)
-        correct = latex_equal(_parsed_gold(example.data["answer"]), parsed)
-        return Score(answer, latex_key(parsed), float(correct), correct)
+        return self.score_batch([example], [completion])[0]
 
 
 class ChoiceTask(RowTask):
@@ -98,26 +114,17 @@ class ChoiceTask(RowTask):
 
     def fields(self, row, where):
         question = _text(self.get(row, where, "question", "prompt", "input"), "the question", where)
+        labels = None
         if "choices" in self.columns or any(n in row for n in ("choices", "options")):
             choices = self.get(row, where, "choices", "options")
             if isinstance(choices, dict) and "text" in choices:  # the layout of ARC and others on the hub
-                choices = choices["text"]
+                labels, choices = choices.get("label"), choices["text"]
         else:
             choices = [row[c] for c in LETTERS if c in row]
         if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
             raise ThicketsError(f"{where}: choices must be a list of 2 to 26 options (or columns A, B, C, ...)")
-        answer = self.get(row, where, "answer", "label", "target")
-        n = len(choices)
-        if isinstance(answer, int) or (isinstance(answer, str) and answer.strip().isdigit()):
-            index = int(answer)  # an index into the choices, counted from 0
-        elif isinstance(answer, str) and answer.strip().strip("()").upper() in LETTERS[:n] and len(answer.strip().strip("()")) == 1:
-            index = LETTERS.index(answer.strip().strip("()").upper())
-        elif answer in choices:
-            index = choices.index(answer)
-        else:
-            raise ThicketsError(f"{where}: the answer {answer!r} is not a letter, an index or one of the choices")
-        if not 0 <= index < n:
-            raise ThicketsError(f"{where}: the answer index {index} is outside the {n} choices")
+        answer = self.get(row, where, "answer", "label", "target", "answerKey")
+        index = _choice_index(answer, [str(c) for c in choices], labels, where)
         return {"question": question, "choices": [str(c) for c in choices], "answer": LETTERS[index]}
 
     def prompt(self, fields):
@@ -126,11 +133,46 @@ class ChoiceTask(RowTask):
                 f"like this: The answer is (A).")
 
     def score(self, example, completion):
-        letter = extract_choice(completion, len(example.data["choices"]))
+        choices = example.data["choices"]
+        letter = extract_choice(completion, len(choices))
+        if letter is None:  # a reply that is exactly one choice's text ("4" among "3", "4", "5") names it
+            said = (last_tag(completion) or completion[:MAX_ANSWER_CHARS]).strip().rstrip(".")
+            matches = [i for i, c in enumerate(choices) if c.strip() == said]
+            letter = LETTERS[matches[0]] if len(matches) == 1 else None
         if letter is None:
             return Score(None, None, 0.0, False)
         correct = letter == example.data["answer"]
         return Score(letter, letter, float(correct), correct)
+
+
+def _choice_index(answer: Any, choices: list[str], labels: list | None, where: str) -> int:
+    """Which choice the gold answer names: through the row's own labels when it has them (ARC labels
+    some questions "1".."4"); a JSON integer is a 0-based index (MMLU's layout); text is a choice's
+    text first (an answer "3" among choices "1".."4" is the third), else a letter, else an index."""
+    n = len(choices)
+    text = str(answer).strip()
+    if isinstance(answer, int) and not isinstance(answer, bool) and labels is None:
+        if not 0 <= answer < n:
+            raise ThicketsError(f"{where}: the answer index {answer} is outside the {n} choices")
+        return answer
+    if labels is not None:
+        if not isinstance(labels, list) or len(labels) != n:
+            raise ThicketsError(f"{where}: choice labels must be a list as long as the choices")
+        names = [str(x).strip() for x in labels]
+        if text in names:
+            return names.index(text)
+        raise ThicketsError(f"{where}: the answer {answer!r} is not one of the choice labels {names}")
+    if text in choices:
+        return choices.index(text)
+    bare = text.strip("()")
+    if len(bare) == 1 and bare.upper() in LETTERS[:n] and not bare.isdigit():
+        return LETTERS.index(bare.upper())
+    if text.isdigit():
+        index = int(text)  # an index into the choices, counted from 0
+        if not 0 <= index < n:
+            raise ThicketsError(f"{where}: the answer index {index} is outside the {n} choices")
+        return index
+    raise ThicketsError(f"{where}: the answer {answer!r} is not a label, a choice, a letter or an index")
 
 
 class OrderingTask(RowTask):

@@ -29,6 +29,7 @@ class MultiTask:
         self.system_prompt = None
         lows, highs = zip(*(getattr(t, "reward_range", (0.0, 1.0)) or (None, None) for t in parts.values()))
         self.reward_range = None if None in lows + highs else (min(lows), max(highs))
+        self.packages = tuple(dict.fromkeys(p for t in parts.values() for p in getattr(t, "packages", ())))
         self.sources = {f"{n}:{role}": src for n, t in parts.items() for role, src in getattr(t, "sources", {}).items()}
 
     def examples(self, seed: int) -> Iterator[Example]:

@@ -32,6 +32,7 @@ class GymNumberTask:
 
     stop: tuple[str, ...] = ()  # answers are a few tokens; max_new_tokens bounds them
     system_prompt: str | None = None
+    packages = ("reasoning-gym",)  # generates the examples
 
     def __init__(self, name: str, dataset: str, description: str, **config):
         self.name, self.dataset, self.description, self.config = name, dataset, description, config
