@@ -174,10 +174,6 @@ def test_unsupported_models_fall_back_to_generate(tiny_model_dir, tmp_path):
     engine = TransformersEngine(model, tok, batch_size=2)
     assert engine.describe()["fast_decode"] is False
     assert len(engine.generate(["a b", "c"], 4)) == 2
-    # a generation config that adds a logits processor: generate must do it
-    llama, tok2, _ = load(str(tiny_model_dir))
-    llama.generation_config.repetition_penalty = 1.3
-    assert not fast_decode.supports(llama)
 
 
 @pytest.mark.slow

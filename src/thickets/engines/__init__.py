@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Engine, count_tokens, cut_at_stop, render_prompt
+from .base import Engine, count_tokens, cut_at_stop, prompt_token_ids, render_prompt, uses_chat_template
 
 ENGINES = ("transformers", "vllm")
 
@@ -32,4 +32,5 @@ def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float
     return TransformersEngine(m, tok, batch_size=batch_size), identity
 
 
-__all__ = ["Engine", "ENGINES", "count_tokens", "cut_at_stop", "load_engine", "render_prompt"]
+__all__ = ["Engine", "ENGINES", "count_tokens", "cut_at_stop", "load_engine", "prompt_token_ids", "render_prompt",
+           "uses_chat_template"]

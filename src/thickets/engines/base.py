@@ -11,8 +11,10 @@ from ..noise import PerturbationSpec
 class Engine(Protocol):
     tokenizer: object  # a Hugging Face tokenizer: prompts are rendered with its chat template
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy completions, each cut right after the first stop string it contains."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
+                 add_special_tokens: bool = False) -> list[str]:
+        """Greedy completions, each cut right after the first stop string it contains. Prompts are
+        tokenized by `prompt_token_ids`, so every engine feeds the model the same ids."""
         ...
 
     def perturb(self, spec: PerturbationSpec) -> None:
@@ -39,11 +41,26 @@ def count_tokens(tokenizer, texts: Sequence[str]) -> int:
     return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
 
 
+def uses_chat_template(tokenizer, chat_template: bool = True) -> bool:
+    """Whether prompts are rendered with the tokenizer's chat template (asked for, and it has one)."""
+    return bool(chat_template and getattr(tokenizer, "chat_template", None))
+
+
 def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
     """The text the model sees: the tokenizer's chat template when it has one (and it is wanted)."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer, chat_template):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": user_text}
         ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return (system_prompt + "\n\n" if system_prompt else "") + user_text
+
+
+def prompt_token_ids(tokenizer, prompts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    """The ids a model is fed for rendered prompts, by every engine.
+
+    A chat template's text already holds whatever special tokens the model expects (a BOS among
+    them), so it is tokenized without adding any, as transformers' `apply_chat_template` does; a
+    raw prompt gets the tokenizer's own (a base model's BOS), as plain `tokenizer(text)` does.
+    """
+    return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens).input_ids]

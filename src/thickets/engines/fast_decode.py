@@ -35,29 +35,10 @@ import torch.nn.functional as F
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
-# generation-config fields that would add a logits processor or a stopping rule to greedy generate
-_NEUTRAL = {
-    "repetition_penalty": (None, 1.0),
-    "no_repeat_ngram_size": (None, 0),
-    "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,),
-    "suppress_tokens": (None,),
-    "begin_suppress_tokens": (None,),
-    "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
-    "min_length": (None, 0),
-    "min_new_tokens": (None, 0),
-    "sequence_bias": (None,),
-    "exponential_decay_length_penalty": (None,),
-    "guidance_scale": (None, 1.0),
-    "max_time": (None,),
-    "watermarking_config": (None,),
-    "renormalize_logits": (None, False),
-}
-
-
 def supports(model) -> bool:
-    """True when `generate_greedy` reproduces the model's greedy `generate` (else use `generate`)."""
+    """True when `generate_greedy` reproduces greedy `generate` under a neutral generation config (no
+    repetition penalty or other logits processors, whatever the model ships; see
+    `transformers_engine.neutral_generation_config`), else use `generate`."""
     if type(model).__name__ not in SUPPORTED_ARCHITECTURES or getattr(model, "training", False):
         return False
     cfg = model.config
@@ -70,11 +51,6 @@ def supports(model) -> bool:
         return False
     if getattr(model.model, "embed_tokens", None) is None or not hasattr(model, "lm_head"):
         return False
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        for name, neutral in _NEUTRAL.items():
-            if getattr(gen, name, None) not in neutral:
-                return False
     layer = model.model.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
     needed = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -7,6 +7,7 @@ transformers' `generate` for anything else or when built with `fast=False`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -16,12 +17,31 @@ if TYPE_CHECKING:
 
 from ..noise import PerturbationSpec, add_noise_, standard_noise
 from . import fast_decode
-from .base import cut_at_stop
+from .base import cut_at_stop, prompt_token_ids
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Hugging Face parameter names -> tensors, each shared (tied) tensor once, under its first name."""
     return dict(model.named_parameters(remove_duplicate=True))
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model, tokenizer):
+    """Plain greedy decoding, whatever the model ships: `generate` fills every setting a caller leaves
+    unset from `model.generation_config`, so a shipped repetition_penalty (Qwen2.5-Instruct has one),
+    no_repeat_ngram_size or suppressed tokens would change the scores. Only the token ids it ends,
+    starts and pads with are kept."""
+    from transformers import GenerationConfig
+
+    shipped = model.generation_config
+    model.generation_config = GenerationConfig(
+        eos_token_id=shipped.eos_token_id, bos_token_id=shipped.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else shipped.pad_token_id,
+        decoder_start_token_id=shipped.decoder_start_token_id)
+    try:
+        yield
+    finally:
+        model.generation_config = shipped
 
 
 class TransformersEngine:
@@ -96,31 +116,31 @@ class TransformersEngine:
     # -- generation ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
+                 add_special_tokens: bool = False) -> list[str]:
+        """Greedy completions in the order of `prompts`, batch_size at a time, each batch padded to its
+        longest prompt (callers decide which prompts share a batch: see search.evaluate)."""
         tok = self.tokenizer
-        lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
-        # bucket by length (longest first) so padding is small; results go back in input order
-        order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+        ids = prompt_token_ids(tok, prompts, add_special_tokens)
+        # longest first inside the call, so padding is small; results go back in input order
+        order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
         out: list[str] = [""] * len(prompts)
         device = next(self.model.parameters()).device
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo : lo + self.batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
             if self.fast:
                 new = fast_decode.generate_greedy(self.model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
                                                   pad_token_id=tok.pad_token_id, tokenizer=tok, stop_strings=stop)
             else:
-                new = self.model.generate(
-                    **enc,
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                    stop_strings=list(stop) or None,
-                    tokenizer=tok if stop else None,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )[:, enc["input_ids"].shape[1] :]
+                with neutral_generation_config(self.model, tok):
+                    new = self.model.generate(
+                        **enc,
+                        do_sample=False,
+                        max_new_tokens=max_new_tokens,
+                        stop_strings=list(stop) or None,
+                        tokenizer=tok if stop else None,
+                    )[:, enc["input_ids"].shape[1] :]
             texts = tok.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = cut_at_stop(text, stop)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..noise import ParamFilter, PerturbationSpec
-from .base import cut_at_stop
+from .base import cut_at_stop, prompt_token_ids
 
 
 class ThicketsWorkerExtension:
@@ -61,6 +61,12 @@ class ThicketsWorkerExtension:
                 p.copy_(state["base"][name])
 
 
+def vllm_requests(tokenizer, prompts: Sequence[str], add_special_tokens: bool) -> list[dict]:
+    """Token ids, not strings: vLLM would tokenize a string with special tokens, so a chat template
+    that already holds the BOS text would get a second BOS. The ids are the transformers engine's."""
+    return [{"prompt_token_ids": ids} for ids in prompt_token_ids(tokenizer, prompts, add_special_tokens)]
+
+
 class VLLMEngine:
     """Engine protocol on vLLM: generate, perturb, restore."""
 
@@ -86,12 +92,13 @@ class VLLMEngine:
         self.llm.collective_rpc("thickets_restore")
         self._perturbed = False
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
+                 add_special_tokens: bool = False) -> list[str]:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
                                 include_stop_str_in_output=True)
-        outs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        outs = self.llm.generate(vllm_requests(self.tokenizer, prompts, add_special_tokens), params, use_tqdm=False)
         return [cut_at_stop(o.outputs[0].text, stop) for o in outs]
 
     def describe(self) -> dict:
