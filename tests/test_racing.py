@@ -20,8 +20,8 @@ def test_the_exact_rule_never_drops_a_true_top_k_candidate():
         n, pop, k = rng.choice([8, 16, 32]), rng.randint(3, 30), rng.randint(1, 5)
         skill = [rng.random() for _ in range(pop)]
         rewards = [[float(rng.random() < s) for _ in range(n)] for s in skill]
-        race = Race(n, k, "exact")
-        result = replay(rewards, race, chunk=rng.choice([1, 4, 8]))
+        race = Race(n, k, "exact", chunk=rng.choice([1, 4, 8]))
+        result = replay(rewards, race)
         assert result.same_top_k, trial
         assert result.examples_scored <= result.examples_total
 
@@ -38,8 +38,8 @@ def test_hoeffding_saves_more_than_exact_and_reports_agreement():
     rng = random.Random(1)
     skill = [rng.uniform(0.1, 0.6) for _ in range(40)]
     rewards = [[float(rng.random() < s) for _ in range(64)] for s in skill]
-    exact = replay_many(rewards, Race(64, 5, "exact"), chunk=8, orders=30)
-    loose = replay_many(rewards, Race(64, 5, "hoeffding", delta=0.05), chunk=8, orders=30)
+    exact = replay_many(rewards, Race(64, 5, "exact", chunk=8), orders=30)
+    loose = replay_many(rewards, Race(64, 5, "hoeffding", delta=0.05, chunk=8), orders=30)
     assert exact["same_top_k"] == 1.0
     assert loose["generation_saved"] > exact["generation_saved"] >= 0.0
     assert 0.0 <= loose["same_top_k"] <= 1.0
@@ -70,7 +70,7 @@ class KnownEngine:
     def restore(self):
         self.quality = 0.3
 
-    def generate(self, prompts, max_new_tokens, stop=()):
+    def generate(self, prompts, max_new_tokens, stop=(), add_special_tokens=False):
         self.generated += len(prompts)
         out = []
         for p in prompts:  # a per-(model, prompt) coin with the model's quality as its bias
@@ -130,3 +130,42 @@ def test_race_replay_command_prints_agreement_for_each_rule(tmp_path, tiny_model
     assert out.count("hoeffding") == 6
     assert main(["race-replay", "--run-dir", str(tmp_path / "missing")]) == 2
     assert "no thickets run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n, chunk", [(48, 8), (200, 8), (200, 32)])
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_hoeffding_drops_a_candidate_as_good_as_the_kth_at_most_delta_of_the_time(n, chunk, share):
+    """The old rule (a one-check margin, tested after every chunk) dropped such a candidate about half the
+    time at 200 examples; a valid sequential bound keeps it at or below delta over the whole race."""
+    from thickets.racing import simulate_drop_rate
+
+    race = Race(n, 5, "hoeffding", delta=0.05, chunk=chunk)
+    assert simulate_drop_rate(race, round(share * n), trials=1000) <= race.delta
+
+
+def test_racing_generates_in_the_same_batches_as_an_exhaustive_search(tmp_path, tiny_model_dir, monkeypatch):
+    """Batch composition changes the last bits of the logits, so "exact" racing is exact only if a raced
+    candidate is generated in exactly the batches the exhaustive search uses."""
+    from thickets.engines import fast_decode, load_engine
+
+    real = fast_decode.generate_greedy
+    batches: list[frozenset] = []
+
+    def record(model, input_ids, attention_mask, *a, **kw):
+        batches.append(frozenset(tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids, attention_mask)))
+        return real(model, input_ids, attention_mask, *a, **kw)
+
+    monkeypatch.setattr(fast_decode, "generate_greedy", record)
+    common = dict(model=str(tiny_model_dir), task="toy", population=6, val_size=16, batch_size=4, max_new_tokens=3,
+                  sigmas=(0.05,))
+    runs = {}
+    for name, extra in (("full", {}), ("raced", dict(racing="exact", racing_top_k=1))):
+        batches.clear()
+        engine, _ = load_engine(str(tiny_model_dir), batch_size=4)
+        search(SearchConfig(**common, **extra), tmp_path / name, engine=engine, progress=False)
+        runs[name] = list(batches)
+    per_model = len(runs["full"]) // 7  # the base and 6 candidates, the same batches each
+    full = runs["full"][:per_model]
+    assert all(runs["full"][i:i + per_model] == full for i in range(0, len(runs["full"]), per_model))
+    assert all(b in full for b in runs["raced"])  # every raced batch is one the exhaustive search generated
+    assert len(runs["raced"]) < len(runs["full"])  # and racing did stop some candidate early
