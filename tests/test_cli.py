@@ -36,7 +36,7 @@ BAD = {
     "zero sigma": ({"--sigma": "0"}, "sigma must be a positive number"),
     "negative sigma": ({"--sigma": "0.01,-1"}, "sigma must be a positive number"),
     "sigma not a number": ({"--sigma": "abc"}, "--sigma must be numbers"),
-    "zero population": ({"--population": "0"}, "population must be at least 1"),
+    "zero population": ({"--population": "0"}, "population must be between 1 and"),
 }
 
 
@@ -74,7 +74,7 @@ def test_ensemble_and_export_bad_input(existing_run, tmp_path, capsys):
     before = _snapshot(existing_run)
     cases = [
         (["ensemble", "--run-dir", str(existing_run), "--top-k", "5", "--test-size", "3"], "top-k 5 is more than the 2"),
-        (["ensemble", "--run-dir", str(existing_run), "--top-k", "1", "--test-size", "0"], "test-size must be at least 1"),
+        (["ensemble", "--run-dir", str(existing_run), "--top-k", "1", "--test-size", "0"], "test-size must be between 1 and"),
         (["ensemble", "--run-dir", str(tmp_path / "none"), "--top-k", "1"], "no thickets run in"),
         (["export", "--run-dir", str(existing_run), "--rank", "3", "--out", str(tmp_path / "o")], "rank must be between 1 and 2"),
         (["export", "--seed", "1", "--out", str(tmp_path / "o")], "export needs --run-dir"),

@@ -45,6 +45,8 @@ def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
 def _add_task_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", default="", help="for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. question=problem,answer=solution")
     p.add_argument("--reward", default=None, help="a TRL-style reward function, module:function or file.py:function")
+    p.add_argument("--reward-timeout", type=float, default=SearchConfig.reward_timeout,
+                   help="seconds a --reward function may take per batch before the run stops")
 
 
 def _patterns(text: str) -> tuple[str, ...]:
@@ -58,6 +60,7 @@ def _config(a: argparse.Namespace) -> SearchConfig:
         include=_patterns(a.include), exclude=_patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
         engine=a.engine,
         chat_template=not a.no_chat_template, columns=_patterns(a.columns), reward=a.reward,
+        reward_timeout=a.reward_timeout,
         racing=a.racing, racing_top_k=a.racing_top_k, racing_delta=a.racing_delta,
     )
 
@@ -85,8 +88,6 @@ def _search(a, config: SearchConfig):
         return search(config, a.run_dir, progress=not a.quiet)
     from .executors import RayOptions, make_executor
 
-    if a.gpus_per_worker < 0:
-        raise ThicketsError(f"--gpus-per-worker must be >= 0, got {a.gpus_per_worker}")
     executor = make_executor("ray", config, ray_options=RayOptions(a.address, a.workers, a.gpus_per_worker))
     try:
         return search(config, a.run_dir, executor=executor, progress=not a.quiet)
@@ -149,7 +150,7 @@ def cmd_score(a) -> None:
         completion = sys.stdin.read() if a.completion_file == "-" else Path(a.completion_file).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ThicketsError(f"cannot read --completion-file {a.completion_file}: {e}") from None
-    task = get_task(a.task, parse_columns(_patterns(a.columns)), a.reward)
+    task = get_task(a.task, parse_columns(_patterns(a.columns)), a.reward, a.reward_timeout)
     print(json.dumps(score_one(task, example, completion), indent=2))
 
 
@@ -185,6 +186,9 @@ def cmd_race_replay(a) -> None:
 
     from .racing import replay_run
     from .search import load_run_config, task_for
+
+    if a.chunk < 1 or a.orders < 1:
+        raise ThicketsError(f"--chunk must be at least 1 and --orders must be at least 1, got {a.chunk} and {a.orders}")
 
     reward_range = getattr(task_for(load_run_config(a.run_dir)), "reward_range", (0.0, 1.0))
     if reward_range is None:
@@ -448,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ThicketsError as e:
-        print(f"thickets: error: {e}", file=sys.stderr)
+        print(f"thickets: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     except BrokenPipeError:  # `thickets tasks | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import ThicketsError
 from .noise import ParamFilter, PerturbationSpec, STRATEGIES
@@ -38,8 +38,16 @@ class SearchConfig:
     racing: str = "off"
     racing_top_k: int = 5
     racing_delta: float = 0.05  # hoeffding only: the chance of dropping a true top-K candidate, per candidate
+    #: seconds a user's reward function may take for one batch before the run stops with an error
+    reward_timeout: float = 300.0
+    #: how validation examples are cut into generation batches; fixed by the run folder, never by a flag:
+    #: "chunks" (batch_size examples at a time in validation order, the same batches racing scores) or
+    #: "split" (runs made before: the whole split at once, bucketed by length)
+    batching: str = "chunks"
     #: fields a later call may change without changing what the finished candidates mean
-    EXTENDABLE = ("population",)
+    EXTENDABLE = ("population", "reward_timeout")
+    #: fields an existing run folder decides, whatever a later call says
+    INHERITED = ("batching",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
@@ -50,8 +58,8 @@ class SearchConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.population < 1:
-            raise ThicketsError(f"population must be at least 1, got {self.population}")
+        if not 1 <= self.population <= MAX_POPULATION:
+            raise ThicketsError(f"population must be between 1 and {MAX_POPULATION:,}, got {self.population}")
         if not self.sigmas:
             raise ThicketsError("give at least one sigma")
         for s in self.sigmas:
@@ -59,12 +67,15 @@ class SearchConfig:
                 raise ThicketsError(f"sigma must be a positive number, got {s}")
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ThicketsError(f"sigma grid has repeated values: {self.sigmas}")
-        if self.val_size < 1:
-            raise ThicketsError(f"val-size must be at least 1, got {self.val_size}")
-        if self.max_new_tokens < 1:
-            raise ThicketsError(f"max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ThicketsError(f"batch-size must be at least 1, got {self.batch_size}")
+        check_split_size("val-size", self.val_size)
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ThicketsError(f"max-new-tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ThicketsError(f"batch-size must be between 1 and {MAX_BATCH:,}, got {self.batch_size}")
+        if not (self.reward_timeout > 0 and math.isfinite(self.reward_timeout)):
+            raise ThicketsError(f"reward-timeout must be a positive number of seconds, got {self.reward_timeout}")
+        if self.batching not in BATCHINGS:
+            raise ThicketsError(f"unknown batching {self.batching!r}; known: {', '.join(BATCHINGS)}")
         for what, v in (("seed", self.seed), ("split-seed", self.split_seed)):
             if not 0 <= v < 2**62:
                 raise ThicketsError(f"{what} must be in [0, 2**62), got {v}")
@@ -96,16 +107,38 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchConfig":
+        """A stored config; one written before a field existed gets the value that release used."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ThicketsError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        values = {"batching": "split", **d}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def differences(self, other: "SearchConfig") -> list[str]:
         """Fields that differ and may not change on an existing run folder."""
         a, b = asdict(self), asdict(other)
-        return [k for k in a if k not in self.EXTENDABLE and a[k] != b[k]]
+        return [k for k in a if k not in self.EXTENDABLE + self.INHERITED and a[k] != b[k]]
+
+    def resuming(self, stored: "SearchConfig") -> "SearchConfig":
+        """This config as it applies to an existing run: the fields the run folder decides taken from it.
+        A population below the stored one is refused: the run's extra candidates would still be ranked."""
+        if self.population < stored.population:
+            raise ThicketsError(f"population {self.population} is smaller than the {stored.population} this run "
+                                f"already has; a run can grow, not shrink (use a new --run-dir)")
+        return replace(self, **{k: getattr(stored, k) for k in self.INHERITED})
+
+
+MAX_POPULATION = 10**9
+MAX_SPLIT = 100_000  # examples in a validation or test split: held in memory, generated up front
+MAX_NEW_TOKENS = 1 << 20
+MAX_BATCH = 1 << 16
+BATCHINGS = ("chunks", "split")
+
+
+def check_split_size(what: str, n: int) -> None:
+    if not 1 <= n <= MAX_SPLIT:
+        raise ThicketsError(f"{what} must be between 1 and {MAX_SPLIT:,} (a split is held in memory), got {n}")
 
 
 def candidate_seed(run_seed: int, index: int) -> int:

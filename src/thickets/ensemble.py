@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import SearchConfig
+from .config import SearchConfig, check_split_size
 from .engines import Engine, load_engine
 from .errors import ThicketsError
 from .progress import bar
-from .search import check_unchanged, evaluate, load_run_config, rank, task_for
+from .models import resolve
+from .search import check_prompts, check_unchanged, evaluate, load_run_config, rank, task_for
 from .store import BASE, RunStore, Summary, candidate_model
 from .tasks.base import Score
 from .tasks.splits import make_splits
@@ -116,16 +117,18 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if test_size < 1:
-        raise ThicketsError(f"test-size must be at least 1, got {test_size}")
+    check_split_size("test-size", test_size)
     if not top_k or any(k < 1 for k in top_k):
         raise ThicketsError(f"top-k values must be at least 1, got {list(top_k)}")
     task = task_for(config)
-    _, test = make_splits(task, config.split_seed, config.val_size, test_size)
+    val, test = make_splits(task, config.split_seed, config.val_size, test_size)
     parts = list(getattr(task, "parts", None) or [None])
     reports = {}
+    identity_now = resolve(config.model) if engine is None else None
     with RunStore.open(run_dir) as store:
-        check_unchanged(store, task)
+        check_unchanged(store, task, identity_now, val)
+        if identity_now is not None:
+            check_prompts(config, identity_now, task, test, "test")
         ranked_all = [c for c in rank(store.candidates()) if c.complete]
         if max(top_k) > len(ranked_all):
             raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}")

@@ -16,7 +16,8 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
 
 from .config import SearchConfig
 from .errors import ThicketsError
@@ -27,12 +28,18 @@ EXECUTORS = ("inprocess", "ray")
 
 
 class Executor(Protocol):
+    def adopt(self, config: SearchConfig) -> None:
+        """Score with this config: the search's own, as the run folder decides it (see SearchConfig.resuming).
+        Called before any work."""
+        ...
+
     def describe(self) -> dict:
         """The engine settings that change scores, for the run record."""
         ...
 
-    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
-        """Score the items; `threshold()` is racing's bar for a candidate given out now (None: no racing)."""
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        """Score the items, taken from the iterable as workers free up; `threshold()` is racing's bar for
+        a candidate given out now (None: no racing)."""
         ...
 
     def close(self) -> None:
@@ -72,10 +79,13 @@ class InProcessExecutor:
     def __init__(self, config: SearchConfig, engine=None, task=None, val=None):
         self._scorer = _Scorer(config, engine, task=task, val=val)
 
+    def adopt(self, config: SearchConfig) -> None:
+        self._scorer.config = config
+
     def describe(self) -> dict:
         return self._scorer.engine.describe()
 
-    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
         for item in items:
             yield self._scorer.score(item, None if item is None else threshold())
 
@@ -105,6 +115,13 @@ class RayExecutor:
             raise ThicketsError("the Ray executor needs Ray: pip install 'thickets[ray]'") from None
         if options.workers < 1:
             raise ThicketsError(f"--workers must be at least 1, got {options.workers}")
+        if options.gpus_per_worker < 0:
+            raise ThicketsError(f"--gpus-per-worker must be >= 0, got {options.gpus_per_worker}")
+        if options.address:
+            check_reachable(options.address)
+        elif options.gpus_per_worker == 0 and options.workers > (os.cpu_count() or 1):
+            raise ThicketsError(f"--workers {options.workers} is more than the {os.cpu_count()} cores here (a local Ray "
+                                f"gives each worker at least one); use at most {os.cpu_count()}, or --address a cluster")
         self._ray, self._config, self._options = ray, config, options
         self._started = False
         self.actors: list = []
@@ -118,11 +135,16 @@ class RayExecutor:
             if options.address:
                 ray.init(address=options.address, log_to_driver=False, configure_logging=False)
             else:
-                cores = os.cpu_count() or 1
-                ray.init(address="local", num_cpus=max(cores, options.workers), include_dashboard=False,
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)  # our own, never a cluster found lying around
                 self._started = True
+                watch_local_ray(ray)
         cpus = options.cpus_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
+        total = ray.cluster_resources()
+        for what, need in (("CPU", cpus * options.workers), ("GPU", options.gpus_per_worker * options.workers)):
+            if need > total.get(what, 0):
+                raise ThicketsError(f"{options.workers} Ray workers need {need:g} {what}s and the cluster has "
+                                    f"{total.get(what, 0):g}; use fewer --workers")
         device = "cuda" if options.gpus_per_worker > 0 else "cpu"
         worker_cls = ray.remote(_RayWorker).options(num_cpus=cpus, num_gpus=options.gpus_per_worker,
                                                     max_restarts=options.max_restarts, max_task_retries=0)
@@ -130,6 +152,11 @@ class RayExecutor:
         self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
         self._max_failures = options.workers * (1 + options.max_restarts)
         self._describe = ray.get(self.actors[0].describe.remote())
+
+    def adopt(self, config: SearchConfig) -> None:
+        if self.actors and config != self._config:
+            raise RuntimeError("the Ray workers were started with another config")
+        self._config = config
 
     def describe(self) -> dict:
         self._start()
@@ -139,24 +166,32 @@ class RayExecutor:
         self._start()
         return self._ray.get([a.pid.remote() for a in self.actors])
 
-    def run(self, items: Sequence[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
         self._start()
         ray = self._ray
-        queue = deque(items)
+        fresh = iter(items)  # taken lazily: a population of millions is never listed
+        retry: deque = deque()  # items handed back by a dead worker, scored first
         idle = list(self.actors)
         inflight: dict = {}  # object ref -> (actor, item)
         failures = 0
-        while queue or inflight:
-            while queue and idle:
-                actor, item = idle.pop(), queue.popleft()
+        end = object()
+
+        def take():
+            return retry.popleft() if retry else next(fresh, end)
+
+        while True:
+            while idle and (item := take()) is not end:
+                actor = idle.pop()
                 ref = actor.score.remote(item, None if item is None else threshold())
                 inflight[ref] = (actor, item)
+            if not inflight:
+                return
             done, _ = ray.wait(list(inflight), num_returns=1)
             actor, item = inflight.pop(done[0])
             try:
                 result = ray.get(done[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-                queue.appendleft(item)  # scored again, by this actor once Ray has restarted it, or another
+                retry.appendleft(item)  # scored again first, by this actor once Ray has restarted it, or another
                 self.requeued += 1
                 if isinstance(e, ray.exceptions.ActorUnavailableError):
                     time.sleep(0.5)  # restarting (reloading the model), not a new death: ask again shortly
@@ -178,6 +213,52 @@ class RayExecutor:
                 pass
         if self._started:
             self._ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address nothing answers at, in seconds (ray.init retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ThicketsError(f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ThicketsError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
+def watch_local_ray(ray) -> None:
+    """A local Ray outlives a driver killed with SIGKILL (its shutdown runs at exit). A watcher process,
+    holding a pipe from this one, stops Ray's processes of this session when the pipe closes."""
+    import subprocess
+    import sys
+
+    node = ray._private.worker.global_worker.node
+    session = Path(node.get_session_dir_path()).name
+    read, write = os.pipe()
+    code = ("import os, signal, sys, time\n"
+            "r, session = int(sys.argv[1]), sys.argv[2]\n"
+            "while os.read(r, 1): pass\n"
+            "def ours(pid):  # its command line or an open file names the session (agents rename themselves)\n"
+            "    if session.encode() in open(f'/proc/{pid}/cmdline', 'rb').read(): return True\n"
+            "    return any(session in os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))\n"
+            "for attempt in range(50):\n"
+            "    found = False\n"
+            "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+            "        try:\n"
+            "            if int(pid) != os.getpid() and ours(pid):\n"
+            "                os.kill(int(pid), signal.SIGKILL); found = True\n"
+            "        except OSError: pass\n"
+            "    if not found: break\n"
+            "    time.sleep(0.1)\n")
+    subprocess.Popen([sys.executable, "-c", code, str(read), session], pass_fds=(read,), start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read)
+    os.set_inheritable(write, False)  # held open by this process alone: closed when it dies
 
 
 class _RayWorker:

@@ -8,6 +8,7 @@ rebuilds the same weights from the base model: ship either.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,8 +39,14 @@ def recipe(identity: dict, spec: PerturbationSpec, dtype: str, **extra) -> dict:
 
 
 def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become a new model folder, before any model is loaded."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ThicketsError(f"output {out} already exists and is not an empty folder; choose another --out")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ThicketsError(f"output {out} cannot be made: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise ThicketsError(f"output {out} cannot be made: {parent} is not writable")
 
 
 def build(model: str, spec: PerturbationSpec, dtype: str = "float32"):
@@ -72,12 +79,21 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
 
 
 def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
-    """Export the candidate at `rank` (1 = best on validation) of a run."""
+    """Export the candidate at `rank` (1 = best on validation) of a run. The base model must be the one
+    the run was made with (its content hash), or the export would be another model."""
+    from .models import resolve
+
     config = load_run_config(run_dir)
     with RunStore.open(run_dir, write=False) as store:
         ranked = rank_candidates(store.candidates())
+        recorded = store.meta("model_identity") or {}
     if not 1 <= rank <= len(ranked):
         raise ThicketsError(f"rank must be between 1 and {len(ranked)} (the candidates in {run_dir}), got {rank}")
+    _check_out(Path(out))
+    identity = resolve(config.model)
+    if recorded.get("sha256") and identity.sha256 != recorded["sha256"]:
+        raise ThicketsError(f"model {config.model} has changed since run {run_dir} was made (content hash differs); "
+                            f"exporting would not give the run's candidate")
     c = ranked[rank - 1]
     spec = config.candidate(c.idx)
     return export_spec(config.model, spec, out, dtype=config.dtype,

@@ -182,6 +182,48 @@ def local_folder(identity: ModelIdentity) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class ModelLimits:
+    """What bounds generation, read from the model's config without loading its weights."""
+
+    context: int  # max_position_embeddings: prompt + generated tokens
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_token(self, dtype: str) -> int:
+        """Bytes of key and value cache one token of one row takes."""
+        size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+        return 2 * self.layers * self.kv_heads * self.head_dim * size
+
+
+def model_limits(identity: ModelIdentity) -> ModelLimits:
+    try:
+        config = json.loads((local_folder(identity) / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ThicketsError(f"cannot read the configuration of model {identity.name}: {e}") from None
+    config = config.get("text_config", config)
+    heads = int(config.get("num_attention_heads") or 1)
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or 1)
+    context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("seq_length") or 2048
+    return ModelLimits(context=int(context),
+                       layers=int(config.get("num_hidden_layers") or config.get("n_layer") or 1),
+                       kv_heads=int(config.get("num_key_value_heads") or heads),
+                       head_dim=int(config.get("head_dim") or hidden // heads))
+
+
+def load_tokenizer(identity: ModelIdentity):
+    """The model's tokenizer alone (a fraction of a second), for checks before the model loads."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(local_folder(identity))
+    except Exception as e:
+        raise ThicketsError(f"cannot load the tokenizer of model {identity.name}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def quiet_transformers() -> None:
     """transformers' own progress bars and warnings would drown ours."""
     from transformers.utils import logging as hf_logging

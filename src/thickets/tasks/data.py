@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -25,6 +26,9 @@ def load_rows(path: str | Path, split: str | None = None) -> list[dict[str, Any]
         raise ThicketsError(f"data file {p} does not exist")
     if p.is_dir():
         rows = _datasets_folder(p, split)
+    elif split is not None:
+        raise ThicketsError(f"{p}#{split}: only a folder saved by datasets has splits; {p} is a single file "
+                            f"(drop #{split})")
     else:
         suffix = p.suffix.lower()
         readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
@@ -39,26 +43,24 @@ def load_rows(path: str | Path, split: str | None = None) -> list[dict[str, Any]
 
 def _jsonl(p: Path) -> list[dict]:
     rows = []
-    with _open_text(p) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ThicketsError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ThicketsError(f"{p}:{n}: each line must be a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for n, line in enumerate(_read_text(p).split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ThicketsError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ThicketsError(f"{p}:{n}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
 def _json(p: Path) -> list[dict]:
-    with _open_text(p) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ThicketsError(f"{p}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    try:
+        data = json.loads(_read_text(p))
+    except json.JSONDecodeError as e:
+        raise ThicketsError(f"{p}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()) and data:
         lengths = {len(v) for v in data.values()}
         if len(lengths) != 1:
@@ -76,20 +78,19 @@ def _json(p: Path) -> list[dict]:
 def _csv(p: Path) -> list[dict]:
     """CSV cells are strings; a cell holding a JSON list or object (e.g. a list of choices) is decoded."""
     rows = []
-    with _open_text(p, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            return []
-        width = len(reader.fieldnames)
-        try:
-            for row in reader:
-                extra, missing = len(row.get(None, ())), sum(v is None for v in row.values())
-                if extra or missing:
-                    raise ThicketsError(f"{p}:{reader.line_num}: expected {width} cells as in the header, "
-                                        f"got {width + extra - missing}")
-                rows.append({k: _maybe_json(v) for k, v in row.items()})
-        except csv.Error as e:
-            raise ThicketsError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
+    reader = csv.DictReader(io.StringIO(_read_text(p), newline=""))
+    if reader.fieldnames is None:
+        return []
+    width = len(reader.fieldnames)
+    try:
+        for row in reader:
+            extra, missing = len(row.get(None, ())), sum(v is None for v in row.values())
+            if extra or missing:
+                raise ThicketsError(f"{p}:{reader.line_num}: expected {width} cells as in the header, "
+                                    f"got {width + extra - missing}")
+            rows.append({k: _maybe_json(v) for k, v in row.items()})
+    except csv.Error as e:
+        raise ThicketsError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
     return rows
 
 
@@ -142,11 +143,20 @@ def _datasets_folder(p: Path, split: str | None) -> list[dict]:
     return ds.to_list()
 
 
-def _open_text(p: Path, newline: str | None = None):
+def _read_text(p: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark skipped); another encoding is refused, naming the line."""
     try:
-        return open(p, encoding="utf-8", newline=newline)
+        data = p.read_bytes()
     except OSError as e:
         raise ThicketsError(f"cannot read data file {p}: {e.strerror}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ThicketsError(f"data file {p} is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ThicketsError(f"data file {p}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} cannot be "
+                            f"decoded); save it as UTF-8") from None
 
 
 def parse_columns(items: Iterable[str]) -> dict[str, str]:
