@@ -60,6 +60,9 @@ class _KillWorkersAfterFirst:
     def __init__(self, inner: RayExecutor):
         self.inner, self.pids, self.killed = inner, inner.pids(), False
 
+    def adopt(self, config):
+        self.inner.adopt(config)
+
     def describe(self):
         return self.inner.describe()
 
@@ -120,3 +123,48 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stderr[-800:]
     con = sqlite3.connect(run / "thickets.sqlite")
     assert con.execute("SELECT COUNT(*), COUNT(DISTINCT idx) FROM candidates").fetchone() == (12, 12)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = open(f"/proc/{entry.name}/stat").read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_driver_killed_alone_leaves_no_ray_process_behind(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(tiny_model_dir),
+           "--task", "products", "--population", "200", "--sigma", "0.05", "--val-size", "8",
+           "--max-new-tokens", "8", "--executor", "ray", "--workers", "2", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (run / "thickets.sqlite").exists():
+        time.sleep(0.2)
+    time.sleep(2)
+    assert proc.poll() is None
+    ray_processes = _descendants(proc.pid)
+    assert len(ray_processes) >= 3  # Ray's own servers and the two workers, at least
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a scheduler's kill or an OOM kill would
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in ray_processes):
+        time.sleep(0.5)
+    assert [p for p in ray_processes if _alive(p)] == []
