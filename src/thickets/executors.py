@@ -133,7 +133,7 @@ class RayExecutor:
         ray, options = self._ray, self._options
         if not ray.is_initialized():
             if options.address:
-                ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+                connect(ray, options.address)
             else:
                 ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)  # our own, never a cluster found lying around
@@ -229,6 +229,24 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as e:
         raise ThicketsError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
+def connect(ray, address: str) -> None:
+    """ray.init on a cluster, its retries' log lines kept off the terminal; a failure is one line."""
+    import tempfile
+
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except Exception as e:  # ray raises ConnectionError, RuntimeError, ... for an unusable address
+                raise ThicketsError(f"cannot connect to a Ray cluster at {address}: {e}") from None
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def watch_local_ray(ray) -> None:
