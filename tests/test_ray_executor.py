@@ -96,14 +96,13 @@ def test_a_killed_worker_loses_no_candidate_and_records_none_twice(tmp_path, tin
     assert _stored(tmp_path / "run") == _stored(tmp_path / "clean")
 
 
-def test_a_killed_driver_resumes_where_it_stopped(tmp_path, tiny_model_dir):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(tiny_model_dir),
-           "--task", "products", "--population", "12", "--sigma", "0.05", "--val-size", "8",
+def _ray_search(model, run, population: int) -> tuple[list[str], subprocess.Popen]:
+    """A Ray search in its own process group, once it has stored two candidates: (its command, it)."""
+    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(model),
+           "--task", "products", "--population", str(population), "--sigma", "0.05", "--val-size", "8",
            "--max-new-tokens", "8", "--executor", "ray", "--workers", "2", "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    n = 0
     while time.time() < deadline and proc.poll() is None:
         try:
             n = sqlite3.connect(f"file:{run / 'thickets.sqlite'}?mode=ro", uri=True).execute(
@@ -114,6 +113,12 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path, tiny_model_dir):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read().decode()[-800:]
+    return cmd, proc
+
+
+def test_a_killed_driver_resumes_where_it_stopped(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    cmd, proc = _ray_search(tiny_model_dir, run, 12)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     with RunStore.open(run, write=False) as store:
@@ -150,16 +155,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_driver_killed_alone_leaves_no_ray_process_behind(tmp_path, tiny_model_dir):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(tiny_model_dir),
-           "--task", "products", "--population", "200", "--sigma", "0.05", "--val-size", "8",
-           "--max-new-tokens", "8", "--executor", "ray", "--workers", "2", "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (run / "thickets.sqlite").exists():
-        time.sleep(0.2)
-    time.sleep(2)
-    assert proc.poll() is None
+    _, proc = _ray_search(tiny_model_dir, tmp_path / "run", 200)
     ray_processes = _descendants(proc.pid)
     assert len(ray_processes) >= 3  # Ray's own servers and the two workers, at least
     os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a scheduler's kill or an OOM kill would

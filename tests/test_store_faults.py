@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import sqlite3
@@ -19,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from thickets.cli import main
-from thickets.config import SearchConfig
-from thickets.search import search
 from thickets.store import DB_NAME, RunStore
 
 RUN_CLI = str(Path(__file__).parent / "run_cli.py")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import signal
 import struct
+import subprocess
 import time
 from typing import IO, Any
 
@@ -60,3 +62,18 @@ def read_line(stream: IO[bytes], timeout_s: float) -> bytes | None:
             return b""
         buf += chunk
     return bytes(buf)
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Kill a helper process and the process group it leads, reap it, and close our ends of its pipes."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        try:
+            if f is not None:
+                f.close()
+        except OSError:
+            pass

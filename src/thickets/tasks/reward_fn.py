@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..errors import ThicketsError
 from .base import Example, Score, Task
-from .pipes import read_line, send
+from .pipes import end, read_line, send
 
 #: a reward at or above this counts as correct on a prompts-only task (no verifier of its own)
 SUCCESS_REWARD = 1.0
@@ -46,7 +46,7 @@ class RewardProcess:
         root = str(Path(thickets.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
         self._proc = subprocess.Popen([sys.executable, "-m", "thickets.tasks.reward_worker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, cwd=os.getcwd(), env=env)
+                                      stdout=subprocess.PIPE, cwd=os.getcwd(), env=env, start_new_session=True)
         reply = self._ask(("load", self.spec), "importing it")
         if not reply.get("ok"):
             self.close()
@@ -84,13 +84,7 @@ class RewardProcess:
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.kill()
-            proc.wait()
-            for f in (proc.stdin, proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
+            end(proc)
 
     def __del__(self) -> None:
         self.close()

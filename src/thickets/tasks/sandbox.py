@@ -57,7 +57,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from .pipes import read_line, send
+from .pipes import end, read_line, send
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +281,7 @@ class ScorerSandbox:
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _killpg(proc.pid)
-            proc.wait()
-            for f in (proc.stdin, proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
+            end(proc)
             if os.path.isdir("/proc") and self._run_dir is not None:
                 _sweep(str(self._run_dir))
         if self._run_dir is not None:

@@ -1,8 +1,8 @@
 """The sandbox's first process: builds the jail, drops privileges, sets limits, then runs untrusted work.
 
 Run as ``python -I -S -B -u sandbox_launcher.py CONFIG_JSON TAG`` by `sandbox.py`, never imported
-by thickets itself. Standard library only: in namespace mode nothing else is visible yet when it
-starts, and ``-I -S`` keep site-packages and PYTHON* variables out of a script's interpreter.
+by thickets itself. Standard library only, and `pipes.py` beside it loaded by path: ``-I -S`` keep
+site-packages and PYTHON* variables out of a script's interpreter, so there is no import path yet.
 
 Two roles, given in the config:
 
@@ -18,14 +18,18 @@ wall clock, kills a child that runs over, and sends the parent one JSON line per
 runs in a fresh fork, so nothing one answer does (monkeypatching the scorer, say) reaches the next.
 """
 
+import importlib.util
 import json
 import os
 import resource
 import select
 import signal
-import struct
 import sys
 import time
+
+_spec = importlib.util.spec_from_file_location("thickets_pipes", os.path.join(os.path.dirname(__file__), "pipes.py"))
+pipes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pipes)
 
 SETUP_FAILED = 125
 NOBODY = 65534
@@ -153,17 +157,6 @@ def _run_script(source, token, done_fd, no_network):
 # -- role "server" -------------------------------------------------------------------------------
 
 
-def _read_exact(fd, n):
-    chunks = []
-    while n:
-        b = os.read(fd, n)
-        if not b:
-            return None
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
-
-
 def _call_in_child(fn, args, cpu_s, memory_mb, no_network):
     """Fork; the child computes fn(*args) with limits and writes JSON to a pipe. (status, value)."""
     r, w = os.pipe()
@@ -232,7 +225,6 @@ def _serve(config, no_network):
     """Requests: 4-byte length + pickled (op, target, payload) from the trusted parent on stdin;
     replies: one JSON line each on fd 1 (set aside before anything else can write to it)."""
     import importlib
-    import pickle
 
     reply_fd = os.dup(1)
     null = os.open("/dev/null", os.O_RDWR)
@@ -252,10 +244,10 @@ def _serve(config, no_network):
             view = view[os.write(reply_fd, view):]
 
     while True:
-        head = _read_exact(0, 4)
-        if head is None:
+        message = pipes.receive(0)
+        if message is None:
             os._exit(0)
-        op, target, payload = pickle.loads(_read_exact(0, struct.unpack("<I", head)[0]))
+        op, target, payload = message
         try:
             fn = resolve(target)
         except Exception as e:  # noqa: BLE001
