@@ -135,3 +135,22 @@ def test_countdown_equations_with_numbers_not_given_do_not_vote():
     assert all(s.vote_key is None for s in invented) and real.vote_key is not None
     winner = majority_vote(invented + [real])  # two invented answers cannot outvote one real one
     assert winner is not None and winner.correct
+
+
+@pytest.mark.parametrize("completion, reward, correct", [
+    ("I add.</think>\n<answer>3*5-2</answer>", 1.1, True),  # the exact format: the full 0.1
+    ("I add.</think> <answer>3*5-2</answer>", 1.06, True),  # think + answer blocks, not the exact format
+    ("<answer>3*5-2</answer>", 1.05, True),  # an answer block alone
+    ("I add.</think>\n<answer>3*5-2 = 13</answer>", 0.1, False),  # '=' is outside their character filter
+    ("I add.</think>\n<answer>2*5+2+1</answer>", 0.1, False),  # a number that was not given
+    ("I add.</think>\n<answer>(3**2)+5-1</answer>", 0.1, False),  # their eval would allow a power; we refuse it
+    ("nothing to see", 0.0, False),
+])
+def test_countdown_paper_scores_as_the_authors_code(completion, reward, correct):
+    from thickets.tasks.countdown import CountdownPaperTask
+
+    task = CountdownPaperTask()
+    s = task.score(Example("c", "", {"numbers": [3, 5, 2], "target": 13}), completion)
+    assert s.reward == pytest.approx(reward) and s.correct is correct
+    assert task.system_prompt.startswith("You are a helpful assistant. You first think")
+    assert "each number can only be used once" in next(iter(task.examples(0))).prompt

@@ -29,6 +29,11 @@ def _builtins() -> None:
 
         return CountdownTask()
 
+    def countdown_paper() -> Task:
+        from .countdown import CountdownPaperTask
+
+        return CountdownPaperTask()
+
     def products() -> Task:
         from .numeric import products
 
@@ -41,6 +46,8 @@ def _builtins() -> None:
 
     for name, factory, description in (
         ("countdown", countdown, "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"),
+        ("countdown-paper", countdown_paper, "countdown with the authors' prompt, system message and graded "
+                                             "format reward, for numbers comparable with theirs"),
         ("humaneval", humaneval, "HumanEval: complete the function; its tests run in the sandbox"),
         ("products", products, "multiply two 1-2 digit numbers, answer by number (the demo task)"),
     ):

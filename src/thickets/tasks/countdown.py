@@ -1,8 +1,22 @@
 """Countdown: reach a target with each given number exactly once and + - * /.
 
-As in TinyZero and the Neural Thickets paper: reasoning in <think> tags, the equation in
-<answer> tags, reward 0.1 for a present answer plus 1.0 for a correct equation. Unlike
-their eval()-based check, equations go through the bounded parser in `arithmetic`.
+Two variants, the same examples:
+
+`countdown` (thickets' own): no system prompt, "each number must be used exactly once"; reward
+0.1 for any non-empty <answer> plus 1.0 for a correct equation; a trailing "= N" is allowed when N
+is the equation's value; the value must equal the target exactly (fractions, no float rounding).
+
+`countdown-paper` (the Neural Thickets authors' code, data_handlers/countdown.py and
+utils/reward_score/countdown.py, so numbers are comparable with theirs): their system message
+and wording ("each number can only be used once"); reward 0.1 x a graded format score (1 for
+exactly "<think>...</think>\n<answer>...</answer>", else 0.1 for a think block plus 0.5 for an
+answer block) plus 1.0 for a correct answer; the answer may hold only digits, + - * / ( ) and
+spaces (so no "= N"), must use exactly the given numbers and come within 1e-5 of the target.
+Where they eval() the answer we use the bounded parser, which also refuses `**` (their character
+filter lets a power through, and `9**9**9**9` hangs their checker): the only verdicts that differ.
+
+In both, only an equation with exactly the given numbers gets a vote key (their ensemble lets
+only such equations vote), and no equation is ever eval()ed.
 """
 
 from __future__ import annotations
@@ -84,3 +98,47 @@ class CountdownTask:
         # one that invents numbers must not outvote a real attempt
         vote_key = f"{','.join(map(str, sorted(used)))}={value}" if uses_given else None
         return Score(answer, vote_key, FORMAT_REWARD + (CORRECT_REWARD if correct else 0.0), correct)
+
+
+PAPER_SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
+                "provide the user with the answer.")
+_PAPER_PROMPT = _PROMPT.replace("each number must be used exactly once", "each number can only be used once")
+_PAPER_CHARS = frozenset("0123456789+-*/() ")
+
+
+def paper_format_score(completion: str) -> float:
+    """The authors' format score of "<think>" + completion (their prompt opens the think block):
+    1.0 for exactly "<think>...</think>\n<answer>...</answer>", else 0.1 for a think block and 0.5
+    for an answer block. With str.find, not their regexes, so it stays linear on hostile text."""
+    text = "<think>" + completion
+    middle = text.find("</think>\n<answer>", len("<think>"))
+    if text.endswith("</answer>") and 0 <= middle <= len(text) - len("</think>\n<answer></answer>"):
+        return 1.0
+    think = text.find("</think>", len("<think>")) >= 0
+    opened = text.find("<answer>")
+    answer = opened >= 0 and text.find("</answer>", opened + len("<answer>")) >= 0
+    return 0.1 * think + 0.5 * answer
+
+
+class CountdownPaperTask(CountdownTask):
+    name = "countdown-paper"
+    description = "countdown as the authors' code scores it: their prompt and system message, graded format reward"
+    system_prompt: str | None = PAPER_SYSTEM
+
+    def examples(self, seed: int) -> Iterator[Example]:
+        for ex in super().examples(seed):
+            yield Example(ex.id, _PAPER_PROMPT.format(numbers=ex.data["numbers"], target=ex.data["target"]), ex.data)
+
+    def score(self, example: Example, completion: str) -> Score:
+        fmt = FORMAT_REWARD * paper_format_score(completion)
+        answer = last_tag(completion)
+        if not answer or not set(answer) <= _PAPER_CHARS:
+            return Score(answer or None, None, fmt, False)
+        try:
+            value, used = evaluate_equation(answer)
+        except EquationError:
+            return Score(answer, None, fmt, False)
+        uses_given = sorted(used) == sorted(example.data["numbers"])
+        correct = uses_given and abs(float(value) - float(example.data["target"])) < 1e-5
+        vote_key = f"{','.join(map(str, sorted(used)))}={value}" if uses_given else None
+        return Score(answer, vote_key, fmt + (CORRECT_REWARD if correct else 0.0), correct)
