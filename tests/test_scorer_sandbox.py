@@ -14,8 +14,11 @@ from thickets.tasks.gym import GymTask
 from thickets.tasks.sandbox import isolation
 from thickets.tasks.splits import make_splits
 
-#: reasoning-gym scorers that call eval() (or sympy's parse_expr, an eval) on the answer
-EVAL_SCORERS = ["string_insertion", "spiral_matrix", "binary_matrix", "n_queens", "countdown"]
+#: every reasoning-gym 0.1.25 scorer that runs the answer as code: eval() in string_insertion,
+#: spiral_matrix, binary_matrix and n_queens; sympy's parse_expr or sympify (an eval) in the others.
+#: Found by probing all 106 datasets' scorers with answers that write a file if executed.
+EVAL_SCORERS = ["binary_matrix", "countdown", "intermediate_integration", "n_queens", "polynomial_multiplication",
+                "puzzle24", "simple_integration", "spiral_matrix", "string_insertion"]
 
 
 def payload(marker) -> str:

@@ -154,3 +154,12 @@ def test_countdown_paper_scores_as_the_authors_code(completion, reward, correct)
     assert s.reward == pytest.approx(reward) and s.correct is correct
     assert task.system_prompt.startswith("You are a helpful assistant. You first think")
     assert "each number can only be used once" in next(iter(task.examples(0))).prompt
+
+
+def test_countdown_paper_checks_the_answer_as_written_but_lets_it_vote_stripped():
+    from thickets.tasks.countdown import CountdownPaperTask
+
+    s = CountdownPaperTask().score(Example("c", "", {"numbers": [3, 5, 2], "target": 13}),
+                                   "I add.</think>\n<answer>\n3*5-2\n</answer>")
+    assert not s.correct and s.reward == pytest.approx(0.1)  # their reward: a newline fails the filter
+    assert s.vote_key == "2,3,5=13"  # their vote strips the answer first

@@ -130,15 +130,37 @@ class CountdownPaperTask(CountdownTask):
             yield Example(ex.id, _PAPER_PROMPT.format(numbers=ex.data["numbers"], target=ex.data["target"]), ex.data)
 
     def score(self, example: Example, completion: str) -> Score:
+        """Their reward checks the answer as written (a newline inside the tags fails the character
+        filter); their vote strips it first and lets only equations with numbers up to 1000 vote."""
         fmt = FORMAT_REWARD * paper_format_score(completion)
-        answer = last_tag(completion)
-        if not answer or not set(answer) <= _PAPER_CHARS:
-            return Score(answer or None, None, fmt, False)
-        try:
-            value, used = evaluate_equation(answer)
-        except EquationError:
-            return Score(answer, None, fmt, False)
-        uses_given = sorted(used) == sorted(example.data["numbers"])
-        correct = uses_given and abs(float(value) - float(example.data["target"])) < 1e-5
-        vote_key = f"{','.join(map(str, sorted(used)))}={value}" if uses_given else None
+        raw = _raw_last_answer(completion)
+        answer = raw.strip() if raw else None
+        if not answer:
+            return Score(None, None, fmt, False)
+        numbers = sorted(example.data["numbers"])
+        checked = _paper_equation(raw, numbers)
+        correct = checked is not None and abs(float(checked[0]) - float(example.data["target"])) < 1e-5
+        voted = _paper_equation(answer, numbers)
+        vote_key = None
+        if voted is not None and max(voted[1]) <= 1000:
+            vote_key = f"{','.join(map(str, voted[1]))}={voted[0]}"
         return Score(answer, vote_key, fmt + (CORRECT_REWARD if correct else 0.0), correct)
+
+
+def _raw_last_answer(text: str) -> str | None:
+    """The content of the last <answer>...</answer>, unstripped (as the authors' regex reads it)."""
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>"): end] if start >= 0 else None
+
+
+def _paper_equation(text: str, numbers: list[int]):
+    """(value, sorted numbers) when the text passes their character filter, parses, and uses exactly
+    the given numbers; else None."""
+    if not text or not set(text) <= _PAPER_CHARS:
+        return None
+    try:
+        value, used = evaluate_equation(text)
+    except EquationError:
+        return None
+    return (value, sorted(used)) if sorted(used) == numbers else None
