@@ -110,3 +110,16 @@ def test_the_zygote_is_restarted_after_it_dies(sandbox):
     os.kill(sandbox._proc.pid, 9)
     sandbox._proc.wait()
     assert sandbox.call_many("math:sqrt", [(16,)])[0].value == 4.0
+
+
+def test_thickets_score_on_a_gym_task_runs_nothing_from_the_answer(tmp_path, capsys):
+    from thickets.cli import main
+
+    marker = tmp_path / "F"
+    completion = tmp_path / "c.txt"
+    completion.write_text(f"<answer>__import__('os').system('id > {marker}')</answer>")
+    example = json.dumps({"question": "Insert", "answer": "abc", "metadata": {}})
+    assert main(["score", "--task", "gym:string_insertion", "--example", example,
+                 "--completion-file", str(completion)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reward"] == 0.0 and not out["correct"] and not marker.exists()

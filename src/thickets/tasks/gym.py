@@ -65,6 +65,16 @@ class GymTask:
             yield Example(id=f"{self.name}:{entry['question']}", prompt=entry["question"] + _INSTRUCTION,
                           data={"entry": entry})
 
+    def example_from_row(self, row: dict) -> Example:
+        """An example from a reasoning-gym entry as the dataset gives it ({"question", "answer",
+        "metadata"}), or wrapped as {"entry": ...} (`thickets score`)."""
+        entry = row.get("entry", row)
+        if not isinstance(entry, dict) or "question" not in entry:
+            raise ThicketsError(f"a {self.name} example is a reasoning-gym entry with a 'question', 'answer' and "
+                                f"'metadata'")
+        return Example(id=f"{self.name}:{entry['question']}", prompt=str(entry["question"]) + _INSTRUCTION,
+                       data={"entry": entry})
+
     def _answer(self, example: Example, completion: str) -> str | None:
         answer = last_tag(completion)
         if answer is None and _is_integer(example.data["entry"].get("answer")):
