@@ -190,7 +190,8 @@ class RunStore:
         """Open a run folder; with `config`, create it or check it matches. Takes the writer lock.
 
         Everything that can be refused is refused before the first write: a folder that is a file,
-        a database that is damaged or read-only (a write lock is taken and released to prove it)."""
+        a damaged database (SQLite's quick check), a folder or database that cannot be written (a
+        temporary file in the folder and a write transaction prove it)."""
         run_dir = Path(run_dir)
         if config is not None:
             check_compatible(run_dir, config)
