@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import register_toy_task  # noqa: E402
 
-from thickets.cli import main  # noqa: E402
+from thickets.cli.commands import main  # noqa: E402
 
 register_toy_task()
 sys.exit(main(sys.argv[1:]))

@@ -8,11 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from thickets.analysis import RunScores, analyze, density, projection
-from thickets.cli import main
-from thickets.config import SearchConfig
+from thickets.analysis.landscape import RunScores, analyze, density, projection
+from thickets.cli.commands import main
+from thickets.randopt.config import SearchConfig
 from thickets.noise import PerturbationSpec, standard_noise
-from thickets.store import BASE, RunStore, candidate_model
+from thickets.randopt.store import BASE, RunStore, candidate_model
 from thickets.tasks.base import Example, Score
 
 VAL = 10
@@ -106,7 +106,7 @@ def _task_rows(per_task: dict[str, int], n: int = 4):
 
 
 def test_specialisation_matrix_of_a_known_multi_task_run(tmp_path, tiny_model_dir):
-    from thickets.analysis import specialisation
+    from thickets.analysis.landscape import specialisation
 
     config = SearchConfig(model=str(tiny_model_dir), task="toy,small", population=4, val_size=8)
     run = tmp_path / "multi"
@@ -130,8 +130,8 @@ def test_specialisation_matrix_of_a_known_multi_task_run(tmp_path, tiny_model_di
 
 
 def test_a_multi_task_search_scores_every_task_and_ensembles_per_task(tmp_path, tiny_model_dir):
-    from thickets.ensemble import ensemble
-    from thickets.search import search
+    from thickets.randopt.ensemble import ensemble
+    from thickets.randopt.search import search
 
     config = SearchConfig(model=str(tiny_model_dir), task="toy,small", population=3, sigmas=(0.05,), val_size=4,
                           max_new_tokens=2, batch_size=4)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from thickets.bench import bench
-from thickets.cli import main
-from thickets.config import BenchConfig
+from thickets.bench.runner import bench
+from thickets.cli.commands import main
+from thickets.randopt.config import BenchConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from thickets.cli import main
+from thickets.cli.commands import main
 
 RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from thickets.compare import CompareConfig, compare  # noqa: E402
-from thickets.store import RunStore  # noqa: E402
+from thickets.baselines.compare import CompareConfig, compare  # noqa: E402
+from thickets.randopt.store import RunStore  # noqa: E402
 
 
 def test_budget_accounting_adds_up(tiny_model_dir, tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thickets.config import SearchConfig
+from thickets.randopt.config import SearchConfig
 from thickets.engines import fast_decode, render_prompt
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.models import load
-from thickets.search import generate
+from thickets.randopt.search import generate
 from thickets.tasks.base import Example
 
 PROMPTS = ["The cat sat on", "Once upon a time", "1 2 3 4", "hello"]
@@ -76,7 +76,7 @@ def fed_ids(monkeypatch, engine, prompts, special) -> list[list[int]]:
 
 
 def test_both_engines_feed_one_bos_for_chat_and_raw_prompts(bos_model_dir, monkeypatch):
-    from thickets.engines.vllm_engine import vllm_requests
+    from thickets.engines.experimental.vllm_engine import vllm_requests
 
     model, tok, _ = load(str(bos_model_dir))
     engine = TransformersEngine(model, tok, batch_size=8)

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from thickets.config import SearchConfig
-from thickets.ensemble import ensemble
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.ensemble import ensemble
 from thickets.models import EMBEDDED_NAME, embedded_gguf_path, load, local_folder, resolve
-from thickets.search import search
+from thickets.randopt.search import search
 
 pytestmark = pytest.mark.slow
 

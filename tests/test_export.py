@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from thickets.config import SearchConfig
+from thickets.randopt.config import SearchConfig
 from thickets.engines.transformers_engine import canonical_parameters
 from thickets.errors import ThicketsError
-from thickets.export import RECIPE_NAME, export_candidate, export_spec, rebuild
+from thickets.ship.export import RECIPE_NAME, export_candidate, export_spec, rebuild
 from thickets.noise import PerturbationSpec
-from thickets.search import search
+from thickets.randopt.search import search
 
 
 def _equal_to_perturbed(folder_model, engine, spec):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from thickets.config import SearchConfig
-from thickets.ensemble import ensemble
-from thickets.export import export_candidate
-from thickets.search import search
-from thickets.store import DB_NAME, read_config
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.ensemble import ensemble
+from thickets.ship.export import export_candidate
+from thickets.randopt.search import search
+from thickets.randopt.store import DB_NAME, read_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "release-0.1.0"
 

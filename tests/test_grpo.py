@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from thickets.grpo import GRPOSettings, run_grpo, task_reward  # noqa: E402
+from thickets.baselines.grpo import GRPOSettings, run_grpo, task_reward  # noqa: E402
 from thickets.models import load  # noqa: E402
 from thickets.tasks import get_task  # noqa: E402
 from thickets.tasks.splits import make_splits  # noqa: E402

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from thickets.config import SearchConfig
-from thickets.ensemble import ensemble
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.ensemble import ensemble
 from thickets.errors import ThicketsError
-from thickets.racing import Race, replay, replay_many
-from thickets.search import search
+from thickets.randopt.racing import Race, replay, replay_many
+from thickets.randopt.search import search
 
 
 def test_the_exact_rule_never_drops_a_true_top_k_candidate():
@@ -104,7 +104,7 @@ def test_a_racing_search_keeps_the_exhaustive_top_k_and_generates_less(tmp_path,
 def test_a_run_folder_from_before_racing_reads_as_all_complete_and_is_upgraded(tmp_path, tiny_model_dir):
     import sqlite3
 
-    from thickets.store import DB_NAME, RunStore
+    from thickets.randopt.store import DB_NAME, RunStore
 
     config = SearchConfig(model=str(tiny_model_dir), task="toy", population=3, val_size=4, batch_size=4)
     search(config, tmp_path / "old", engine=KnownEngine(), progress=False)
@@ -118,7 +118,7 @@ def test_a_run_folder_from_before_racing_reads_as_all_complete_and_is_upgraded(t
 
 
 def test_race_replay_command_prints_agreement_for_each_rule(tmp_path, tiny_model_dir, capsys):
-    from thickets.cli import main
+    from thickets.cli.commands import main
 
     config = SearchConfig(model=str(tiny_model_dir), task="toy", population=12, val_size=16, batch_size=4,
                           max_new_tokens=2)
@@ -137,7 +137,7 @@ def test_race_replay_command_prints_agreement_for_each_rule(tmp_path, tiny_model
 def test_hoeffding_drops_a_candidate_as_good_as_the_kth_at_most_delta_of_the_time(n, chunk, share):
     """The old rule (a one-check margin, tested after every chunk) dropped such a candidate about half the
     time at 200 examples; a valid sequential bound keeps it at or below delta over the whole race."""
-    from thickets.racing import simulate_drop_rate
+    from thickets.randopt.racing import simulate_drop_rate
 
     race = Race(n, 5, "hoeffding", delta=0.05, chunk=chunk)
     assert simulate_drop_rate(race, round(share * n), trials=1000) <= race.delta

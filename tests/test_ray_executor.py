@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("ray")
 
-from thickets.config import SearchConfig  # noqa: E402
-from thickets.executors import RayExecutor, RayOptions  # noqa: E402
-from thickets.search import search  # noqa: E402
-from thickets.store import RunStore, candidate_model  # noqa: E402
+from thickets.randopt.config import SearchConfig  # noqa: E402
+from thickets.randopt.executors import RayExecutor, RayOptions  # noqa: E402
+from thickets.randopt.search import search  # noqa: E402
+from thickets.randopt.store import RunStore, candidate_model  # noqa: E402
 
 
 def _config(model, **over):

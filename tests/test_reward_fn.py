@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from thickets.cli import main
-from thickets.config import SearchConfig
+from thickets.cli.commands import main
+from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
-from thickets.search import search
-from thickets.store import DB_NAME
+from thickets.randopt.search import search
+from thickets.randopt.store import DB_NAME
 from thickets.tasks import get_task, score_all, score_one
 from thickets.tasks.splits import make_splits
 

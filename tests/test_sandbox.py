@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from thickets.tasks.sandbox import SandboxResult, isolation, run_python
+from thickets.tasks.code.sandbox import SandboxResult, isolation, run_python
 
 STRONG = isolation() == "namespace"
 MODES = ["namespace", "process"] if STRONG else ["process"]

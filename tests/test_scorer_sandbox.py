@@ -11,7 +11,7 @@ import pytest
 
 from thickets.tasks import get_task, score_all
 from thickets.tasks.gym import GymTask
-from thickets.tasks.sandbox import isolation
+from thickets.tasks.code.sandbox import isolation
 from thickets.tasks.splits import make_splits
 
 #: every reasoning-gym 0.1.25 scorer that runs the answer as code: eval() in string_insertion,
@@ -74,7 +74,7 @@ MODES = ["namespace", "process"] if isolation() == "namespace" else ["process"]
 
 @pytest.fixture(params=MODES)
 def sandbox(request):
-    from thickets.tasks.sandbox import ScorerSandbox
+    from thickets.tasks.code.sandbox import ScorerSandbox
 
     box = ScorerSandbox(timeout_s=2.0, mode=request.param)
     yield box
@@ -113,7 +113,7 @@ def test_the_zygote_is_restarted_after_it_dies(sandbox):
 
 
 def test_thickets_score_on_a_gym_task_runs_nothing_from_the_answer(tmp_path, capsys):
-    from thickets.cli import main
+    from thickets.cli.commands import main
 
     marker = tmp_path / "F"
     completion = tmp_path / "c.txt"

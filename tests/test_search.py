@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from thickets.config import SearchConfig
+from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
-from thickets.search import search
-from thickets.store import DB_NAME
+from thickets.randopt.search import search
+from thickets.randopt.store import DB_NAME
 
 RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 

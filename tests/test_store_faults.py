@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from thickets.cli import main
-from thickets.store import DB_NAME, RunStore
+from thickets.cli.commands import main
+from thickets.randopt.store import DB_NAME, RunStore
 
 RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
@@ -70,7 +70,7 @@ def test_any_folder_name_is_its_own_run(tmp_path, tiny_model_dir, monkeypatch):
 
 KILL_IN_COMMIT = """
 import os, signal, sys
-from thickets.store import RunStore
+from thickets.randopt.store import RunStore
 with RunStore.open(sys.argv[1]) as store:
     store.con.execute("PRAGMA cache_size=1")  # spill every page to the file before the commit
     store.con.execute("BEGIN IMMEDIATE")
@@ -104,7 +104,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 sys.path.insert(0, {tests!r})
 from helpers import register_toy_task
 register_toy_task()
-from thickets.cli import main
+from thickets.cli.commands import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from thickets.cli import main
+from thickets.cli.commands import main
 from thickets.toy.experiment import ToyConfig, mse, n_params, randopt, rollout, standard_directions, target_signals
 
 

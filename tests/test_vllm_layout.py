@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from thickets.engines.transformers_engine import TransformersEngine, canonical_parameters
-from thickets.engines.vllm_layout import VOCAB_PADDING, Dims, pieces, shard_noise
+from thickets.engines.experimental.vllm_layout import VOCAB_PADDING, Dims, pieces, shard_noise
 from thickets.models import load
 from thickets.noise import ParamFilter, PerturbationSpec, standard_noise
 

@@ -6,15 +6,15 @@
     export_candidate("runs/a", rank=1, out="best-model")
 """
 
-__version__ = "0.1.0"
+from thickets.version import __version__  # noqa: E402
 
-from .config import SearchConfig  # noqa: E402
-from .ensemble import ensemble, majority_vote  # noqa: E402
-from .errors import ThicketsError  # noqa: E402
-from .export import export_candidate, export_spec, rebuild  # noqa: E402
-from .noise import ParamFilter, PerturbationSpec  # noqa: E402
-from .search import search  # noqa: E402
-from .tasks import get_task, register_task  # noqa: E402
+from thickets.randopt.config import SearchConfig  # noqa: E402
+from thickets.randopt.ensemble import ensemble, majority_vote  # noqa: E402
+from thickets.errors import ThicketsError  # noqa: E402
+from thickets.ship.export import export_candidate, export_spec, rebuild  # noqa: E402
+from thickets.noise import ParamFilter, PerturbationSpec  # noqa: E402
+from thickets.randopt.search import search  # noqa: E402
+from thickets.tasks import get_task, register_task  # noqa: E402
 
 __all__ = ["ParamFilter", "PerturbationSpec", "SearchConfig", "ThicketsError", "ensemble", "export_candidate",
            "export_spec", "get_task", "majority_vote", "rebuild", "register_task", "search"]

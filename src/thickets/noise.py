@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import SpecError
+from thickets.errors import SpecError
 
 #: recorded in every run and recipe; bump when the map from spec to noise changes
 NOISE_VERSION = "thickets-noise-1 (philox4x64 per name, 2^20-element chunks, numpy ziggurat float32)"

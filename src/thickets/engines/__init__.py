@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Engine, count_tokens, cut_at_stop, prompt_token_ids, render_prompt, uses_chat_template
+from thickets.engines.base import Engine, count_tokens, cut_at_stop, prompt_token_ids, render_prompt, uses_chat_template
 
 ENGINES = ("transformers", "vllm")
 
@@ -10,23 +10,23 @@ ENGINES = ("transformers", "vllm")
 def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
                 batch_size: int = 32):
     """(engine, model identity) for a model name or path."""
-    from ..errors import ThicketsError
-    from ..models import load
+    from thickets.errors import ThicketsError
+    from thickets.models import load
 
     if engine not in ENGINES:
         raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     if engine == "vllm":
-        from ..models import local_folder, resolve
+        from thickets.models import local_folder, resolve
 
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
             raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'")
-        from .vllm_engine import VLLMEngine
+        from thickets.engines.experimental.vllm_engine import VLLMEngine
 
         identity = resolve(model)
         return VLLMEngine(str(local_folder(identity)), dtype=dtype, batch_size=batch_size), identity
-    from .transformers_engine import TransformersEngine
+    from thickets.engines.transformers_engine import TransformersEngine
 
     m, tok, identity = load(model, dtype=dtype, device=device)
     return TransformersEngine(m, tok, batch_size=batch_size), identity

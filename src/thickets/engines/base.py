@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from ..noise import PerturbationSpec
+from thickets.noise import PerturbationSpec
 
 
 @runtime_checkable

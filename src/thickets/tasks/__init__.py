@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-from ..errors import ThicketsError
-from .base import Example, Score, Task
+from thickets.errors import ThicketsError
+from thickets.tasks.base import Example, Score, Task
 
 _REGISTRY: dict[str, tuple[Callable[[], Task], str]] = {}
 
@@ -25,22 +25,22 @@ def _builtins() -> None:
     _builtins_loaded = True
 
     def countdown() -> Task:
-        from .countdown import CountdownTask
+        from thickets.tasks.countdown import CountdownTask
 
         return CountdownTask()
 
     def countdown_paper() -> Task:
-        from .countdown import CountdownPaperTask
+        from thickets.tasks.countdown import CountdownPaperTask
 
         return CountdownPaperTask()
 
     def products() -> Task:
-        from .numeric import products
+        from thickets.tasks.products import products
 
         return products()
 
     def humaneval() -> Task:
-        from .code import HumanEvalTask
+        from thickets.tasks.code.tasks import HumanEvalTask
 
         return HumanEvalTask()
 
@@ -61,14 +61,14 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
     run in a process of its own with `reward_timeout` seconds per batch."""
     _builtins()
     if "," in name:
-        from .multi import MultiTask, task_names
+        from thickets.tasks.multi import MultiTask, task_names
 
         names = task_names(name)
         if len(set(names)) != len(names):
             raise ThicketsError(f"task list {name!r} names a task twice")
         return MultiTask({n: get_task(n, columns, reward, reward_timeout) for n in names})
     kind, sep, rest = name.partition(":")
-    from .file_tasks import KINDS, make_file_task
+    from thickets.tasks.files.kinds import KINDS, make_file_task
 
     if sep and kind in KINDS:
         if not rest:
@@ -81,7 +81,7 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
             raise ThicketsError(f"--columns applies to tasks read from a file ({', '.join(k + ':PATH' for k in KINDS)}), "
                                 f"not to {name}")
         if kind == "gym" and sep:
-            from .gym import GymTask
+            from thickets.tasks.gym import GymTask
 
             task = GymTask(rest)
         elif name in _REGISTRY:
@@ -92,7 +92,7 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
     if getattr(task, "kind", None) == "prompts" and not reward:
         raise ThicketsError(f"task {name} has no verifier of its own: give --reward module:function")
     if reward:
-        from .reward_fn import RewardTask, load_reward
+        from thickets.tasks.reward import RewardTask, load_reward
 
         task = RewardTask(task, *load_reward(reward, reward_timeout))
     return task
@@ -101,7 +101,7 @@ def get_task(name: str, columns: Mapping[str, str] | None = None, reward: str | 
 def score_all(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
     """Scores for many completions: one call for tasks that score in batches (a user's reward function)."""
     if hasattr(task, "parts"):  # a multi-task run: each task scores its own examples
-        from .multi import by_part
+        from thickets.tasks.multi import by_part
 
         out: list[Score | None] = [None] * len(examples)
         for part, idx, inner in by_part(task, examples):
@@ -116,9 +116,9 @@ def score_all(task: Task, examples: Sequence[Example], completions: Sequence[str
 def describe_tasks() -> list[tuple[str, str]]:
     _builtins()
     rows = [(name, desc) for name, (_, desc) in sorted(_REGISTRY.items())]
-    from .gym import gym_task_names
+    from thickets.tasks.gym import gym_task_names
 
-    from .file_tasks import KINDS
+    from thickets.tasks.files.kinds import KINDS
 
     rows += [(f"{kind}:PATH", f"{cls.kind_description} (a JSONL/JSON/CSV/Parquet file or datasets folder)")
              for kind, cls in KINDS.items()]

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from fractions import Fraction
 
-from .extract import last_tag
+from thickets.tasks.extract import last_tag
 
 TAIL_CHARS = 4000  # final answers sit at the end; never scan more than this
 MAX_DIGITS = 40

@@ -25,9 +25,9 @@ import random
 from collections import Counter
 from typing import Iterator
 
-from .arithmetic import EquationError, evaluate_equation
-from .base import Example, Score
-from .extract import last_tag
+from thickets.tasks.arithmetic import EquationError, evaluate_equation
+from thickets.tasks.base import Example, Score
+from thickets.tasks.extract import last_tag
 
 _PROMPT = (
     "Using the numbers {numbers}, create an equation that equals {target}. You can use basic "

@@ -19,11 +19,11 @@ import functools
 import json
 from typing import Iterator, Sequence
 
-from ..errors import ThicketsError
-from .base import Example, Score
-from .answers import extract_final_number, parse_number
-from .extract import last_tag, normalise
-from .third_party import sandboxed, warm
+from thickets.errors import ThicketsError
+from thickets.tasks.base import Example, Score
+from thickets.tasks.answers import extract_final_number, parse_number
+from thickets.tasks.extract import last_tag, normalise
+from thickets.tasks.third_party import sandboxed, warm
 
 _INSTRUCTION = "\n\nGive only the final answer inside <answer></answer> tags."
 _STREAM_SIZE = 1_000_000

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from typing import Iterator, Sequence
 
-from ..errors import ThicketsError
-from .base import Example, Score
+from thickets.errors import ThicketsError
+from thickets.tasks.base import Example, Score
 
 SEP = "|"
 

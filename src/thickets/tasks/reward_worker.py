@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from thickets.tasks.pipes import receive
+from thickets.tasks.code.pipes import receive
 
 
 def _load(spec: str):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 
-from ..errors import ThicketsError
-from .base import Example, Task
+from thickets.errors import ThicketsError
+from thickets.tasks.base import Example, Task
 
 #: how many repeats in a row end a stream of a procedural task with a small example space
 _MAX_REPEATS = 10_000

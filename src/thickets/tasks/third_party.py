@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sandbox import Outcome, scorer_sandbox
+from thickets.tasks.code.sandbox import Outcome, scorer_sandbox
 
 _GYM: dict[tuple[str, str], Any] = {}
 

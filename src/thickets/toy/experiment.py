@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from ..config import candidate_seed
-from ..noise import PerturbationSpec, standard_noise
-from ..progress import bar
-from .signals import CONTEXT, FAMILIES, LENGTH, ROLLOUT, SPECIFIC, sample
+from thickets.randopt.config import candidate_seed
+from thickets.noise import PerturbationSpec, standard_noise
+from thickets.progress import bar
+from thickets.toy.signals import CONTEXT, FAMILIES, LENGTH, ROLLOUT, SPECIFIC, sample
 
 INITS = ("xavier", "kaiming", "orthogonal")
 REGIMES: dict[str, tuple[str, ...]] = {  # name -> families pretrained on (empty: none, just the init)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import pyplot, save
-from .signals import CONTEXT, LENGTH, X
+from thickets.analysis.plots import pyplot, save
+from thickets.toy.signals import CONTEXT, LENGTH, X
 
 
 def group(cell: dict) -> str:

@@ -1,0 +1,344 @@
+"""`thickets analyze`: is there a thicket around this model for this task? Read from a run folder.
+
+Everything comes from the store (scores, sigmas, seeds) and, for the perturbation map, from
+the noise streams themselves: a candidate's direction is regenerated chunk by chunk from its
+seed and projected on two fixed random directions as it streams by, so no full-size noise
+vector is ever held, let alone N of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from thickets.errors import ThicketsError
+from thickets.noise import CHUNK, PerturbationSpec, standard_noise
+from thickets.analysis.plots import pyplot, save
+from thickets.progress import bar
+from thickets.randopt.store import BASE, RunStore, candidate_model
+
+PROJECTION_SEED = 20260  # the two fixed directions of the perturbation map
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """What the analysis reads from a run folder."""
+
+    task: str
+    model: str
+    base: float
+    idx: np.ndarray
+    seed: np.ndarray
+    sigma: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "RunScores":
+        with RunStore.open(run_dir, write=False) as store:
+            config = store.config
+            base_scores = store.scores(BASE, "val")
+            cands = [c for c in store.candidates() if c.complete]
+        if not base_scores or not cands:
+            raise ThicketsError(f"run {run_dir} has no fully scored candidates yet (run `thickets search` first)")
+        base = float(np.mean([s.reward for s in base_scores.values()]))
+        return cls(config.task, config.model, base, np.array([c.idx for c in cands]),
+                   np.array([c.seed for c in cands], dtype=np.uint64), np.array([c.sigma for c in cands]),
+                   np.array([c.score for c in cands]))
+
+
+def density(r: RunScores, delta: float) -> list[dict]:
+    """Per sigma (and all together): how many candidates beat the base, and by more than delta."""
+    rows = []
+    for sigma in [*sorted(set(r.sigma.tolist())), None]:
+        pick = np.ones_like(r.score, bool) if sigma is None else r.sigma == sigma
+        s = r.score[pick]
+        rows.append({"sigma": sigma, "n": int(pick.sum()), "above_base": float((s > r.base).mean()),
+                     "above_base_plus_delta": float((s > r.base + delta).mean()), "delta": delta,
+                     "mean": float(s.mean()), "best": float(s.max()), "worst": float(s.min())})
+    return rows
+
+
+def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
+    """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`),
+    per task: a multi-task run ranks experts by their validation score on each task, as `ensemble` does."""
+    from thickets.randopt.ensemble import rank_on_task, val_scores_by_task
+    from thickets.randopt.search import rank
+    from thickets.tasks.multi import task_names, task_of
+
+    curves = {}
+    with RunStore.open(run_dir, write=False) as store:
+        cands = rank([c for c in store.candidates() if c.complete])
+        tasks = task_names(store.config.task)
+        multi = len(tasks) > 1
+        by_model = val_scores_by_task(store) if multi else {}
+        test_ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'",
+                                          (BASE,)))
+        for task in tasks:
+            positions = sorted(p for p, i in test_ids.items() if not multi or task_of(i) == task)
+            ranked = rank_on_task(cands, by_model, task) if multi else cands
+            curve = _curve(store, ranked[:k_max], positions)
+            if curve is not None:
+                curves[task] = curve
+    return curves
+
+
+def _curve(store: RunStore, ranked, positions: list[int]) -> dict | None:
+    from thickets.randopt.ensemble import vote_accuracy
+
+    base = store.scores(BASE, "test")
+    experts = []
+    for c in ranked:
+        scores = store.scores(candidate_model(c.idx), "test")
+        if not positions or any(p not in scores for p in positions):
+            break
+        experts.append({i: scores[p] for i, p in enumerate(positions)})
+    if not experts:
+        return None
+    n = len(positions)
+    acc = [vote_accuracy(experts[:k], n)[0] for k in range(1, len(experts) + 1)]
+    base_acc = float(np.mean([base[p].correct for p in positions]))
+    return {"k": list(range(1, len(experts) + 1)), "accuracy": acc, "base": base_acc, "n_test": n}
+
+
+def projection(specs: Sequence[PerturbationSpec], names_shapes: Sequence[tuple[str, tuple[int, ...]]],
+               progress: bool = True) -> np.ndarray:
+    """[N, 2]: each candidate's perturbation sigma * eps projected on two fixed random directions
+    (scaled by 1/sqrt(parameters), so a coordinate is about sigma in size).
+
+    Chunk by chunk over every parameter: the two directions' chunk and each candidate's chunk are
+    generated, multiplied and summed, then dropped. Cost: (N + 2) noise passes over the model.
+    """
+    out = np.zeros((len(specs), 2))
+    dirs = [PerturbationSpec(PROJECTION_SEED + j, 1.0) for j in range(2)]
+    sizes = {n: (int(np.prod(shape)) if shape else 1) for n, shape in names_shapes}
+    total = sum(sizes.values())
+    with bar("analyze: perturbation map", sum(-(-v // CHUNK) for v in sizes.values()), progress) as update:
+        for name, shape in names_shapes:
+            keep = [i for i, spec in enumerate(specs) if spec.filter.keeps(name)]
+            for lo in range(0, sizes[name], CHUNK):
+                hi = min(lo + CHUNK, sizes[name])
+                d = np.stack([standard_noise(spec, name, shape, lo, hi).reshape(-1) for spec in dirs])  # [2, chunk]
+                for i in keep:
+                    out[i] += d @ standard_noise(specs[i], name, shape, lo, hi).reshape(-1)
+                update()
+    return out * np.array([s.sigma for s in specs])[:, None] / np.sqrt(total)
+
+
+def specialisation(run_dir: str | Path) -> dict | None:
+    """For a multi-task run: candidate x task gain over the base on validation, the task-task correlation
+    of those gains, and how often a candidate improves one task while hurting another."""
+    from thickets.randopt.ensemble import val_scores_by_task
+    from thickets.tasks.multi import task_names
+
+    with RunStore.open(run_dir, write=False) as store:
+        tasks = task_names(store.config.task)
+        if len(tasks) < 2:
+            return None
+        by_model = val_scores_by_task(store)
+        cands = [c for c in store.candidates() if c.complete]
+    base = by_model[BASE]
+    gains = np.array([[by_model.get(candidate_model(c.idx), {}).get(t, np.nan) - base[t] for t in tasks]
+                      for c in cands])
+    T = len(tasks)
+    corr = np.full((T, T), np.nan)
+    for a in range(T):
+        for b in range(T):
+            x, y = gains[:, a], gains[:, b]
+            if x.std() > 0 and y.std() > 0:
+                corr[a, b] = float(np.corrcoef(x, y)[0, 1])
+    trade = {f"{tasks[a]} up, {tasks[b]} down": float(((gains[:, a] > 0) & (gains[:, b] < 0)).mean())
+             for a in range(T) for b in range(T) if a != b}
+    return {"tasks": tasks, "idx": [c.idx for c in cands], "gains": gains.tolist(), "base": base,
+            "correlation": corr.tolist(), "trade_offs": trade,
+            "improve_one_hurt_another": float(((gains > 0).any(1) & (gains < 0).any(1)).mean()),
+            "improve_all": float((gains > 0).all(1).mean()),
+            "above_base_per_task": {t: float((gains[:, i] > 0).mean()) for i, t in enumerate(tasks)}}
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def plot_histogram(r: RunScores, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sigmas = sorted(set(r.sigma.tolist()))
+    bins = np.linspace(min(r.score.min(), r.base) - 1e-9, max(r.score.max(), r.base) + 1e-9, 25)
+    ax.hist([r.score[r.sigma == s] for s in sigmas], bins=bins, stacked=True, label=[f"sigma {s:g}" for s in sigmas])
+    ax.axvline(r.base, color="black", ls="--", label=f"base {r.base:.3f}")
+    ax.set_xlabel("validation score")
+    ax.set_ylabel("candidates")
+    ax.set_title(f"{len(r.score)} perturbations of {r.model} on {r.task}")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_sigma_curve(r: RunScores, path: Path) -> Path:
+    plt = pyplot()
+    rows = [d for d in density(r, 0.0) if d["sigma"] is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sig = [d["sigma"] for d in rows]
+    ax.plot(sig, [d["mean"] for d in rows], marker="o", label="mean")
+    ax.plot(sig, [d["best"] for d in rows], marker="^", label="best")
+    ax.axhline(r.base, color="black", ls="--", label="base")
+    if len(sig) > 1:
+        ax.set_xscale("log")
+    ax.set_xlabel("sigma")
+    ax.set_ylabel("validation score")
+    ax.set_title("score vs sigma")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_topk(curves: dict[str, dict], path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, (task, curve) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(curve["k"], curve["accuracy"], marker="o", color=color,
+                label=f"{task}: top-K vote ({curve['n_test']} questions)")
+        ax.axhline(curve["base"], color=color, ls="--", lw=1, label=f"{task}: base")
+    ax.set_xticks(sorted({k for c in curves.values() for k in c["k"]}))
+    ax.set_xlabel("K")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("ensemble accuracy as K grows")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_projection(r: RunScores, xy: np.ndarray, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    better = r.score > r.base
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=r.score, cmap="coolwarm", s=28, edgecolors=np.where(better, "k", "none"))
+    ax.scatter([0], [0], marker="*", s=160, color="black", label="base")
+    fig.colorbar(sc, ax=ax, label="validation score")
+    ax.set_xlabel("random direction 1")
+    ax.set_ylabel("random direction 2")
+    ax.set_title("perturbations on a random 2D projection\n(outlined: above the base)")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_specialisation(spec: dict, path: Path) -> Path:
+    plt = pyplot()
+    g = np.array(spec["gains"])
+    order = np.argsort(-np.nanmean(g, 1))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    lim = max(1e-9, float(np.nanmax(np.abs(g))))
+    im = axes[0].imshow(g[order].T, aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim)
+    axes[0].set_yticks(range(len(spec["tasks"])), spec["tasks"])
+    axes[0].set_xlabel("candidates, by mean gain")
+    axes[0].set_title("gain over the base, validation")
+    fig.colorbar(im, ax=axes[0], fraction=0.04)
+    a, b = 0, 1
+    axes[1].scatter(g[:, a], g[:, b], s=18, c="tab:purple")
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].axvline(0, color="black", lw=0.8)
+    axes[1].set_xlabel(f"gain on {spec['tasks'][a]}")
+    axes[1].set_ylabel(f"gain on {spec['tasks'][b]}")
+    r = spec["correlation"][a][b]
+    axes[1].set_title(f"correlation {r:.2f}" if r == r else "correlation undefined")
+    return save(fig, path)
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = True, progress: bool = True) -> dict:
+    """Figures, a summary and one self-contained report.html in the run folder."""
+    run_dir = Path(run_dir)
+    r = RunScores.read(run_dir)
+    out = run_dir / "analysis"
+    out.mkdir(exist_ok=True)
+    dens = density(r, delta)
+    figures = {"histogram": plot_histogram(r, out / "histogram.png"),
+               "sigma": plot_sigma_curve(r, out / "sigma_curve.png")}
+    curves = topk_curves(run_dir)
+    if curves:
+        figures["topk"] = plot_topk(curves, out / "topk.png")
+    spec = specialisation(run_dir)
+    if spec is not None:
+        figures["specialisation"] = plot_specialisation(spec, out / "specialisation.png")
+    if projection_map:
+        with RunStore.open(run_dir, write=False) as store:
+            specs = [store.config.candidate(int(i)) for i in r.idx]
+        xy = projection(specs, _parameter_shapes(run_dir), progress)
+        figures["projection"] = plot_projection(r, xy, out / "projection.png")
+    summary = {"task": r.task, "model": r.model, "base": r.base, "candidates": len(r.score), "density": dens,
+               "topk_curves": curves, "specialisation": spec, "figures": {k: str(v) for k, v in figures.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "report.html").write_text(_html(summary, figures))
+    summary["html"] = str(run_dir / "report.html")
+    return summary
+
+
+def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """The model's canonical parameter names and shapes, from its files, without loading weights."""
+    from thickets.models import local_folder, resolve
+
+    with RunStore.open(run_dir, write=False) as store:
+        model = store.config.model
+    folder = local_folder(resolve(model))
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from thickets.engines.transformers_engine import canonical_parameters
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return [(n, tuple(p.shape)) for n, p in canonical_parameters(m).items()]
+
+
+def _html(summary: dict, figures: dict[str, Path]) -> str:
+    dens_rows = [{"sigma": "all" if d["sigma"] is None else f"{d['sigma']:g}", "n": d["n"],
+                  "above": f"{d['above_base']:.1%}", "above_delta": f"{d['above_base_plus_delta']:.1%}",
+                  "mean": f"{d['mean']:.3f}", "best": f"{d['best']:.3f}"} for d in summary["density"]]
+    delta = summary["density"][0]["delta"]
+    parts = [
+        f"<h1>thickets: {html.escape(summary['task'])} on {html.escape(summary['model'])}</h1>",
+        f"<p>{summary['candidates']} candidates; base validation score {summary['base']:.3f}.</p>",
+        "<h2>Density of improving perturbations</h2>",
+        _table(dens_rows, [("sigma", "sigma"), ("n", "candidates"), ("above", "above base"),
+                           ("above_delta", f"above base + {delta:g}"), ("mean", "mean score"), ("best", "best")]),
+        _img(figures["histogram"]), _img(figures["sigma"]),
+    ]
+    if "topk" in figures:
+        parts += ["<h2>Top-K vote on the test split</h2>", _img(figures["topk"])]
+    else:
+        parts += ["<p>No test answers stored: run <code>thickets ensemble</code> for the top-K curve.</p>"]
+    spec = summary.get("specialisation")
+    if spec is not None:
+        tasks = spec["tasks"]
+        corr_rows = [{"task": t, **{u: f"{spec['correlation'][i][j]:.2f}" for j, u in enumerate(tasks)}}
+                     for i, t in enumerate(tasks)]
+        parts += ["<h2>Specialisation across tasks</h2>",
+                  f"<p>{spec['improve_one_hurt_another']:.0%} of candidates improve one task while hurting another; "
+                  f"{spec['improve_all']:.0%} improve every task. Above the base per task: "
+                  + ", ".join(f"{html.escape(t)} {v:.0%}" for t, v in spec["above_base_per_task"].items()) + ".</p>",
+                  _img(figures["specialisation"]), "<p>Correlation of the candidates' gains between tasks:</p>",
+                  _table(corr_rows, [("task", "")] + [(t, t) for t in tasks])]
+    if "projection" in figures:
+        parts += ["<h2>Perturbation directions</h2>", _img(figures["projection"])]
+    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+             "img{max-width:100%;display:block;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>thickets report</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>\n")

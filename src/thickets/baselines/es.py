@@ -1,0 +1,131 @@
+"""Evolution strategies (Qiu et al., 2025) on thickets' perturbation engine: the ES baseline.
+
+Each iteration scores P perturbations theta + sigma * eps_i of the current weights, z-scores
+their rewards within the population, and moves theta += alpha * mean(z_i * eps_i). The noise is
+never stored: eps_i is regenerated from its seed for the update, exactly as for scoring. The
+whole trajectory is therefore fixed by (run seed, iteration, i) and the rewards, which the run
+folder keeps, so resuming replays the updates from the log and goes on, bitwise the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from thickets.errors import ThicketsError
+from thickets.noise import PerturbationSpec, add_noise_
+from thickets.progress import bar
+
+
+@dataclass(frozen=True)
+class ESConfig:
+    model: str = "smollm2-135m"
+    task: str = "countdown"
+    iterations: int = 10
+    population: int = 30
+    sigma: float = 1e-3
+    alpha: float = 5e-4
+    val_size: int = 32  # the examples each perturbation is scored on (the training signal)
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    seed: int = 0
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.population < 2:
+            raise ThicketsError("ES needs at least 1 iteration and a population of at least 2")
+        if not (self.sigma > 0 and self.alpha > 0):
+            raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
+
+    def spec(self, iteration: int, i: int) -> PerturbationSpec:
+        digest = hashlib.blake2b(f"{self.seed}:{iteration}:{i}".encode(), digest_size=8, person=b"thickets-es").digest()
+        return PerturbationSpec(int.from_bytes(digest, "little") >> 2, self.sigma)
+
+
+def zscore(rewards: Sequence[float]) -> np.ndarray:
+    r = np.asarray(rewards, dtype=np.float64)
+    std = r.std()
+    return np.zeros_like(r) if std == 0 else (r - r.mean()) / std
+
+
+def update_coefficients(cfg: ESConfig, rewards: Sequence[float]) -> list[float]:
+    """theta += sum_i c_i * eps_i with c_i = alpha * z_i / P."""
+    return [float(cfg.alpha * z / len(rewards)) for z in zscore(rewards)]
+
+
+def apply_update(cfg: ESConfig, iteration: int, coefficients: Sequence[float],
+                 params: Sequence[tuple[str, np.ndarray]]) -> None:
+    """In place: params += sum_i c_i * eps_i, each eps_i regenerated from its seed (float32 arrays)."""
+    for i, c in enumerate(coefficients):
+        if c:
+            add_noise_(cfg.spec(iteration, i), params, scale=c / cfg.sigma)  # adds c * eps_i
+
+
+def es_step(cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], float],
+            params: Sequence[tuple[str, np.ndarray]]) -> dict:
+    """One iteration: score the population, then update `params` (the current theta) in place."""
+    rewards = [score(cfg.spec(iteration, i)) for i in range(cfg.population)]
+    coefficients = update_coefficients(cfg, rewards)
+    apply_update(cfg, iteration, coefficients, params)
+    return {"iteration": iteration, "rewards": rewards, "coefficients": coefficients}
+
+
+def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: int | None = None,
+           progress: bool = True) -> dict:
+    """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds).
+
+    `engine` must hold the loaded weights (ES takes them over). With `budget_tokens`, ES stops after
+    the iteration that brings the tokens generated to the budget (at most cfg.iterations)."""
+    from thickets.randopt.config import SearchConfig
+    from thickets.engines import count_tokens, load_engine
+    from thickets.randopt.search import evaluate, task_for
+    from thickets.tasks.splits import make_splits
+
+    run_dir = Path(run_dir)
+    log_path = run_dir / "es.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {"config": asdict(cfg), "iterations": []}
+    same = lambda a, b: {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}  # noqa: E731
+    if not same(log["config"], asdict(cfg)):
+        raise ThicketsError(f"{run_dir} holds an ES run with another config (only --iterations may change); "
+                            f"use a new folder")
+    log["config"] = asdict(cfg)
+    search_cfg = SearchConfig(model=cfg.model, task=cfg.task, val_size=cfg.val_size,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, split_seed=cfg.split_seed)
+    task = task_for(search_cfg)
+    val, _ = make_splits(task, cfg.split_seed, cfg.val_size)
+    if engine is None:
+        engine, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
+    theta = engine.own_base()  # the weights ES moves: owned, writable float32 arrays
+    for rec in log["iterations"]:  # resume: replay the logged updates
+        apply_update(cfg, rec["iteration"], rec["coefficients"], theta)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokens = sum(r.get("tokens", 0) for r in log["iterations"])
+
+    def score(spec: PerturbationSpec) -> float:
+        nonlocal tokens
+        rows = evaluate(engine, task, val, search_cfg, spec)
+        tokens += count_tokens(engine.tokenizer, [r[2] for r in rows])
+        return float(np.mean([r[3].reward for r in rows]))
+
+    with bar("es", cfg.iterations, progress) as update:
+        update(advance=len(log["iterations"]))
+        for it in range(len(log["iterations"]), cfg.iterations):
+            if budget_tokens is not None and tokens >= budget_tokens:
+                break
+            t0, before = time.perf_counter(), tokens
+            rec = es_step(cfg, it, score, theta)
+            rec.update(seconds=time.perf_counter() - t0, tokens=tokens - before, mean_reward=float(np.mean(rec["rewards"])))
+            log["iterations"].append(rec)
+            tmp = log_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(log))
+            tmp.replace(log_path)  # the checkpoint: atomic, after every iteration
+            update(mean=f"{rec['mean_reward']:.3f}")
+    final = evaluate(engine, task, val, search_cfg)  # theta itself
+    log["final_val_reward"] = float(np.mean([r[3].reward for r in final]))
+    return log

@@ -1,0 +1,97 @@
+"""GRPO through TRL's GRPOTrainer (no GRPO of our own): the gradient baseline on the same task.
+
+Our task's reward becomes a TRL reward function; the prompts are the task's validation split
+(what RandOpt and ES select on), given to TRL as chat messages so it applies the same chat
+template. LoRA through peft is an option. CPU-capable at small scale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from thickets.errors import ThicketsError
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    model: str = "smollm2-135m"
+    task: str = "countdown"
+    steps: int = 10
+    num_generations: int = 4  # completions per prompt, the group GRPO normalises within
+    prompts_per_step: int = 2
+    learning_rate: float = 1e-5
+    max_new_tokens: int = 128
+    val_size: int = 32  # training prompts: the validation split
+    lora: bool = False
+    lora_r: int = 8
+    seed: int = 0
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.num_generations < 2 or self.prompts_per_step < 1:
+            raise ThicketsError("GRPO needs steps >= 1, num-generations >= 2 and prompts-per-step >= 1")
+
+
+def task_reward(task, examples):
+    """A TRL reward function scoring completions with the task (chat-style or plain completions)."""
+    from thickets.engines.base import cut_at_stop
+    from thickets.tasks import score_all
+
+    def reward(completions, example_index, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        texts = [cut_at_stop(t, task.stop) for t in texts]
+        return [float(s.reward) for s in score_all(task, [examples[i] for i in example_index], texts)]
+
+    reward.__name__ = f"thickets_{task.name.replace(':', '_').replace(',', '_')}"
+    return reward
+
+
+def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -> dict:
+    """Train with GRPO; returns the log (steps, rewards, generated tokens, seconds) and saves the model."""
+    try:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        raise ThicketsError("the GRPO baseline needs TRL: pip install 'thickets[baselines]'") from None
+    from thickets.randopt.config import SearchConfig
+    from thickets.models import load
+    from thickets.randopt.search import task_for
+    from thickets.tasks.splits import make_splits
+
+    out_dir = Path(out_dir)
+    task = task_for(SearchConfig(model=cfg.model, task=cfg.task))
+    train, _ = make_splits(task, cfg.split_seed, cfg.val_size)
+    model, tok, identity = load(cfg.model)
+    model.requires_grad_(True)
+    model.train()
+    system = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
+    data = Dataset.from_list([{"prompt": system + [{"role": "user", "content": ex.prompt}], "example_index": i}
+                              for i, ex in enumerate(train)])
+    args = GRPOConfig(
+        output_dir=str(out_dir / "trl"), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=True, bf16=False, fp16=False, seed=cfg.seed, disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task, train), args=args, train_dataset=data,
+                          processing_class=tok, peft_config=peft_config)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    steps = [h for h in trainer.state.log_history if "reward" in h]
+    per_step = cfg.prompts_per_step * cfg.num_generations
+    tokens = int(sum(h.get("completions/mean_length", 0.0) * per_step for h in steps))
+    trained = trainer.model.merge_and_unload() if cfg.lora else trainer.model
+    trained.save_pretrained(out_dir / "model")
+    tok.save_pretrained(out_dir / "model")
+    return {"config": asdict(cfg), "model_identity": identity.to_dict(), "seconds": seconds, "tokens": tokens,
+            "steps": [{"step": i + 1, "reward": h["reward"], "mean_length": h.get("completions/mean_length")}
+                      for i, h in enumerate(steps)], "model_dir": str(out_dir / "model")}

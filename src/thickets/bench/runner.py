@@ -1,0 +1,225 @@
+"""`thickets bench`: where the time goes, measured side by side in one process on the same prompts.
+
+The machine is shared and noisy, so every target is a ratio of two things timed in the same
+run: our search path against the loop peer implementations write (clone the weights, add
+noise, call `generate`, copy back), our decoder against transformers' `generate`, and our
+decoder against the machine's own matrix-multiply speed at the decode shapes.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from typing import Sequence
+
+import torch
+
+from thickets.randopt.config import BenchConfig, SearchConfig
+from thickets.engines import render_prompt
+from thickets.noise import PerturbationSpec, add_noise_
+from thickets.progress import bar
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+_FOOTPRINT = """
+import time
+t0 = time.perf_counter()
+import torch, transformers.activations, transformers.core_model_loading  # what a first from_pretrained imports
+from transformers import AutoModelForCausalLM, AutoTokenizer
+import_s = time.perf_counter() - t0
+from thickets.bench.runner import _footprint_child
+_footprint_child({cfg!r}, {run_dir!r}, import_s)
+"""
+
+
+def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
+    """In a fresh process: the cached model to a ready engine (libraries imported), then a short
+    search; peak memory with and above the interpreter and its libraries."""
+    import json
+
+    from thickets.engines import load_engine
+    from thickets.randopt.search import search
+
+    cfg = BenchConfig(**cfg)
+    config = SearchConfig(model=cfg.model, task=cfg.task, population=2, sigmas=(cfg.sigma,), val_size=cfg.val_size,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.val_size)
+    baseline = _rss_gb()
+    t = time.perf_counter()
+    engine, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    load_s = time.perf_counter() - t
+    search(config, run_dir, engine=engine, progress=False)
+    print(json.dumps({"warm_load_s": load_s, "import_s": import_s, "process_ready_s": import_s + load_s,
+                      "baseline_rss_gb": baseline, "peak_rss_gb": peak_rss_gb()}))
+
+
+def search_footprint(cfg: BenchConfig) -> dict:
+    """Load time and memory of a search in a fresh process, undisturbed by the bench's own work."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        code = _FOOTPRINT.format(cfg=cfg.__dict__, run_dir=run_dir)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the footprint process failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def naive_candidate(model, tok, prompts: Sequence[str], spec: PerturbationSpec | None, max_new_tokens: int,
+                    stop: Sequence[str]) -> list[str]:
+    """What peer scripts do per candidate: clone every weight, add noise, one padded `generate`, copy back.
+
+    The noise is ours (the same spec), so both loops score the same models and must agree.
+    """
+    from thickets.engines.base import cut_at_stop
+
+    params = dict(model.named_parameters(remove_duplicate=True))
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        if spec is not None:
+            add_noise_(spec, [(n, p.detach().numpy()) for n, p in params.items() if spec.filter.keeps(n)])
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             stop_strings=list(stop) or None, tokenizer=tok if stop else None,
+                             temperature=None, top_p=None, top_k=None)
+        for n, p in params.items():
+            p.copy_(saved[n])
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [cut_at_stop(t, stop) for t in texts]
+
+
+def _top(scores: Sequence[float], k: int) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+
+
+def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
+    """All figures of BENCHMARKS.md, as one dict (the keys `thickets bench --json` writes)."""
+    from thickets.bench import decode as bench_decode
+    from thickets.engines import load_engine
+    from thickets.randopt.search import search
+    from thickets.tasks import get_task, score_all
+    from thickets.tasks.splits import make_splits
+
+    results: dict = {"config": cfg.__dict__ | {"batch_sizes": list(cfg.batch_sizes)}}
+    t0 = time.perf_counter()
+    engine, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    results["first_load_s"] = time.perf_counter() - t0  # includes a one-time GGUF conversion if not cached
+    footprint = search_footprint(cfg)  # a fresh process: load time and memory, undisturbed by this one
+    model, tok = engine.model, engine.tokenizer
+    n_params = sum(p.numel() for p in engine.params.values())
+    results["params"] = n_params
+    results["model_gb"] = 4 * n_params / 2**30
+
+    # -- search: `thickets search` vs the naive loop, same candidates, same validation examples ----
+    task = get_task(cfg.task)
+    val, _ = make_splits(task, 0, cfg.val_size)
+    config = SearchConfig(model=cfg.model, task=cfg.task, population=cfg.candidates, sigmas=(cfg.sigma,),
+                          val_size=cfg.val_size, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.val_size)
+    specs = [config.candidate(i) for i in range(cfg.candidates)]
+    with tempfile.TemporaryDirectory() as run_dir:
+        t = time.perf_counter()
+        result = search(config, run_dir, engine=engine, progress=progress)  # the base, then N candidates
+        t_ours = time.perf_counter() - t
+    ours = [c.score for c in sorted(result.ranked, key=lambda c: c.idx)]
+
+    prompts = [render_prompt(tok, ex.prompt, task.system_prompt, config.chat_template) for ex in val]
+    naive = []
+    with bar("bench: naive loop", cfg.candidates + 1, progress) as update:
+        t = time.perf_counter()
+        naive_base = naive_candidate(model, tok, prompts, None, cfg.max_new_tokens, task.stop)  # peers score the base too
+        update()
+        for spec in specs:
+            completions = naive_candidate(model, tok, prompts, spec, cfg.max_new_tokens, task.stop)
+            naive.append(sum(s.reward for s in score_all(task, val, completions)) / len(val))
+            update()
+        t_naive = time.perf_counter() - t
+    del naive_base
+
+    perturb = []
+    for spec in specs:  # apply and restore alone, to know their share of a candidate
+        t = time.perf_counter()
+        engine.perturb(spec)
+        engine.restore()
+        perturb.append(time.perf_counter() - t)
+    per_candidate = t_ours / (cfg.candidates + 1)
+    results.update({
+        "search_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_ours,
+        "naive_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_naive,
+        "search_vs_naive": t_naive / t_ours,
+        "same_scores": all(abs(a - b) < 1e-9 for a, b in zip(ours, naive)),
+        "same_top_k": _top(ours, cfg.top_k) == _top(naive, cfg.top_k),
+        "perturb_restore_s": min(perturb),
+        "candidate_s": per_candidate,
+        "perturb_share": min(perturb) / per_candidate,
+    })
+    results.update(bench_decode.measure(engine, cfg.batch_sizes, cfg.decode_tokens, progress=progress))
+    # what the issue allows: 2 x the float32 model (the base and the perturbed copy) + the KV cache
+    # of a search's batch (batch_size rows, the longest validation prompt plus max_new_tokens)
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", c.num_attention_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    longest = max(len(tok(p, add_special_tokens=False).input_ids) for p in prompts) + cfg.max_new_tokens
+    kv_gb = 2 * c.num_hidden_layers * cfg.val_size * kv_heads * head_dim * longest * 4 / 2**30
+    results.update(footprint)
+    results["kv_cache_gb"] = kv_gb
+    results["peak_above_baseline_gb"] = footprint["peak_rss_gb"] - footprint["baseline_rss_gb"]
+    results["memory_budget_gb"] = 2 * results["model_gb"] + kv_gb
+    results["peak_vs_budget"] = results["peak_above_baseline_gb"] / results["memory_budget_gb"]
+    return results
+
+
+TARGETS = {  # key: (target, higher is better), from issue 4
+    "decode_vs_hf_b32": (2.5, True),
+    "roofline_fraction_b32": (0.60, True),
+    "search_vs_naive": (3.0, True),
+    "perturb_share": (0.05, False),
+    "warm_load_s": (3.0, False),
+    "peak_vs_budget": (1.0, False),
+}
+
+
+def print_bench(r: dict) -> None:
+    """The decode table per batch size, then each target with the figure measured."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"decode, {r['config']['decode_tokens']} new tokens per row (tokens/s)")
+    for col in ("batch", "ours", "HF", "ratio", "ours step", "HF step", "ratio ", "limit", "ours/lim",
+                "HF/lim", "same"):
+        t.add_column(col, justify="right")
+    for b, d in r["decode"].items():
+        t.add_row(str(b), f"{d['ours_tok_s']:.0f}", f"{d['hf_tok_s']:.0f}", f"{r[f'decode_vs_hf_b{b}']:.2f}x",
+                  f"{d['ours_step_tok_s']:.0f}", f"{d['hf_step_tok_s']:.0f}", f"{r[f'decode_step_vs_hf_b{b}']:.2f}x",
+                  f"{d['limit_tok_s']:.0f}", f"{r[f'roofline_fraction_b{b}']:.0%}",
+                  f"{r[f'hf_roofline_fraction_b{b}']:.0%}", "yes" if d["same_tokens"] else "NO")
+    console = Console(width=max(Console().width, 110))
+    console.print(t)
+    s = Table(title="targets")
+    for col in ("figure", "measured", "target", "met"):
+        s.add_column(col)
+    for key, (target, higher) in TARGETS.items():
+        if key not in r:
+            continue
+        met = r[key] >= target if higher else r[key] <= target
+        s.add_row(key, f"{r[key]:.3g}", f"{'>=' if higher else '<='} {target:g}", "yes" if met else "no")
+    s.add_row("same_top_k (search vs naive)", str(r["same_top_k"]), "True", "yes" if r["same_top_k"] else "no")
+    console.print(s)
+    console.print(f"search {r['search_candidates_per_hour']:.0f} candidates/h vs naive "
+                  f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
+                  f"{r['perturb_restore_s']:.3f} s")
+    console.print(f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
+                  f"interpreter with torch and transformers ({r['baseline_rss_gb']:.2f} GB); budget 2 x model "
+                  f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB")
+    console.print(f"load: warm {r['warm_load_s']:.2f} s (libraries imported); a fresh process to a ready engine "
+                  f"{r['process_ready_s']:.2f} s, of which importing torch and transformers {r['import_s']:.2f} s; "
+                  f"first load here {r['first_load_s']:.1f} s")

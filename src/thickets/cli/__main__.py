@@ -1,0 +1,5 @@
+import sys
+
+from thickets.cli.commands import main
+
+sys.exit(main())

@@ -1,0 +1,309 @@
+"""Where candidates are scored: in this process, or on Ray actors across processes, GPUs and machines.
+
+An executor takes work items (None for the base model, or a candidate index) and yields
+(item, rows, seconds) as each finishes, in any order. It never writes the store: the search
+driver does, one candidate per transaction, so a result is recorded once or not at all.
+
+The Ray executor keeps one actor per worker; each loads the model once and scores one item at
+a time. The driver hands the next item to whichever actor finishes first (no synchronous
+rounds where the slowest worker gates the rest). An actor that dies has its item put back at
+the head of the queue; Ray restarts the actor (it reloads the model) and it goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+from thickets.randopt.config import SearchConfig
+from thickets.errors import ThicketsError
+
+Item = int | None  # None: the base model
+Result = tuple[Item, list, float]
+EXECUTORS = ("inprocess", "ray")
+
+
+class Executor(Protocol):
+    def adopt(self, config: SearchConfig) -> None:
+        """Score with this config: the search's own, as the run folder decides it (see SearchConfig.resuming).
+        Called before any work."""
+        ...
+
+    def describe(self) -> dict:
+        """The engine settings that change scores, for the run record."""
+        ...
+
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        """Score the items, taken from the iterable as workers free up; `threshold()` is racing's bar for
+        a candidate given out now (None: no racing)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class _Scorer:
+    """What a worker holds: the engine, the task and its validation split, and racing's rule."""
+
+    def __init__(self, config: SearchConfig, engine=None, device: str = "cpu", task=None, val=None):
+        from thickets.engines import load_engine
+        from thickets.randopt.search import race_for, task_for
+        from thickets.tasks.splits import make_splits
+
+        self.config = config
+        self.task = task_for(config) if task is None else task  # a worker builds its own; search() passes its
+        self.val = make_splits(self.task, config.split_seed, config.val_size)[0] if val is None else val
+        self.race = race_for(config, self.task)
+        if engine is None:
+            engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
+                                    batch_size=config.batch_size)
+        self.engine = engine
+
+    def score(self, item: Item, threshold: float | None) -> Result:
+        from thickets.randopt.search import evaluate
+
+        spec = None if item is None else self.config.candidate(item)
+        t0 = time.perf_counter()
+        rows = evaluate(self.engine, self.task, self.val, self.config, spec,
+                        self.race if item is not None else None, threshold)
+        return item, rows, time.perf_counter() - t0
+
+
+class InProcessExecutor:
+    """The default: one engine in this process, items in order."""
+
+    def __init__(self, config: SearchConfig, engine=None, task=None, val=None):
+        self._scorer = _Scorer(config, engine, task=task, val=val)
+
+    def adopt(self, config: SearchConfig) -> None:
+        self._scorer.config = config
+
+    def describe(self) -> dict:
+        return self._scorer.engine.describe()
+
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        for item in items:
+            yield self._scorer.score(item, None if item is None else threshold())
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: a local Ray started (and stopped) by thickets
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: int | None = None  # default: the machine's cores shared among the workers
+    max_restarts: int = 3  # per actor: a worker that keeps dying stops the run
+
+
+class RayExecutor:
+    """Candidates on Ray actors, from a shared queue: a free worker takes the next item at once.
+
+    Ray and the actors start on first use, so search() has checked its input before any worker
+    loads a model."""
+
+    def __init__(self, config: SearchConfig, options: RayOptions = RayOptions()):
+        try:
+            import ray
+        except ImportError:
+            raise ThicketsError("the Ray executor needs Ray: pip install 'thickets[ray]'") from None
+        if options.workers < 1:
+            raise ThicketsError(f"--workers must be at least 1, got {options.workers}")
+        if options.gpus_per_worker < 0:
+            raise ThicketsError(f"--gpus-per-worker must be >= 0, got {options.gpus_per_worker}")
+        if options.address:
+            check_reachable(options.address)
+        elif options.gpus_per_worker == 0 and options.workers > (os.cpu_count() or 1):
+            raise ThicketsError(f"--workers {options.workers} is more than the {os.cpu_count()} cores here (a local Ray "
+                                f"gives each worker at least one); use at most {os.cpu_count()}, or --address a cluster")
+        self._ray, self._config, self._options = ray, config, options
+        self._started = False
+        self.actors: list = []
+        self.requeued = 0
+
+    def _start(self) -> None:
+        if self.actors:
+            return
+        ray, options = self._ray, self._options
+        if not ray.is_initialized():
+            if options.address:
+                connect(ray, options.address)
+            else:
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)  # our own, never a cluster found lying around
+                self._started = True
+                watch_local_ray(ray)
+        cpus = options.cpus_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
+        total = ray.cluster_resources()
+        for what, need in (("CPU", cpus * options.workers), ("GPU", options.gpus_per_worker * options.workers)):
+            if need > total.get(what, 0):
+                raise ThicketsError(f"{options.workers} Ray workers need {need:g} {what}s and the cluster has "
+                                    f"{total.get(what, 0):g}; use fewer --workers")
+        device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+        worker_cls = ray.remote(_RayWorker).options(num_cpus=cpus, num_gpus=options.gpus_per_worker,
+                                                    max_restarts=options.max_restarts, max_task_retries=0)
+        config_dict = self._config.to_dict()
+        self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
+        self._max_failures = options.workers * (1 + options.max_restarts)
+        self._describe = ray.get(self.actors[0].describe.remote())
+
+    def adopt(self, config: SearchConfig) -> None:
+        if self.actors and config != self._config:
+            raise RuntimeError("the Ray workers were started with another config")
+        self._config = config
+
+    def describe(self) -> dict:
+        self._start()
+        return self._describe
+
+    def pids(self) -> list[int]:
+        self._start()
+        return self._ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        self._start()
+        ray = self._ray
+        fresh = iter(items)  # taken lazily: a population of millions is never listed
+        retry: deque = deque()  # items handed back by a dead worker, scored first
+        idle = list(self.actors)
+        inflight: dict = {}  # object ref -> (actor, item)
+        failures = 0
+        end = object()
+
+        def take():
+            return retry.popleft() if retry else next(fresh, end)
+
+        while True:
+            while idle and (item := take()) is not end:
+                actor = idle.pop()
+                ref = actor.score.remote(item, None if item is None else threshold())
+                inflight[ref] = (actor, item)
+            if not inflight:
+                return
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            actor, item = inflight.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                retry.appendleft(item)  # scored again first, by this actor once Ray has restarted it, or another
+                self.requeued += 1
+                if isinstance(e, ray.exceptions.ActorUnavailableError):
+                    time.sleep(0.5)  # restarting (reloading the model), not a new death: ask again shortly
+                else:
+                    failures += 1
+                    if failures > self._max_failures:
+                        raise ThicketsError(f"Ray workers keep dying ({failures} times); last: "
+                                            f"{type(e).__name__}") from None
+                idle.append(actor)
+                continue
+            idle.append(actor)
+            yield result
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self._ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self._started:
+            self._ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address nothing answers at, in seconds (ray.init retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ThicketsError(f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ThicketsError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
+def connect(ray, address: str) -> None:
+    """ray.init on a cluster, its retries' log lines kept off the terminal; a failure is one line."""
+    import tempfile
+
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except Exception as e:  # ray raises ConnectionError, RuntimeError, ... for an unusable address
+                raise ThicketsError(f"cannot connect to a Ray cluster at {address}: {e}") from None
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def watch_local_ray(ray) -> None:
+    """A local Ray outlives a driver killed with SIGKILL (its shutdown runs at exit). A watcher process,
+    holding a pipe from this one, stops Ray's processes of this session when the pipe closes."""
+    import subprocess
+    import sys
+
+    node = ray._private.worker.global_worker.node
+    session = Path(node.get_session_dir_path()).name
+    read, write = os.pipe()
+    code = ("import os, signal, sys, time\n"
+            "r, session = int(sys.argv[1]), sys.argv[2]\n"
+            "while os.read(r, 1): pass\n"
+            "def ours(pid):  # its command line or an open file names the session (agents rename themselves)\n"
+            "    if session.encode() in open(f'/proc/{pid}/cmdline', 'rb').read(): return True\n"
+            "    return any(session in os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))\n"
+            "for attempt in range(50):\n"
+            "    found = False\n"
+            "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+            "        try:\n"
+            "            if int(pid) != os.getpid() and ours(pid):\n"
+            "                os.kill(int(pid), signal.SIGKILL); found = True\n"
+            "        except OSError: pass\n"
+            "    if not found: break\n"
+            "    time.sleep(0.1)\n")
+    subprocess.Popen([sys.executable, "-c", code, str(read), session], pass_fds=(read,), start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read)
+    os.set_inheritable(write, False)  # held open by this process alone: closed when it dies
+
+
+class _RayWorker:
+    """One Ray actor: the model loaded once, candidates scored one at a time."""
+
+    def __init__(self, config: dict, threads: int, device: str):
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["THICKETS_NOISE_THREADS"] = str(threads)
+        self._scorer = _Scorer(SearchConfig.from_dict(config), device=device)
+
+    def describe(self) -> dict:
+        return self._scorer.engine.describe()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, item: Item, threshold: float | None) -> Result:
+        return self._scorer.score(item, threshold)
+
+
+def make_executor(kind: str, config: SearchConfig, *, engine=None, ray_options: RayOptions | None = None):
+    if kind == "inprocess":
+        return InProcessExecutor(config, engine)
+    if kind == "ray":
+        if engine is not None:
+            raise ThicketsError("the Ray executor loads the model in its workers; do not pass an engine")
+        return RayExecutor(config, ray_options or RayOptions())
+    raise ThicketsError(f"unknown executor {kind!r}; available: {', '.join(EXECUTORS)}")

