@@ -13,13 +13,14 @@ from thickets.cli.commands import main
 from thickets.randopt.config import SearchConfig
 from thickets.noise import PerturbationSpec, standard_noise
 from thickets.randopt.store import BASE, RunStore, candidate_model
-from thickets.tasks.base import Example, Score
+from thickets.tasks.base import Example, Score, ScoredExample
 
 VAL = 10
 
 
 def _rows(n_correct: int, n: int = VAL):
-    return [(i, Example(f"e{i}", "q"), "a", Score("1", "1", float(i < n_correct), i < n_correct)) for i in range(n)]
+    return [ScoredExample(i, Example(f"e{i}", "q"), "a", Score("1", "1", float(i < n_correct), i < n_correct))
+            for i in range(n)]
 
 
 @pytest.fixture()
@@ -100,7 +101,7 @@ def _task_rows(per_task: dict[str, int], n: int = 4):
     rows, pos = [], 0
     for task, c in per_task.items():
         for i in range(n):
-            rows.append((pos, Example(f"{task}|e{i}", "q"), "a", Score("1", "1", float(i < c), i < c)))
+            rows.append(ScoredExample(pos, Example(f"{task}|e{i}", "q"), "a", Score("1", "1", float(i < c), i < c)))
             pos += 1
     return rows
 

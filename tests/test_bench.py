@@ -8,7 +8,7 @@ import pytest
 
 from thickets.bench.runner import bench
 from thickets.cli.commands import main
-from thickets.randopt.config import BenchConfig
+from thickets.bench.config import BenchConfig
 
 
 @pytest.fixture(scope="module")

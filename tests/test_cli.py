@@ -33,8 +33,8 @@ BAD = {
     "missing model": ({"--model": "/nonexistent/model"}, "model not found: /nonexistent/model"),
     "unknown task": ({"--task": "nope"}, "unknown task 'nope'"),
     "empty split": ({"--task": "small", "--val-size": "10"}, "task small has only 5 distinct examples"),
-    "zero sigma": ({"--sigma": "0"}, "sigma must be a positive number"),
-    "negative sigma": ({"--sigma": "0.01,-1"}, "sigma must be a positive number"),
+    "zero sigma": ({"--sigma": "0"}, "sigma must be a positive, finite number"),
+    "negative sigma": ({"--sigma": "0.01,-1"}, "sigma must be a positive, finite number"),
     "sigma not a number": ({"--sigma": "abc"}, "--sigma must be numbers"),
     "zero population": ({"--population": "0"}, "population must be between 1 and"),
 }

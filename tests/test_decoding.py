@@ -9,8 +9,8 @@ from thickets.randopt.config import SearchConfig
 from thickets.engines import fast_decode, render_prompt
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.models import load
-from thickets.randopt.search import generate
-from thickets.tasks.base import Example
+from thickets.randopt.scoring import generate
+from thickets.tasks.base import Example, Task
 
 PROMPTS = ["The cat sat on", "Once upon a time", "1 2 3 4", "hello"]
 
@@ -81,7 +81,7 @@ def test_both_engines_feed_one_bos_for_chat_and_raw_prompts(bos_model_dir, monke
     model, tok, _ = load(str(bos_model_dir))
     engine = TransformersEngine(model, tok, batch_size=8)
     bos = tok.bos_token_id
-    task = type("T", (), {"stop": (), "system_prompt": None})()
+    task = Task()  # the defaults: no stop strings, no system prompt
     examples = [Example(f"e{i}", p) for i, p in enumerate(PROMPTS)]
     for chat in (True, False):
         config = SearchConfig(model=str(bos_model_dir), task="toy", chat_template=chat, max_new_tokens=2)

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from thickets.randopt.config import SearchConfig
-from thickets.randopt.ensemble import ensemble, majority_vote, vote_accuracy
+from thickets.analysis.reports import ensemble
+from thickets.randopt.vote import majority_vote, vote_accuracy
 from thickets.errors import ThicketsError
 from thickets.randopt.search import search
 from thickets.tasks.base import Score
@@ -67,7 +68,7 @@ def test_k_larger_than_the_population_is_refused(tiny_engine, tiny_model_dir, tm
 
 
 def test_paired_gain_and_its_interval():
-    from thickets.randopt.ensemble import paired_gain
+    from thickets.randopt.vote import paired_gain
 
     g = paired_gain([True, True, False, True], [False, True, False, False])
     assert g["gain"] == 0.5 and g["ci95"][0] < 0.5 < g["ci95"][1]

@@ -38,7 +38,7 @@ def test_an_old_run_reads_as_the_release_wrote_it(old_run):
 
 def test_an_old_run_ensembles_from_its_stored_answers(old_run):
     before = json.loads((old_run / "report.json").read_text())
-    report = ensemble(old_run, [1, 2], 3, progress=False, write_report=False)
+    report = ensemble(old_run, [1, 2], 3, progress=False)
     for key in ("rows", "experts", "base", "ensembles"):
         assert report[key] == before[key], key
 

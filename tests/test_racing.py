@@ -97,7 +97,7 @@ def test_a_racing_search_keeps_the_exhaustive_top_k_and_generates_less(tmp_path,
     full_scores = {c.idx: c.score for c in full.ranked}
     assert all(full_scores[c.idx] < third for c in stopped)
     # the ensemble uses only fully scored candidates
-    report = ensemble(tmp_path / "raced", [1, 3], 8, engine=KnownEngine(), progress=False, write_report=False)
+    report = ensemble(tmp_path / "raced", [1, 3], 8, engine=KnownEngine(), progress=False)
     assert [e["idx"] for e in report["experts"]] == top(full)
 
 

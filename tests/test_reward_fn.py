@@ -13,7 +13,7 @@ from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME
-from thickets.tasks import get_task, score_all, score_one
+from thickets.tasks import get_task, score_one
 from thickets.tasks.splits import make_splits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grpo_reward.py"
@@ -33,7 +33,7 @@ def test_a_chat_style_grpo_reward_works_unchanged_and_receives_the_columns(tmp_p
     assert task.style == "chat"
     completions = [f"<answer>{ex.data['row']['answer']}</answer>" if i % 2 == 0 else "<answer>nope</answer>"
                    for i, ex in enumerate(val)]
-    scores = score_all(task, val, completions)
+    scores = task.score_batch(val, completions)
     assert [s.reward for s in scores] == [1.0, 0.0, 1.0, 0.0]
     assert [s.correct for s in scores] == [True, False, True, False]  # prompts-only: correct = reward reaches 1
     assert scores[1].answer == "nope" and scores[1].vote_key == "nope"
@@ -45,7 +45,7 @@ def test_plain_string_rewards_and_module_paths(tmp_path, monkeypatch):
     val, _ = make_splits(task, 0, 2)
     task.check(val)
     assert task.style == "text"
-    assert [s.reward for s in score_all(task, val, ["x" * 10, "x" * 200])] == [pytest.approx(0.9), 0.0]
+    assert [s.reward for s in task.score_batch(val, ["x" * 10, "x" * 200])] == [pytest.approx(0.9), 0.0]
     assert task.sources["reward"]["sha256"] and task.sources["data"]["sha256"]
 
 
@@ -53,9 +53,9 @@ def test_a_reward_with_a_format_bonus_does_not_make_a_wrong_answer_correct(tmp_p
     rows = [{"question": "2+2?", "answer": "#### 4"}, {"question": "3+3?", "answer": "#### 6"}]
     task = get_task(f"gsm8k:{data(tmp_path, rows, 'g.jsonl')}", reward=f"{FIXTURE}:format_reward")
     ex = task.example_from_row(rows[0])
-    wrong = score_all(task, [ex], ["<answer>5</answer> #### 5"])[0]
+    wrong = task.score_batch([ex], ["<answer>5</answer> #### 5"])[0]
     assert wrong.reward == 0.5 and not wrong.correct  # the user's reward, the task's verdict
-    right = score_all(task, [ex], ["#### 4"])[0]
+    right = task.score_batch([ex], ["#### 4"])[0]
     assert right.reward == 0.0 and right.correct
 
 
@@ -159,7 +159,7 @@ def test_a_reward_gets_copies_so_mutating_its_inputs_changes_no_verdict(tmp_path
     val, _ = make_splits(task, 0, 3)
     task.check(val)
     wrong = [f"```python\ndef double{ex.data['row']['task_id']}(x):\n    return x\n```" for ex in val]
-    scores = score_all(task, val, wrong)
+    scores = task.score_batch(val, wrong)
     assert not any(s.correct for s in scores)  # the asserts still ran
     assert all(ex.data["tests"] and ex.data["row"]["test_list"] for ex in val)
 
@@ -168,4 +168,4 @@ def test_what_a_reward_prints_is_not_taken_for_its_answer(tmp_path):
     task = get_task(f"prompts:{data(tmp_path)}", reward=f"{HOSTILE}:prints_and_scores")
     val, _ = make_splits(task, 0, 2)
     task.check(val)
-    assert [s.reward for s in score_all(task, val, ["a", "b"])] == [0.25, 0.25]
+    assert [s.reward for s in task.score_batch(val, ["a", "b"])] == [0.25, 0.25]

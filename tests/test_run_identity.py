@@ -46,7 +46,7 @@ def test_ensemble_and_export_refuse_a_model_that_changed_since_the_run(tmp_path,
     _, run = small_run(tmp_path, own_model)
     change_weights(own_model)
     with pytest.raises(ThicketsError, match="has changed since run"):
-        ensemble(run, [1], 3, progress=False, write_report=False)
+        ensemble(run, [1], 3, progress=False)
     with pytest.raises(ThicketsError, match="has changed since run"):
         export_candidate(run, 1, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -95,4 +95,4 @@ def test_the_versions_of_packages_that_make_the_examples_are_recorded_and_checke
     with pytest.raises(ThicketsError, match=r"reasoning-gym is .* now but was 0.0.1"):
         search(SearchConfig(**{**config.__dict__, "population": 3}), run, progress=False)
     with pytest.raises(ThicketsError, match=r"reasoning-gym is .* now but was 0.0.1"):
-        ensemble(run, [1], 3, progress=False, write_report=False)
+        ensemble(run, [1], 3, progress=False)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from thickets.tasks import get_task, score_all
+from thickets.tasks import get_task
 from thickets.tasks.gym import GymTask
 from thickets.tasks.code.sandbox import isolation
 from thickets.tasks.splits import make_splits
@@ -41,7 +41,7 @@ def test_a_gym_scorer_that_hangs_on_a_power_bomb_is_cut_off(dataset):
     task = GymTask(dataset)
     (ex,), _ = make_splits(task, 0, 1)
     start = time.monotonic()
-    scores = score_all(task, [ex, ex], ["<answer>9**9**9**9</answer>", "<answer>(9**9)**(9**9)</answer>"])
+    scores = task.score_batch([ex, ex], ["<answer>9**9**9**9</answer>", "<answer>(9**9)**(9**9)</answer>"])
     assert time.monotonic() - start < 30  # two time bounds of 5 s, not minutes
     assert all(s.reward <= 0.05 and not s.correct for s in scores)
 
@@ -50,9 +50,9 @@ def test_gym_verdicts_are_reasoning_gyms_own():
     task = GymTask("letter_counting")
     val, _ = make_splits(task, 0, 3)
     gold = [ex.data["entry"]["answer"] for ex in val]
-    right = score_all(task, val, [f"<answer>{g}</answer>" for g in gold])
+    right = task.score_batch(val, [f"<answer>{g}</answer>" for g in gold])
     assert all(s.correct and s.reward == 1.0 for s in right)
-    wrong = score_all(task, val, ["<answer>banana</answer>"] * 3)
+    wrong = task.score_batch(val, ["<answer>banana</answer>"] * 3)
     assert not any(s.correct for s in wrong)
 
 

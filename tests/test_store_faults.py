@@ -170,8 +170,8 @@ def test_a_smaller_population_is_refused(run, tiny_model_dir, capsys):
     (["--max-new-tokens", "100000"], "exceeds the model's context of 512 tokens"),
     (["--val-size", str(10**9)], "val-size must be between 1 and 100,000"),
     (["--seed", "-1"], "seed must be in [0, 2**62)"),
-    (["--sigma", "inf"], "sigma must be a positive number"),
-    (["--sigma", "nan"], "sigma must be a positive number"),
+    (["--sigma", "inf"], "sigma must be a positive, finite number"),
+    (["--sigma", "nan"], "sigma must be a positive, finite number"),
     (["--batch-size", "100000000"], "batch-size must be between 1 and"),
     (["--reward-timeout", "0"], "reward-timeout must be a positive number"),
 ])

@@ -128,7 +128,7 @@ def test_countdown_takes_a_leading_unary_plus():
 
 
 def test_countdown_equations_with_numbers_not_given_do_not_vote():
-    from thickets.randopt.ensemble import majority_vote
+    from thickets.randopt.vote import majority_vote
 
     invented = [_countdown("10+3"), _countdown("11+2")]  # 13, but from numbers that were not given
     real = _countdown("3*5-2")

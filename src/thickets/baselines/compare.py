@@ -10,34 +10,46 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from thickets.engines import count_tokens
-from thickets.errors import ThicketsError
 from thickets.analysis.plots import pyplot, save
+from thickets.baselines.es import ESConfig, run_es
+from thickets.baselines.grpo import GRPOSettings, run_grpo
+from thickets.engines import count_tokens, load_engine
+from thickets.errors import ThicketsError
+from thickets.options import commas, option, parse_floats
 from thickets.progress import console
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.ensemble import ensemble
+from thickets.randopt.scoring import evaluate, task_for
+from thickets.randopt.search import search
+from thickets.randopt.store import RunStore
+from thickets.tasks.splits import make_splits
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    model: str = "smollm2-135m"
-    task: str = "products"
-    budget: int = 100_000  # generated tokens per method
-    val_size: int = 32
-    test_size: int = 100
-    max_new_tokens: int = 32
-    sigmas: tuple[float, ...] = (1e-3, 2e-3)
-    top_k: int = 5
-    es_population: int = 8
-    es_sigma: float = 1e-3
-    es_alpha: float = 5e-4
-    grpo_learning_rate: float = 1e-5
-    grpo_num_generations: int = 4
-    grpo_prompts_per_step: int = 2
-    seed: int = 0
+    """RandOpt, ES and GRPO at one budget of generated tokens, on one test split."""
+
+    model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
+    task: str = option("products", "task name (see `thickets tasks`)")
+    budget: int = option(100_000, "generated tokens per method")
+    val_size: int = option(32, "validation (training) examples")
+    test_size: int = option(100, "held-out test examples")
+    max_new_tokens: int = option(32, "tokens generated at most per answer")
+    sigmas: tuple[float, ...] = option((1e-3, 2e-3), "RandOpt's sigma grid", flag="--sigma", parse=parse_floats,
+                                       show=commas)
+    top_k: int = option(5, "RandOpt's K")
+    es_population: int = option(8, "ES perturbations per iteration")
+    es_sigma: float = option(1e-3, "ES noise scale")
+    es_alpha: float = option(5e-4, "ES step size")
+    grpo_learning_rate: float = option(1e-5, "GRPO learning rate")
+    grpo_num_generations: int = option(4, "GRPO completions per prompt")
+    grpo_prompts_per_step: int = option(2, "GRPO prompts per step")
+    seed: int = option(0, "seed of all three methods")
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.val_size < 1 or self.test_size < 1 or self.top_k < 1:
@@ -45,7 +57,6 @@ class CompareConfig:
 
 
 def _accuracy(engine, task, test, config) -> tuple[float, int]:
-    from thickets.randopt.search import evaluate
 
     rows = evaluate(engine, task, test, config)
     return float(np.mean([r[3].correct for r in rows])), count_tokens(engine.tokenizer, [r[2] for r in rows])
@@ -54,11 +65,6 @@ def _accuracy(engine, task, test, config) -> tuple[float, int]:
 def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -> dict:
     """Candidates one at a time (the run's population extended) until the budget is spent; then the
     top-K vote on the test split, and the same at a quarter and half of the budget."""
-    from dataclasses import replace
-
-    from thickets.randopt.ensemble import ensemble
-    from thickets.randopt.search import search
-    from thickets.randopt.store import RunStore
 
     run_dir = out / "randopt"
     t0 = time.perf_counter()
@@ -83,13 +89,10 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
 
             shutil.copytree(run_dir, sub, dirs_exist_ok=True)
             with RunStore.open(sub) as store:
-                with store.transaction():
-                    store.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
-                    store.con.execute("DELETE FROM results WHERE model LIKE 'cand:%' AND "
-                                      "CAST(substr(model, 6) AS INTEGER) >= ?", (count,))
+                store.keep_first(count)
         else:
             sub = run_dir
-        report = ensemble(sub, [k], cfg.test_size, engine=engine, progress=False, write_report=False)
+        report = ensemble(sub, [k], cfg.test_size, engine=engine, progress=False)
         acc = report["ensembles"][0]["accuracy"]
         curve.append({"tokens": used, "candidates": count, "accuracy": acc, "k": k})
     final = curve[-1]
@@ -103,8 +106,6 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
 
 
 def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
-    from thickets.engines import load_engine
-    from thickets.baselines.es import ESConfig, run_es
 
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     t0 = time.perf_counter()
@@ -122,8 +123,6 @@ def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict
 
 
 def run_grpo_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
-    from thickets.engines import load_engine
-    from thickets.baselines.grpo import GRPOSettings, run_grpo
 
     per_step = cfg.grpo_prompts_per_step * cfg.grpo_num_generations * cfg.max_new_tokens
     steps = max(1, cfg.budget // per_step)  # an upper bound on tokens: rows that stop early spend less
@@ -140,10 +139,6 @@ def run_grpo_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> di
 
 
 def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
-    from thickets.randopt.config import SearchConfig
-    from thickets.engines import load_engine
-    from thickets.randopt.search import task_for
-    from thickets.tasks.splits import make_splits
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

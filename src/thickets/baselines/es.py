@@ -9,7 +9,6 @@ folder keeps, so resuming replays the updates from the log and goes on, bitwise 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -18,24 +17,31 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.noise import PerturbationSpec, add_noise_
+from thickets.noise import PerturbationSpec, add_noise_, derive_seed
+from thickets.options import option
 from thickets.progress import bar
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.scoring import evaluate, task_for
+from thickets.tasks.splits import make_splits
 
 
 @dataclass(frozen=True)
 class ESConfig:
-    model: str = "smollm2-135m"
-    task: str = "countdown"
-    iterations: int = 10
-    population: int = 30
-    sigma: float = 1e-3
-    alpha: float = 5e-4
-    val_size: int = 32  # the examples each perturbation is scored on (the training signal)
-    max_new_tokens: int = 256
-    batch_size: int = 32
-    seed: int = 0
-    split_seed: int = 0
+    """Evolution strategies as Qiu et al. (2025) run them: population 30, sigma 1e-3, step 5e-4."""
+
+    model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
+    task: str = option("countdown", "task name (see `thickets tasks`)")
+    iterations: int = option(10, "updates of the weights")
+    population: int = option(30, "perturbations per iteration")
+    sigma: float = option(1e-3, "noise scale of the perturbations")
+    alpha: float = option(5e-4, "step size of the update")
+    val_size: int = option(32, "examples each perturbation is scored on (the training signal)")
+    max_new_tokens: int = option(256, "tokens generated at most per answer")
+    batch_size: int = option(32, "prompts generated together")
+    seed: int = option(0, "seed of the perturbations")
+    split_seed: int = option(0, "seed of the validation/test splits")
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.population < 2:
@@ -44,8 +50,7 @@ class ESConfig:
             raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
 
     def spec(self, iteration: int, i: int) -> PerturbationSpec:
-        digest = hashlib.blake2b(f"{self.seed}:{iteration}:{i}".encode(), digest_size=8, person=b"thickets-es").digest()
-        return PerturbationSpec(int.from_bytes(digest, "little") >> 2, self.sigma)
+        return PerturbationSpec(derive_seed(b"thickets-es", self.seed, iteration, i), self.sigma)
 
 
 def zscore(rewards: Sequence[float]) -> np.ndarray:
@@ -82,10 +87,6 @@ def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: in
 
     `engine` must hold the loaded weights (ES takes them over). With `budget_tokens`, ES stops after
     the iteration that brings the tokens generated to the budget (at most cfg.iterations)."""
-    from thickets.randopt.config import SearchConfig
-    from thickets.engines import count_tokens, load_engine
-    from thickets.randopt.search import evaluate, task_for
-    from thickets.tasks.splits import make_splits
 
     run_dir = Path(run_dir)
     log_path = run_dir / "es.json"

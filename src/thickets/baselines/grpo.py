@@ -11,23 +11,31 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from thickets.engines.base import cut_at_stop
 from thickets.errors import ThicketsError
+from thickets.models import load
+from thickets.options import option
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.scoring import task_for
+from thickets.tasks.splits import make_splits
 
 
 @dataclass(frozen=True)
 class GRPOSettings:
-    model: str = "smollm2-135m"
-    task: str = "countdown"
-    steps: int = 10
-    num_generations: int = 4  # completions per prompt, the group GRPO normalises within
-    prompts_per_step: int = 2
-    learning_rate: float = 1e-5
-    max_new_tokens: int = 128
-    val_size: int = 32  # training prompts: the validation split
-    lora: bool = False
-    lora_r: int = 8
-    seed: int = 0
-    split_seed: int = 0
+    """GRPO through TRL's GRPOTrainer, with the task's reward as its reward function."""
+
+    model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
+    task: str = option("countdown", "task name (see `thickets tasks`)")
+    steps: int = option(10, "optimizer steps")
+    num_generations: int = option(4, "completions per prompt (the group GRPO normalises within)")
+    prompts_per_step: int = option(2, "prompts per step")
+    learning_rate: float = option(1e-5, "learning rate")
+    max_new_tokens: int = option(128, "tokens generated at most per completion")
+    val_size: int = option(32, "training prompts: the validation split")
+    lora: bool = option(False, "train LoRA adapters (peft), merged when saved")
+    lora_r: int = option(8, "LoRA rank")
+    seed: int = option(0, "training seed")
+    split_seed: int = option(0, "seed of the validation/test splits")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.num_generations < 2 or self.prompts_per_step < 1:
@@ -36,13 +44,11 @@ class GRPOSettings:
 
 def task_reward(task, examples):
     """A TRL reward function scoring completions with the task (chat-style or plain completions)."""
-    from thickets.engines.base import cut_at_stop
-    from thickets.tasks import score_all
 
     def reward(completions, example_index, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         texts = [cut_at_stop(t, task.stop) for t in texts]
-        return [float(s.reward) for s in score_all(task, [examples[i] for i in example_index], texts)]
+        return [float(s.reward) for s in task.score_batch([examples[i] for i in example_index], texts)]
 
     reward.__name__ = f"thickets_{task.name.replace(':', '_').replace(',', '_')}"
     return reward
@@ -55,10 +61,6 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
         from trl import GRPOConfig, GRPOTrainer
     except ImportError:
         raise ThicketsError("the GRPO baseline needs TRL: pip install 'thickets[baselines]'") from None
-    from thickets.randopt.config import SearchConfig
-    from thickets.models import load
-    from thickets.randopt.search import task_for
-    from thickets.tasks.splits import make_splits
 
     out_dir = Path(out_dir)
     task = task_for(SearchConfig(model=cfg.model, task=cfg.task))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from thickets.engines import fast_decode
+from thickets.engines import fast_decode, render_prompt
 from thickets.progress import bar
 
 PROMPTS = [
@@ -57,7 +57,6 @@ def matmul_limit(model, batch: int, repeats: int = 5) -> dict:
 
 
 def _prompts(tok, batch: int) -> list[str]:
-    from thickets.engines import render_prompt
 
     return [render_prompt(tok, PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))) for i in range(batch)]
 

@@ -8,17 +8,26 @@ decoder against the machine's own matrix-multiply speed at the decode shapes.
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Sequence
 
 import torch
 
-from thickets.randopt.config import BenchConfig, SearchConfig
-from thickets.engines import render_prompt
+from thickets.bench import decode as bench_decode
+from thickets.bench.config import BenchConfig
+from thickets.engines import load_engine, render_prompt
+from thickets.engines.base import cut_at_stop
 from thickets.noise import PerturbationSpec, add_noise_
 from thickets.progress import bar
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.search import search
+from thickets.tasks import get_task
+from thickets.tasks.splits import make_splits
 
 
 def peak_rss_gb() -> float:
@@ -44,10 +53,7 @@ _footprint_child({cfg!r}, {run_dir!r}, import_s)
 def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
     """In a fresh process: the cached model to a ready engine (libraries imported), then a short
     search; peak memory with and above the interpreter and its libraries."""
-    import json
 
-    from thickets.engines import load_engine
-    from thickets.randopt.search import search
 
     cfg = BenchConfig(**cfg)
     config = SearchConfig(model=cfg.model, task=cfg.task, population=2, sigmas=(cfg.sigma,), val_size=cfg.val_size,
@@ -63,9 +69,6 @@ def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
 
 def search_footprint(cfg: BenchConfig) -> dict:
     """Load time and memory of a search in a fresh process, undisturbed by the bench's own work."""
-    import json
-    import subprocess
-    import sys
 
     with tempfile.TemporaryDirectory() as run_dir:
         code = _FOOTPRINT.format(cfg=cfg.__dict__, run_dir=run_dir)
@@ -81,7 +84,6 @@ def naive_candidate(model, tok, prompts: Sequence[str], spec: PerturbationSpec |
 
     The noise is ours (the same spec), so both loops score the same models and must agree.
     """
-    from thickets.engines.base import cut_at_stop
 
     params = dict(model.named_parameters(remove_duplicate=True))
     saved = {n: p.detach().clone() for n, p in params.items()}
@@ -104,11 +106,6 @@ def _top(scores: Sequence[float], k: int) -> list[int]:
 
 def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
     """All figures of BENCHMARKS.md, as one dict (the keys `thickets bench --json` writes)."""
-    from thickets.bench import decode as bench_decode
-    from thickets.engines import load_engine
-    from thickets.randopt.search import search
-    from thickets.tasks import get_task, score_all
-    from thickets.tasks.splits import make_splits
 
     results: dict = {"config": cfg.__dict__ | {"batch_sizes": list(cfg.batch_sizes)}}
     t0 = time.perf_counter()
@@ -140,7 +137,7 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
         update()
         for spec in specs:
             completions = naive_candidate(model, tok, prompts, spec, cfg.max_new_tokens, task.stop)
-            naive.append(sum(s.reward for s in score_all(task, val, completions)) / len(val))
+            naive.append(sum(s.reward for s in task.score_batch(val, completions)) / len(val))
             update()
         t_naive = time.perf_counter() - t
     del naive_base
@@ -178,7 +175,7 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
     return results
 
 
-TARGETS = {  # key: (target, higher is better), from issue 4
+TARGETS = {  # figure: (target, higher is better), the targets thickets' speed work set itself
     "decode_vs_hf_b32": (2.5, True),
     "roofline_fraction_b32": (0.60, True),
     "search_vs_naive": (3.0, True),
@@ -186,40 +183,3 @@ TARGETS = {  # key: (target, higher is better), from issue 4
     "warm_load_s": (3.0, False),
     "peak_vs_budget": (1.0, False),
 }
-
-
-def print_bench(r: dict) -> None:
-    """The decode table per batch size, then each target with the figure measured."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"decode, {r['config']['decode_tokens']} new tokens per row (tokens/s)")
-    for col in ("batch", "ours", "HF", "ratio", "ours step", "HF step", "ratio ", "limit", "ours/lim",
-                "HF/lim", "same"):
-        t.add_column(col, justify="right")
-    for b, d in r["decode"].items():
-        t.add_row(str(b), f"{d['ours_tok_s']:.0f}", f"{d['hf_tok_s']:.0f}", f"{r[f'decode_vs_hf_b{b}']:.2f}x",
-                  f"{d['ours_step_tok_s']:.0f}", f"{d['hf_step_tok_s']:.0f}", f"{r[f'decode_step_vs_hf_b{b}']:.2f}x",
-                  f"{d['limit_tok_s']:.0f}", f"{r[f'roofline_fraction_b{b}']:.0%}",
-                  f"{r[f'hf_roofline_fraction_b{b}']:.0%}", "yes" if d["same_tokens"] else "NO")
-    console = Console(width=max(Console().width, 110))
-    console.print(t)
-    s = Table(title="targets")
-    for col in ("figure", "measured", "target", "met"):
-        s.add_column(col)
-    for key, (target, higher) in TARGETS.items():
-        if key not in r:
-            continue
-        met = r[key] >= target if higher else r[key] <= target
-        s.add_row(key, f"{r[key]:.3g}", f"{'>=' if higher else '<='} {target:g}", "yes" if met else "no")
-    s.add_row("same_top_k (search vs naive)", str(r["same_top_k"]), "True", "yes" if r["same_top_k"] else "no")
-    console.print(s)
-    console.print(f"search {r['search_candidates_per_hour']:.0f} candidates/h vs naive "
-                  f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
-                  f"{r['perturb_restore_s']:.3f} s")
-    console.print(f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
-                  f"interpreter with torch and transformers ({r['baseline_rss_gb']:.2f} GB); budget 2 x model "
-                  f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB")
-    console.print(f"load: warm {r['warm_load_s']:.2f} s (libraries imported); a fresh process to a ready engine "
-                  f"{r['process_ready_s']:.2f} s, of which importing torch and transformers {r['import_s']:.2f} s; "
-                  f"first load here {r['first_load_s']:.1f} s")

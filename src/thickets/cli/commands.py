@@ -1,4 +1,9 @@
-"""The `thickets` command: parses arguments and calls the library; every error is one line and exit 2."""
+"""The `thickets` command: one subcommand per task a user has, its flags generated from dataclasses.
+
+A subcommand is a row of COMMANDS: its help, the dataclasses its flags come from (the configs of
+the library, and small argument classes below for what is not a config), and its handler. Every
+handler calls the library; every error a user can fix is one line and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -6,324 +11,305 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from thickets.randopt.config import BenchConfig, SearchConfig, parse_floats, parse_ints
+from thickets.analysis.landscape import RunScores, analyze, density
+from thickets.analysis.racing_replay import replay_run
+from thickets.analysis.reports import (
+    ensemble,
+    print_bench,
+    print_compare,
+    print_density,
+    print_replay,
+    print_tables,
+    print_toy,
+)
+from thickets.baselines.compare import CompareConfig, compare
+from thickets.baselines.es import ESConfig, run_es
+from thickets.baselines.grpo import GRPOSettings, run_grpo
+from thickets.bench.config import BenchConfig
+from thickets.cli.args import add_fields, read_config_file, values
+from thickets.cli.demo import demo
 from thickets.errors import ThicketsError
+from thickets.noise import ParamFilter, PerturbationSpec
+from thickets.options import commas, option, parse_ints, parse_patterns
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.executors import ExecutorOptions, make_executor
+from thickets.randopt.scoring import check_inputs, load_run_config, task_for
+from thickets.randopt.search import SearchResult, search
+from thickets.ship.export import export_candidate, export_spec
+from thickets.tasks import describe_tasks, get_task, score_one
+from thickets.tasks.files.data import parse_columns
+from thickets.toy.config import ToyConfig
+
+# -- what the commands take besides the library's configs ---------------------------------------
 
 
-def _add_search_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
-    p.add_argument("--model", default=defaults.model, help="HF model folder, .gguf file, or smollm2-135m (default)")
-    p.add_argument("--task", default=defaults.task, help="task name, gym:NAME, or KIND:DATA_FILE (see `thickets tasks`)")
-    _add_task_source_args(p)
-    p.add_argument("--population", type=int, default=defaults.population, help="number of candidates N")
-    p.add_argument("--sigma", default=",".join(map(str, defaults.sigmas)), help="noise scale, or a grid a,b,c")
-    p.add_argument("--val-size", type=int, default=defaults.val_size, help="validation examples per candidate")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    p.add_argument("--seed", type=int, default=defaults.seed, help="population seed")
-    p.add_argument("--split-seed", type=int, default=defaults.split_seed, help="seed of the validation/test splits")
-    p.add_argument("--include", default=",".join(defaults.include), help="parameter name patterns to perturb")
-    p.add_argument("--exclude", default=",".join(defaults.exclude), help="parameter name patterns to leave alone")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--engine", default=defaults.engine, choices=["transformers", "vllm"],
-                   help="vllm: GPUs only, experimental (see README)")
-    p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, not the chat template")
-    p.add_argument("--racing", default=defaults.racing, choices=["off", "exact", "hoeffding"],
-                   help="stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)")
-    p.add_argument("--racing-top-k", type=int, default=defaults.racing_top_k, help="the K racing keeps exact")
-    p.add_argument("--racing-delta", type=float, default=defaults.racing_delta,
-                   help="hoeffding racing: chance of dropping a true top-K candidate")
-    p.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
-                   help="where candidates are scored: this process, or Ray actors (see README: Scaling out)")
-    p.add_argument("--address", default=None, help="ray: an existing cluster (ray start --head ...); default: a local Ray")
-    p.add_argument("--workers", type=int, default=2, help="ray: actors, each loading the model once")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (0: CPU)")
-    p.add_argument("--run-dir", required=True, help="run folder (created, or resumed if it exists)")
+@dataclass(frozen=True)
+class RunFolder:
+    run_dir: str = option(..., "run folder (created, or resumed if it exists)")
 
 
-def _add_task_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--columns", default="", help="for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. question=problem,answer=solution")
-    p.add_argument("--reward", default=None, help="a TRL-style reward function, module:function or file.py:function")
-    p.add_argument("--reward-timeout", type=float, default=SearchConfig.reward_timeout,
-                   help="seconds a --reward function may take per batch before the run stops")
+@dataclass(frozen=True)
+class EnsembleArgs:
+    run_dir: str = option(..., "the run folder")
+    top_k: tuple[int, ...] = option((1, 5), "K values, e.g. 1,5,10", parse=parse_ints, show=commas)
+    test_size: int = option(100, "held-out test examples")
 
 
-def _patterns(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+@dataclass(frozen=True)
+class ExportArgs:
+    out: str = option(..., "folder to write the model to")
+    run_dir: str | None = option(None, "export from this run (with --rank)")
+    rank: int = option(1, "1 = best candidate on validation")
+    model: str = option("smollm2-135m", "base model (with --seed and --sigma)")
+    seed: int | None = option(None, "noise seed (without --run-dir)")
+    sigma: float | None = option(None, "noise scale (without --run-dir)")
+    include: tuple[str, ...] = option(("*",), "parameter name patterns perturbed", parse=parse_patterns, show=commas)
+    exclude: tuple[str, ...] = option((), "parameter name patterns left alone", parse=parse_patterns, show=commas)
 
 
-def _config(a: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(
-        model=a.model, task=a.task, population=a.population, sigmas=parse_floats(a.sigma, "--sigma"),
-        val_size=a.val_size, max_new_tokens=a.max_new_tokens, seed=a.seed, split_seed=a.split_seed,
-        include=_patterns(a.include), exclude=_patterns(a.exclude), batch_size=a.batch_size, dtype=a.dtype,
-        engine=a.engine,
-        chat_template=not a.no_chat_template, columns=_patterns(a.columns), reward=a.reward,
-        reward_timeout=a.reward_timeout,
-        racing=a.racing, racing_top_k=a.racing_top_k, racing_delta=a.racing_delta,
-    )
+@dataclass(frozen=True)
+class DemoArgs:
+    run_dir: str = option("runs/demo", "run folder of the demo")
 
 
-def print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
-              caption="extracted: share of answers that could be read; vs base: paired gain on the same questions")
-    from thickets.randopt.ensemble import format_gain
-
-    for col in ("model", "K", "accuracy", "extracted", "vs base, pts [95% CI]"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for r in report["rows"]:
-        t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}", format_gain(r["vs_base"]))
-    Console().print(t)
+@dataclass(frozen=True)
+class ScoreArgs:
+    task: str = option(..., "task name, gym:NAME or KIND:DATA_FILE")
+    example: str = option(..., 'the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
+    completion_file: str = option(..., "file with the model's completion, or - for stdin")
+    columns: tuple[str, ...] = option((), "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs", parse=parse_patterns,
+                                      show=commas)
+    reward: str | None = option(None, "a TRL-style reward function, module:function or file.py:function")
+    reward_timeout: float = option(300.0, "seconds the --reward function may take")
 
 
-def _search(a, config: SearchConfig):
+@dataclass(frozen=True)
+class JsonOut:
+    json: str | None = option(None, "write the figures to this file")
+
+
+@dataclass(frozen=True)
+class ReplayArgs:
+    run_dir: str = option(..., "a finished run folder")
+    top_k: tuple[int, ...] = option((1, 3, 5), "K values", parse=parse_ints, show=commas)
+    chunk: int = option(8, "examples scored between racing decisions")
+    orders: int = option(200, "random example and candidate orders to replay")
+
+
+@dataclass(frozen=True)
+class ToyArgs:
+    quick: bool = option(False, "a smaller grid (population 300 and fewer signals), under 2 minutes on 2 cores")
+    out: str = option("runs/toy", "folder for results.json and the figures")
+
+
+@dataclass(frozen=True)
+class AnalyzeArgs:
+    run_dir: str = option(..., "the run folder")
+    delta: float = option(0.02, "also count candidates above base + delta")
+    map: bool = option(True, "the perturbation map (N+2 noise passes; --no-map skips it)")
+
+
+@dataclass(frozen=True)
+class DensityArgs:
+    delta: float = option(0.02, "also count candidates above base + delta")
+
+
+@dataclass(frozen=True)
+class OutFolder:
+    out: str = option(..., "folder for what the command writes")
+
+
+Parsed = dict[type, Any]  # each dataclass of a command, built from the flags and the config file
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def _search(a: Parsed, quiet: bool) -> SearchResult:
     """search() with the executor the command line asked for."""
-    from thickets.randopt.search import search
-
-    if a.executor == "inprocess":
-        return search(config, a.run_dir, progress=not a.quiet)
-    from thickets.randopt.executors import RayOptions, make_executor
-
-    executor = make_executor("ray", config, ray_options=RayOptions(a.address, a.workers, a.gpus_per_worker))
+    config, where, run_dir = a[SearchConfig], a[ExecutorOptions], a[RunFolder].run_dir
+    if where.executor == "inprocess":
+        return search(config, run_dir, progress=not quiet)
+    executor = make_executor(where, config)
     try:
-        return search(config, a.run_dir, executor=executor, progress=not a.quiet)
+        return search(config, run_dir, executor=executor, progress=not quiet)
     finally:
         executor.close()
 
 
-def cmd_search(a) -> None:
-    result = _search(a, _config(a))
+def cmd_search(a: Parsed, quiet: bool) -> None:
+    result = _search(a, quiet)
     best = result.ranked[0]
     stopped = sum(not c.complete for c in result.ranked)
     raced = f" ({stopped} stopped early by racing)" if stopped else ""
     print(f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
-          f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a.run_dir}")
+          f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a[RunFolder].run_dir}")
 
 
-def cmd_ensemble(a) -> None:
-    from thickets.randopt.ensemble import ensemble
-
-    report = ensemble(a.run_dir, parse_ints(a.top_k, "--top-k"), a.test_size, progress=not a.quiet)
-    for r in report["tasks"].values() if "tasks" in report else [report]:
-        print_table(r)
-    print(f"report written to {Path(a.run_dir) / 'report.json'} and report.md")
+def cmd_ensemble(a: Parsed, quiet: bool) -> None:
+    e = a[EnsembleArgs]
+    print_tables(ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet))
+    print(f"report written to {Path(e.run_dir) / 'report.json'} and report.md")
 
 
-def cmd_export(a) -> None:
-    from thickets.ship.export import export_candidate, export_spec
-    from thickets.noise import ParamFilter, PerturbationSpec
-
-    if a.run_dir:
-        out = export_candidate(a.run_dir, a.rank, a.out)
+def cmd_export(a: Parsed, quiet: bool) -> None:
+    e = a[ExportArgs]
+    if e.run_dir:
+        out = export_candidate(e.run_dir, e.rank, e.out)
     else:
-        if a.seed is None or a.sigma is None:
+        if e.seed is None or e.sigma is None:
             raise ThicketsError("export needs --run-dir D [--rank R], or --model M --seed X --sigma S")
-        if not a.sigma > 0:
-            raise ThicketsError(f"sigma must be a positive number, got {a.sigma}")
-        spec = PerturbationSpec(a.seed, a.sigma, filter=ParamFilter(
-            tuple(x for x in a.include.split(",") if x), tuple(x for x in a.exclude.split(",") if x)))
-        out = export_spec(a.model, spec, a.out)
+        out = export_spec(e.model, PerturbationSpec(e.seed, e.sigma, filter=ParamFilter(e.include, e.exclude)), e.out)
     print(f"exported to {out}")
 
 
-def cmd_demo(a) -> None:
-    from thickets.cli.demo import demo
-
-    demo(a.run_dir, progress=not a.quiet)
+def cmd_demo(a: Parsed, quiet: bool) -> None:
+    demo(a[DemoArgs].run_dir, progress=not quiet)
 
 
-def cmd_score(a) -> None:
-    from thickets.tasks import get_task, score_one
-    from thickets.tasks.files.data import parse_columns
-
+def cmd_score(a: Parsed, quiet: bool) -> None:
+    s = a[ScoreArgs]
     try:
-        example = json.loads(a.example)
+        example = json.loads(s.example)
     except json.JSONDecodeError as e:
         raise ThicketsError(f"--example is not valid JSON: {e}") from None
     if not isinstance(example, dict):
         raise ThicketsError("--example must be a JSON object")
     try:
-        completion = sys.stdin.read() if a.completion_file == "-" else Path(a.completion_file).read_text()
+        completion = sys.stdin.read() if s.completion_file == "-" else Path(s.completion_file).read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ThicketsError(f"cannot read --completion-file {a.completion_file}: {e}") from None
-    task = get_task(a.task, parse_columns(_patterns(a.columns)), a.reward, a.reward_timeout)
+        raise ThicketsError(f"cannot read --completion-file {s.completion_file}: {e}") from None
+    task = get_task(s.task, parse_columns(s.columns), s.reward, s.reward_timeout)
     print(json.dumps(score_one(task, example, completion), indent=2))
 
 
-def cmd_tasks(a) -> None:
-    from thickets.tasks import describe_tasks
-
+def cmd_tasks(a: Parsed, quiet: bool) -> None:
     for name, description in describe_tasks():
         print(f"{name:<28} {description}")
 
 
-def cmd_bench(a) -> None:
-    from thickets.bench.runner import bench, print_bench
+def cmd_bench(a: Parsed, quiet: bool) -> None:
+    from thickets.bench.runner import (  # torch and transformers: only for this command
+        TARGETS,
+        bench,
+    )
 
-    sizes = parse_ints(a.batch_sizes, "--batch-sizes")
-    if not sizes or a.candidates < 1 or a.val_size < 1 or a.decode_tokens < 2 or min(sizes) < 1:
-        raise ThicketsError("--candidates, --val-size and --batch-sizes must be at least 1, --decode-tokens at least 2")
-    if a.json:
-        out = Path(a.json)
-        if not out.parent.is_dir():
-            raise ThicketsError(f"cannot write --json {a.json}: folder {out.parent} does not exist")
-    cfg = BenchConfig(model=a.model, task=a.task, candidates=a.candidates, val_size=a.val_size,
-                      max_new_tokens=a.max_new_tokens, batch_sizes=sizes, decode_tokens=a.decode_tokens)
-    results = bench(cfg, progress=not a.quiet)
-    print_bench(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"figures written to {a.json}")
+    json_out = a[JsonOut].json
+    if json_out and not Path(json_out).parent.is_dir():
+        raise ThicketsError(f"cannot write --json {json_out}: folder {Path(json_out).parent} does not exist")
+    results = bench(a[BenchConfig], progress=not quiet)
+    print_bench(results, TARGETS)
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {json_out}")
 
 
-def cmd_race_replay(a) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from thickets.randopt.racing import replay_run
-    from thickets.randopt.search import load_run_config, task_for
-
-    if a.chunk < 1 or a.orders < 1:
-        raise ThicketsError(f"--chunk must be at least 1 and --orders must be at least 1, got {a.chunk} and {a.orders}")
-
-    reward_range = getattr(task_for(load_run_config(a.run_dir)), "reward_range", (0.0, 1.0))
+def cmd_race_replay(a: Parsed, quiet: bool) -> None:
+    r = a[ReplayArgs]
+    if r.chunk < 1 or r.orders < 1:
+        raise ThicketsError(f"--chunk must be at least 1 and --orders must be at least 1, got {r.chunk} and {r.orders}")
+    reward_range = task_for(load_run_config(r.run_dir)).reward_range
     if reward_range is None:
         raise ThicketsError("the run's reward has no declared range (a --reward function), so racing cannot bound it")
-    t = Table(title=f"racing replayed on {a.run_dir}: {a.orders} random orders, chunks of {a.chunk} examples")
-    for col in ("K", "rule", "same top-K", "top-K overlap", "generation saved"):
-        t.add_column(col, justify="right")
-    for k in parse_ints(a.top_k, "--top-k"):
-        for r in replay_run(a.run_dir, k, a.chunk, orders=a.orders, reward_range=reward_range):
-            rule = "exact" if r["mode"] == "exact" else f"hoeffding d={r['delta']:g}"
-            t.add_row(str(k), rule, f"{r['same_top_k']:.1%}", f"{r['top_k_overlap']:.1%}", f"{r['generation_saved']:.1%}")
-    Console().print(t)
+    rows = [(k, x) for k in r.top_k for x in replay_run(r.run_dir, k, r.chunk, orders=r.orders, reward_range=reward_range)]
+    print_replay(f"racing replayed on {r.run_dir}: {r.orders} random orders, chunks of {r.chunk} examples", rows)
 
 
-def cmd_toy(a) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from thickets.toy.experiment import ToyConfig, run
+def cmd_toy(a: Parsed, quiet: bool) -> None:
+    from thickets.toy.experiment import run  # torch: only for this command
     from thickets.toy.report import summary, write
 
-    if a.population is not None and a.population < 1:
-        raise ThicketsError(f"--population must be at least 1, got {a.population}")
-    over = {"seed": a.seed, **({"population": a.population} if a.population else {})}
-    cfg = ToyConfig.quick(**over) if a.quick else ToyConfig(**over)
+    t = a[ToyArgs]
+    cfg = ToyConfig.quick(**a["given"][ToyConfig]) if t.quick else a[ToyConfig]
+    if cfg.population < 1:
+        raise ThicketsError(f"--population must be at least 1, got {cfg.population}")
     if cfg.top_k > cfg.population:
         raise ThicketsError(f"--population must be at least top-K ({cfg.top_k})")
-    out = Path(a.out)
+    out = Path(t.out)
     if out.exists() and not out.is_dir():
-        raise ThicketsError(f"--out {a.out} exists and is not a folder")
-    result = run(cfg, progress=not a.quiet)
+        raise ThicketsError(f"--out {t.out} exists and is not a folder")
+    result = run(cfg, progress=not quiet)
     files = write(result, out)
-    t = Table(title=f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} "
-                    f"({result['seconds']:.0f} s); improving = at least {cfg.margin:.0%} below the base's error")
-    for col in ("pretraining", "cells", "beats base", "improving", "best / base", "top-K / base"):
-        t.add_column(col, justify="right")
-    for r in summary(result):
-        t.add_row(r["group"], str(r["cells"]), f"{r['density']:.1%}", f"{r['density_margin']:.1%}",
-                  f"{r['best_over_base']:.2f}", f"{r['topk_over_base']:.2f}")
-    Console().print(t)
+    print_toy(f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} ({result['seconds']:.0f} s); improving = at "
+              f"least {cfg.margin:.0%} below the base's error", summary(result))
     print("written: " + ", ".join(str(f) for f in files))
 
 
-def print_density(rows: list[dict], base: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    delta = rows[0]["delta"]
-    t = Table(title=f"density of improving perturbations (base validation score {base:.3f})")
-    for col in ("sigma", "candidates", "above base", f"above base + {delta:g}", "mean", "best"):
-        t.add_column(col, justify="right")
-    for d in rows:
-        t.add_row("all" if d["sigma"] is None else f"{d['sigma']:g}", str(d["n"]), f"{d['above_base']:.1%}",
-                  f"{d['above_base_plus_delta']:.1%}", f"{d['mean']:.3f}", f"{d['best']:.3f}")
-    Console().print(t)
-
-
-def cmd_analyze(a) -> None:
-    from thickets.analysis.landscape import analyze
-    from thickets.randopt.search import load_run_config
-
-    if not a.delta >= 0:
-        raise ThicketsError(f"--delta must be a number >= 0, got {a.delta}")
-    load_run_config(a.run_dir)  # a clear error when the folder holds no run
-    s = analyze(a.run_dir, a.delta, projection_map=not a.no_map, progress=not a.quiet)
+def cmd_analyze(a: Parsed, quiet: bool) -> None:
+    x = a[AnalyzeArgs]
+    if not x.delta >= 0:
+        raise ThicketsError(f"--delta must be a number >= 0, got {x.delta}")
+    load_run_config(x.run_dir)  # a clear error when the folder holds no run
+    s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet)
     print_density(s["density"], s["base"])
-    print(f"report: {s['html']} (figures in {Path(a.run_dir) / 'analysis'})")
+    print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 
 
-def cmd_density(a) -> None:
-    from thickets.analysis.landscape import RunScores, density
-
-    if not a.delta >= 0:
-        raise ThicketsError(f"--delta must be a number >= 0, got {a.delta}")
-    result = _search(a, _config(a))
-    print_density(density(RunScores.read(result.run_dir), a.delta), result.base.score)
-
-
-def _check_inputs(task: str, model: str, split_seed: int, val_size: int, test_size: int = 0) -> None:
-    """Bad task, data or model for the baselines: one line, before any model loads."""
-    from thickets.models import resolve
-    from thickets.randopt.search import task_for
-    from thickets.tasks.splits import make_splits
-
-    make_splits(task_for(SearchConfig(task=task)), split_seed, val_size, test_size)
-    resolve(model)
+def cmd_density(a: Parsed, quiet: bool) -> None:
+    delta = a[DensityArgs].delta
+    if not delta >= 0:
+        raise ThicketsError(f"--delta must be a number >= 0, got {delta}")
+    result = _search(a, quiet)
+    print_density(density(RunScores.read(result.run_dir), delta), result.base.score)
 
 
-def cmd_es(a) -> None:
-    from thickets.baselines.es import ESConfig, run_es
-
-    cfg = ESConfig(model=a.model, task=a.task, iterations=a.iterations, population=a.population, sigma=a.sigma,
-                   alpha=a.alpha, val_size=a.val_size, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
-                   seed=a.seed)
-    _check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
-    log = run_es(cfg, a.run_dir, progress=not a.quiet)
+def cmd_es(a: Parsed, quiet: bool) -> None:
+    cfg, run_dir = a[ESConfig], a[RunFolder].run_dir
+    check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
+    log = run_es(cfg, run_dir, progress=not quiet)
     means = " ".join(f"{r['mean_reward']:.3f}" for r in log["iterations"])
     print(f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
-          f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {a.run_dir}/es.json")
+          f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {run_dir}/es.json")
 
 
-def cmd_grpo(a) -> None:
-    from thickets.baselines.grpo import GRPOSettings, run_grpo
-
-    cfg = GRPOSettings(model=a.model, task=a.task, steps=a.steps, num_generations=a.num_generations,
-                       prompts_per_step=a.prompts_per_step, learning_rate=a.learning_rate,
-                       max_new_tokens=a.max_new_tokens, val_size=a.val_size, lora=a.lora, seed=a.seed)
-    _check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
-    log = run_grpo(cfg, a.out, progress=not a.quiet)
-    (Path(a.out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
+def cmd_grpo(a: Parsed, quiet: bool) -> None:
+    cfg, out = a[GRPOSettings], a[OutFolder].out
+    check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
+    log = run_grpo(cfg, out, progress=not quiet)
+    (Path(out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
     rewards = " ".join(f"{s['reward']:.3f}" for s in log["steps"])
     print(f"GRPO: mean reward per step {rewards}; {log['tokens']} tokens generated in {log['seconds']:.0f} s; "
           f"model in {log['model_dir']}")
 
 
-def cmd_compare(a) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def cmd_compare(a: Parsed, quiet: bool) -> None:
+    cfg, out = a[CompareConfig], a[OutFolder].out
+    check_inputs(cfg.task, cfg.model, 0, cfg.val_size, cfg.test_size)
+    result = compare(cfg, out, progress=not quiet)
+    print_compare(f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, {result['test_size']} test "
+                  f"questions", result["rows"])
+    print(f"written: {out}/compare.json, {out}/compare.png")
 
-    from thickets.baselines.compare import CompareConfig, compare
 
-    cfg = CompareConfig(model=a.model, task=a.task, budget=a.budget, val_size=a.val_size, test_size=a.test_size,
-                        max_new_tokens=a.max_new_tokens, top_k=a.top_k, seed=a.seed)
-    _check_inputs(cfg.task, cfg.model, 0, cfg.val_size, cfg.test_size)
-    result = compare(cfg, a.out, progress=not a.quiet)
-    t = Table(title=f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, "
-                    f"{result['test_size']} test questions")
-    for col in ("method", "train tokens", "wall time", "test accuracy", "answers per question",
-                "test tokens per question"):
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for r in result["rows"]:
-        t.add_row(r["method"], str(r["train_tokens"]), f"{r['seconds']:.0f} s", f"{r['accuracy']:.1%}",
-                  str(r["test_answers_per_question"]), f"{r['test_tokens_per_question']:.1f}")
-    Console().print(t)
-    print(f"written: {a.out}/compare.json, {a.out}/compare.png")
+Command = tuple[str, Sequence[type], Callable[[Parsed, bool], None]]
+COMMANDS: dict[str, Command] = {
+    "search": ("score N random perturbations on the validation split", (SearchConfig, ExecutorOptions, RunFolder),
+               cmd_search),
+    "ensemble": ("top-K majority vote vs base vs best single, on held-out test data", (EnsembleArgs,), cmd_ensemble),
+    "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
+    "demo": ("the embedded model end to end: search, then ensemble", (DemoArgs,), cmd_demo),
+    "score": ("score one completion: extracted answer, vote key, reward, correct", (ScoreArgs,), cmd_score),
+    "bench": ("speed, side by side: our decoder vs generate, search vs a naive loop", (BenchConfig, JsonOut),
+              cmd_bench),
+    "race-replay": ("how racing would have done on a finished run: same top-K, work saved", (ReplayArgs,),
+                    cmd_race_replay),
+    "toy": ("the 1D signal experiment: where pretraining makes improving perturbations dense", (ToyConfig, ToyArgs),
+            cmd_toy),
+    "analyze": ("landscape of a run: densities, sigma curve, top-K curve, map, report.html", (AnalyzeArgs,),
+                cmd_analyze),
+    "density": ("a search without ensemble, then the density of improving perturbations",
+                (SearchConfig, ExecutorOptions, RunFolder, DensityArgs), cmd_density),
+    "es": ("evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline", (ESConfig, RunFolder), cmd_es),
+    "grpo": ("GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline",
+             (GRPOSettings, OutFolder), cmd_grpo),
+    "compare": ("RandOpt vs ES vs GRPO at an equal budget of generated tokens", (CompareConfig, OutFolder), cmd_compare),
+    "tasks": ("list the tasks", (), cmd_tasks),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,126 +317,35 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and top-K majority vote")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
-    defaults = SearchConfig()
-
-    p = sub.add_parser("search", help="score N random perturbations on the validation split")
-    _add_search_args(p, defaults)
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("ensemble", help="top-K majority vote vs base vs best single, on held-out test data")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--top-k", default="1,5", help="K values, e.g. 1,5,10")
-    p.add_argument("--test-size", type=int, default=100)
-    p.set_defaults(func=cmd_ensemble)
-
-    p = sub.add_parser("export", help="write a candidate as a standalone Hugging Face model folder")
-    p.add_argument("--run-dir", help="export from this run (with --rank)")
-    p.add_argument("--rank", type=int, default=1, help="1 = best candidate on validation")
-    p.add_argument("--model", default=defaults.model, help="base model (with --seed and --sigma)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--sigma", type=float)
-    p.add_argument("--include", default="*")
-    p.add_argument("--exclude", default="")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("demo", help="the embedded model end to end: search, then ensemble")
-    p.add_argument("--run-dir", default="runs/demo")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("score", help="score one completion: extracted answer, vote key, reward, correct")
-    p.add_argument("--task", required=True)
-    _add_task_source_args(p)
-    p.add_argument("--example", required=True, help='the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
-    p.add_argument("--completion-file", required=True, help="file with the model's completion, or - for stdin")
-    p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser("bench", help="speed, side by side: our decoder vs generate, search vs a naive loop")
-    bdef = BenchConfig()
-    p.add_argument("--model", default=bdef.model)
-    p.add_argument("--task", default=bdef.task)
-    p.add_argument("--candidates", type=int, default=bdef.candidates, help="candidates per side of the search comparison")
-    p.add_argument("--val-size", type=int, default=bdef.val_size)
-    p.add_argument("--max-new-tokens", type=int, default=bdef.max_new_tokens)
-    p.add_argument("--batch-sizes", default=",".join(map(str, bdef.batch_sizes)))
-    p.add_argument("--decode-tokens", type=int, default=bdef.decode_tokens)
-    p.add_argument("--json", help="write the figures to this file")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("race-replay", help="how racing would have done on a finished run: same top-K, work saved")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--top-k", default="1,3,5")
-    p.add_argument("--chunk", type=int, default=8, help="examples scored between racing decisions")
-    p.add_argument("--orders", type=int, default=200, help="random example and candidate orders to replay")
-    p.set_defaults(func=cmd_race_replay)
-
-    p = sub.add_parser("toy", help="the 1D signal experiment: where pretraining makes improving perturbations dense")
-    p.add_argument("--quick", action="store_true", help="a smaller grid, under 2 minutes on 2 cores")
-    p.add_argument("--population", type=int, help="perturbations per cell (default 1000, quick 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/toy", help="folder for results.json and the figures")
-    p.set_defaults(func=cmd_toy)
-
-    p = sub.add_parser("analyze", help="landscape of a run: densities, sigma curve, top-K curve, map, report.html")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--delta", type=float, default=0.02, help="also count candidates above base + delta")
-    p.add_argument("--no-map", action="store_true", help="skip the perturbation map (N+2 noise passes)")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("density", help="a search without ensemble, then the density of improving perturbations")
-    _add_search_args(p, defaults)
-    p.add_argument("--delta", type=float, default=0.02)
-    p.set_defaults(func=cmd_density)
-
-    p = sub.add_parser("es", help="evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline")
-    p.add_argument("--model", default=defaults.model)
-    p.add_argument("--task", default=defaults.task)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--population", type=int, default=30)
-    p.add_argument("--sigma", type=float, default=1e-3)
-    p.add_argument("--alpha", type=float, default=5e-4)
-    p.add_argument("--val-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", required=True, help="ES log (es.json), resumed if it exists")
-    p.set_defaults(func=cmd_es)
-
-    p = sub.add_parser("grpo", help="GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline")
-    p.add_argument("--model", default=defaults.model)
-    p.add_argument("--task", default=defaults.task)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--num-generations", type=int, default=4, help="completions per prompt (the GRPO group)")
-    p.add_argument("--prompts-per-step", type=int, default=2)
-    p.add_argument("--learning-rate", type=float, default=1e-5)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--val-size", type=int, default=32, help="training prompts: the validation split")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged when saved")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for the trained model and grpo.json")
-    p.set_defaults(func=cmd_grpo)
-
-    p = sub.add_parser("compare", help="RandOpt vs ES vs GRPO at an equal budget of generated tokens")
-    p.add_argument("--model", default=defaults.model)
-    p.add_argument("--task", default="products")
-    p.add_argument("--budget", type=int, default=100_000, help="generated tokens per method")
-    p.add_argument("--val-size", type=int, default=32)
-    p.add_argument("--test-size", type=int, default=100)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("tasks", help="list the tasks")
-    p.set_defaults(func=cmd_tasks)
+    for name, (help_text, classes, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if classes:
+            p.add_argument("--config", help="a JSON or YAML file of settings, keyed by the names the flags stand "
+                                            "for (sigmas, val_size, ...); flags given here override it")
+        seen: set[str] = set()
+        for cls in classes:
+            add_fields(p, cls, skip=tuple(seen))
+            seen.update(f.name for f in cls.__dataclass_fields__.values())
     return parser
+
+
+def _parse(args: argparse.Namespace) -> Parsed:
+    """Each dataclass of the command, from its flags over its config file; {"given": ...} holds what was
+    given explicitly, per class (the toy's --quick fills the rest from its own defaults)."""
+    _, classes, _ = COMMANDS[args.command]
+    file = read_config_file(args.config, classes) if getattr(args, "config", None) else None
+    parsed: Parsed = {"given": {}}
+    for cls in classes:
+        given = values(args, cls, file)
+        parsed["given"][cls] = given
+        parsed[cls] = cls(**given)
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        COMMANDS[args.command][2](_parse(args), args.quiet)
     except ThicketsError as e:
         print(f"thickets: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
@@ -464,5 +359,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -8,8 +8,12 @@ show whether the thicket exists at this scale.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from thickets.analysis.reports import ensemble, print_table
+from thickets.progress import console
 from thickets.randopt.config import SearchConfig
+from thickets.randopt.search import search
 
 DEMO_CONFIG = SearchConfig(
     model="smollm2-135m",
@@ -24,13 +28,8 @@ DEMO_TOP_K = (3, 5)  # K=1 is the best single expert, always reported
 DEMO_TEST_SIZE = 150
 
 
-def demo(run_dir: str | Path = "runs/demo", *, progress: bool = True) -> dict:
+def demo(run_dir: str | Path = "runs/demo", *, progress: bool = True) -> dict[str, Any]:
     """Search, then ensemble; prints the table and returns the report."""
-    from thickets.cli.commands import print_table
-    from thickets.randopt.ensemble import ensemble
-    from thickets.progress import console
-    from thickets.randopt.search import search
-
     c = DEMO_CONFIG
     console.print(f"[bold]thickets demo[/]: RandOpt on {c.model}, task {c.task}: {c.population} perturbations "
                   f"(sigma {', '.join(map(str, c.sigmas))}) scored on {c.val_size} validation examples, then the "

@@ -1,36 +1,55 @@
-"""Engines generate text from a model whose weights can be perturbed and restored exactly."""
+"""Engines generate text from a model whose weights can be perturbed and restored exactly.
+
+`ENGINES` maps an engine's name (the config's `engine`) to its factory; a factory imports its
+engine when called, so choosing the transformers engine never imports vLLM and the reverse.
+"""
 
 from __future__ import annotations
 
-from thickets.engines.base import Engine, count_tokens, cut_at_stop, prompt_token_ids, render_prompt, uses_chat_template
+import importlib.util
+from collections.abc import Callable
 
-ENGINES = ("transformers", "vllm")
+from thickets.engines.base import (
+    Engine,
+    count_tokens,
+    cut_at_stop,
+    prompt_token_ids,
+    render_prompt,
+    uses_chat_template,
+)
+from thickets.errors import ThicketsError
+from thickets.models import ModelIdentity, load, local_folder, resolve
+
+Factory = Callable[[str, str, str, int], tuple[Engine, ModelIdentity]]  # (model, dtype, device, batch size)
 
 
-def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
-                batch_size: int = 32):
-    """(engine, model identity) for a model name or path."""
-    from thickets.errors import ThicketsError
-    from thickets.models import load
-
-    if engine not in ENGINES:
-        raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
-    if engine == "vllm":
-        from thickets.models import local_folder, resolve
-
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'")
-        from thickets.engines.experimental.vllm_engine import VLLMEngine
-
-        identity = resolve(model)
-        return VLLMEngine(str(local_folder(identity)), dtype=dtype, batch_size=batch_size), identity
+def _transformers(model: str, dtype: str, device: str, batch_size: int) -> tuple[Engine, ModelIdentity]:
     from thickets.engines.transformers_engine import TransformersEngine
 
     m, tok, identity = load(model, dtype=dtype, device=device)
     return TransformersEngine(m, tok, batch_size=batch_size), identity
 
 
-__all__ = ["Engine", "ENGINES", "count_tokens", "cut_at_stop", "load_engine", "prompt_token_ids", "render_prompt",
-           "uses_chat_template"]
+def _vllm(model: str, dtype: str, device: str, batch_size: int) -> tuple[Engine, ModelIdentity]:
+    if importlib.util.find_spec("vllm") is None:
+        raise ThicketsError("the vLLM engine needs vLLM and a GPU: pip install 'thickets[vllm]'")
+    from thickets.engines.experimental.vllm_engine import VLLMEngine
+
+    identity = resolve(model)
+    return VLLMEngine(str(local_folder(identity)), dtype=dtype, batch_size=batch_size), identity
+
+
+FACTORIES: dict[str, Factory] = {"transformers": _transformers, "vllm": _vllm}
+ENGINES = tuple(FACTORIES)
+
+
+def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
+                batch_size: int = 32) -> tuple[Engine, ModelIdentity]:
+    """(engine, model identity) for a model name or path."""
+    if engine not in FACTORIES:
+        raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    return FACTORIES[engine](model, dtype, device, batch_size)
+
+
+__all__ = ["ENGINES", "Engine", "FACTORIES", "count_tokens", "cut_at_stop", "load_engine", "prompt_token_ids",
+           "render_prompt", "uses_chat_template"]

@@ -15,9 +15,9 @@ import torch
 if TYPE_CHECKING:
     import numpy
 
-from thickets.noise import PerturbationSpec, add_noise_, standard_noise
 from thickets.engines import fast_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
+from thickets.noise import PerturbationSpec, add_noise_, standard_noise
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

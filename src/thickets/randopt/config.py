@@ -1,49 +1,56 @@
-"""Run configuration as dataclasses (as TRL does), validated before anything touches the store."""
+"""Run configuration as dataclasses (as TRL does), validated before anything touches the store.
+
+Each field's help text is on the field; the command line is generated from these (cli/args.py).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from thickets.engines import ENGINES
 from thickets.errors import ThicketsError
-from thickets.noise import ParamFilter, PerturbationSpec, STRATEGIES
-from thickets.randopt.racing import Race
+from thickets.models import DTYPES
+from thickets.noise import STRATEGIES, ParamFilter, PerturbationSpec, candidate_seed
+from thickets.options import commas, option, parse_floats, parse_patterns
+from thickets.randopt.racing import MODES, Race
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that fixes a search's population and scores. Stored in the run folder."""
 
-    model: str = "smollm2-135m"
-    task: str = "countdown"
-    population: int = 32
-    sigmas: tuple[float, ...] = (1e-3,)
-    val_size: int = 64
-    max_new_tokens: int = 256
-    seed: int = 0  # fixes the population
-    split_seed: int = 0  # fixes which examples form the validation and test splits
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-    strategy: str = "gaussian"
-    batch_size: int = 32
-    engine: str = "transformers"  # or vllm (GPU, experimental)
-    dtype: str = "float32"
-    chat_template: bool = True
-    #: for tasks read from a file: FIELD=COLUMN pairs naming the columns the task reads
-    columns: tuple[str, ...] = ()
-    #: a TRL-style reward function, module:function or file.py:function, replacing the task's reward
-    reward: str | None = None
-    #: stop scoring a candidate once it cannot reach the top `racing_top_k`: off, exact or hoeffding
-    racing: str = "off"
-    racing_top_k: int = 5
-    racing_delta: float = 0.05  # hoeffding only: the chance of dropping a true top-K candidate, per candidate
-    #: seconds a user's reward function may take for one batch before the run stops with an error
-    reward_timeout: float = 300.0
-    #: how validation examples are cut into generation batches; fixed by the run folder, never by a flag:
-    #: "chunks" (batch_size examples at a time in validation order, the same batches racing scores) or
-    #: "split" (runs made before: the whole split at once, bucketed by length)
-    batching: str = "chunks"
+    model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m (the embedded default)")
+    task: str = option("countdown", "task name, gym:NAME, KIND:DATA_FILE, or several separated by commas "
+                                    "(see `thickets tasks`)")
+    population: int = option(32, "number of candidates N (a larger number extends an existing run)")
+    sigmas: tuple[float, ...] = option((1e-3,), "noise scale, or a grid a,b,c taken in round robin", flag="--sigma",
+                                       parse=parse_floats, show=commas)
+    val_size: int = option(64, "validation examples each candidate is scored on")
+    max_new_tokens: int = option(256, "tokens generated at most per answer")
+    seed: int = option(0, "population seed: candidate i's noise seed comes from it and i")
+    split_seed: int = option(0, "seed of the validation/test splits")
+    include: tuple[str, ...] = option(("*",), "parameter name patterns to perturb", parse=parse_patterns, show=commas)
+    exclude: tuple[str, ...] = option((), "parameter name patterns to leave alone", parse=parse_patterns, show=commas)
+    strategy: str = option("gaussian", "noise strategy", choices=tuple(STRATEGIES))
+    batch_size: int = option(32, "prompts generated together")
+    engine: str = option("transformers", "vllm: GPUs only, experimental (see README)", choices=ENGINES)
+    dtype: str = option("float32", "weights' dtype", choices=DTYPES)
+    chat_template: bool = option(True, "feed the prompt through the tokenizer's chat template "
+                                       "(--no-chat-template: the raw prompt)")
+    columns: tuple[str, ...] = option((), "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. "
+                                          "question=problem,answer=solution", parse=parse_patterns, show=commas)
+    reward: str | None = option(None, "a TRL-style reward function, module:function or file.py:function, replacing "
+                                      "the task's reward")
+    racing: str = option("off", "stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)",
+                         choices=MODES)
+    racing_top_k: int = option(5, "the K racing keeps exact")
+    racing_delta: float = option(0.05, "hoeffding racing: the chance of dropping a candidate as good as the K-th")
+    reward_timeout: float = option(300.0, "seconds a --reward function may take per batch before the run stops")
+    batching: str = option("chunks", "how examples are cut into generation batches, fixed by the run folder: "
+                                     "'chunks' (batch_size at a time in validation order, the batches racing "
+                                     "scores) or 'split' (runs made before 0.2: the whole split by length)",
+                           cli=False)
     #: fields a later call may change without changing what the finished candidates mean
     EXTENDABLE = ("population", "reward_timeout")
     #: fields an existing run folder decides, whatever a later call says
@@ -62,9 +69,10 @@ class SearchConfig:
             raise ThicketsError(f"population must be between 1 and {MAX_POPULATION:,}, got {self.population}")
         if not self.sigmas:
             raise ThicketsError("give at least one sigma")
+        if not self.include:
+            raise ThicketsError("the parameter filter includes nothing")
         for s in self.sigmas:
-            if not (s > 0 and math.isfinite(s)):
-                raise ThicketsError(f"sigma must be a positive number, got {s}")
+            PerturbationSpec(0, s, self.strategy, self.filter)  # sigma and strategy are checked there, and only there
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ThicketsError(f"sigma grid has repeated values: {self.sigmas}")
         check_split_size("val-size", self.val_size)
@@ -79,14 +87,10 @@ class SearchConfig:
         for what, v in (("seed", self.seed), ("split-seed", self.split_seed)):
             if not 0 <= v < 2**62:
                 raise ThicketsError(f"{what} must be in [0, 2**62), got {v}")
-        if self.strategy not in STRATEGIES:
-            raise ThicketsError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        if self.engine not in ("transformers", "vllm"):
-            raise ThicketsError(f"unknown engine {self.engine!r}; use transformers or vllm")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ThicketsError(f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
-        if not self.include:
-            raise ThicketsError("the parameter filter includes nothing")
+        if self.engine not in ENGINES:
+            raise ThicketsError(f"unknown engine {self.engine!r}; use {' or '.join(ENGINES)}")
+        if self.dtype not in DTYPES:
+            raise ThicketsError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
         Race(self.val_size, self.racing_top_k, self.racing, self.racing_delta)  # raises on a bad setting
 
     @property
@@ -139,38 +143,3 @@ BATCHINGS = ("chunks", "split")
 def check_split_size(what: str, n: int) -> None:
     if not 1 <= n <= MAX_SPLIT:
         raise ThicketsError(f"{what} must be between 1 and {MAX_SPLIT:,} (a split is held in memory), got {n}")
-
-
-def candidate_seed(run_seed: int, index: int) -> int:
-    """A 62-bit seed per (run seed, index): different run seeds give unrelated populations."""
-    digest = hashlib.blake2b(f"{run_seed}:{index}".encode(), digest_size=8, person=b"thickets-cand").digest()
-    return int.from_bytes(digest, "little") >> 2
-
-
-def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ThicketsError(f"{what} must be numbers separated by commas, got {text!r}") from None
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ThicketsError(f"{what} must be integers separated by commas, got {text!r}") from None
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """`thickets bench`: the figures of BENCHMARKS.md, measured side by side in one run."""
-
-    model: str = "smollm2-135m"
-    task: str = "products"
-    candidates: int = 6  # per side of the search comparison
-    val_size: int = 32
-    max_new_tokens: int = 12
-    sigma: float = 1e-3
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    decode_tokens: int = 32  # tokens per row in the decode comparison
-    top_k: int = 3

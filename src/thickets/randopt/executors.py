@@ -13,17 +13,27 @@ the head of the queue; Ray restarts the actor (it reloads the model) and it goes
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
-from thickets.randopt.config import SearchConfig
+from thickets.engines import Engine
 from thickets.errors import ThicketsError
+from thickets.options import option
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.scoring import engine_for, evaluate, race_for, task_for
+from thickets.tasks import Example, ScoredExample, Task
+from thickets.tasks.splits import make_splits
 
 Item = int | None  # None: the base model
-Result = tuple[Item, list, float]
+Result = tuple[Item, list[ScoredExample], float]
 EXECUTORS = ("inprocess", "ray")
 
 
@@ -49,23 +59,15 @@ class Executor(Protocol):
 class _Scorer:
     """What a worker holds: the engine, the task and its validation split, and racing's rule."""
 
-    def __init__(self, config: SearchConfig, engine=None, device: str = "cpu", task=None, val=None):
-        from thickets.engines import load_engine
-        from thickets.randopt.search import race_for, task_for
-        from thickets.tasks.splits import make_splits
-
+    def __init__(self, config: SearchConfig, engine: Engine | None = None, device: str = "cpu",
+                 task: Task | None = None, val: Sequence[Example] | None = None):
         self.config = config
         self.task = task_for(config) if task is None else task  # a worker builds its own; search() passes its
         self.val = make_splits(self.task, config.split_seed, config.val_size)[0] if val is None else val
         self.race = race_for(config, self.task)
-        if engine is None:
-            engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
-                                    batch_size=config.batch_size)
-        self.engine = engine
+        self.engine = engine_for(config, device) if engine is None else engine
 
     def score(self, item: Item, threshold: float | None) -> Result:
-        from thickets.randopt.search import evaluate
-
         spec = None if item is None else self.config.candidate(item)
         t0 = time.perf_counter()
         rows = evaluate(self.engine, self.task, self.val, self.config, spec,
@@ -217,7 +219,6 @@ class RayExecutor:
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Refuse a Ray address nothing answers at, in seconds (ray.init retries for minutes)."""
-    import socket
 
     if address in ("auto", "local"):
         return
@@ -233,7 +234,6 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def connect(ray, address: str) -> None:
     """ray.init on a cluster, its retries' log lines kept off the terminal; a failure is one line."""
-    import tempfile
 
     saved = os.dup(2)
     try:
@@ -252,8 +252,6 @@ def connect(ray, address: str) -> None:
 def watch_local_ray(ray) -> None:
     """A local Ray outlives a driver killed with SIGKILL (its shutdown runs at exit). A watcher process,
     holding a pipe from this one, stops Ray's processes of this session when the pipe closes."""
-    import subprocess
-    import sys
 
     node = ray._private.worker.global_worker.node
     session = Path(node.get_session_dir_path()).name
@@ -299,11 +297,22 @@ class _RayWorker:
         return self._scorer.score(item, threshold)
 
 
-def make_executor(kind: str, config: SearchConfig, *, engine=None, ray_options: RayOptions | None = None):
-    if kind == "inprocess":
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where a search scores its candidates (not part of the run: any executor gives the same scores)."""
+
+    executor: str = option("inprocess", "where candidates are scored: this process, or Ray actors (see README: "
+                                         "Scaling out)", choices=EXECUTORS)
+    address: str | None = option(None, "ray: an existing cluster (ray start --head ...); default: a local Ray")
+    workers: int = option(2, "ray: actors, each loading the model once")
+    gpus_per_worker: float = option(0.0, "ray: GPUs per actor (0: CPU)")
+
+
+def make_executor(options: ExecutorOptions, config: SearchConfig, *, engine: Engine | None = None) -> Executor:
+    if options.executor == "inprocess":
         return InProcessExecutor(config, engine)
-    if kind == "ray":
+    if options.executor == "ray":
         if engine is not None:
             raise ThicketsError("the Ray executor loads the model in its workers; do not pass an engine")
-        return RayExecutor(config, ray_options or RayOptions())
-    raise ThicketsError(f"unknown executor {kind!r}; available: {', '.join(EXECUTORS)}")
+        return RayExecutor(config, RayOptions(options.address, options.workers, options.gpus_per_worker))
+    raise ThicketsError(f"unknown executor {options.executor!r}; available: {', '.join(EXECUTORS)}")

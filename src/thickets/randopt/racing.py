@@ -150,27 +150,3 @@ def replay_many(rewards: Sequence[Sequence[float]], race: Race, orders: int = 20
     return {"mode": race.mode, "delta": race.delta, "k": race.k, "orders": orders,
             "same_top_k": same / orders, "top_k_overlap": sum(overlap) / orders,
             "generation_saved": sum(saved) / orders}
-
-
-def stored_rewards(run_dir) -> list[list[float]]:
-    """Per-example validation rewards of a run's fully scored candidates (candidate x example)."""
-    from thickets.randopt.store import RunStore, candidate_model
-
-    with RunStore.open(run_dir, write=False) as store:
-        out = []
-        for c in store.candidates():
-            if c.complete:
-                scores = store.scores(candidate_model(c.idx), "val")
-                out.append([scores[i].reward for i in sorted(scores)])
-    return out
-
-
-def replay_run(run_dir, k: int = 5, chunk: int = 8, deltas: Sequence[float] = (0.2, 0.05, 0.01),
-               orders: int = 200, reward_range: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
-    """How racing would have done on a finished exhaustive run: top-K agreement and generation saved."""
-    rewards = stored_rewards(run_dir)
-    if len(rewards) <= k:
-        raise ThicketsError(f"replaying racing needs more than {k} fully scored candidates in {run_dir}")
-    races = [Race(len(rewards[0]), k, "exact", 0.05, *reward_range, chunk=chunk)]
-    races += [Race(len(rewards[0]), k, "hoeffding", d, *reward_range, chunk=chunk) for d in deltas]
-    return [replay_many(rewards, race, orders) for race in races]

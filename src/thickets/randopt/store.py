@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
-from thickets.tasks.base import Example, Score
+from thickets.randopt.config import SearchConfig
+from thickets.tasks.base import Score, ScoredExample
+from thickets.tasks.multi import task_of
 
 DB_NAME = "thickets.sqlite"
 BASE = "base"
@@ -312,10 +313,21 @@ class RunStore:
         )
         return {ex: Score(answer, key, reward, bool(correct)) for ex, answer, key, reward, correct in rows}
 
-    def example_ids(self, split: str) -> dict[int, str]:
-        """The id of every stored example position of a split, as the run first scored it."""
-        rows = self.con.execute("SELECT DISTINCT example, example_id FROM results WHERE split=?", (split,))
+    def example_ids(self, split: str, model: str | None = None) -> dict[int, str]:
+        """The id of every stored example position of a split (of one model's results, or any model's)."""
+        if model is None:
+            rows = self.con.execute("SELECT DISTINCT example, example_id FROM results WHERE split=?", (split,))
+        else:
+            rows = self.con.execute("SELECT example, example_id FROM results WHERE split=? AND model=?", (split, model))
         return dict(rows.fetchall())
+
+    def val_reward_by_task(self) -> dict[str, dict[str, float]]:
+        """Mean validation reward of every model (base and candidates) on each task of a multi-task run,
+        {model: {task: mean}}, in one pass over the stored results."""
+        sums: dict[str, dict[str, list[float]]] = {}
+        for model, ex_id, reward in self.con.execute("SELECT model, example_id, reward FROM results WHERE split='val'"):
+            sums.setdefault(model, {}).setdefault(task_of(ex_id), []).append(reward)
+        return {m: {t: sum(v) / len(v) for t, v in per.items()} for m, per in sums.items()}
 
     def completions(self, model: str, split: str) -> dict[int, str]:
         rows = self.con.execute("SELECT example, completion FROM results WHERE model=? AND split=?", (model, split))
@@ -323,17 +335,17 @@ class RunStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _insert_results(self, model: str, split: str, rows: Iterable[tuple[int, Example, str, Score]]) -> None:
+    def _insert_results(self, model: str, split: str, rows: Iterable[ScoredExample]) -> None:
         self.con.executemany(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(model, split, pos, ex.id, comp, s.answer, s.vote_key, float(s.reward), int(bool(s.correct)))
              for pos, ex, comp, s in rows],
         )
 
-    def add_candidate(self, idx: int, seed: int, sigma: float, rows: Sequence[tuple[int, Example, str, Score]],
+    def add_candidate(self, idx: int, seed: int, sigma: float, rows: Sequence[ScoredExample],
                       seconds: float) -> Candidate:
         """One candidate and its validation results (all, or those scored before racing stopped it), atomically."""
-        summary = Summary.of([r[3] for r in rows])
+        summary = Summary.of([r.score for r in rows])
         with self.transaction():
             self._insert_results(candidate_model(idx), "val", rows)
             self.con.execute(
@@ -344,7 +356,14 @@ class RunStore:
         return Candidate(idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds,
                          complete=len(rows) >= self.config.val_size)
 
-    def add_results(self, model: str, split: str, rows: Sequence[tuple[int, Example, str, Score]]) -> None:
+    def keep_first(self, count: int) -> None:
+        """Drop every candidate from index `count` on, with its results: the run as it stood after `count`."""
+        with self.transaction():
+            self.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
+            self.con.execute("DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?",
+                             (count,))
+
+    def add_results(self, model: str, split: str, rows: Sequence[ScoredExample]) -> None:
         """Per-example results of the base model, or of an expert on the test split, atomically."""
         with self.transaction():
             self._insert_results(model, split, rows)

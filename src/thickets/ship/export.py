@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from thickets.version import __version__
+from thickets.disk import written_whole
+from thickets.engines import load_engine
 from thickets.errors import ThicketsError
+from thickets.models import resolve
 from thickets.noise import NOISE_VERSION, ParamFilter, PerturbationSpec
-from thickets.randopt.search import load_run_config
-from thickets.randopt.search import rank as rank_candidates
+from thickets.randopt.scoring import load_run_config
 from thickets.randopt.store import RunStore
+from thickets.randopt.vote import rank as rank_candidates
+from thickets.version import __version__
 
 RECIPE_NAME = "thickets_recipe.json"
 
@@ -51,7 +52,6 @@ def _check_out(out: Path) -> None:
 
 def build(model: str, spec: PerturbationSpec, dtype: str = "float32"):
     """(model, tokenizer, identity) with the perturbation applied for good."""
-    from thickets.engines import load_engine
 
     engine, identity = load_engine(model, dtype=dtype)
     engine.perturb(spec)  # never restored: this model is the perturbed one
@@ -63,25 +63,16 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
     out = Path(out)
     _check_out(out)
     m, tok, identity = build(model, spec, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with written_whole(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
     """Export the candidate at `rank` (1 = best on validation) of a run. The base model must be the one
     the run was made with (its content hash), or the export would be another model."""
-    from thickets.models import resolve
 
     config = load_run_config(run_dir)
     with RunStore.open(run_dir, write=False) as store:
@@ -111,7 +102,6 @@ def spec_from_recipe(data: dict) -> PerturbationSpec:
 def rebuild(recipe_path: str | Path, model: str | None = None):
     """(model, tokenizer) rebuilt from a recipe; the base's content hash must match the recorded one."""
     data = json.loads(Path(recipe_path).read_text())
-    from thickets.models import resolve
 
     base = data["base_model"]
     name = model or base["name"]

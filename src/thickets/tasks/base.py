@@ -1,14 +1,20 @@
-"""The task protocol: pure Python, no torch, so tasks can be tested and scored anywhere.
+"""The task contract: pure Python, no torch, so tasks can be tested and scored anywhere.
 
 A task is a deterministic stream of examples plus a scorer. Reward (what the search
 maximises) and correctness (what accuracy and the ensemble count) are kept apart, because
 some tasks give partial credit or a format bonus that must never count as "correct".
+
+`Task` names every hook the rest of thickets may use, each with a default, so no caller
+probes a task for attributes. A task written without the base class (any object with `name`,
+`description`, `stop`, `system_prompt`, `examples` and `score`) is wrapped by `as_task`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -38,20 +44,97 @@ class Score:
         return self.answer is not None
 
 
-@runtime_checkable
-class Task(Protocol):
-    name: str
-    description: str
+class ScoredExample(NamedTuple):
+    """One row of a model's results: the example's position in its split, the example, what the
+    model wrote, and how that scored."""
+
+    position: int
+    example: Example
+    completion: str
+    score: Score
+
+
+_NONE: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+
+
+class Task:
+    """Every hook a task may have, with its default. Subclasses set `name` and `description` and
+    implement `examples` and `score`; the rest is optional."""
+
+    name: str = "task"
+    description: str = ""
     #: strings that end generation early (the completion is cut after them)
-    stop: tuple[str, ...]
+    stop: tuple[str, ...] = ()
     #: a system message for chat models, or None to use the model's default
-    system_prompt: str | None
-    # optional: `reward_range = (low, high)`, the bounds racing relies on; (0, 1) when absent
+    system_prompt: str | None = None
+    #: the bounds of one reward, which racing relies on; None when unknown (a user's reward function)
+    reward_range: tuple[float, float] | None = (0.0, 1.0)
+    #: files and functions the task reads, {role: {"path" or "function", "sha256"}}: a run refuses to
+    #: go on when one changes
+    sources: Mapping[str, Mapping[str, str]] = _NONE
+    #: PyPI packages whose code makes the examples or the verdicts; their versions are recorded
+    packages: tuple[str, ...] = ()
+    #: True for a task with no verifier of its own (prompts only): it needs a --reward function
+    needs_reward: bool = False
+    #: for several tasks in one run: {name: task}; None for a single task
+    parts: Mapping[str, Task] | None = None
 
     def examples(self, seed: int) -> Iterator[Example]:
         """A deterministic stream of examples for this seed (finite or endless)."""
-        ...
+        raise NotImplementedError
 
     def score(self, example: Example, completion: str) -> Score:
         """Extract, check and reward one completion. Must be fast on adversarial text."""
-        ...
+        raise NotImplementedError
+
+    def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
+        """Scores for many completions at once (a sandboxed or user scorer takes them in one call)."""
+        return [self.score(ex, c) for ex, c in zip(examples, completions)]
+
+    def check(self, examples: Sequence[Example]) -> None:
+        """Fail now, before any model loads, on what would fail later (a user's reward function)."""
+
+    def example_from_row(self, row: Mapping[str, Any]) -> Example:
+        """An example from user-written JSON (`thickets score`): {prompt, data}, or the data itself."""
+        data = row.get("data")
+        if isinstance(data, dict):
+            return Example(id=str(row.get("id", "example")), prompt=str(row.get("prompt", "")), data=data)
+        return Example(id=str(row.get("id", "example")), prompt=str(row.get("prompt", "")), data=dict(row))
+
+
+class _Adapted(Task):
+    """A task object written without the base class, given the base class's defaults for what it lacks."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        for hook in ("name", "description", "stop", "system_prompt", "reward_range", "sources", "packages",
+                     "needs_reward"):
+            if hasattr(inner, hook):
+                setattr(self, hook, getattr(inner, hook))
+
+    def examples(self, seed: int) -> Iterator[Example]:
+        return iter(self.inner.examples(seed))
+
+    def score(self, example: Example, completion: str) -> Score:
+        result: Score = self.inner.score(example, completion)
+        return result
+
+    def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
+        if hasattr(self.inner, "score_batch"):
+            return list(self.inner.score_batch(examples, completions))
+        return super().score_batch(examples, completions)
+
+    def check(self, examples: Sequence[Example]) -> None:
+        if hasattr(self.inner, "check"):
+            self.inner.check(examples)
+
+    def example_from_row(self, row: Mapping[str, Any]) -> Example:
+        if hasattr(self.inner, "example_from_row"):
+            result: Example = self.inner.example_from_row(row)
+            return result
+        return super().example_from_row(row)
+
+
+def as_task(obj: Any) -> Task:
+    """A Task: the object itself when it derives from Task, else wrapped with the defaults."""
+    return obj if isinstance(obj, Task) else _Adapted(obj)

@@ -26,8 +26,9 @@ from collections import Counter
 from typing import Iterator
 
 from thickets.tasks.arithmetic import EquationError, evaluate_equation
-from thickets.tasks.base import Example, Score
+from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.extract import last_tag
+from thickets.tasks.registry import task
 
 _PROMPT = (
     "Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
@@ -41,7 +42,7 @@ CORRECT_REWARD = 1.0
 _MAX_INTERMEDIATE = 10**12  # evaluate_equation's default max_magnitude
 
 
-class CountdownTask:
+class CountdownTask(Task):
     name = "countdown"
     description = "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct"
     stop = ("</answer>",)
@@ -164,3 +165,14 @@ def _paper_equation(text: str, numbers: list[int]):
     except EquationError:
         return None
     return (value, sorted(used)) if sorted(used) == numbers else None
+
+
+@task("countdown", "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct")
+def countdown() -> CountdownTask:
+    return CountdownTask()
+
+
+@task("countdown-paper", "countdown with the authors' prompt, system message and graded format reward, for numbers "
+                         "comparable with theirs")
+def countdown_paper() -> CountdownPaperTask:
+    return CountdownPaperTask()

@@ -20,8 +20,8 @@ import json
 from typing import Iterator, Sequence
 
 from thickets.errors import ThicketsError
-from thickets.tasks.base import Example, Score
 from thickets.tasks.answers import extract_final_number, parse_number
+from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.extract import last_tag, normalise
 from thickets.tasks.third_party import sandboxed, warm
 
@@ -36,7 +36,7 @@ def gym_task_names() -> tuple[str, ...]:
     return tuple(sorted(DATASETS))
 
 
-class GymTask:
+class GymTask(Task):
     stop = ("</answer>",)
     system_prompt: str | None = None
     packages = ("reasoning-gym",)

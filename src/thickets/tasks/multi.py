@@ -9,28 +9,27 @@ prompt); the candidate's score, what the search ranks, is the mean reward over a
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from thickets.errors import ThicketsError
-from thickets.tasks.base import Example, Score
+from thickets.tasks.base import Example, Score, Task
 
 SEP = "|"
 
 
-class MultiTask:
-    def __init__(self, parts: dict[str, object]):
+class MultiTask(Task):
+    def __init__(self, parts: dict[str, Task]):
         if len(parts) < 2:
             raise ThicketsError("a multi-task run needs at least two different tasks")
         self.parts = parts
         self.name = ",".join(parts)
         self.description = "several tasks, scored together: " + "; ".join(
-            f"{n}: {getattr(t, 'description', '')}" for n, t in parts.items())
-        self.stop = ()
-        self.system_prompt = None
-        lows, highs = zip(*(getattr(t, "reward_range", (0.0, 1.0)) or (None, None) for t in parts.values()))
-        self.reward_range = None if None in lows + highs else (min(lows), max(highs))
-        self.packages = tuple(dict.fromkeys(p for t in parts.values() for p in getattr(t, "packages", ())))
-        self.sources = {f"{n}:{role}": src for n, t in parts.items() for role, src in getattr(t, "sources", {}).items()}
+            f"{n}: {t.description}" for n, t in parts.items())
+        ranges = [t.reward_range for t in parts.values()]
+        self.reward_range = None if None in ranges else (min(r[0] for r in ranges if r), max(r[1] for r in ranges if r))
+        self.packages = tuple(dict.fromkeys(p for t in parts.values() for p in t.packages))
+        self.sources = {f"{n}:{role}": src for n, t in parts.items() for role, src in t.sources.items()}
 
     def examples(self, seed: int) -> Iterator[Example]:
         streams = {n: iter(t.examples(seed)) for n, t in self.parts.items()}
@@ -45,18 +44,33 @@ class MultiTask:
                 continue
             yield Example(f"{name}{SEP}{ex.id}", ex.prompt, {"task": name, "example": ex})
 
-    def part(self, example: Example) -> tuple[str, object, Example]:
-        name = example.data["task"]
-        return name, self.parts[name], example.data["example"]
-
     def score(self, example: Example, completion: str) -> Score:
-        _, task, inner = self.part(example)
-        return task.score(inner, completion)
+        return self.parts[example.data["task"]].score(example.data["example"], completion)
+
+    def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
+        """Each task scores its own examples, in one batch per task."""
+        out: dict[int, Score] = {}
+        for part, idx, inner in by_part(self, examples):
+            out.update(zip(idx, part.score_batch(inner, [completions[i] for i in idx])))
+        return [out[i] for i in range(len(examples))]
 
     def check(self, examples: Sequence[Example]) -> None:
         for part, _, inner in by_part(self, examples):
-            if hasattr(part, "check"):
-                part.check(inner)
+            part.check(inner)
+
+
+T = TypeVar("T")
+
+
+def per_task(task: Task, examples: Sequence[Example], each: Callable[[Task, list[Example]], list[T]]) -> list[T]:
+    """`each(task, examples)` for a single task; for a multi-task run, once per task on its own examples
+    (as that task made them), the results put back in the order of `examples`."""
+    if task.parts is None:
+        return each(task, list(examples))
+    out: dict[int, T] = {}
+    for part, idx, inner in by_part(task, examples):
+        out.update(zip(idx, each(part, inner)))
+    return [out[i] for i in range(len(examples))]
 
 
 def task_names(spec: str) -> list[str]:
@@ -64,10 +78,10 @@ def task_names(spec: str) -> list[str]:
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
-def by_part(task, examples: Sequence[Example]) -> Iterator[tuple[object, list[int], list[Example]]]:
+def by_part(task: Task, examples: Sequence[Example]) -> Iterator[tuple[Task, list[int], list[Example]]]:
     """For a multi-task run: each task, the positions of its examples, and those examples as the task
     made them. Callers work per task and put results back at the positions."""
-    for name, part in task.parts.items():
+    for name, part in (task.parts or {}).items():
         idx = [i for i, ex in enumerate(examples) if ex.data["task"] == name]
         if idx:
             yield part, idx, [examples[i].data["example"] for i in idx]

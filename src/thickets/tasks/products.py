@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
-from thickets.tasks.base import Example, Score
+from thickets.tasks.base import Example, Score, Task
+from thickets.tasks.registry import task
 
 _NUMBER = re.compile(r"-?\d{1,30}")
 _AFTER_EQUALS = re.compile(r"=\s{0,5}(-?\d{1,30})")
@@ -27,7 +28,7 @@ def extract_number(completion: str) -> str | None:
     return str(int(m.group(0))) if m else None
 
 
-class GymNumberTask:
+class GymNumberTask(Task):
     """A reasoning-gym dataset whose answers are integers, scored by exact match of the extracted number."""
 
     stop: tuple[str, ...] = ()  # answers are a few tokens; max_new_tokens bounds them
@@ -54,6 +55,7 @@ class GymNumberTask:
         return Score(answer, answer, float(correct), correct)
 
 
+@task("products", "multiply two 1-2 digit numbers, answer by number (the demo task)")
 def products() -> GymNumberTask:
     return GymNumberTask("products", "products", "multiply two 1-2 digit numbers (reasoning-gym products); "
                          "exact match of the number given", min_digits=1, max_digits=2)

@@ -15,14 +15,15 @@ function, before that batch's scores are stored. Nothing it does can end a run a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from thickets.disk import sha256_of
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.code.pipes import end, import_root, read_line, send
@@ -98,7 +99,7 @@ def load_reward(spec: str, timeout_s: float = 300.0) -> tuple[RewardProcess, str
         raise ThicketsError(f"reward file {target} does not exist")
     proc = RewardProcess(str(Path(target).resolve()) + ":" + attr if target.endswith(".py") else spec, timeout_s)
     proc._start()
-    digest = hashlib.sha256(Path(proc.source).read_bytes()).hexdigest() if proc.source else ""
+    digest = sha256_of([Path(proc.source)]) if proc.source else ""
     return proc, spec, digest
 
 
@@ -113,7 +114,7 @@ class _Raised(Exception):
     """The function raised (its message says what); a failure of the function, not of thickets."""
 
 
-class RewardTask:
+class RewardTask(Task):
     """Any task, with its reward replaced by a user's function; extraction and correctness stay the task's."""
 
     reward_range = None  # unknown: a user's function may return any number
@@ -123,17 +124,15 @@ class RewardTask:
         self.name = inner.name
         self.description = f"{inner.description}; reward from {name}"
         self.stop, self.system_prompt = inner.stop, inner.system_prompt
-        self.sources = {**getattr(inner, "sources", {}), "reward": {"function": name, "sha256": digest}}
-        self.packages = getattr(inner, "packages", ())
-        self._judges = not hasattr(inner, "kind") or inner.kind != "prompts"
+        self.sources = {**inner.sources, "reward": {"function": name, "sha256": digest}}
+        self.packages = inner.packages
+        self._judges = not inner.needs_reward  # a prompts-only task: correct means the reward reaches 1
 
-    def examples(self, seed: int):
+    def examples(self, seed: int) -> Iterator[Example]:
         return self.inner.examples(seed)
 
-    def example_from_row(self, row: dict) -> Example:
-        from thickets.tasks import example_from_dict
-
-        return example_from_dict(self.inner, row)
+    def example_from_row(self, row: Mapping[str, Any]) -> Example:
+        return self.inner.example_from_row(row)
 
     def _call(self, examples: Sequence[Example], completions: Sequence[str], style: str) -> list[float]:
         if style == "chat":
@@ -181,8 +180,7 @@ class RewardTask:
         except _Raised as e:
             raise ThicketsError(f"reward function {self.reward_name} {e}") from None
         scores = []
-        for ex, c, r in zip(examples, completions, rewards):
-            s = self.inner.score(ex, c)
+        for s, r in zip(self.inner.score_batch(examples, completions), rewards):
             correct = s.correct if self._judges else (s.extracted and r >= SUCCESS_REWARD)
             scores.append(Score(s.answer, s.vote_key, r, correct))
         return scores

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
-from thickets.randopt.config import candidate_seed
-from thickets.noise import PerturbationSpec, standard_noise
+from thickets.noise import PerturbationSpec, candidate_seed, standard_noise
 from thickets.progress import bar
+from thickets.toy.config import ToyConfig
 from thickets.toy.signals import CONTEXT, FAMILIES, LENGTH, ROLLOUT, SPECIFIC, sample
 
 INITS = ("xavier", "kaiming", "orthogonal")
@@ -30,29 +30,6 @@ REGIMES: dict[str, tuple[str, ...]] = {  # name -> families pretrained on (empty
 }
 TARGETS: tuple[str, ...] = (*SPECIFIC, *(f"family/{f}" for f in FAMILIES))
 CLAMP = 10.0  # a diverging rollout is clipped, so its error stays finite and comparable
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    population: int = 1000
-    top_k: int = 10
-    sigma_none: float = 0.05  # unpretrained models
-    sigma_pretrained: float = 0.002
-    sweep: tuple[float, ...] = (0.25, 0.5, 2.0, 4.0, 10.0)  # multiples of the regime's sigma
-    sweep_population: int = 200
-    margin: float = 0.1  # "improving": at least this share below the base's error
-    width: int = 128
-    depth: int = 5  # linear layers
-    pretrain_steps: int = 3000
-    pretrain_batch: int = 256
-    pretrain_signals: int = 4096
-    family_targets: int = 16  # signals of a family target
-    seed: int = 0
-
-    @classmethod
-    def quick(cls, **over) -> "ToyConfig":
-        return cls(**{"population": 300, "sweep": (0.5, 4.0), "sweep_population": 100, "pretrain_steps": 1200,
-                      "family_targets": 8, **over})
 
 
 def _layer_shapes(cfg: ToyConfig) -> list[tuple[int, int]]:

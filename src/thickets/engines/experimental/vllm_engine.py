@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from thickets.noise import ParamFilter, PerturbationSpec
 from thickets.engines.base import cut_at_stop, prompt_token_ids
+from thickets.noise import ParamFilter, PerturbationSpec
 
 
 class ThicketsWorkerExtension:

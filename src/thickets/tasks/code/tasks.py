@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from thickets.errors import ThicketsError
-from thickets.tasks.base import Example, Score
-from thickets.tasks.files.rows import RowTask
+from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.code.sandbox import run_python
+from thickets.tasks.files.rows import RowTask
+from thickets.tasks.registry import task
 
 MAX_CODE_CHARS = 20_000  # an answer longer than this is not run (generation is bounded anyway)
 _PY_TAGS = ("python", "python3", "py", "")
@@ -84,7 +85,7 @@ def humaneval_problems() -> tuple[dict[str, str], ...]:
         return tuple(json.loads(line) for line in f if line.strip())
 
 
-class HumanEvalTask:
+class HumanEvalTask(Task):
     """OpenAI HumanEval: complete a function from its signature and docstring; pass its `check`."""
 
     name = "humaneval"
@@ -149,3 +150,8 @@ class MBPPTask(RowTask):
         answer = _clean(extract_code(completion))
         program = f"{example.data['setup']}\n\n{answer}\n\n" + "\n".join(example.data["tests"]) + "\n"
         return _score_program(answer, program, self.timeout_s, self.memory_mb)
+
+
+@task("humaneval", "HumanEval: complete the function; its tests run in the sandbox")
+def humaneval() -> HumanEvalTask:
+    return HumanEvalTask()

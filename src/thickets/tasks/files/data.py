@@ -8,12 +8,12 @@ mapping renames the user's columns to the names a task expects.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from thickets.disk import sha256_of
 from thickets.errors import ThicketsError
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "datasets folder")
@@ -188,12 +188,6 @@ def column(row: Mapping[str, Any], names: tuple[str, ...], mapping: Mapping[str,
 def fingerprint(path: str | Path) -> str:
     """sha256 of a data file, or of a folder's files (names and bytes, in sorted order)."""
     p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    if p.is_dir():
+        return sha256_of(sorted(f for f in p.rglob("*") if f.is_file()), label=lambda f: str(f.relative_to(p)))
+    return sha256_of([p])

@@ -16,12 +16,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from thickets.errors import ThicketsError
-from thickets.tasks.answers import (LETTERS, extract_choice, extract_final_number, extract_order, is_percent, last_boxed,
-                      latex_is_safe, number_key, parse_latex, parse_number)
+from thickets.tasks.answers import (
+    LETTERS,
+    extract_choice,
+    extract_final_number,
+    extract_order,
+    is_percent,
+    last_boxed,
+    latex_is_safe,
+    number_key,
+    parse_latex,
+    parse_number,
+)
 from thickets.tasks.base import Score
 from thickets.tasks.code.tasks import MBPPTask
-from thickets.tasks.files.data import fingerprint, load_rows
 from thickets.tasks.extract import MAX_ANSWER_CHARS, last_tag, normalise
+from thickets.tasks.files.data import fingerprint, load_rows
 from thickets.tasks.files.rows import RowTask
 from thickets.tasks.third_party import sandboxed, warm
 
@@ -220,6 +230,7 @@ class PromptTask(RowTask):
 
     kind = "prompts"
     kind_description = "prompts only; reward from --reward; correct when the reward reaches 1"
+    needs_reward = True
 
     def fields(self, row, where):
         return {"question": _text(self.get(row, where, "prompt", "question", "input"), "the prompt", where)}

@@ -7,11 +7,11 @@ import random
 from typing import Any, Iterator, Mapping
 
 from thickets.errors import ThicketsError
-from thickets.tasks.base import Example, Score
+from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.files.data import column
 
 
-class RowTask:
+class RowTask(Task):
     """Examples from rows, each once, in an order shuffled by the split seed."""
 
     stop: tuple[str, ...] = ()

