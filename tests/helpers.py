@@ -50,7 +50,13 @@ def make_tiny_model(out: Path, family: str = "llama") -> Path:
     """A tiny random model with the embedded model's tokenizer: a Llama with tied embeddings (like
     SmolLM2), or a Qwen2 with an untied output head and q/k/v biases that matter."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     from thickets.models import embedded_gguf_path
 

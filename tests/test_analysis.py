@@ -10,8 +10,8 @@ import pytest
 
 from thickets.analysis.landscape import RunScores, analyze, density, projection
 from thickets.cli.commands import main
-from thickets.randopt.config import SearchConfig
 from thickets.noise import PerturbationSpec, standard_noise
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.store import BASE, RunStore, candidate_model
 from thickets.tasks.base import Example, Score, ScoredExample
 

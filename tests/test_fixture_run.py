@@ -13,9 +13,9 @@ import pytest
 
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
-from thickets.ship.export import export_candidate
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME, read_config
+from thickets.ship.export import export_candidate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "release-0.1.0"
 

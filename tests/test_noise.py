@@ -4,7 +4,14 @@ import sys
 import numpy as np
 import pytest
 
-from thickets.noise import CHUNK, ParamFilter, PerturbationSpec, add_noise_, noise, standard_noise
+from thickets.noise import (
+    CHUNK,
+    ParamFilter,
+    PerturbationSpec,
+    add_noise_,
+    noise,
+    standard_noise,
+)
 
 
 def test_same_seed_and_name_give_the_same_noise_in_another_process():

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
+from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
-from thickets.errors import ThicketsError
 from thickets.randopt.racing import Race, replay, replay_many
 from thickets.randopt.search import search
 

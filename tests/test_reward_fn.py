@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from thickets.cli.commands import main
-from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME
 from thickets.tasks import get_task, score_one

@@ -8,12 +8,12 @@ import sqlite3
 
 import pytest
 
+from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
-from thickets.errors import ThicketsError
-from thickets.ship.export import export_candidate
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME
+from thickets.ship.export import export_candidate
 from thickets.tasks import register_task
 from thickets.tasks.base import Example, Score
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from thickets.tasks import get_task
-from thickets.tasks.gym import GymTask
 from thickets.tasks.code.sandbox import isolation
+from thickets.tasks.gym import GymTask
 from thickets.tasks.splits import make_splits
 
 #: every reasoning-gym 0.1.25 scorer that runs the answer as code: eval() in string_insertion,

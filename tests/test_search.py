@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from thickets.randopt.config import SearchConfig
 from thickets.errors import ThicketsError
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from thickets.cli.commands import main
-from thickets.toy.experiment import ToyConfig, mse, n_params, randopt, rollout, standard_directions, target_signals
+from thickets.toy.experiment import (
+    ToyConfig,
+    mse,
+    n_params,
+    randopt,
+    rollout,
+    standard_directions,
+    target_signals,
+)
 
 
 @pytest.fixture(scope="module")

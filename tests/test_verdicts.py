@@ -11,7 +11,12 @@ import pytest
 
 from thickets.errors import ThicketsError
 from thickets.tasks import get_task
-from thickets.tasks.answers import extract_choice, extract_final_number, last_boxed, parse_number
+from thickets.tasks.answers import (
+    extract_choice,
+    extract_final_number,
+    last_boxed,
+    parse_number,
+)
 from thickets.tasks.base import Example
 from thickets.tasks.countdown import CountdownTask
 

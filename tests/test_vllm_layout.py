@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from thickets.engines.transformers_engine import TransformersEngine, canonical_parameters
-from thickets.engines.experimental.vllm_layout import VOCAB_PADDING, Dims, pieces, shard_noise
+from thickets.engines.experimental.vllm_layout import (
+    VOCAB_PADDING,
+    Dims,
+    pieces,
+    shard_noise,
+)
+from thickets.engines.transformers_engine import (
+    TransformersEngine,
+    canonical_parameters,
+)
 from thickets.models import load
 from thickets.noise import ParamFilter, PerturbationSpec, standard_noise
 

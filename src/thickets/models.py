@@ -18,6 +18,7 @@ from pathlib import Path
 
 from thickets.disk import sha256_of, written_whole
 from thickets.errors import ThicketsError
+from thickets.progress import console
 
 #: the dtypes a model can be loaded in, and the bytes per element of each
 DTYPES = ("float32", "bfloat16", "float16")
@@ -130,8 +131,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     quiet_transformers()
     _check_gguf_header(gguf)
-    from thickets.progress import console
-
     console.print(f"converting {gguf.name} to a cached float32 folder, once (about 30 s on 2 cores)")
     try:
         with warnings.catch_warnings():

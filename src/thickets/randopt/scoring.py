@@ -159,12 +159,8 @@ def task_packages(task: Task) -> dict[str, str]:
     return out
 
 
-def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
+def run_record(identity: ModelIdentity, engine: dict[str, Any], task: Task) -> dict[str, Any]:
     """What, besides the config, is needed to reproduce the run."""
-    import numpy
-    import torch
-    import transformers
-
     return {
         "model_identity": identity.to_dict(),
         "engine": engine,
@@ -172,8 +168,8 @@ def run_record(identity: ModelIdentity, engine: dict, task: Task) -> dict:
         "task_sources": {role: dict(source) for role, source in task.sources.items()},
         "task_packages": task_packages(task),
         "noise_version": NOISE_VERSION,
-        "versions": {"thickets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "numpy": numpy.__version__, "python": platform.python_version()},
+        "versions": {"thickets": __version__, **{name: version(name) for name in ("torch", "transformers", "numpy")},
+                     "python": platform.python_version()},
     }
 
 

@@ -10,6 +10,7 @@ answers) are trusted; the answer is not. They return plain JSON values.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from thickets.tasks.code.sandbox import Outcome, scorer_sandbox
@@ -20,9 +21,7 @@ _GYM: dict[tuple[str, str], Any] = {}
 def _gym_dataset(dataset: str, config_json: str):
     key = (dataset, config_json)
     if key not in _GYM:
-        import json
-
-        import reasoning_gym
+        import reasoning_gym  # in the sandbox's zygote only
 
         _GYM[key] = reasoning_gym.create_dataset(dataset, size=1, seed=0, **json.loads(config_json))
     return _GYM[key]

