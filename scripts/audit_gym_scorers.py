@@ -41,8 +41,9 @@ BOMBS = ("9**9**9**9", "(9**9)**(9**9)", "[0]*10**10")
 def probe(name: str, bomb: str = "") -> str:
     with tempfile.TemporaryDirectory() as folder:
         try:
-            r = subprocess.run([sys.executable, "-c", PROBE, name, folder, bomb], capture_output=True, text=True,
-                               timeout=15)
+            r = subprocess.run(
+                [sys.executable, "-c", PROBE, name, folder, bomb], capture_output=True, text=True, timeout=15
+            )
         except subprocess.TimeoutExpired:
             return "hangs"
         if r.returncode != 0:

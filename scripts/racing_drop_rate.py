@@ -38,14 +38,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--delta", type=float, default=0.05)
     a = parser.parse_args()
-    print(f"| validation examples | chunk | candidate's score | drop rate before | drop rate now | delta |")
+    print("| validation examples | chunk | candidate's score | drop rate before | drop rate now | delta |")
     print("|---:|---:|---:|---:|---:|---:|")
     for n, chunk in ((48, 8), (64, 16), (200, 8), (200, 32)):
         for share in (0.1, 0.3, 0.5):
             race = Race(n, 5, "hoeffding", a.delta, chunk=chunk)
             k = round(share * n)
-            print(f"| {n} | {chunk} | {k / n:.2f} | {old_rule_drop_rate(race, k, a.trials):.3f} | "
-                  f"{simulate_drop_rate(race, k, a.trials):.3f} | {a.delta:g} |")
+            print(
+                f"| {n} | {chunk} | {k / n:.2f} | {old_rule_drop_rate(race, k, a.trials):.3f} | "
+                f"{simulate_drop_rate(race, k, a.trials):.3f} | {a.delta:g} |"
+            )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import make_tiny_model, register_toy_task  # noqa: E402
+from helpers import make_tiny_model, register_toy_task
 
 register_toy_task()
 

@@ -5,9 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import register_toy_task  # noqa: E402
-
-from thickets.cli.commands import main  # noqa: E402
+from helpers import register_toy_task
+from thickets.cli.commands import main
 
 register_toy_task()
 sys.exit(main(sys.argv[1:]))

@@ -19,8 +19,10 @@ VAL = 10
 
 
 def _rows(n_correct: int, n: int = VAL):
-    return [ScoredExample(i, Example(f"e{i}", "q"), "a", Score("1", "1", float(i < n_correct), i < n_correct))
-            for i in range(n)]
+    return [
+        ScoredExample(i, Example(f"e{i}", "q"), "a", Score("1", "1", float(i < n_correct), i < n_correct))
+        for i in range(n)
+    ]
 
 
 @pytest.fixture()
@@ -58,7 +60,7 @@ def test_analyze_writes_figures_summary_and_a_self_contained_report(known_run):
     # test answers "1" everywhere, correct on the first c questions: votes agree, so top-K = best expert
     assert curve["k"] == [1, 2, 3, 4] and curve["accuracy"][0] == pytest.approx(1.0) and curve["base"] == 0.5
     html = (known_run / "report.html").read_text()
-    assert html.count("<img src=\"data:image/png;base64,") == 4 and "http" not in html
+    assert html.count('<img src="data:image/png;base64,') == 4 and "http" not in html
     for name in ("histogram", "sigma_curve", "topk", "projection"):
         assert (known_run / "analysis" / f"{name}.png").stat().st_size > 1000
 
@@ -68,7 +70,10 @@ def test_the_perturbation_map_equals_the_projection_of_the_full_noise(tiny_model
     specs = [PerturbationSpec(11, 0.01), PerturbationSpec(12, 0.02)]
     xy = projection(specs, shapes, progress=False)
     dirs = [PerturbationSpec(20260 + j, 1.0) for j in range(2)]
-    flat = lambda spec: np.concatenate([standard_noise(spec, n, s).reshape(-1) for n, s in shapes])  # noqa: E731
+
+    def flat(spec):
+        return np.concatenate([standard_noise(spec, n, s).reshape(-1) for n, s in shapes])
+
     for i, spec in enumerate(specs):
         expected = [spec.sigma * flat(d) @ flat(spec) / np.sqrt(22) for d in dirs]
         np.testing.assert_allclose(xy[i], expected, rtol=1e-5)
@@ -86,12 +91,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_the_report_renders_in_headless_chromium_with_every_image_loaded(known_run, tmp_path):
     analyze(known_run, delta=0.15, projection_map=False, progress=False)
     page = tmp_path / "probe.html"
-    probe = ("<script>window.addEventListener('load',()=>{const ok=[...document.images]"
-             ".filter(i=>i.complete&&i.naturalWidth>0).length;document.title='loaded '+ok+' of '"
-             "+document.images.length})</script>")
+    probe = (
+        "<script>window.addEventListener('load',()=>{const ok=[...document.images]"
+        ".filter(i=>i.complete&&i.naturalWidth>0).length;document.title='loaded '+ok+' of '"
+        "+document.images.length})</script>"
+    )
     page.write_text((known_run / "report.html").read_text().replace("</body>", probe + "</body>"))
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-500:]
     assert "<title>loaded 3 of 3</title>" in out.stdout
 
@@ -134,8 +145,15 @@ def test_a_multi_task_search_scores_every_task_and_ensembles_per_task(tmp_path, 
     from thickets.randopt.ensemble import ensemble
     from thickets.randopt.search import search
 
-    config = SearchConfig(model=str(tiny_model_dir), task="toy,small", population=3, sigmas=(0.05,), val_size=4,
-                          max_new_tokens=2, batch_size=4)
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task="toy,small",
+        population=3,
+        sigmas=(0.05,),
+        val_size=4,
+        max_new_tokens=2,
+        batch_size=4,
+    )
     result = search(config, tmp_path / "run", progress=False)
     with RunStore.open(tmp_path / "run", write=False) as store:
         ids = [i for (i,) in store.con.execute("SELECT example_id FROM results WHERE model='base' AND split='val'")]

@@ -15,22 +15,51 @@ from thickets.cli.commands import main
 def figures(tiny_model_dir, tmp_path_factory):
     """`thickets bench --json` on the tiny model: the figures as a user's file holds them."""
     out = tmp_path_factory.mktemp("bench") / "figures.json"
-    assert main(["--quiet", "bench", "--model", str(tiny_model_dir), "--task", "products", "--candidates", "3",
-                 "--val-size", "4", "--max-new-tokens", "4", "--batch-sizes", "1,3", "--decode-tokens", "3",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "bench",
+                "--model",
+                str(tiny_model_dir),
+                "--task",
+                "products",
+                "--candidates",
+                "3",
+                "--val-size",
+                "4",
+                "--max-new-tokens",
+                "4",
+                "--batch-sizes",
+                "1,3",
+                "--decode-tokens",
+                "3",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 
 def test_the_issue_keys_are_written(figures):
-    for key in ("decode_vs_hf_b3", "roofline_fraction_b3", "search_vs_naive", "perturb_share", "warm_load_s",
-                "peak_rss_gb"):
+    for key in (
+        "decode_vs_hf_b3",
+        "roofline_fraction_b3",
+        "search_vs_naive",
+        "perturb_share",
+        "warm_load_s",
+        "peak_rss_gb",
+    ):
         assert isinstance(figures[key], float), key
 
 
 def test_search_and_naive_loop_score_the_same_candidates_alike(figures):
     assert figures["same_scores"] is True and figures["same_top_k"] is True
     assert figures["search_vs_naive"] == pytest.approx(
-        figures["search_candidates_per_hour"] / figures["naive_candidates_per_hour"])
+        figures["search_candidates_per_hour"] / figures["naive_candidates_per_hour"]
+    )
 
 
 def test_decode_figures_for_each_batch_size(figures):
@@ -50,12 +79,15 @@ def test_memory_and_load_figures(figures):
     assert 0 < figures["warm_load_s"] < figures["process_ready_s"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-sizes", "1,x"], "--batch-sizes must be integers"),
-    (["--batch-sizes", "0"], "must be at least 1"),
-    (["--decode-tokens", "1"], "--decode-tokens at least 2"),
-    (["--json", "/nonexistent/dir/out.json"], "folder /nonexistent/dir does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "1,x"], "--batch-sizes must be integers"),
+        (["--batch-sizes", "0"], "must be at least 1"),
+        (["--decode-tokens", "1"], "--decode-tokens at least 2"),
+        (["--json", "/nonexistent/dir/out.json"], "folder /nonexistent/dir does not exist"),
+    ],
+)
 def test_bad_bench_input_is_one_line_before_any_work(args, message, capsys):
     assert main(["--quiet", "bench", *args]) == 2
     err = capsys.readouterr().err
@@ -63,7 +95,15 @@ def test_bad_bench_input_is_one_line_before_any_work(args, message, capsys):
 
 
 def test_bench_from_python_takes_a_config(tiny_model_dir):
-    cfg = BenchConfig(model=str(tiny_model_dir), task="products", candidates=1, val_size=2, max_new_tokens=2,
-                      batch_sizes=(2,), decode_tokens=2, top_k=1)
+    cfg = BenchConfig(
+        model=str(tiny_model_dir),
+        task="products",
+        candidates=1,
+        val_size=2,
+        max_new_tokens=2,
+        batch_sizes=(2,),
+        decode_tokens=2,
+        top_k=1,
+    )
     r = bench(cfg, progress=False)
     assert set(r["decode"]) == {2} and "decode_vs_hf_b2" in r and r["config"]["candidates"] == 1

@@ -11,15 +11,25 @@ RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def _search_args(model, run_dir, **over):
-    opts = {"--model": str(model), "--task": "toy", "--population": "2", "--sigma": "0.05", "--val-size": "3",
-            "--max-new-tokens": "4", "--run-dir": str(run_dir)}
+    opts = {
+        "--model": str(model),
+        "--task": "toy",
+        "--population": "2",
+        "--sigma": "0.05",
+        "--val-size": "3",
+        "--max-new-tokens": "4",
+        "--run-dir": str(run_dir),
+    }
     opts.update(over)
     return ["--quiet", "search", *[x for kv in opts.items() for x in kv]]
 
 
 def _snapshot(run_dir: Path):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()} \
-        if run_dir.exists() else None
+    return (
+        {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()}
+        if run_dir.exists()
+        else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +60,9 @@ def test_bad_search_input_is_one_line_exit_2_and_no_run_folder_is_made(case, tin
 
 
 @pytest.mark.parametrize("over", [{"--val-size": "5"}, {"--sigma": "0.01"}, {"--model": "/nonexistent"}])
-def test_another_config_on_an_existing_run_is_refused_and_the_store_untouched(over, existing_run, tiny_model_dir, capsys):
+def test_another_config_on_an_existing_run_is_refused_and_the_store_untouched(
+    over, existing_run, tiny_model_dir, capsys
+):
     before = _snapshot(existing_run)
     assert main(_search_args(tiny_model_dir, existing_run, **over)) == 2
     err = capsys.readouterr().err.strip()
@@ -62,8 +74,9 @@ def test_corrupt_gguf_is_reported_in_one_line(tmp_path, monkeypatch):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00\x01garbage" * 100)
     env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("thickets: error: cannot read GGUF file") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -73,10 +86,19 @@ def test_corrupt_gguf_is_reported_in_one_line(tmp_path, monkeypatch):
 def test_ensemble_and_export_bad_input(existing_run, tmp_path, capsys):
     before = _snapshot(existing_run)
     cases = [
-        (["ensemble", "--run-dir", str(existing_run), "--top-k", "5", "--test-size", "3"], "top-k 5 is more than the 2"),
-        (["ensemble", "--run-dir", str(existing_run), "--top-k", "1", "--test-size", "0"], "test-size must be between 1 and"),
+        (
+            ["ensemble", "--run-dir", str(existing_run), "--top-k", "5", "--test-size", "3"],
+            "top-k 5 is more than the 2",
+        ),
+        (
+            ["ensemble", "--run-dir", str(existing_run), "--top-k", "1", "--test-size", "0"],
+            "test-size must be between 1 and",
+        ),
         (["ensemble", "--run-dir", str(tmp_path / "none"), "--top-k", "1"], "no thickets run in"),
-        (["export", "--run-dir", str(existing_run), "--rank", "3", "--out", str(tmp_path / "o")], "rank must be between 1 and 2"),
+        (
+            ["export", "--run-dir", str(existing_run), "--rank", "3", "--out", str(tmp_path / "o")],
+            "rank must be between 1 and 2",
+        ),
         (["export", "--seed", "1", "--out", str(tmp_path / "o")], "export needs --run-dir"),
     ]
     for argv, message in cases:
@@ -97,8 +119,9 @@ def test_a_gguf_with_a_good_header_but_corrupt_body_is_one_line_too(tmp_path):
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
     env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("thickets: error: cannot read GGUF file") and "Traceback" not in r.stderr, r.stderr
@@ -110,16 +133,46 @@ def test_score_explains_a_reward_and_survives_an_exponent_bomb(tmp_path, capsys)
 
     f = tmp_path / "c.txt"
     f.write_text("<think>easy</think><answer>(7 - 5) * 3 + 0 * 9**9**9**9</answer>")
-    assert main(["score", "--task", "countdown", "--example", '{"numbers": [3, 5, 7], "target": 6}',
-                 "--completion-file", str(f)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "countdown",
+                "--example",
+                '{"numbers": [3, 5, 7], "target": 6}',
+                "--completion-file",
+                str(f),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["reward"] == 0.1 and out["correct"] is False and out["vote_key"] is None
     f.write_text("<answer>(7 - 5) * 3</answer>")
-    assert main(["score", "--task", "countdown", "--example", '{"numbers": [3, 5, 7], "target": 6}',
-                 "--completion-file", str(f)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "countdown",
+                "--example",
+                '{"numbers": [3, 5, 7], "target": 6}',
+                "--completion-file",
+                str(f),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out == {"task": "countdown", "answer": "(7 - 5) * 3", "vote_key": "3,5,7=6", "extracted": True,
-                   "reward": 1.1, "correct": True}
+    assert out == {
+        "task": "countdown",
+        "answer": "(7 - 5) * 3",
+        "vote_key": "3,5,7=6",
+        "extracted": True,
+        "reward": 1.1,
+        "correct": True,
+    }
     assert main(["score", "--task", "countdown", "--example", '{"numbers": [3]', "--completion-file", str(f)]) == 2
     assert "--example is not valid JSON" in capsys.readouterr().err
     assert main(["score", "--task", "countdown", "--example", '{"target": 6}', "--completion-file", str(f)]) == 2
@@ -132,6 +185,20 @@ def test_export_from_the_command_line_by_rank_and_by_seed(existing_run, tiny_mod
     assert main(["export", "--run-dir", str(existing_run), "--rank", "2", "--out", str(tmp_path / "r2")]) == 0
     recipe = json.loads((tmp_path / "r2" / "thickets_recipe.json").read_text())
     assert recipe["run"]["rank"] == 2 and (tmp_path / "r2" / "model.safetensors").exists()
-    assert main(["export", "--model", str(tiny_model_dir), "--seed", str(recipe["seed"]), "--sigma",
-                 str(recipe["sigma"]), "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(tiny_model_dir),
+                "--seed",
+                str(recipe["seed"]),
+                "--sigma",
+                str(recipe["sigma"]),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s" / "model.safetensors").read_bytes() == (tmp_path / "r2" / "model.safetensors").read_bytes()

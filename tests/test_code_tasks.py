@@ -36,8 +36,10 @@ def leftover_sandbox_processes() -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if tag in Path(f"/proc/{entry.name}/cmdline").read_bytes() and \
-                        Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                if (
+                    tag in Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                    and Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+                ):
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -133,10 +135,17 @@ def test_mbpp_socket_answer_scores_zero():
 
 
 ROWS = [
-    {"task_id": 11, "text": "Write a function to add two numbers.",
-     "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "test_setup_code": ""},
-    {"prompt": "Write a function that squares a number using the helper `mul`.",
-     "tests": ["assert square(3) == 9", "assert square(0) == 0"], "setup": "def mul(a, b):\n    return a * b"},
+    {
+        "task_id": 11,
+        "text": "Write a function to add two numbers.",
+        "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
+        "test_setup_code": "",
+    },
+    {
+        "prompt": "Write a function that squares a number using the helper `mul`.",
+        "tests": ["assert square(3) == 9", "assert square(0) == 0"],
+        "setup": "def mul(a, b):\n    return a * b",
+    },
 ]
 
 
@@ -158,10 +167,13 @@ def test_mbpp_rows_and_scoring():
     assert task.score(square, "no code at all").reward == 0.0
 
 
-@pytest.mark.parametrize("row, missing", [
-    ({"text": "x"}, "'tests' or 'test_list'"),
-    ({"test_list": ["assert True"], "task_id": 3}, "'prompt' or 'text'"),
-])
+@pytest.mark.parametrize(
+    "row, missing",
+    [
+        ({"text": "x"}, "'tests' or 'test_list'"),
+        ({"test_list": ["assert True"], "task_id": 3}, "'prompt' or 'text'"),
+    ],
+)
 def test_mbpp_missing_fields_are_named(row, missing):
     with pytest.raises(ThicketsError) as err:
         MBPPTask([row])
@@ -178,10 +190,14 @@ def test_mbpp_rejects_bad_rows():
 EARLY_EXITS = {
     "sys.exit": "import sys\ndef has_close_elements(numbers, threshold):\n    return False\nsys.exit(0)",
     "os._exit": "import os\ndef has_close_elements(numbers, threshold):\n    return False\nos._exit(0)",
-    "SystemExit from main": ("import sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
-                             "def main():\n    return 0\nif __name__ == '__main__':\n    sys.exit(main())"),
-    "atexit": ("import atexit, os\ndef has_close_elements(numbers, threshold):\n    return False\n"
-               "atexit.register(lambda: os._exit(0))\nraise SystemExit(0)"),
+    "SystemExit from main": (
+        "import sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+        "def main():\n    return 0\nif __name__ == '__main__':\n    sys.exit(main())"
+    ),
+    "atexit": (
+        "import atexit, os\ndef has_close_elements(numbers, threshold):\n    return False\n"
+        "atexit.register(lambda: os._exit(0))\nraise SystemExit(0)"
+    ),
 }
 
 
@@ -195,9 +211,11 @@ def test_code_that_exits_before_the_tests_run_is_not_correct(he0, how):
 
 def test_printing_a_fake_completion_marker_does_not_pass(he0):
     task, example, _ = he0
-    forged = ("import os, sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
-              "for fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
-              "print('0' * 32)\nsys.stdout.flush()\nos._exit(0)")
+    forged = (
+        "import os, sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+        "for fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
+        "print('0' * 32)\nsys.stdout.flush()\nos._exit(0)"
+    )
     assert not task.score(example, fenced(forged)).correct
 
 

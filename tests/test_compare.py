@@ -8,19 +8,32 @@ import pytest
 
 pytest.importorskip("trl")
 
-from thickets.baselines.compare import CompareConfig, compare  # noqa: E402
-from thickets.randopt.store import RunStore  # noqa: E402
+from thickets.baselines.compare import CompareConfig, compare
+from thickets.randopt.store import RunStore
 
 
 def test_budget_accounting_adds_up(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    cfg = CompareConfig(model=str(tiny_model_dir), task="toy", budget=60, val_size=4, test_size=4, max_new_tokens=3,
-                        top_k=2, es_population=2, grpo_num_generations=2, grpo_prompts_per_step=1)
+    cfg = CompareConfig(
+        model=str(tiny_model_dir),
+        task="toy",
+        budget=60,
+        val_size=4,
+        test_size=4,
+        max_new_tokens=3,
+        top_k=2,
+        es_population=2,
+        grpo_num_generations=2,
+        grpo_prompts_per_step=1,
+    )
     result = compare(cfg, tmp_path, progress=False)
     rows = {r["method"].split()[0]: r for r in result["rows"]}
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    count = lambda texts: sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)  # noqa: E731
+
+    def count(texts):
+        return sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+
     # RandOpt: every stored validation completion counted, and it stopped at the first candidate past the budget
     with RunStore.open(tmp_path / "randopt", write=False) as store:
         n = len(store.candidates())

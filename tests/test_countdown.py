@@ -14,6 +14,7 @@ from thickets.tasks.countdown import CountdownTask
 
 def _reachable(numbers: list[int], target: int) -> bool:
     """Brute force over every way to combine all numbers pairwise with + - * / (exact fractions)."""
+
     def go(pool: tuple[Fraction, ...]) -> bool:
         if len(pool) == 1:
             return pool[0] == target
@@ -59,29 +60,32 @@ def test_examples_deterministic_and_reachable():
         assert _reachable(numbers, target), e.id
 
 
-@pytest.mark.parametrize("completion, reward, correct", [
-    ("<think>easy</think> <answer> (1 + 2) * 3 </answer>", 1.1, True),
-    ("<answer>3 * (2 + 1)</answer>", 1.1, True),
-    ("<answer>(1+2)*3 = 9</answer>", 1.1, True),
-    ("<answer>(1+2)*3 = 10</answer>", 0.1, False),  # a false claimed result makes the equation false
-    ("<answer>+1+2*3+0</answer>", 0.1, False),  # unary plus parses; 0 is not a given number
-    ("<answer>1 + 2 + 3</answer>", 0.1, False),  # wrong value
-    ("<answer>(1 + 2) * 3 * 1</answer>", 0.1, False),  # reused number
-    ("<answer>3 * 3</answer>", 0.1, False),  # reused, missing numbers
-    ("<answer>(4 + 5)</answer>", 0.1, False),  # wrong numbers
-    ("<answer>9</answer>", 0.1, False),
-    ("<answer>(1 + 2) ** 3</answer>", 0.1, False),
-    ("<answer>9**9**9**9</answer>", 0.1, False),
-    ("<answer>__import__('os').system('true')</answer>", 0.1, False),
-    ("<answer>(1 + 2) * 3</answer> <answer>1+2+3</answer>", 0.1, False),  # the last answer counts
-    ("<answer>1+2+3</answer> <answer>(1 + 2) * 3</answer>", 1.1, True),
-    ("<answer>1+2+3</answer> <answer>(1 + 2) * 3", 0.1, False),  # unclosed last answer is ignored
-    ("<answer><answer>(1 + 2) * 3</answer>", 1.1, True),
-    ("(1 + 2) * 3", 0.0, False),
-    ("<answer>(1 + 2) * 3", 0.0, False),
-    ("<answer>  </answer>", 0.0, False),
-    ("", 0.0, False),
-])
+@pytest.mark.parametrize(
+    "completion, reward, correct",
+    [
+        ("<think>easy</think> <answer> (1 + 2) * 3 </answer>", 1.1, True),
+        ("<answer>3 * (2 + 1)</answer>", 1.1, True),
+        ("<answer>(1+2)*3 = 9</answer>", 1.1, True),
+        ("<answer>(1+2)*3 = 10</answer>", 0.1, False),  # a false claimed result makes the equation false
+        ("<answer>+1+2*3+0</answer>", 0.1, False),  # unary plus parses; 0 is not a given number
+        ("<answer>1 + 2 + 3</answer>", 0.1, False),  # wrong value
+        ("<answer>(1 + 2) * 3 * 1</answer>", 0.1, False),  # reused number
+        ("<answer>3 * 3</answer>", 0.1, False),  # reused, missing numbers
+        ("<answer>(4 + 5)</answer>", 0.1, False),  # wrong numbers
+        ("<answer>9</answer>", 0.1, False),
+        ("<answer>(1 + 2) ** 3</answer>", 0.1, False),
+        ("<answer>9**9**9**9</answer>", 0.1, False),
+        ("<answer>__import__('os').system('true')</answer>", 0.1, False),
+        ("<answer>(1 + 2) * 3</answer> <answer>1+2+3</answer>", 0.1, False),  # the last answer counts
+        ("<answer>1+2+3</answer> <answer>(1 + 2) * 3</answer>", 1.1, True),
+        ("<answer>1+2+3</answer> <answer>(1 + 2) * 3", 0.1, False),  # unclosed last answer is ignored
+        ("<answer><answer>(1 + 2) * 3</answer>", 1.1, True),
+        ("(1 + 2) * 3", 0.0, False),
+        ("<answer>(1 + 2) * 3", 0.0, False),
+        ("<answer>  </answer>", 0.0, False),
+        ("", 0.0, False),
+    ],
+)
 def test_rewards(completion, reward, correct):
     s = _score(completion)
     assert s.reward == pytest.approx(reward) and s.correct is correct
@@ -105,16 +109,19 @@ def test_vote_keys():
     assert _score("no answer").vote_key is None
 
 
-@pytest.mark.parametrize("completion", [
-    "<answer>" + "1+" * 500_000 + "1</answer>",
-    "<answer>" + "(" * 100_000 + "1" + ")" * 100_000 + "</answer>",
-    "<answer>" * 200_000 + "1</answer>",
-    "<answer>1</answer>" * 70_000,
-    "</answer>" * 120_000,
-    "<answer>" + "*".join(["99999"] * 8) + "</answer>",
-    "<answer>" + "\u0663" * 100 + "</answer>",
-    "x" * 10**6,
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<answer>" + "1+" * 500_000 + "1</answer>",
+        "<answer>" + "(" * 100_000 + "1" + ")" * 100_000 + "</answer>",
+        "<answer>" * 200_000 + "1</answer>",
+        "<answer>1</answer>" * 70_000,
+        "</answer>" * 120_000,
+        "<answer>" + "*".join(["99999"] * 8) + "</answer>",
+        "<answer>" + "\u0663" * 100 + "</answer>",
+        "x" * 10**6,
+    ],
+)
 def test_adversarial(completion):
     s = _score(completion)
     assert not s.correct and s.reward <= 0.1 + 1e-9

@@ -32,7 +32,7 @@ def test_a_shipped_repetition_penalty_does_not_change_greedy_decoding(tiny_model
     # the shipped settings would have changed the text: what the fix prevents
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     penalised = model.generate(**enc, do_sample=False, max_new_tokens=16, pad_token_id=tok.pad_token_id)
-    texts = tok.batch_decode(penalised[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tok.batch_decode(penalised[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert texts != plain_slow
 
 
@@ -46,10 +46,13 @@ def bos_model_dir(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     bos = "<|endoftext|>"
     tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
     tok.bos_token = bos
-    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     out = tmp_path / "bos-model"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(out)
     tok.save_pretrained(out)
@@ -68,7 +71,9 @@ def fed_ids(monkeypatch, engine, prompts, special) -> list[list[int]]:
 
     monkeypatch.setattr(fast_decode, "generate_greedy", record)
     engine.generate(prompts, 2, add_special_tokens=special)
-    by_len = sorted(range(len(prompts)), key=lambda i: -len(prompt_token_ids(engine.tokenizer, [prompts[i]], special)[0]))
+    by_len = sorted(
+        range(len(prompts)), key=lambda i: -len(prompt_token_ids(engine.tokenizer, [prompts[i]], special)[0])
+    )
     out = [None] * len(prompts)
     for i, ids in zip(by_len, seen):
         out[i] = ids
@@ -86,8 +91,13 @@ def test_both_engines_feed_one_bos_for_chat_and_raw_prompts(bos_model_dir, monke
     for chat in (True, False):
         config = SearchConfig(model=str(bos_model_dir), task="toy", chat_template=chat, max_new_tokens=2)
         calls = []
-        monkeypatch.setattr(engine, "generate", lambda prompts, n, stop=(), add_special_tokens=False:
-                            calls.append((prompts, add_special_tokens)) or [""] * len(prompts))
+        monkeypatch.setattr(
+            engine,
+            "generate",
+            lambda prompts, n, stop=(), add_special_tokens=False, calls=calls: (
+                calls.append((prompts, add_special_tokens)) or [""] * len(prompts)
+            ),
+        )
         generate(engine, task, examples, config)
         prompts, special = calls[0]
         monkeypatch.undo()

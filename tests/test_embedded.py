@@ -26,8 +26,9 @@ def test_cached_conversion_equals_the_gguf_weights_and_loads_fast():
 
     identity = resolve(EMBEDDED_NAME)
     folder = local_folder(identity)  # converts on first use
-    assert identity.sha256 in json.loads((folder / "thickets_source.json").read_text())["sha256"] or \
-        folder.name.startswith(identity.sha256[:16])
+    assert identity.sha256 in json.loads((folder / "thickets_source.json").read_text())[
+        "sha256"
+    ] or folder.name.startswith(identity.sha256[:16])
     t0 = time.perf_counter()
     model, tok, _ = load(EMBEDDED_NAME)
     warm = time.perf_counter() - t0
@@ -42,8 +43,15 @@ def test_cached_conversion_equals_the_gguf_weights_and_loads_fast():
 
 
 def test_search_and_ensemble_on_the_embedded_model(tmp_path):
-    config = SearchConfig(model=EMBEDDED_NAME, task="products", population=3, sigmas=(1e-3, 2e-3), val_size=8,
-                          max_new_tokens=10, batch_size=8)
+    config = SearchConfig(
+        model=EMBEDDED_NAME,
+        task="products",
+        population=3,
+        sigmas=(1e-3, 2e-3),
+        val_size=8,
+        max_new_tokens=10,
+        batch_size=8,
+    )
     result = search(config, tmp_path, progress=False)
     assert len(result.ranked) == 3 and 0 <= result.base.accuracy <= 1
     con = sqlite3.connect(tmp_path / "thickets.sqlite")

@@ -29,15 +29,18 @@ def test_no_answer_at_all_means_no_vote():
 
 
 def test_vote_accuracy_counts_correct_and_answered_questions():
-    experts = [{0: S("1", True), 1: S(None), 2: S("9")},
-               {0: S("1", True), 1: S(None), 2: S("8", True)},
-               {0: S("2"), 1: S(None), 2: S("8", True)}]
+    experts = [
+        {0: S("1", True), 1: S(None), 2: S("9")},
+        {0: S("1", True), 1: S(None), 2: S("8", True)},
+        {0: S("2"), 1: S(None), 2: S("8", True)},
+    ]
     assert vote_accuracy(experts, 3) == (2 / 3, 2 / 3)
 
 
 def test_ensemble_reports_base_best_single_and_each_k_on_the_same_test_split(tiny_engine, tiny_model_dir, tmp_path):
-    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=5, sigmas=(0.1,), val_size=4,
-                          max_new_tokens=5, batch_size=8)
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=5, sigmas=(0.1,), val_size=4, max_new_tokens=5, batch_size=8
+    )
     search(config, tmp_path, engine=tiny_engine, progress=False)
     report = ensemble(tmp_path, [1, 3], 6, engine=tiny_engine, progress=False)
     on_disk = json.loads((tmp_path / "report.json").read_text())
@@ -49,18 +52,23 @@ def test_ensemble_reports_base_best_single_and_each_k_on_the_same_test_split(tin
     assert [e["rank"] for e in report["experts"]] == [1, 2, 3]
     assert report["experts"][0]["accuracy"] == report["best_single"]["accuracy"]
     assert "| top-3 vote | 3 |" in (tmp_path / "report.md").read_text()
-    assert report["ensembles"][1]["vs_base"]["gain"] == pytest.approx(report["ensembles"][1]["accuracy"] - report["base"]["accuracy"])
+    assert report["ensembles"][1]["vs_base"]["gain"] == pytest.approx(
+        report["ensembles"][1]["accuracy"] - report["base"]["accuracy"]
+    )
+
     # test answers are stored: a second call with another K generates nothing
     class NoEngine:
         def __getattr__(self, name):
             raise AssertionError("the engine was used although every answer was stored")
+
     again = ensemble(tmp_path, [2], 6, engine=NoEngine(), progress=False)
     assert again["base"] == report["base"]
 
 
 def test_k_larger_than_the_population_is_refused(tiny_engine, tiny_model_dir, tmp_path):
-    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=2, sigmas=(0.1,), val_size=2,
-                          max_new_tokens=3)
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=2, sigmas=(0.1,), val_size=2, max_new_tokens=3
+    )
     search(config, tmp_path, engine=tiny_engine, progress=False)
     with pytest.raises(ThicketsError, match="top-k 5 is more than the 2 candidates"):
         ensemble(tmp_path, [5], 4, engine=tiny_engine, progress=False)

@@ -50,8 +50,16 @@ def test_es_climbs_a_quadratic_with_a_known_optimum():
 
 
 def test_an_es_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
-    common = dict(model=str(tiny_model_dir), task="toy", population=4, sigma=0.05, alpha=0.02, val_size=4,
-                  max_new_tokens=2, batch_size=4)
+    common = dict(
+        model=str(tiny_model_dir),
+        task="toy",
+        population=4,
+        sigma=0.05,
+        alpha=0.02,
+        val_size=4,
+        max_new_tokens=2,
+        batch_size=4,
+    )
     engine, _ = load_engine(str(tiny_model_dir))
     straight = run_es(ESConfig(iterations=2, **common), tmp_path / "a", engine=engine, progress=False)
     theta_a = {n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()}
@@ -73,8 +81,17 @@ def test_an_es_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
 
 def test_a_token_budget_stops_es_after_the_iteration_that_reaches_it(tiny_model_dir, tmp_path):
     engine, _ = load_engine(str(tiny_model_dir))
-    cfg = ESConfig(model=str(tiny_model_dir), task="toy", iterations=50, population=2, sigma=0.05, alpha=0.02,
-                   val_size=4, max_new_tokens=2, batch_size=4)
+    cfg = ESConfig(
+        model=str(tiny_model_dir),
+        task="toy",
+        iterations=50,
+        population=2,
+        sigma=0.05,
+        alpha=0.02,
+        val_size=4,
+        max_new_tokens=2,
+        batch_size=4,
+    )
     log = run_es(cfg, tmp_path, engine=engine, budget_tokens=40, progress=False)
     per_it = [r["tokens"] for r in log["iterations"]]
     assert sum(per_it) >= 40 > sum(per_it[:-1]) and len(per_it) < 50

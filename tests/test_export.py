@@ -22,9 +22,12 @@ def _equal_to_perturbed(folder_model, engine, spec):
     return set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
 
 
-def test_exported_candidate_loads_in_plain_transformers_with_the_perturbed_weights(tiny_engine, tiny_model_dir, tmp_path):
-    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=3, sigmas=(0.05,), val_size=3,
-                          max_new_tokens=4)
+def test_exported_candidate_loads_in_plain_transformers_with_the_perturbed_weights(
+    tiny_engine, tiny_model_dir, tmp_path
+):
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=3, sigmas=(0.05,), val_size=3, max_new_tokens=4
+    )
     result = search(config, tmp_path / "run", engine=tiny_engine, progress=False)
     out = export_candidate(tmp_path / "run", 1, tmp_path / "best")
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -35,8 +38,9 @@ def test_exported_candidate_loads_in_plain_transformers_with_the_perturbed_weigh
     assert recipe["seed"] == best.seed and recipe["sigma"] == best.sigma
     assert recipe["base_model"]["sha256"] and recipe["noise_version"]
     rebuilt, _ = rebuild(out / RECIPE_NAME)
-    assert all(torch.equal(a, b) for a, b in zip(canonical_parameters(rebuilt).values(),
-                                                 canonical_parameters(model).values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(canonical_parameters(rebuilt).values(), canonical_parameters(model).values())
+    )
 
 
 def test_export_by_seed_and_sigma_and_refusals(tiny_engine, tiny_model_dir, tmp_path):

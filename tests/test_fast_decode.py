@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_tiny_model
 
+from helpers import make_tiny_model
 from thickets.engines import fast_decode
 from thickets.engines.base import cut_at_stop
 from thickets.engines.transformers_engine import TransformersEngine
@@ -43,16 +43,32 @@ def _encode(tok, prompts):
 def hf_tokens(model, tok, prompts, n, stop=()):
     enc = _encode(tok, prompts)
     with torch.inference_mode():
-        gen = model.generate(**enc, do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id,
-                             stop_strings=list(stop) or None, tokenizer=tok if stop else None,
-                             temperature=None, top_p=None, top_k=None)
-    return gen[:, enc["input_ids"].shape[1]:]
+        gen = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=n,
+            pad_token_id=tok.pad_token_id,
+            stop_strings=list(stop) or None,
+            tokenizer=tok if stop else None,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    return gen[:, enc["input_ids"].shape[1] :]
 
 
 def fast_tokens(model, tok, prompts, n, stop=(), **kw):
     enc = _encode(tok, prompts)
-    return fast_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n,
-                                       pad_token_id=tok.pad_token_id, tokenizer=tok, stop_strings=stop, **kw)
+    return fast_decode.generate_greedy(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        n,
+        pad_token_id=tok.pad_token_id,
+        tokenizer=tok,
+        stop_strings=stop,
+        **kw,
+    )
 
 
 def assert_same(a, b):
@@ -60,7 +76,9 @@ def assert_same(a, b):
     assert torch.equal(a, b), (a, b)
 
 
-@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS[2:3], PROMPTS, PROMPTS[3:5]], ids=["b1", "b1-long", "b7", "b2"])
+@pytest.mark.parametrize(
+    "prompts", [PROMPTS[:1], PROMPTS[2:3], PROMPTS, PROMPTS[3:5]], ids=["b1", "b1-long", "b7", "b2"]
+)
 def test_same_tokens_as_generate(loaded, prompts):
     model, tok = loaded
     assert_same(fast_tokens(model, tok, prompts, 16), hf_tokens(model, tok, prompts, 16))
@@ -168,8 +186,17 @@ def test_unsupported_models_fall_back_to_generate(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     assert not fast_decode.supports(model)
     engine = TransformersEngine(model, tok, batch_size=2)
     assert engine.describe()["fast_decode"] is False
@@ -184,8 +211,10 @@ def test_same_tokens_as_generate_on_the_embedded_model():
     model, tok, _ = load(EMBEDDED_NAME)
     tok.padding_side = "left"
     assert fast_decode.supports(model)
-    prompts = [render_prompt(tok, q) for q in ["What is 12 times 7?", "Name a color.",
-                                               "Write one sentence about the sea, then stop.", "2+2="]]
+    prompts = [
+        render_prompt(tok, q)
+        for q in ["What is 12 times 7?", "Name a color.", "Write one sentence about the sea, then stop.", "2+2="]
+    ]
     assert_same(fast_tokens(model, tok, prompts, 24), hf_tokens(model, tok, prompts, 24))
     assert_same(fast_tokens(model, tok, prompts, 24, ("\n", ".")), hf_tokens(model, tok, prompts, 24, ("\n", ".")))
 

@@ -35,12 +35,16 @@ def write_jsonl(path, rows):
 
 # -- formats ------------------------------------------------------------------------------------
 
+
 def test_every_format_gives_the_same_rows(tmp_path):
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"question": "q1", "answer": "1", "choices": ["a", "b"]}, {"question": "q2", "answer": "2", "choices": ["c", "d"]}]
+    rows = [
+        {"question": "q1", "answer": "1", "choices": ["a", "b"]},
+        {"question": "q2", "answer": "2", "choices": ["c", "d"]},
+    ]
     write_jsonl(tmp_path / "d.jsonl", rows)
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "cols.json").write_text(json.dumps({k: [r[k] for r in rows] for k in rows[0]}))
@@ -51,8 +55,9 @@ def test_every_format_gives_the_same_rows(tmp_path):
             w.writerow({**r, "choices": json.dumps(r["choices"])})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}) \
-        .save_to_disk(str(tmp_path / "dict"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+    ).save_to_disk(str(tmp_path / "dict"))
     for name in ("d.jsonl", "d.json", "cols.json", "d.csv", "d.parquet", "saved", "dict"):
         assert load_rows(tmp_path / name) == rows, name
     assert load_rows(tmp_path / "dict", "test") == rows[:1]
@@ -72,7 +77,7 @@ def test_a_malformed_row_names_the_file_and_line(tmp_path):
     c.write_text("question,answer\nq1,1\nq2,2,extra\n")
     with pytest.raises(ThicketsError, match=r"bad\.csv:3: expected 2 cells as in the header, got 3"):
         load_rows(c)
-    with pytest.raises(ThicketsError, match="unknown format .txt"):
+    with pytest.raises(ThicketsError, match=r"unknown format .txt"):
         (tmp_path / "x.txt").write_text("hi")
         load_rows(tmp_path / "x.txt")
     with pytest.raises(ThicketsError, match="does not exist"):
@@ -113,23 +118,27 @@ def test_file_tasks_split_disjointly_and_record_the_data_hash(tmp_path):
 
 # -- verifiers ----------------------------------------------------------------------------------
 
+
 def gsm_example(tmp_path, i):
     task = get_task(f"gsm8k:{write_jsonl(tmp_path / 'g.jsonl', GSM)}")
     return task, task.example_from_row(GSM[i])
 
 
-@pytest.mark.parametrize("i, completion, correct", [
-    (0, "3 + 4 = 7 apples.\n#### 7", True),
-    (0, "The answer is 7.", True),
-    (0, "first 3, then 4 more, so 7", True),
-    (0, "#### 8", False),
-    (1, "3 x 1.50 = 4.5\n#### $4.50", True),
-    (2, "#### 1/2", True),
-    (2, "#### \\frac{1}{2}", True),
-    (2, "#### 50%", True),
-    (3, "#### 1200", True),
-    (3, "#### 1,200 cents", True),
-])
+@pytest.mark.parametrize(
+    "i, completion, correct",
+    [
+        (0, "3 + 4 = 7 apples.\n#### 7", True),
+        (0, "The answer is 7.", True),
+        (0, "first 3, then 4 more, so 7", True),
+        (0, "#### 8", False),
+        (1, "3 x 1.50 = 4.5\n#### $4.50", True),
+        (2, "#### 1/2", True),
+        (2, "#### \\frac{1}{2}", True),
+        (2, "#### 50%", True),
+        (3, "#### 1200", True),
+        (3, "#### 1,200 cents", True),
+    ],
+)
 def test_gsm8k_numbers_are_equal_however_written(tmp_path, i, completion, correct):
     task, ex = gsm_example(tmp_path, i)
     s = task.score(ex, completion)
@@ -145,21 +154,26 @@ def test_gsm8k_vote_keys_merge_equal_numbers(tmp_path):
     assert task.score(ex, "no numbers here").answer is None
 
 
-MATH = [{"problem": "Compute 1/2.", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
-        {"problem": "Solve x^2=4, x>0.", "answer": "2"},
-        {"problem": "Simplify sqrt(8).", "answer": "2\\sqrt{2}"}]
+MATH = [
+    {"problem": "Compute 1/2.", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
+    {"problem": "Solve x^2=4, x>0.", "answer": "2"},
+    {"problem": "Simplify sqrt(8).", "answer": "2\\sqrt{2}"},
+]
 
 
-@pytest.mark.parametrize("i, completion, correct", [
-    (0, "So the answer is \\boxed{0.5}", True),
-    (0, "\\boxed{1/2}", True),
-    (0, "\\boxed{\\dfrac{1}{2}} and \\boxed{\\frac{2}{4}}", True),
-    (0, "\\boxed{\\frac{1}{3}}", False),
-    (0, "the answer is 1/2", False),  # no \boxed: not extracted
-    (1, "x = \\boxed{2}", True),
-    (2, "\\boxed{\\sqrt{8}}", True),
-    (2, "\\boxed{2\\sqrt{3}}", False),
-])
+@pytest.mark.parametrize(
+    "i, completion, correct",
+    [
+        (0, "So the answer is \\boxed{0.5}", True),
+        (0, "\\boxed{1/2}", True),
+        (0, "\\boxed{\\dfrac{1}{2}} and \\boxed{\\frac{2}{4}}", True),
+        (0, "\\boxed{\\frac{1}{3}}", False),
+        (0, "the answer is 1/2", False),  # no \boxed: not extracted
+        (1, "x = \\boxed{2}", True),
+        (2, "\\boxed{\\sqrt{8}}", True),
+        (2, "\\boxed{2\\sqrt{3}}", False),
+    ],
+)
 def test_math_answers_are_checked_by_math_verify(tmp_path, i, completion, correct):
     task = get_task(f"math:{write_jsonl(tmp_path / 'm.jsonl', MATH)}")
     s = task.score(task.example_from_row(MATH[i]), completion)
@@ -174,23 +188,28 @@ def test_math_vote_keys_put_equal_values_together(tmp_path):
     assert task.score(ex, "\\boxed{\\frac{1}{3}}").vote_key != keys[0]
 
 
-MC = [{"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": "B"},
-      {"question": "Sky?", "A": "green", "B": "blue", "C": "red", "answer": 1},
-      {"question": "Cats?", "choices": ["meow", "woof"], "answer": "meow"}]
+MC = [
+    {"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": "B"},
+    {"question": "Sky?", "A": "green", "B": "blue", "C": "red", "answer": 1},
+    {"question": "Cats?", "choices": ["meow", "woof"], "answer": "meow"},
+]
 
 
-@pytest.mark.parametrize("i, completion, letter", [
-    (0, "The answer is (B).", "B"),
-    (0, "Answer: B", "B"),
-    (0, "B. 4", "B"),
-    (0, "<answer>B</answer>", "B"),
-    (0, "\\boxed{B}", "B"),
-    (0, "I am not sure. The answer is **B**", "B"),
-    (0, "The answer is (E).", None),  # only A-D exist
-    (0, "Because 2+2 is four", None),
-    (1, "the answer is b", "B"),
-    (2, "(A) meow", "A"),
-])
+@pytest.mark.parametrize(
+    "i, completion, letter",
+    [
+        (0, "The answer is (B).", "B"),
+        (0, "Answer: B", "B"),
+        (0, "B. 4", "B"),
+        (0, "<answer>B</answer>", "B"),
+        (0, "\\boxed{B}", "B"),
+        (0, "I am not sure. The answer is **B**", "B"),
+        (0, "The answer is (E).", None),  # only A-D exist
+        (0, "Because 2+2 is four", None),
+        (1, "the answer is b", "B"),
+        (2, "(A) meow", "A"),
+    ],
+)
 def test_multiple_choice_letters(tmp_path, i, completion, letter):
     task = get_task(f"mc:{write_jsonl(tmp_path / 'mc.jsonl', MC)}")
     ex = task.example_from_row(MC[i])
@@ -201,8 +220,10 @@ def test_multiple_choice_letters(tmp_path, i, completion, letter):
 
 
 def test_ordering_gives_partial_reward_but_counts_only_the_exact_order_correct(tmp_path):
-    rows = [{"sentences": [f"Sentence {k}." for k in range(1, 6)]},
-            {"storyid": "x", "sentence1": "A.", "sentence2": "B.", "sentence3": "C.", "sentence4": "D.", "sentence5": "E."}]
+    rows = [
+        {"sentences": [f"Sentence {k}." for k in range(1, 6)]},
+        {"storyid": "x", "sentence1": "A.", "sentence2": "B.", "sentence3": "C.", "sentence4": "D.", "sentence5": "E."},
+    ]
     task = get_task(f"ordering:{write_jsonl(tmp_path / 'o.jsonl', rows)}")
     for row in rows:
         ex = task.example_from_row(row)
@@ -231,7 +252,11 @@ def test_mbpp_file_task(tmp_path):
 
 
 def test_bare_kinds_score_but_do_not_search():
-    assert get_task("gsm8k").score(get_task("gsm8k").example_from_row({"question": "q", "answer": "#### 5"}), "#### 5").correct
+    assert (
+        get_task("gsm8k")
+        .score(get_task("gsm8k").example_from_row({"question": "q", "answer": "#### 5"}), "#### 5")
+        .correct
+    )
     with pytest.raises(ThicketsError, match="use --task gsm8k:PATH"):
         make_splits(get_task("gsm8k"), 0, 1)
     with pytest.raises(ThicketsError, match="needs a data file"):
@@ -265,12 +290,15 @@ ADVERSARIAL = [
 ]
 
 
-@pytest.mark.parametrize("kind, rows", [
-    ("gsm8k", [{"question": "q", "answer": "#### 7"}]),
-    ("math", [{"problem": "q", "answer": "7"}]),
-    ("mc", [{"question": "q", "choices": ["a", "b"], "answer": "B"}]),
-    ("ordering", [{"sentences": ["a.", "b.", "c.", "d.", "e."]}]),
-])
+@pytest.mark.parametrize(
+    "kind, rows",
+    [
+        ("gsm8k", [{"question": "q", "answer": "#### 7"}]),
+        ("math", [{"problem": "q", "answer": "7"}]),
+        ("mc", [{"question": "q", "choices": ["a", "b"], "answer": "B"}]),
+        ("ordering", [{"sentences": ["a.", "b.", "c.", "d.", "e."]}]),
+    ],
+)
 def test_adversarial_completions_are_answered_within_a_second(tmp_path, kind, rows):
     task = get_task(f"{kind}:{write_jsonl(tmp_path / 'a.jsonl', rows)}")
     ex = task.example_from_row(rows[0])

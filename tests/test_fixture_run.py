@@ -49,9 +49,13 @@ def test_an_old_run_resumes_with_the_scores_that_release_gave(old_run):
     result = search(SearchConfig(**{**old.__dict__, "batching": "chunks", "population": 4}), old_run, progress=False)
     assert len(result.ranked) == 4
     with sqlite3.connect(old_run / DB_NAME) as con:
-        cand = con.execute("SELECT idx, seed, sigma, score, accuracy, format_rate FROM candidates WHERE idx=3").fetchone()
-        rows = con.execute("SELECT example, example_id, completion, answer, vote_key, reward, correct FROM results "
-                           "WHERE model='cand:3' AND split='val' ORDER BY example").fetchall()
+        cand = con.execute(
+            "SELECT idx, seed, sigma, score, accuracy, format_rate FROM candidates WHERE idx=3"
+        ).fetchone()
+        rows = con.execute(
+            "SELECT example, example_id, completion, answer, vote_key, reward, correct FROM results "
+            "WHERE model='cand:3' AND split='val' ORDER BY example"
+        ).fetchall()
         batching = json.loads(con.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])["batching"]
     assert list(cand) == expected["row"]
     assert [list(r) for r in rows] == expected["val"]
@@ -66,8 +70,11 @@ def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path)
     search(SearchConfig(**{**old.__dict__, "population": 4}), old_run, progress=False)
     out = export_candidate(old_run, 1, tmp_path / "exported")
     recipe = json.loads((out / "thickets_recipe.json").read_text())
-    assert (recipe["run"]["index"], recipe["seed"], recipe["sigma"]) == (expected["index"], expected["seed"],
-                                                                          expected["sigma"])
+    assert (recipe["run"]["index"], recipe["seed"], recipe["sigma"]) == (
+        expected["index"],
+        expected["seed"],
+        expected["sigma"],
+    )
     tensors = load_file(out / "model.safetensors")
     h = hashlib.sha256()
     for name in sorted(tensors):

@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("trl")
 
-from thickets.baselines.grpo import GRPOSettings, run_grpo, task_reward  # noqa: E402
-from thickets.models import load  # noqa: E402
-from thickets.tasks import get_task  # noqa: E402
-from thickets.tasks.splits import make_splits  # noqa: E402
+from thickets.baselines.grpo import GRPOSettings, run_grpo, task_reward
+from thickets.models import load
+from thickets.tasks import get_task
+from thickets.tasks.splits import make_splits
 
 
 def _changed(a, b) -> float:
@@ -20,8 +20,21 @@ def _changed(a, b) -> float:
 @pytest.mark.parametrize("lora", [False, True])
 def test_one_grpo_step_through_trl_changes_the_weights(tiny_model_dir, tmp_path, lora):
     base, _, _ = load(str(tiny_model_dir))
-    log = run_grpo(GRPOSettings(model=str(tiny_model_dir), task="toy", steps=1, num_generations=2, prompts_per_step=2,
-                                max_new_tokens=4, val_size=4, learning_rate=1e-2, lora=lora), tmp_path, progress=False)
+    log = run_grpo(
+        GRPOSettings(
+            model=str(tiny_model_dir),
+            task="toy",
+            steps=1,
+            num_generations=2,
+            prompts_per_step=2,
+            max_new_tokens=4,
+            val_size=4,
+            learning_rate=1e-2,
+            lora=lora,
+        ),
+        tmp_path,
+        progress=False,
+    )
     trained, _, _ = load(log["model_dir"])
     assert _changed(base, trained) > 0
     assert len(log["steps"]) == 1 and 0 <= log["steps"][0]["reward"] <= 1

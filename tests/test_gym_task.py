@@ -61,8 +61,14 @@ def test_unknown_gym_task_is_refused():
 def test_adversarial_completions_are_fast():
     task = get_task("gym:letter_counting")
     ex = first(task)
-    for completion in ("7" * 1_000_000, "<answer>" * 100_000, "x" * 1_000_000 + "<answer>1</answer>",
-                       "<answer>" + "9" * 100_000 + "</answer>", "#### ٧", "<think><answer>3</think>"):
+    for completion in (
+        "7" * 1_000_000,
+        "<answer>" * 100_000,
+        "x" * 1_000_000 + "<answer>1</answer>",
+        "<answer>" + "9" * 100_000 + "</answer>",
+        "#### ٧",
+        "<think><answer>3</think>",
+    ):
         t0 = time.perf_counter()
         task.score(ex, completion)
         assert time.perf_counter() - t0 < 1.0

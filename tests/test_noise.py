@@ -15,13 +15,20 @@ from thickets.noise import (
 
 
 def test_same_seed_and_name_give_the_same_noise_in_another_process():
-    code = ("from thickets.noise import *; import hashlib;"
-            "print(hashlib.sha256(standard_noise(PerturbationSpec(7, 1e-3), 'model.layers.0.mlp.up_proj.weight', (300, 70)).tobytes()).hexdigest())")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}
+    code = (
+        "from thickets.noise import *; import hashlib;"
+        "noise = standard_noise(PerturbationSpec(7, 1e-3), 'model.layers.0.mlp.up_proj.weight', (300, 70));"
+        "print(hashlib.sha256(noise.tobytes()).hexdigest())"
+    )
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     import hashlib
 
-    here = hashlib.sha256(standard_noise(PerturbationSpec(7, 1e-3), "model.layers.0.mlp.up_proj.weight", (300, 70)).tobytes()).hexdigest()
+    here = hashlib.sha256(
+        standard_noise(PerturbationSpec(7, 1e-3), "model.layers.0.mlp.up_proj.weight", (300, 70)).tobytes()
+    ).hexdigest()
     assert outs == {here + "\n"}
 
 

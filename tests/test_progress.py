@@ -15,11 +15,32 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
     env = {**os.environ, "THICKETS_PROGRESS_SECONDS": "0"}
     run = str(tmp_path / "run")
     with open(log, "w") as out:
-        for argv in (["search", "--model", str(tiny_model_dir), "--task", "toy", "--population", "3", "--sigma", "0.05",
-                      "--val-size", "3", "--max-new-tokens", "3", "--run-dir", run],
-                     ["ensemble", "--run-dir", run, "--top-k", "1", "--test-size", "2"]):
-            assert subprocess.run([sys.executable, RUN_CLI, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                  env=env).returncode == 0
+        for argv in (
+            [
+                "search",
+                "--model",
+                str(tiny_model_dir),
+                "--task",
+                "toy",
+                "--population",
+                "3",
+                "--sigma",
+                "0.05",
+                "--val-size",
+                "3",
+                "--max-new-tokens",
+                "3",
+                "--run-dir",
+                run,
+            ],
+            ["ensemble", "--run-dir", run, "--top-k", "1", "--test-size", "2"],
+        ):
+            assert (
+                subprocess.run(
+                    [sys.executable, RUN_CLI, *argv], stdout=out, stderr=subprocess.STDOUT, env=env
+                ).returncode
+                == 0
+            )
     lines = log.read_text().splitlines()
     search = [line for line in lines if line.startswith("search ")]
     assert search[0].startswith("search 0/3 (0%)") and search[-1].startswith("search 3/3 (100%)")
@@ -30,9 +51,30 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
 
 def test_the_interval_keeps_a_log_short(tiny_model_dir, tmp_path):
     env = {**os.environ, "THICKETS_PROGRESS_SECONDS": "3600"}
-    r = subprocess.run([sys.executable, RUN_CLI, "search", "--model", str(tiny_model_dir), "--task", "toy",
-                        "--population", "4", "--sigma", "0.05", "--val-size", "3", "--max-new-tokens", "3",
-                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            RUN_CLI,
+            "search",
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "toy",
+            "--population",
+            "4",
+            "--sigma",
+            "0.05",
+            "--val-size",
+            "3",
+            "--max-new-tokens",
+            "3",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0
     search = [line for line in r.stderr.splitlines() if line.startswith("search ")]
     assert len(search) == 2 and search[0].startswith("search 0/4") and search[1].startswith("search 4/4")

@@ -86,13 +86,17 @@ def test_a_racing_search_keeps_the_exhaustive_top_k_and_generates_less(tmp_path,
     common = dict(model=str(tiny_model_dir), task="toy", population=24, val_size=32, batch_size=4, max_new_tokens=2)
     full_engine, raced_engine = KnownEngine(), KnownEngine()
     full = search(SearchConfig(**common), tmp_path / "full", engine=full_engine, progress=False)
-    raced = search(SearchConfig(**common, racing="exact", racing_top_k=3), tmp_path / "raced", engine=raced_engine,
-                   progress=False)
-    top = lambda r: [c.idx for c in r.ranked[:3]]  # noqa: E731
+    raced = search(
+        SearchConfig(**common, racing="exact", racing_top_k=3), tmp_path / "raced", engine=raced_engine, progress=False
+    )
+
+    def top(r):
+        return [c.idx for c in r.ranked[:3]]
+
     assert top(raced) == top(full)
     assert raced_engine.generated < full_engine.generated
     stopped = [c for c in raced.ranked if not c.complete]
-    assert stopped and all(not c.complete for c in raced.ranked[-len(stopped):])  # ranked after finished ones
+    assert stopped and all(not c.complete for c in raced.ranked[-len(stopped) :])  # ranked after finished ones
     third = full.ranked[2].score
     full_scores = {c.idx: c.score for c in full.ranked}
     assert all(full_scores[c.idx] < third for c in stopped)
@@ -112,16 +116,18 @@ def test_a_run_folder_from_before_racing_reads_as_all_complete_and_is_upgraded(t
         con.execute("ALTER TABLE candidates DROP COLUMN n_val")
     with RunStore.open(tmp_path / "old", write=False) as store:
         assert [c.complete for c in store.candidates()] == [True] * 3
-    result = search(SearchConfig(**{**config.__dict__, "population": 4}), tmp_path / "old", engine=KnownEngine(),
-                    progress=False)
+    result = search(
+        SearchConfig(**{**config.__dict__, "population": 4}), tmp_path / "old", engine=KnownEngine(), progress=False
+    )
     assert len(result.ranked) == 4 and all(c.complete for c in result.ranked)
 
 
 def test_race_replay_command_prints_agreement_for_each_rule(tmp_path, tiny_model_dir, capsys):
     from thickets.cli.commands import main
 
-    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=12, val_size=16, batch_size=4,
-                          max_new_tokens=2)
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=12, val_size=16, batch_size=4, max_new_tokens=2
+    )
     search(config, tmp_path / "run", engine=KnownEngine(), progress=False)
     assert main(["race-replay", "--run-dir", str(tmp_path / "run"), "--top-k", "1,3", "--orders", "20"]) == 0
     out = capsys.readouterr().out
@@ -156,8 +162,9 @@ def test_racing_generates_in_the_same_batches_as_an_exhaustive_search(tmp_path, 
         return real(model, input_ids, attention_mask, *a, **kw)
 
     monkeypatch.setattr(fast_decode, "generate_greedy", record)
-    common = dict(model=str(tiny_model_dir), task="toy", population=6, val_size=16, batch_size=4, max_new_tokens=3,
-                  sigmas=(0.05,))
+    common = dict(
+        model=str(tiny_model_dir), task="toy", population=6, val_size=16, batch_size=4, max_new_tokens=3, sigmas=(0.05,)
+    )
     runs = {}
     for name, extra in (("full", {}), ("raced", dict(racing="exact", racing_top_k=1))):
         batches.clear()
@@ -166,6 +173,6 @@ def test_racing_generates_in_the_same_batches_as_an_exhaustive_search(tmp_path, 
         runs[name] = list(batches)
     per_model = len(runs["full"]) // 7  # the base and 6 candidates, the same batches each
     full = runs["full"][:per_model]
-    assert all(runs["full"][i:i + per_model] == full for i in range(0, len(runs["full"]), per_model))
+    assert all(runs["full"][i : i + per_model] == full for i in range(0, len(runs["full"]), per_model))
     assert all(b in full for b in runs["raced"])  # every raced batch is one the exhaustive search generated
     assert len(runs["raced"]) < len(runs["full"])  # and racing did stop some candidate early

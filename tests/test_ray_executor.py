@@ -8,28 +8,32 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray")
 
-from thickets.randopt.config import SearchConfig  # noqa: E402
-from thickets.randopt.executors import RayExecutor, RayOptions  # noqa: E402
-from thickets.randopt.search import search  # noqa: E402
-from thickets.randopt.store import RunStore, candidate_model  # noqa: E402
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.executors import RayExecutor, RayOptions
+from thickets.randopt.search import search
+from thickets.randopt.store import RunStore, candidate_model
 
 
 def _config(model, **over):
-    base = dict(model=str(model), task="products", population=6, sigmas=(0.05, 0.1), val_size=4,
-                max_new_tokens=4, batch_size=4)
+    base = dict(
+        model=str(model), task="products", population=6, sigmas=(0.05, 0.1), val_size=4, max_new_tokens=4, batch_size=4
+    )
     return SearchConfig(**{**base, **over})
 
 
 def _stored(run_dir):
     with RunStore.open(run_dir, write=False) as store:
         cands = store.candidates()
-        return ({c.idx: c.score for c in cands},
-                {c.idx: store.completions(candidate_model(c.idx), "val") for c in cands})
+        return (
+            {c.idx: c.score for c in cands},
+            {c.idx: store.completions(candidate_model(c.idx), "val") for c in cands},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +102,40 @@ def test_a_killed_worker_loses_no_candidate_and_records_none_twice(tmp_path, tin
 
 def _ray_search(model, run, population: int) -> tuple[list[str], subprocess.Popen]:
     """A Ray search in its own process group, once it has stored two candidates: (its command, it)."""
-    cmd = [sys.executable, "-m", "thickets.cli", "--quiet", "search", "--model", str(model),
-           "--task", "products", "--population", str(population), "--sigma", "0.05", "--val-size", "8",
-           "--max-new-tokens", "8", "--executor", "ray", "--workers", "2", "--run-dir", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "thickets.cli",
+        "--quiet",
+        "search",
+        "--model",
+        str(model),
+        "--task",
+        "products",
+        "--population",
+        str(population),
+        "--sigma",
+        "0.05",
+        "--val-size",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        "--run-dir",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         try:
-            n = sqlite3.connect(f"file:{run / 'thickets.sqlite'}?mode=ro", uri=True).execute(
-                "SELECT COUNT(*) FROM candidates").fetchone()[0]
+            n = (
+                sqlite3.connect(f"file:{run / 'thickets.sqlite'}?mode=ro", uri=True)
+                .execute("SELECT COUNT(*) FROM candidates")
+                .fetchone()[0]
+            )
         except sqlite3.Error:
             n = 0
         if n >= 2:
@@ -135,7 +164,7 @@ def _descendants(pid: int) -> set[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                stat = open(f"/proc/{entry.name}/stat").read().rpartition(")")[2].split()
+                stat = Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue
             children.setdefault(int(stat[1]), []).append(int(entry.name))

@@ -31,8 +31,10 @@ def test_a_chat_style_grpo_reward_works_unchanged_and_receives_the_columns(tmp_p
     val, _ = make_splits(task, 0, 4)
     task.check(val)
     assert task.style == "chat"
-    completions = [f"<answer>{ex.data['row']['answer']}</answer>" if i % 2 == 0 else "<answer>nope</answer>"
-                   for i, ex in enumerate(val)]
+    completions = [
+        f"<answer>{ex.data['row']['answer']}</answer>" if i % 2 == 0 else "<answer>nope</answer>"
+        for i, ex in enumerate(val)
+    ]
     scores = task.score_batch(val, completions)
     assert [s.reward for s in scores] == [1.0, 0.0, 1.0, 0.0]
     assert [s.correct for s in scores] == [True, False, True, False]  # prompts-only: correct = reward reaches 1
@@ -59,15 +61,24 @@ def test_a_reward_with_a_format_bonus_does_not_make_a_wrong_answer_correct(tmp_p
     assert right.reward == 0.0 and right.correct
 
 
-@pytest.mark.parametrize("fn, message", [
-    ("broken_reward", "reward function .*broken_reward raised ValueError: the judge is down"),
-    ("short_reward", "reward function .*short_reward returned 1 rewards for 2 completions"),
-    ("text_reward", "reward function .*text_reward returned 'high' at position 0"),
-    ("no_such_function", "has no function 'no_such_function'"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("broken_reward", "reward function .*broken_reward raised ValueError: the judge is down"),
+        ("short_reward", "reward function .*short_reward returned 1 rewards for 2 completions"),
+        ("text_reward", "reward function .*text_reward returned 'high' at position 0"),
+        ("no_such_function", "has no function 'no_such_function'"),
+    ],
+)
 def test_a_bad_reward_stops_the_run_before_the_store_is_touched(tmp_path, tiny_model_dir, fn, message):
-    config = SearchConfig(model=str(tiny_model_dir), task=f"prompts:{data(tmp_path)}", reward=f"{FIXTURE}:{fn}",
-                          population=2, val_size=1, max_new_tokens=4)
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task=f"prompts:{data(tmp_path)}",
+        reward=f"{FIXTURE}:{fn}",
+        population=2,
+        val_size=1,
+        max_new_tokens=4,
+    )
     run_dir = tmp_path / "run"
     with pytest.raises(ThicketsError, match=message):
         search(config, run_dir, progress=False)
@@ -77,16 +88,26 @@ def test_a_bad_reward_stops_the_run_before_the_store_is_touched(tmp_path, tiny_m
 def test_a_prompts_task_needs_a_reward(tmp_path):
     with pytest.raises(ThicketsError, match="give --reward"):
         get_task(f"prompts:{data(tmp_path)}")
-    with pytest.raises(ThicketsError, match="reward file .* does not exist"):
+    with pytest.raises(ThicketsError, match=r"reward file .* does not exist"):
         get_task(f"prompts:{data(tmp_path)}", reward="nowhere.py:f")
     with pytest.raises(ThicketsError, match="module:function"):
         get_task(f"prompts:{data(tmp_path)}", reward="nofunction")
 
 
-def test_a_search_with_a_user_reward_stores_its_rewards_and_refuses_a_changed_data_file(tmp_path, tiny_engine, tiny_model_dir):
+def test_a_search_with_a_user_reward_stores_its_rewards_and_refuses_a_changed_data_file(
+    tmp_path, tiny_engine, tiny_model_dir
+):
     p = data(tmp_path)
-    config = SearchConfig(model=str(tiny_model_dir), task=f"prompts:{p}", reward=f"{FIXTURE}:length_reward",
-                          population=3, sigmas=(0.05,), val_size=4, max_new_tokens=6, batch_size=4)
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task=f"prompts:{p}",
+        reward=f"{FIXTURE}:length_reward",
+        population=3,
+        sigmas=(0.05,),
+        val_size=4,
+        max_new_tokens=6,
+        batch_size=4,
+    )
     run_dir = tmp_path / "run"
     result = search(config, run_dir, engine=tiny_engine, progress=False)
     assert len(result.ranked) == 3
@@ -104,7 +125,7 @@ def test_a_search_with_a_user_reward_stores_its_rewards_and_refuses_a_changed_da
 
     data(tmp_path, ROWS[:7] + [{"prompt": "changed", "answer": "0"}])
     before = (run_dir / DB_NAME).read_bytes()
-    with pytest.raises(ThicketsError, match="data .* has changed since run"):
+    with pytest.raises(ThicketsError, match=r"data .* has changed since run"):
         search(SearchConfig(**{**config.__dict__, "population": 4}), run_dir, engine=tiny_engine, progress=False)
     assert (run_dir / DB_NAME).read_bytes() == before
 
@@ -112,29 +133,56 @@ def test_a_search_with_a_user_reward_stores_its_rewards_and_refuses_a_changed_da
 def test_thickets_score_with_a_reward(tmp_path, capsys):
     completion = tmp_path / "c.txt"
     completion.write_text("<answer>4</answer>")
-    code = main(["score", "--task", "prompts", "--reward", f"{FIXTURE}:correctness_reward",
-                 "--example", json.dumps({"prompt": "2+2?", "answer": "4"}), "--completion-file", str(completion)])
+    code = main(
+        [
+            "score",
+            "--task",
+            "prompts",
+            "--reward",
+            f"{FIXTURE}:correctness_reward",
+            "--example",
+            json.dumps({"prompt": "2+2?", "answer": "4"}),
+            "--completion-file",
+            str(completion),
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["reward"] == 1.0 and out["correct"] and out["answer"] == "4"
-    code = main(["score", "--task", "prompts", "--reward", f"{FIXTURE}:broken_reward",
-                 "--example", json.dumps({"prompt": "2+2?"}), "--completion-file", str(completion)])
+    code = main(
+        [
+            "score",
+            "--task",
+            "prompts",
+            "--reward",
+            f"{FIXTURE}:broken_reward",
+            "--example",
+            json.dumps({"prompt": "2+2?"}),
+            "--completion-file",
+            str(completion),
+        ]
+    )
     assert code == 2 and "the judge is down" in capsys.readouterr().err
     assert score_one(get_task("gsm8k"), {"question": "q", "answer": "#### 3"}, "#### 3")["correct"]
 
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile_rewards.py"
-MBPP_ROWS = [{"task_id": i, "text": f"Write double{i}(x).", "test_list": [f"assert double{i}(2) == 4"]} for i in range(3)]
+MBPP_ROWS = [
+    {"task_id": i, "text": f"Write double{i}(x).", "test_list": [f"assert double{i}(2) == 4"]} for i in range(3)
+]
 
 
 def mbpp_task(tmp_path, fn, timeout=5.0):
     return get_task(f"mbpp:{data(tmp_path, MBPP_ROWS, 'mbpp.jsonl')}", reward=f"{HOSTILE}:{fn}", reward_timeout=timeout)
 
 
-@pytest.mark.parametrize("fn, message", [
-    ("hangs", "did not return within 2 s"),
-    ("exits", r"ended its process \(exit status 0\)"),
-    ("raises_system_exit", "raised SystemExit"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("hangs", "did not return within 2 s"),
+        ("exits", r"ended its process \(exit status 0\)"),
+        ("raises_system_exit", "raised SystemExit"),
+    ],
+)
 def test_a_reward_that_hangs_or_exits_fails_clearly(tmp_path, fn, message):
     task = mbpp_task(tmp_path, fn, timeout=2.0)
     val, _ = make_splits(task, 0, 2)
@@ -142,12 +190,26 @@ def test_a_reward_that_hangs_or_exits_fails_clearly(tmp_path, fn, message):
         task.check(val)
 
 
-def test_a_reward_that_exits_mid_run_ends_the_search_with_exit_2_and_keeps_the_store(tmp_path, tiny_model_dir,
-                                                                                    capsys):
+def test_a_reward_that_exits_mid_run_ends_the_search_with_exit_2_and_keeps_the_store(tmp_path, tiny_model_dir, capsys):
     run = tmp_path / "run"
-    argv = ["--quiet", "search", "--model", str(tiny_model_dir), "--task", f"mbpp:{data(tmp_path, MBPP_ROWS, 'm.jsonl')}",
-            "--reward", f"{HOSTILE}:exits", "--population", "2", "--val-size", "2", "--max-new-tokens", "4",
-            "--run-dir", str(run)]
+    argv = [
+        "--quiet",
+        "search",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        f"mbpp:{data(tmp_path, MBPP_ROWS, 'm.jsonl')}",
+        "--reward",
+        f"{HOSTILE}:exits",
+        "--population",
+        "2",
+        "--val-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--run-dir",
+        str(run),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "ended its process" in err and len(err.splitlines()) == 1

@@ -19,8 +19,9 @@ from thickets.tasks.base import Example, Score
 
 
 def small_run(tmp_path, model_dir, task="toy", **over):
-    config = SearchConfig(**{**dict(model=str(model_dir), task=task, population=2, val_size=3, max_new_tokens=3,
-                                    sigmas=(0.05,)), **over})
+    config = SearchConfig(
+        **{**dict(model=str(model_dir), task=task, population=2, val_size=3, max_new_tokens=3, sigmas=(0.05,)), **over}
+    )
     search(config, tmp_path / "run", progress=False)
     return config, tmp_path / "run"
 
@@ -77,7 +78,7 @@ def test_resuming_refuses_validation_examples_that_changed(tmp_path, tiny_model_
     config, run = small_run(tmp_path, tiny_model_dir, task="drifting")
     before = (run / DB_NAME).read_bytes()
     DriftingTask.version = 2
-    with pytest.raises(ThicketsError, match="validation example 0 of run .* the task's examples changed"):
+    with pytest.raises(ThicketsError, match=r"validation example 0 of run .* the task's examples changed"):
         search(SearchConfig(**{**config.__dict__, "population": 3}), run, progress=False)
     assert (run / DB_NAME).read_bytes() == before
     DriftingTask.version = 1

@@ -15,8 +15,9 @@ from thickets.tasks.code.sandbox import SandboxResult, isolation, run_python
 
 STRONG = isolation() == "namespace"
 MODES = ["namespace", "process"] if STRONG else ["process"]
-needs_namespace = pytest.mark.skipif(not STRONG, reason="host files are only protected in namespace mode "
-                                                        "(root with unshare); here: " + isolation())
+needs_namespace = pytest.mark.skipif(
+    not STRONG, reason="host files are only protected in namespace mode (root with unshare); here: " + isolation()
+)
 
 
 def sandbox_processes() -> list[int]:
@@ -61,16 +62,26 @@ def test_runs_code_and_reports_exit(mode):
     assert run_python("def f(:", mode=mode).status == "failed"
 
 
-@pytest.mark.parametrize("code", ["import sys\nsys.exit(0)\nprint('end')", "import os\nos._exit(0)",
-                                  "raise SystemExit(0)", "import sys\nsys.stdout.write('0' * 32)\nsys.exit()"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sys\nsys.exit(0)\nprint('end')",
+        "import os\nos._exit(0)",
+        "raise SystemExit(0)",
+        "import sys\nsys.stdout.write('0' * 32)\nsys.exit()",
+    ],
+)
 def test_exit_status_zero_before_the_end_is_not_a_pass(mode, code):
     r = run_python(code, mode=mode)
     assert r.returncode == 0 and r.status == "incomplete" and not r.ok
 
 
 def test_runs_in_its_own_writable_folder(mode):
-    r = run_python("import os, tempfile\nopen('a.txt', 'w').write('x')\n"
-                   "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir(), sorted(os.environ))", mode=mode)
+    r = run_python(
+        "import os, tempfile\nopen('a.txt', 'w').write('x')\n"
+        "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir(), sorted(os.environ))",
+        mode=mode,
+    )
     assert r.ok, r.stderr
     cwd, home, tmp, keys = r.stdout.split(" ", 3)
     assert home == cwd and tmp.startswith(cwd)
@@ -112,8 +123,9 @@ def test_fork_bomb_is_contained(mode):
 @needs_namespace
 def test_ctypes_fork_bomb_is_contained():
     """fork() through libc gets past the Python-level patch; NPROC (as nobody) and the PID namespace hold."""
-    r, took = timed("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True: libc.fork()",
-                    mode="namespace", timeout_s=1.5, cpu_s=2)
+    r, took = timed(
+        "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True: libc.fork()", mode="namespace", timeout_s=1.5, cpu_s=2
+    )
     assert not r.ok and took < 1.5 + 2
     assert sandbox_processes() == []
     assert run_python("print('next')").stdout == "next\n"
@@ -121,9 +133,11 @@ def test_ctypes_fork_bomb_is_contained():
 
 def test_escaped_session_is_killed(mode):
     """A child that leaves the process group with setsid() (via libc) must not outlive the run."""
-    code = ("import ctypes, time\nlibc = ctypes.CDLL(None)\n"
-            "if libc.fork() == 0:\n    libc.setsid()\n    time.sleep(60)\nelse:\n    time.sleep(0.2)\n")
-    r, took = timed(code, mode=mode, timeout_s=5.0)
+    code = (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\n"
+        "if libc.fork() == 0:\n    libc.setsid()\n    time.sleep(60)\nelse:\n    time.sleep(0.2)\n"
+    )
+    _r, took = timed(code, mode=mode, timeout_s=5.0)
     assert took < 5
     time.sleep(0.1)
     assert sandbox_processes() == []
@@ -144,14 +158,18 @@ def test_output_is_capped(mode):
 def test_writes_outside_the_folder_do_not_land(tmp_path):
     escape = Path(f"/tmp/thickets_sandbox_escape_{uuid.uuid4().hex}")
     own = tmp_path / "escaped.txt"
-    code = "\n".join(f"try:\n    open({str(p)!r}, 'w').write('pwned')\nexcept OSError as e:\n    print(e)"
-                     for p in (escape, own, Path("/work/thickets_escape"), Path("/root/thickets_escape")))
+    code = "\n".join(
+        f"try:\n    open({str(p)!r}, 'w').write('pwned')\nexcept OSError as e:\n    print(e)"
+        for p in (escape, own, Path("/work/thickets_escape"), Path("/root/thickets_escape"))
+    )
     r = run_python(code, mode="namespace")
     assert r.ok, r.stderr
     assert not escape.exists() and not own.exists()
     assert not Path("/work/thickets_escape").exists() and not Path("/root/thickets_escape").exists()
     # and as a process: who it is and what it can see
-    r = run_python("import os\nprint(os.getuid(), os.getgid(), os.getgroups(), sorted(os.listdir('/')))", mode="namespace")
+    r = run_python(
+        "import os\nprint(os.getuid(), os.getgid(), os.getgroups(), sorted(os.listdir('/')))", mode="namespace"
+    )
     assert r.stdout.startswith("65534 65534 [] ") and "tmp" not in r.stdout and "work" not in r.stdout
 
 
@@ -166,10 +184,12 @@ def test_network_is_unreachable(mode, how):
         if how == "socket":
             code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
         else:
-            code = ("import ctypes, socket, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                    "fd = libc.socket(2, 1, 0)\n"
-                    f"addr = struct.pack('<HH4s8x', 2, socket.htons({port}), bytes([127, 0, 0, 1]))\n"
-                    "assert libc.connect(fd, addr, 16) == 0, ctypes.get_errno()")
+            code = (
+                "import ctypes, socket, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "fd = libc.socket(2, 1, 0)\n"
+                f"addr = struct.pack('<HH4s8x', 2, socket.htons({port}), bytes([127, 0, 0, 1]))\n"
+                "assert libc.connect(fd, addr, 16) == 0, ctypes.get_errno()"
+            )
         r, took = timed(code, mode=mode, timeout_s=4.0)
         assert not r.ok and took < 4 + 2
         server.setblocking(False)

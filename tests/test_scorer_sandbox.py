@@ -17,8 +17,17 @@ from thickets.tasks.splits import make_splits
 #: every reasoning-gym 0.1.25 scorer that runs the answer as code: eval() in string_insertion,
 #: spiral_matrix, binary_matrix and n_queens; sympy's parse_expr or sympify (an eval) in the others.
 #: Found by probing all 106 datasets' scorers with answers that write a file if executed.
-EVAL_SCORERS = ["binary_matrix", "countdown", "intermediate_integration", "n_queens", "polynomial_multiplication",
-                "puzzle24", "simple_integration", "spiral_matrix", "string_insertion"]
+EVAL_SCORERS = [
+    "binary_matrix",
+    "countdown",
+    "intermediate_integration",
+    "n_queens",
+    "polynomial_multiplication",
+    "puzzle24",
+    "simple_integration",
+    "spiral_matrix",
+    "string_insertion",
+]
 
 
 def payload(marker) -> str:
@@ -92,14 +101,17 @@ def test_each_call_is_bounded_and_reports_how_it_failed(sandbox):
 
 def test_one_answer_cannot_change_the_verdict_on_the_next(sandbox):
     """Each call is a fresh fork: patching the scorer from inside one answer reaches no later answer."""
-    out = sandbox.call_many("builtins:eval", [("__import__('math').__setattr__('sqrt', lambda x: 99) or 0",),
-                                              ("__import__('math').sqrt(4)",)])
+    out = sandbox.call_many(
+        "builtins:eval",
+        [("__import__('math').__setattr__('sqrt', lambda x: 99) or 0",), ("__import__('math').sqrt(4)",)],
+    )
     assert out[1].value == 2.0
 
 
 def test_output_and_fork_attempts_do_not_reach_the_caller(sandbox, capfd):
-    out = sandbox.call_many("builtins:exec", [("print('x' * 1000); import os; os.write(1, b'{\"ok\": true}')",),
-                                              ("import os; os.fork()",)])
+    out = sandbox.call_many(
+        "builtins:exec", [("print('x' * 1000); import os; os.write(1, b'{\"ok\": true}')",), ("import os; os.fork()",)]
+    )
     assert out[0].ok and out[0].value is None  # what it printed went nowhere; the reply is the call's own
     assert not out[1].ok
     assert "x" * 1000 not in capfd.readouterr().out
@@ -119,7 +131,9 @@ def test_thickets_score_on_a_gym_task_runs_nothing_from_the_answer(tmp_path, cap
     completion = tmp_path / "c.txt"
     completion.write_text(f"<answer>__import__('os').system('id > {marker}')</answer>")
     example = json.dumps({"question": "Insert", "answer": "abc", "metadata": {}})
-    assert main(["score", "--task", "gym:string_insertion", "--example", example,
-                 "--completion-file", str(completion)]) == 0
+    assert (
+        main(["score", "--task", "gym:string_insertion", "--example", example, "--completion-file", str(completion)])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["reward"] == 0.0 and not out["correct"] and not marker.exists()

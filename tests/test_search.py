@@ -17,8 +17,16 @@ RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def _config(model, **kw):
-    base = dict(model=str(model), task="toy", population=6, sigmas=(0.05, 0.1), val_size=6, max_new_tokens=6,
-                batch_size=6, seed=3)
+    base = dict(
+        model=str(model),
+        task="toy",
+        population=6,
+        sigmas=(0.05, 0.1),
+        val_size=6,
+        max_new_tokens=6,
+        batch_size=6,
+        seed=3,
+    )
     base.update(kw)
     return SearchConfig(**base)
 
@@ -56,7 +64,9 @@ class CountingEngine:
         return getattr(self.inner, name)
 
 
-def test_search_stores_every_candidate_with_its_results_and_resumes_without_rescoring(tiny_engine, tiny_model_dir, tmp_path):
+def test_search_stores_every_candidate_with_its_results_and_resumes_without_rescoring(
+    tiny_engine, tiny_model_dir, tmp_path
+):
     config = _config(tiny_model_dir)
     engine = CountingEngine(tiny_engine)
     result = search(config, tmp_path / "run", engine=engine, progress=False)
@@ -81,8 +91,10 @@ def test_search_stores_every_candidate_with_its_results_and_resumes_without_resc
 def test_a_different_config_on_an_existing_run_is_refused_without_touching_it(tiny_engine, tiny_model_dir, tmp_path):
     search(_config(tiny_model_dir, population=2), tmp_path / "run", engine=tiny_engine, progress=False)
     before = _digest(tmp_path / "run")
-    with pytest.raises(ThicketsError, match="another config.*sigmas"):
-        search(_config(tiny_model_dir, population=2, sigmas=(0.01,)), tmp_path / "run", engine=tiny_engine, progress=False)
+    with pytest.raises(ThicketsError, match=r"another config.*sigmas"):
+        search(
+            _config(tiny_model_dir, population=2, sigmas=(0.01,)), tmp_path / "run", engine=tiny_engine, progress=False
+        )
     with pytest.raises(ThicketsError, match="val_size"):
         search(_config(tiny_model_dir, population=2, val_size=3), tmp_path / "run", engine=tiny_engine, progress=False)
     assert _digest(tmp_path / "run") == before
@@ -101,11 +113,30 @@ def _cli(*args, **kw):
 
 def test_a_search_killed_with_sigkill_resumes_to_exactly_n_candidates_with_the_same_scores(tiny_model_dir, tmp_path):
     n = 10
-    args = ["--quiet", "search", "--model", str(tiny_model_dir), "--task", "toy", "--population", str(n),
-            "--sigma", "0.05,0.1", "--val-size", "6", "--max-new-tokens", "6", "--batch-size", "6", "--seed", "3"]
+    args = [
+        "--quiet",
+        "search",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "toy",
+        "--population",
+        str(n),
+        "--sigma",
+        "0.05,0.1",
+        "--val-size",
+        "6",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "6",
+        "--seed",
+        "3",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, RUN_CLI, *args, "--run-dir", str(killed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, RUN_CLI, *args, "--run-dir", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 240
     while time.time() < deadline:
         if (killed / DB_NAME).exists():

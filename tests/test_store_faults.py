@@ -24,8 +24,25 @@ RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def args(model, run_dir, *extra, task="toy", population="2"):
-    return ["--quiet", "search", "--model", str(model), "--task", task, "--population", population, "--sigma", "0.05",
-            "--val-size", "3", "--max-new-tokens", "3", "--run-dir", str(run_dir), *extra]
+    return [
+        "--quiet",
+        "search",
+        "--model",
+        str(model),
+        "--task",
+        task,
+        "--population",
+        population,
+        "--sigma",
+        "0.05",
+        "--val-size",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
 
 
 def snapshot(path: Path):
@@ -33,8 +50,11 @@ def snapshot(path: Path):
         return None
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def one_line_error(capsys, *fragments) -> str:
@@ -53,6 +73,7 @@ def run(tiny_model_dir, tmp_path_factory):
 
 
 # -- names ----------------------------------------------------------------------------------------
+
 
 def test_any_folder_name_is_its_own_run(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -114,8 +135,11 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_finished(tmp_path, tiny_mode
     assert main(args(tiny_model_dir, folder)) == 0
     size = (folder / DB_NAME).stat().st_size
     code = FULL_DISK.format(tests=str(Path(__file__).parent))
-    r = subprocess.run([sys.executable, "-c", code, str(size), *args(tiny_model_dir, folder, population="30")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(size), *args(tiny_model_dir, folder, population="30")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write the run store" in lines[0], r.stderr[-500:]  # "full" or "disk I/O error"
@@ -126,6 +150,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_finished(tmp_path, tiny_mode
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------------
+
 
 def test_a_run_dir_that_is_a_file_or_holds_a_folder_for_its_database(tmp_path, tiny_model_dir, capsys):
     file = tmp_path / "file"
@@ -147,12 +172,14 @@ def test_a_damaged_database_is_refused_before_anything_is_generated(tmp_path, ti
     data = bytearray(db.read_bytes())
     page = 4096
     last = len(data) // page - 1  # a page the first read (the config) does not reach
-    data[last * page: last * page + 64] = b"\xff" * 64
+    data[last * page : last * page + 64] = b"\xff" * 64
     db.write_bytes(bytes(data))
     before = snapshot(folder)
-    for argv in (args(tiny_model_dir, folder, population="3"),
-                 ["--quiet", "ensemble", "--run-dir", str(folder), "--top-k", "1", "--test-size", "2"],
-                 ["--quiet", "export", "--run-dir", str(folder), "--out", str(tmp_path / "m")]):
+    for argv in (
+        args(tiny_model_dir, folder, population="3"),
+        ["--quiet", "ensemble", "--run-dir", str(folder), "--top-k", "1", "--test-size", "2"],
+        ["--quiet", "export", "--run-dir", str(folder), "--out", str(tmp_path / "m")],
+    ):
         assert main(argv) == 2
         one_line_error(capsys, "damaged")
     assert snapshot(folder) == before
@@ -165,16 +192,19 @@ def test_a_smaller_population_is_refused(run, tiny_model_dir, capsys):
     assert snapshot(run) == before
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--max-new-tokens", str(10**9)], "max-new-tokens must be between 1 and"),
-    (["--max-new-tokens", "100000"], "exceeds the model's context of 512 tokens"),
-    (["--val-size", str(10**9)], "val-size must be between 1 and 100,000"),
-    (["--seed", "-1"], "seed must be in [0, 2**62)"),
-    (["--sigma", "inf"], "sigma must be a positive, finite number"),
-    (["--sigma", "nan"], "sigma must be a positive, finite number"),
-    (["--batch-size", "100000000"], "batch-size must be between 1 and"),
-    (["--reward-timeout", "0"], "reward-timeout must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--max-new-tokens", str(10**9)], "max-new-tokens must be between 1 and"),
+        (["--max-new-tokens", "100000"], "exceeds the model's context of 512 tokens"),
+        (["--val-size", str(10**9)], "val-size must be between 1 and 100,000"),
+        (["--seed", "-1"], "seed must be in [0, 2**62)"),
+        (["--sigma", "inf"], "sigma must be a positive, finite number"),
+        (["--sigma", "nan"], "sigma must be a positive, finite number"),
+        (["--batch-size", "100000000"], "batch-size must be between 1 and"),
+        (["--reward-timeout", "0"], "reward-timeout must be a positive number"),
+    ],
+)
 def test_bad_numbers_are_refused_before_the_store_is_made(tmp_path, tiny_model_dir, capsys, extra, fragment):
     start = time.monotonic()
     assert main(args(tiny_model_dir, tmp_path / "fresh", *extra)) == 2
@@ -202,12 +232,15 @@ def test_a_prompt_far_beyond_the_context_is_refused_before_tokenizing(tmp_path, 
     assert not (tmp_path / "fresh").exists()
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b'{"question": "caf\xe9", "answer": "#### 1"}\n', "big.jsonl:1 is not UTF-8 text (byte 0xe9"),
-    ("\ufeff" + '{"question": "q", "answer": "#### 1"}\n' * 1, None),  # a UTF-8 byte-order mark is fine
-    ('{"question": "q", "answer": "#### 1"}\n'.encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
-    (bytes(range(256)) * 4, "is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b'{"question": "caf\xe9", "answer": "#### 1"}\n', "big.jsonl:1 is not UTF-8 text (byte 0xe9"),
+        ("\ufeff" + '{"question": "q", "answer": "#### 1"}\n' * 1, None),  # a UTF-8 byte-order mark is fine
+        ('{"question": "q", "answer": "#### 1"}\n'.encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+        (bytes(range(256)) * 4, "is not UTF-8 text"),
+    ],
+)
 def test_data_files_that_are_not_utf8(tmp_path, tiny_model_dir, capsys, content, fragment):
     data = tmp_path / "big.jsonl"
     data.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -265,13 +298,38 @@ exec "$@"
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare for a "
-                    "read-only bind mount (root ignores file modes)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="needs root and unshare for a read-only bind mount (root ignores file modes)",
+)
 def test_a_read_only_run_folder_is_refused_before_generating(run, tmp_path):
     before = snapshot(run)
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY, "sh", str(run),
-                        sys.executable, RUN_CLI, "--quiet", "ensemble", "--run-dir", str(run), "--top-k", "1",
-                        "--test-size", "3"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            READ_ONLY,
+            "sh",
+            str(run),
+            sys.executable,
+            RUN_CLI,
+            "--quiet",
+            "ensemble",
+            "--run-dir",
+            str(run),
+            "--top-k",
+            "1",
+            "--test-size",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr[-1000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and ("read-only" in lines[0] or "cannot write" in lines[0]), r.stderr

@@ -44,8 +44,15 @@ def test_mixed_pretraining_makes_improving_perturbations_densest(quick):
 def test_quick_grid_covers_every_regime_and_target_and_writes_figures(quick):
     out, r = quick
     regimes = {c["regime"] for c in r["cells"]}
-    assert regimes == {"none/xavier", "none/kaiming", "none/orthogonal", "single/line", "single/sinusoid",
-                       "single/square", "mixed"}
+    assert regimes == {
+        "none/xavier",
+        "none/kaiming",
+        "none/orthogonal",
+        "single/line",
+        "single/sinusoid",
+        "single/square",
+        "mixed",
+    }
     assert len(r["cells"]) == 7 * 9
     for c in r["cells"]:
         assert c["best_mse"] <= min(s["best_mse"] for s in c["sweep"] if s["sigma"] == c["sigma"]) + 1e-9

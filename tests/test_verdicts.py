@@ -29,20 +29,24 @@ def task_of(tmp_path, kind, rows):
 
 # -- GSM8K ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gold, completion, correct", [
-    ("#### 50", "So the discount is #### 50%", True),  # a percent question's gold is the bare number
-    ("#### 0.5", "#### 50%", True),  # and where the gold is the fraction, the percent still names it
-    ("#### 50", "#### 0.5", False),
-    ("#### 12345", "#### 1,2345", False),  # a malformed thousands group is not a number
-    ("#### 1234", "#### 1,2345", False),  # and certainly not 1234
-    ("#### 1234567", "#### 1,234,567", True),
-    ("#### -5", "#### \u22125", True),  # U+2212 minus
-    ("#### -5", "The answer is \u20135.", True),  # en dash
-    ("#### -5", "#### \u20125", True),  # figure dash
-    ("#### 72", "The answer isn't 79, it's 72", True),  # "answer is" needs a word boundary
-    ("#### 20", "It spans pages 10-20", True),  # a dash after a digit is a range, not a sign
-    ("#### -20", "It spans pages 10-20", False),
-])
+
+@pytest.mark.parametrize(
+    "gold, completion, correct",
+    [
+        ("#### 50", "So the discount is #### 50%", True),  # a percent question's gold is the bare number
+        ("#### 0.5", "#### 50%", True),  # and where the gold is the fraction, the percent still names it
+        ("#### 50", "#### 0.5", False),
+        ("#### 12345", "#### 1,2345", False),  # a malformed thousands group is not a number
+        ("#### 1234", "#### 1,2345", False),  # and certainly not 1234
+        ("#### 1234567", "#### 1,234,567", True),
+        ("#### -5", "#### \u22125", True),  # U+2212 minus
+        ("#### -5", "The answer is \u20135.", True),  # en dash
+        ("#### -5", "#### \u20125", True),  # figure dash
+        ("#### 72", "The answer isn't 79, it's 72", True),  # "answer is" needs a word boundary
+        ("#### 20", "It spans pages 10-20", True),  # a dash after a digit is a range, not a sign
+        ("#### -20", "It spans pages 10-20", False),
+    ],
+)
 def test_gsm8k_verdicts(tmp_path, gold, completion, correct):
     task = task_of(tmp_path, "gsm8k", [{"question": "q", "answer": gold}])
     ex = task.example_from_row({"question": "q", "answer": gold})
@@ -58,8 +62,11 @@ def test_gsm8k_number_reading():
 
 # -- multiple choice ----------------------------------------------------------------------------
 
-ARC = {"question": "Which is a mammal?", "choices": {"text": ["shark", "whale", "trout", "squid"],
-                                                     "label": ["1", "2", "3", "4"]}, "answerKey": "2"}
+ARC = {
+    "question": "Which is a mammal?",
+    "choices": {"text": ["shark", "whale", "trout", "squid"], "label": ["1", "2", "3", "4"]},
+    "answerKey": "2",
+}
 DIGITS = {"question": "2 + 1?", "choices": ["1", "2", "3", "4"], "answer": "3"}
 MMLU = {"question": "Pick", "choices": ["1", "2", "3", "4"], "answer": 3}
 
@@ -73,17 +80,20 @@ def test_gold_letters_go_through_the_rows_own_labels_and_choice_text(tmp_path):
         task.example_from_row({**ARC, "answerKey": "E"})
 
 
-@pytest.mark.parametrize("completion, letter", [
-    ("A careful look shows (B)", "B"),  # the article is not choice A
-    ("I cannot determine it.", None),  # the pronoun is not choice I
-    ("The answer is a bit unclear", None),
-    ("The answer is I think (B)", "B"),
-    ("the answer is b", "B"),
-    ("The answer is A because whales breathe air", "A"),
-    ("Answer: I", "I"),
-    ("B. whale", "B"),
-    ("(C)", "C"),
-])
+@pytest.mark.parametrize(
+    "completion, letter",
+    [
+        ("A careful look shows (B)", "B"),  # the article is not choice A
+        ("I cannot determine it.", None),  # the pronoun is not choice I
+        ("The answer is a bit unclear", None),
+        ("The answer is I think (B)", "B"),
+        ("the answer is b", "B"),
+        ("The answer is A because whales breathe air", "A"),
+        ("Answer: I", "I"),
+        ("B. whale", "B"),
+        ("(C)", "C"),
+    ],
+)
 def test_articles_and_pronouns_are_not_choices(completion, letter):
     assert extract_choice(completion, 9) == letter
 
@@ -97,6 +107,7 @@ def test_a_reply_that_is_a_choices_text_names_it(tmp_path):
 
 
 # -- MATH ----------------------------------------------------------------------------------------
+
 
 def test_boxed_without_braces_is_read():
     assert last_boxed("so $\\boxed 5$.") == "5"
@@ -116,6 +127,7 @@ def test_equivalent_math_answers_vote_together_and_are_correct(tmp_path):
 
 
 # -- Countdown ------------------------------------------------------------------------------------
+
 
 def _countdown(answer: str, numbers=(3, 5, 2), target=13):
     ex = Example("c", "", {"numbers": list(numbers), "target": target})
@@ -142,15 +154,18 @@ def test_countdown_equations_with_numbers_not_given_do_not_vote():
     assert winner is not None and winner.correct
 
 
-@pytest.mark.parametrize("completion, reward, correct", [
-    ("I add.</think>\n<answer>3*5-2</answer>", 1.1, True),  # the exact format: the full 0.1
-    ("I add.</think> <answer>3*5-2</answer>", 1.06, True),  # think + answer blocks, not the exact format
-    ("<answer>3*5-2</answer>", 1.05, True),  # an answer block alone
-    ("I add.</think>\n<answer>3*5-2 = 13</answer>", 0.1, False),  # '=' is outside their character filter
-    ("I add.</think>\n<answer>2*5+2+1</answer>", 0.1, False),  # a number that was not given
-    ("I add.</think>\n<answer>(3**2)+5-1</answer>", 0.1, False),  # their eval would allow a power; we refuse it
-    ("nothing to see", 0.0, False),
-])
+@pytest.mark.parametrize(
+    "completion, reward, correct",
+    [
+        ("I add.</think>\n<answer>3*5-2</answer>", 1.1, True),  # the exact format: the full 0.1
+        ("I add.</think> <answer>3*5-2</answer>", 1.06, True),  # think + answer blocks, not the exact format
+        ("<answer>3*5-2</answer>", 1.05, True),  # an answer block alone
+        ("I add.</think>\n<answer>3*5-2 = 13</answer>", 0.1, False),  # '=' is outside their character filter
+        ("I add.</think>\n<answer>2*5+2+1</answer>", 0.1, False),  # a number that was not given
+        ("I add.</think>\n<answer>(3**2)+5-1</answer>", 0.1, False),  # their eval would allow a power; we refuse it
+        ("nothing to see", 0.0, False),
+    ],
+)
 def test_countdown_paper_scores_as_the_authors_code(completion, reward, correct):
     from thickets.tasks.countdown import CountdownPaperTask
 
@@ -164,7 +179,8 @@ def test_countdown_paper_scores_as_the_authors_code(completion, reward, correct)
 def test_countdown_paper_checks_the_answer_as_written_but_lets_it_vote_stripped():
     from thickets.tasks.countdown import CountdownPaperTask
 
-    s = CountdownPaperTask().score(Example("c", "", {"numbers": [3, 5, 2], "target": 13}),
-                                   "I add.</think>\n<answer>\n3*5-2\n</answer>")
+    s = CountdownPaperTask().score(
+        Example("c", "", {"numbers": [3, 5, 2], "target": 13}), "I add.</think>\n<answer>\n3*5-2\n</answer>"
+    )
     assert not s.correct and s.reward == pytest.approx(0.1)  # their reward: a newline fails the filter
     assert s.vote_key == "2,3,5=13"  # their vote strips the answer first

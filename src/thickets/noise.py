@@ -15,9 +15,9 @@ import fnmatch
 import hashlib
 import numbers
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,8 +129,12 @@ def _threads() -> int:
     return max(1, int(os.environ.get("THICKETS_NOISE_THREADS", os.cpu_count() or 1)))
 
 
-def add_noise_(spec: PerturbationSpec, params: Iterable[tuple[str, np.ndarray]], scale: float = 1.0,
-               base: Mapping[str, np.ndarray] | None = None) -> None:
+def add_noise_(
+    spec: PerturbationSpec,
+    params: Iterable[tuple[str, np.ndarray]],
+    scale: float = 1.0,
+    base: Mapping[str, np.ndarray] | None = None,
+) -> None:
     """In place: params[name] += scale * sigma * noise(name), chunk by chunk in parallel threads.
     With `base`: params[name] = base[name] + scale * sigma * noise(name), in the same single pass.
 

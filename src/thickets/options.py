@@ -14,9 +14,16 @@ from typing import Any
 from thickets.errors import ThicketsError
 
 
-def option(default: Any = ..., help: str = "", *, flag: str | None = None,
-           parse: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None,
-           show: Callable[[Any], str] | None = None, cli: bool = True) -> Any:
+def option(
+    default: Any = ...,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    show: Callable[[Any], str] | None = None,
+    cli: bool = True,
+) -> Any:
     """A dataclass field with what the command line needs; `...` as default: required."""
     metadata = {"help": help, "flag": flag, "parse": parse, "choices": choices, "show": show, "cli": cli}
     if default is ...:

@@ -9,9 +9,9 @@ vector is ever held, let alone N of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class RunScores:
     score: np.ndarray
 
     @classmethod
-    def read(cls, run_dir: str | Path) -> "RunScores":
+    def read(cls, run_dir: str | Path) -> RunScores:
         with RunStore.open(run_dir, write=False) as store:
             config = store.config
             base_scores = store.scores(BASE, "val")
@@ -49,9 +49,15 @@ class RunScores:
         if not base_scores or not cands:
             raise ThicketsError(f"run {run_dir} has no fully scored candidates yet (run `thickets search` first)")
         base = float(np.mean([s.reward for s in base_scores.values()]))
-        return cls(config.task, config.model, base, np.array([c.idx for c in cands]),
-                   np.array([c.seed for c in cands], dtype=np.uint64), np.array([c.sigma for c in cands]),
-                   np.array([c.score for c in cands]))
+        return cls(
+            config.task,
+            config.model,
+            base,
+            np.array([c.idx for c in cands]),
+            np.array([c.seed for c in cands], dtype=np.uint64),
+            np.array([c.sigma for c in cands]),
+            np.array([c.score for c in cands]),
+        )
 
 
 def density(r: RunScores, delta: float) -> list[dict]:
@@ -60,9 +66,18 @@ def density(r: RunScores, delta: float) -> list[dict]:
     for sigma in [*sorted(set(r.sigma.tolist())), None]:
         pick = np.ones_like(r.score, bool) if sigma is None else r.sigma == sigma
         s = r.score[pick]
-        rows.append({"sigma": sigma, "n": int(pick.sum()), "above_base": float((s > r.base).mean()),
-                     "above_base_plus_delta": float((s > r.base + delta).mean()), "delta": delta,
-                     "mean": float(s.mean()), "best": float(s.max()), "worst": float(s.min())})
+        rows.append(
+            {
+                "sigma": sigma,
+                "n": int(pick.sum()),
+                "above_base": float((s > r.base).mean()),
+                "above_base_plus_delta": float((s > r.base + delta).mean()),
+                "delta": delta,
+                "mean": float(s.mean()),
+                "best": float(s.max()),
+                "worst": float(s.min()),
+            }
+        )
     return rows
 
 
@@ -102,8 +117,9 @@ def _curve(store: RunStore, ranked, positions: list[int]) -> dict | None:
     return {"k": list(range(1, len(experts) + 1)), "accuracy": acc, "base": base_acc, "n_test": n}
 
 
-def projection(specs: Sequence[PerturbationSpec], names_shapes: Sequence[tuple[str, tuple[int, ...]]],
-               progress: bool = True) -> np.ndarray:
+def projection(
+    specs: Sequence[PerturbationSpec], names_shapes: Sequence[tuple[str, tuple[int, ...]]], progress: bool = True
+) -> np.ndarray:
     """[N, 2]: each candidate's perturbation sigma * eps projected on two fixed random directions
     (scaled by 1/sqrt(parameters), so a coordinate is about sigma in size).
 
@@ -137,8 +153,9 @@ def specialisation(run_dir: str | Path) -> dict | None:
         by_model = store.val_reward_by_task()
         cands = [c for c in store.candidates() if c.complete]
     base = by_model[BASE]
-    gains = np.array([[by_model.get(candidate_model(c.idx), {}).get(t, np.nan) - base[t] for t in tasks]
-                      for c in cands])
+    gains = np.array(
+        [[by_model.get(candidate_model(c.idx), {}).get(t, np.nan) - base[t] for t in tasks] for c in cands]
+    )
     T = len(tasks)
     corr = np.full((T, T), np.nan)
     for a in range(T):
@@ -146,13 +163,23 @@ def specialisation(run_dir: str | Path) -> dict | None:
             x, y = gains[:, a], gains[:, b]
             if x.std() > 0 and y.std() > 0:
                 corr[a, b] = float(np.corrcoef(x, y)[0, 1])
-    trade = {f"{tasks[a]} up, {tasks[b]} down": float(((gains[:, a] > 0) & (gains[:, b] < 0)).mean())
-             for a in range(T) for b in range(T) if a != b}
-    return {"tasks": tasks, "idx": [c.idx for c in cands], "gains": gains.tolist(), "base": base,
-            "correlation": corr.tolist(), "trade_offs": trade,
-            "improve_one_hurt_another": float(((gains > 0).any(1) & (gains < 0).any(1)).mean()),
-            "improve_all": float((gains > 0).all(1).mean()),
-            "above_base_per_task": {t: float((gains[:, i] > 0).mean()) for i, t in enumerate(tasks)}}
+    trade = {
+        f"{tasks[a]} up, {tasks[b]} down": float(((gains[:, a] > 0) & (gains[:, b] < 0)).mean())
+        for a in range(T)
+        for b in range(T)
+        if a != b
+    }
+    return {
+        "tasks": tasks,
+        "idx": [c.idx for c in cands],
+        "gains": gains.tolist(),
+        "base": base,
+        "correlation": corr.tolist(),
+        "trade_offs": trade,
+        "improve_one_hurt_another": float(((gains > 0).any(1) & (gains < 0).any(1)).mean()),
+        "improve_all": float((gains > 0).all(1).mean()),
+        "above_base_per_task": {t: float((gains[:, i] > 0).mean()) for i, t in enumerate(tasks)},
+    }
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -194,8 +221,13 @@ def plot_topk(curves: dict[str, dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for i, (task, curve) in enumerate(curves.items()):
         color = f"C{i}"
-        ax.plot(curve["k"], curve["accuracy"], marker="o", color=color,
-                label=f"{task}: top-K vote ({curve['n_test']} questions)")
+        ax.plot(
+            curve["k"],
+            curve["accuracy"],
+            marker="o",
+            color=color,
+            label=f"{task}: top-K vote ({curve['n_test']} questions)",
+        )
         ax.axhline(curve["base"], color=color, ls="--", lw=1, label=f"{task}: base")
     ax.set_xticks(sorted({k for c in curves.values() for k in c["k"]}))
     ax.set_xlabel("K")
@@ -248,8 +280,10 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
     out = run_dir / "analysis"
     out.mkdir(exist_ok=True)
     dens = density(r, delta)
-    figures = {"histogram": plot_histogram(r, out / "histogram.png"),
-               "sigma": plot_sigma_curve(r, out / "sigma_curve.png")}
+    figures = {
+        "histogram": plot_histogram(r, out / "histogram.png"),
+        "sigma": plot_sigma_curve(r, out / "sigma_curve.png"),
+    }
     curves = topk_curves(run_dir)
     if curves:
         figures["topk"] = plot_topk(curves, out / "topk.png")
@@ -261,8 +295,16 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
             specs = [store.config.candidate(int(i)) for i in r.idx]
         xy = projection(specs, _parameter_shapes(run_dir), progress)
         figures["projection"] = plot_projection(r, xy, out / "projection.png")
-    summary = {"task": r.task, "model": r.model, "base": r.base, "candidates": len(r.score), "density": dens,
-               "topk_curves": curves, "specialisation": spec, "figures": {k: str(v) for k, v in figures.items()}}
+    summary = {
+        "task": r.task,
+        "model": r.model,
+        "base": r.base,
+        "candidates": len(r.score),
+        "density": dens,
+        "topk_curves": curves,
+        "specialisation": spec,
+        "figures": {k: str(v) for k, v in figures.items()},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.html").write_text(html_report(summary, figures))
     summary["html"] = str(run_dir / "report.html")

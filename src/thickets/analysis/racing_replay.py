@@ -25,8 +25,14 @@ def stored_rewards(run_dir: str | Path) -> list[list[float]]:
     return out
 
 
-def replay_run(run_dir: str | Path, k: int = 5, chunk: int = 8, deltas: Sequence[float] = (0.2, 0.05, 0.01),
-               orders: int = 200, reward_range: tuple[float, float] = (0.0, 1.0)) -> list[dict[str, Any]]:
+def replay_run(
+    run_dir: str | Path,
+    k: int = 5,
+    chunk: int = 8,
+    deltas: Sequence[float] = (0.2, 0.05, 0.01),
+    orders: int = 200,
+    reward_range: tuple[float, float] = (0.0, 1.0),
+) -> list[dict[str, Any]]:
     """How racing would have done on a finished exhaustive run: top-K agreement and generation saved."""
     rewards = stored_rewards(run_dir)
     if len(rewards) <= k:

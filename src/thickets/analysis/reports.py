@@ -21,8 +21,15 @@ from thickets.randopt.ensemble import ensemble as ensemble_data
 # -- the ensemble ----------------------------------------------------------------------------------
 
 
-def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None,
-             progress: bool = True, write_report: bool = True) -> dict[str, Any]:
+def ensemble(
+    run_dir: str | Path,
+    top_k: Sequence[int],
+    test_size: int,
+    *,
+    engine: Engine | None = None,
+    progress: bool = True,
+    write_report: bool = True,
+) -> dict[str, Any]:
     """`randopt.ensemble.ensemble`, then report.json and report.md in the run folder."""
     report = ensemble_data(run_dir, top_k, test_size, engine=engine, progress=progress)
     if write_report:
@@ -47,12 +54,21 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | {format_gain(r['vs_base'])} |")
-    lines += ["", "Each expert of the largest K on the test split (format = answer extracted):", "",
-              "| rank | candidate | sigma | validation score | test accuracy | format |", "|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | {format_gain(r['vs_base'])} |"
+        )
+    lines += [
+        "",
+        "Each expert of the largest K on the test split (format = answer extracted):",
+        "",
+        "| rank | candidate | sigma | validation score | test accuracy | format |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in report["experts"]:
-        lines.append(f"| {e['rank']} | {e['idx']} | {e['sigma']:g} | {e['val_score']:.3f} | {e['accuracy']:.1%} | "
-                     f"{e['format_rate']:.1%} |")
+        lines.append(
+            f"| {e['rank']} | {e['idx']} | {e['sigma']:g} | {e['val_score']:.3f} | {e['accuracy']:.1%} | "
+            f"{e['format_rate']:.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -64,15 +80,15 @@ def format_gain(g: Mapping[str, Any] | None) -> str:
 
 
 def print_table(report: dict) -> None:
-    t = Table(title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
-              caption="extracted: share of answers that could be read; vs base: paired gain on the same questions")
+    t = Table(
+        title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
+        caption="extracted: share of answers that could be read; vs base: paired gain on the same questions",
+    )
     for col in ("model", "K", "accuracy", "extracted", "vs base, pts [95% CI]"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
         t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}", format_gain(r["vs_base"]))
     Console().print(t)
-
-
 
 
 def print_tables(report: Mapping[str, Any]) -> None:
@@ -90,8 +106,14 @@ def print_density(rows: list[dict], base: float) -> None:
     for col in ("sigma", "candidates", "above base", f"above base + {delta:g}", "mean", "best"):
         t.add_column(col, justify="right")
     for d in rows:
-        t.add_row("all" if d["sigma"] is None else f"{d['sigma']:g}", str(d["n"]), f"{d['above_base']:.1%}",
-                  f"{d['above_base_plus_delta']:.1%}", f"{d['mean']:.3f}", f"{d['best']:.3f}")
+        t.add_row(
+            "all" if d["sigma"] is None else f"{d['sigma']:g}",
+            str(d["n"]),
+            f"{d['above_base']:.1%}",
+            f"{d['above_base_plus_delta']:.1%}",
+            f"{d['mean']:.3f}",
+            f"{d['best']:.3f}",
+        )
     Console().print(t)
 
 
@@ -102,23 +124,42 @@ def _img(path: Path) -> str:
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def html_report(summary: dict, figures: dict[str, Path]) -> str:
-    dens_rows = [{"sigma": "all" if d["sigma"] is None else f"{d['sigma']:g}", "n": d["n"],
-                  "above": f"{d['above_base']:.1%}", "above_delta": f"{d['above_base_plus_delta']:.1%}",
-                  "mean": f"{d['mean']:.3f}", "best": f"{d['best']:.3f}"} for d in summary["density"]]
+    dens_rows = [
+        {
+            "sigma": "all" if d["sigma"] is None else f"{d['sigma']:g}",
+            "n": d["n"],
+            "above": f"{d['above_base']:.1%}",
+            "above_delta": f"{d['above_base_plus_delta']:.1%}",
+            "mean": f"{d['mean']:.3f}",
+            "best": f"{d['best']:.3f}",
+        }
+        for d in summary["density"]
+    ]
     delta = summary["density"][0]["delta"]
     parts = [
         f"<h1>thickets: {html.escape(summary['task'])} on {html.escape(summary['model'])}</h1>",
         f"<p>{summary['candidates']} candidates; base validation score {summary['base']:.3f}.</p>",
         "<h2>Density of improving perturbations</h2>",
-        _table(dens_rows, [("sigma", "sigma"), ("n", "candidates"), ("above", "above base"),
-                           ("above_delta", f"above base + {delta:g}"), ("mean", "mean score"), ("best", "best")]),
-        _img(figures["histogram"]), _img(figures["sigma"]),
+        _table(
+            dens_rows,
+            [
+                ("sigma", "sigma"),
+                ("n", "candidates"),
+                ("above", "above base"),
+                ("above_delta", f"above base + {delta:g}"),
+                ("mean", "mean score"),
+                ("best", "best"),
+            ],
+        ),
+        _img(figures["histogram"]),
+        _img(figures["sigma"]),
     ]
     if "topk" in figures:
         parts += ["<h2>Top-K vote on the test split</h2>", _img(figures["topk"])]
@@ -127,21 +168,31 @@ def html_report(summary: dict, figures: dict[str, Path]) -> str:
     spec = summary.get("specialisation")
     if spec is not None:
         tasks = spec["tasks"]
-        corr_rows = [{"task": t, **{u: f"{spec['correlation'][i][j]:.2f}" for j, u in enumerate(tasks)}}
-                     for i, t in enumerate(tasks)]
-        parts += ["<h2>Specialisation across tasks</h2>",
-                  f"<p>{spec['improve_one_hurt_another']:.0%} of candidates improve one task while hurting another; "
-                  f"{spec['improve_all']:.0%} improve every task. Above the base per task: "
-                  + ", ".join(f"{html.escape(t)} {v:.0%}" for t, v in spec["above_base_per_task"].items()) + ".</p>",
-                  _img(figures["specialisation"]), "<p>Correlation of the candidates' gains between tasks:</p>",
-                  _table(corr_rows, [("task", "")] + [(t, t) for t in tasks])]
+        corr_rows = [
+            {"task": t, **{u: f"{spec['correlation'][i][j]:.2f}" for j, u in enumerate(tasks)}}
+            for i, t in enumerate(tasks)
+        ]
+        parts += [
+            "<h2>Specialisation across tasks</h2>",
+            f"<p>{spec['improve_one_hurt_another']:.0%} of candidates improve one task while hurting another; "
+            f"{spec['improve_all']:.0%} improve every task. Above the base per task: "
+            + ", ".join(f"{html.escape(t)} {v:.0%}" for t, v in spec["above_base_per_task"].items())
+            + ".</p>",
+            _img(figures["specialisation"]),
+            "<p>Correlation of the candidates' gains between tasks:</p>",
+            _table(corr_rows, [("task", "")] + [(t, t) for t in tasks]),
+        ]
     if "projection" in figures:
         parts += ["<h2>Perturbation directions</h2>", _img(figures["projection"])]
-    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-             "img{max-width:100%;display:block;margin:1em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>thickets report</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "img{max-width:100%;display:block;margin:1em 0}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>thickets report</title><style>{style}</style>"
+        f"</head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 # -- racing replays, the toy experiment, the baselines, the benchmarks ---------------------------------
@@ -162,19 +213,37 @@ def print_toy(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
     for col in ("pretraining", "cells", "beats base", "improving", "best / base", "top-K / base"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["group"], str(r["cells"]), f"{r['density']:.1%}", f"{r['density_margin']:.1%}",
-                  f"{r['best_over_base']:.2f}", f"{r['topk_over_base']:.2f}")
+        t.add_row(
+            r["group"],
+            str(r["cells"]),
+            f"{r['density']:.1%}",
+            f"{r['density_margin']:.1%}",
+            f"{r['best_over_base']:.2f}",
+            f"{r['topk_over_base']:.2f}",
+        )
     Console().print(t)
 
 
 def print_compare(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
     t = Table(title=title)
-    for col in ("method", "train tokens", "wall time", "test accuracy", "answers per question",
-                "test tokens per question"):
+    for col in (
+        "method",
+        "train tokens",
+        "wall time",
+        "test accuracy",
+        "answers per question",
+        "test tokens per question",
+    ):
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
-        t.add_row(r["method"], str(r["train_tokens"]), f"{r['seconds']:.0f} s", f"{r['accuracy']:.1%}",
-                  str(r["test_answers_per_question"]), f"{r['test_tokens_per_question']:.1f}")
+        t.add_row(
+            r["method"],
+            str(r["train_tokens"]),
+            f"{r['seconds']:.0f} s",
+            f"{r['accuracy']:.1%}",
+            str(r["test_answers_per_question"]),
+            f"{r['test_tokens_per_question']:.1f}",
+        )
     Console().print(t)
 
 
@@ -182,14 +251,34 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
     """The decode table per batch size, then each target (figure: (target, higher is better)) with the
     figure measured."""
     t = Table(title=f"decode, {r['config']['decode_tokens']} new tokens per row (tokens/s)")
-    for col in ("batch", "ours", "HF", "ratio", "ours step", "HF step", "ratio ", "limit", "ours/lim",
-                "HF/lim", "same"):
+    for col in (
+        "batch",
+        "ours",
+        "HF",
+        "ratio",
+        "ours step",
+        "HF step",
+        "ratio ",
+        "limit",
+        "ours/lim",
+        "HF/lim",
+        "same",
+    ):
         t.add_column(col, justify="right")
     for b, d in r["decode"].items():
-        t.add_row(str(b), f"{d['ours_tok_s']:.0f}", f"{d['hf_tok_s']:.0f}", f"{r[f'decode_vs_hf_b{b}']:.2f}x",
-                  f"{d['ours_step_tok_s']:.0f}", f"{d['hf_step_tok_s']:.0f}", f"{r[f'decode_step_vs_hf_b{b}']:.2f}x",
-                  f"{d['limit_tok_s']:.0f}", f"{r[f'roofline_fraction_b{b}']:.0%}",
-                  f"{r[f'hf_roofline_fraction_b{b}']:.0%}", "yes" if d["same_tokens"] else "NO")
+        t.add_row(
+            str(b),
+            f"{d['ours_tok_s']:.0f}",
+            f"{d['hf_tok_s']:.0f}",
+            f"{r[f'decode_vs_hf_b{b}']:.2f}x",
+            f"{d['ours_step_tok_s']:.0f}",
+            f"{d['hf_step_tok_s']:.0f}",
+            f"{r[f'decode_step_vs_hf_b{b}']:.2f}x",
+            f"{d['limit_tok_s']:.0f}",
+            f"{r[f'roofline_fraction_b{b}']:.0%}",
+            f"{r[f'hf_roofline_fraction_b{b}']:.0%}",
+            "yes" if d["same_tokens"] else "NO",
+        )
     console = Console(width=max(Console().width, 110))
     console.print(t)
     s = Table(title="targets")
@@ -202,12 +291,18 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         s.add_row(key, f"{r[key]:.3g}", f"{'>=' if higher else '<='} {target:g}", "yes" if met else "no")
     s.add_row("same_top_k (search vs naive)", str(r["same_top_k"]), "True", "yes" if r["same_top_k"] else "no")
     console.print(s)
-    console.print(f"search {r['search_candidates_per_hour']:.0f} candidates/h vs naive "
-                  f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
-                  f"{r['perturb_restore_s']:.3f} s")
-    console.print(f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
-                  f"interpreter with torch and transformers ({r['baseline_rss_gb']:.2f} GB); budget 2 x model "
-                  f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB")
-    console.print(f"load: warm {r['warm_load_s']:.2f} s (libraries imported); a fresh process to a ready engine "
-                  f"{r['process_ready_s']:.2f} s, of which importing torch and transformers {r['import_s']:.2f} s; "
-                  f"first load here {r['first_load_s']:.1f} s")
+    console.print(
+        f"search {r['search_candidates_per_hour']:.0f} candidates/h vs naive "
+        f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
+        f"{r['perturb_restore_s']:.3f} s"
+    )
+    console.print(
+        f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
+        f"interpreter with torch and transformers ({r['baseline_rss_gb']:.2f} GB); budget 2 x model "
+        f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB"
+    )
+    console.print(
+        f"load: warm {r['warm_load_s']:.2f} s (libraries imported); a fresh process to a ready engine "
+        f"{r['process_ready_s']:.2f} s, of which importing torch and transformers {r['import_s']:.2f} s; "
+        f"first load here {r['first_load_s']:.1f} s"
+    )

@@ -40,8 +40,9 @@ class CompareConfig:
     val_size: int = option(32, "validation (training) examples")
     test_size: int = option(100, "held-out test examples")
     max_new_tokens: int = option(32, "tokens generated at most per answer")
-    sigmas: tuple[float, ...] = option((1e-3, 2e-3), "RandOpt's sigma grid", flag="--sigma", parse=parse_floats,
-                                       show=commas)
+    sigmas: tuple[float, ...] = option(
+        (1e-3, 2e-3), "RandOpt's sigma grid", flag="--sigma", parse=parse_floats, show=commas
+    )
     top_k: int = option(5, "RandOpt's K")
     es_population: int = option(8, "ES perturbations per iteration")
     es_sigma: float = option(1e-3, "ES noise scale")
@@ -73,15 +74,17 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
         n += 1
         search(replace(search_cfg, population=n), run_dir, engine=engine, progress=False)
         with RunStore.open(run_dir, write=False) as store:  # only what this step generated is new
-            spent += sum(count_tokens(engine.tokenizer, store.completions(m, "val").values())
-                         for m in (["base"] if n == 1 else []) + [f"cand:{n - 1}"])
+            spent += sum(
+                count_tokens(engine.tokenizer, store.completions(m, "val").values())
+                for m in (["base"] if n == 1 else []) + [f"cand:{n - 1}"]
+            )
         for frac in (0.25, 0.5):
             if spent >= frac * cfg.budget and frac not in marks:
                 marks[frac] = (n, spent)
     seconds = time.perf_counter() - t0
     marks[1.0] = (n, spent)
     curve = []
-    for frac, (count, used) in sorted(marks.items()):
+    for _, (count, used) in sorted(marks.items()):
         k = min(cfg.top_k, count)
         sub = out / f"randopt_{count}"
         if count < n:  # the first `count` candidates, as the run stood when it had spent that much
@@ -97,12 +100,21 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
         curve.append({"tokens": used, "candidates": count, "accuracy": acc, "k": k})
     final = curve[-1]
     with RunStore.open(run_dir, write=False) as store:  # what the K experts wrote on the test split
-        written = sum(count_tokens(engine.tokenizer, store.completions(f"cand:{e['idx']}", "test").values())
-                      for e in report["experts"])
+        written = sum(
+            count_tokens(engine.tokenizer, store.completions(f"cand:{e['idx']}", "test").values())
+            for e in report["experts"]
+        )
     test_tokens = written / cfg.test_size
-    return {"method": f"RandOpt top-{final['k']} vote", "train_tokens": final["tokens"], "seconds": seconds,
-            "accuracy": final["accuracy"], "candidates": final["candidates"], "curve": curve,
-            "test_answers_per_question": final["k"], "test_tokens_per_question": test_tokens}
+    return {
+        "method": f"RandOpt top-{final['k']} vote",
+        "train_tokens": final["tokens"],
+        "seconds": seconds,
+        "accuracy": final["accuracy"],
+        "candidates": final["candidates"],
+        "curve": curve,
+        "test_answers_per_question": final["k"],
+        "test_tokens_per_question": test_tokens,
+    }
 
 
 def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
@@ -110,50 +122,100 @@ def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     t0 = time.perf_counter()
     # every iteration generates at least one token, so the budget stops ES before this many iterations
-    es_cfg = ESConfig(model=cfg.model, task=cfg.task, iterations=cfg.budget, population=cfg.es_population,
-                      sigma=cfg.es_sigma, alpha=cfg.es_alpha, val_size=cfg.val_size,
-                      max_new_tokens=cfg.max_new_tokens, batch_size=search_cfg.batch_size, seed=cfg.seed)
+    es_cfg = ESConfig(
+        model=cfg.model,
+        task=cfg.task,
+        iterations=cfg.budget,
+        population=cfg.es_population,
+        sigma=cfg.es_sigma,
+        alpha=cfg.es_alpha,
+        val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=search_cfg.batch_size,
+        seed=cfg.seed,
+    )
     log = run_es(es_cfg, out / "es", engine=engine, budget_tokens=cfg.budget, progress=False)
     spent, it = sum(r["tokens"] for r in log["iterations"]), len(log["iterations"])
     seconds = time.perf_counter() - t0
     acc, tokens = _accuracy(engine, task, test, search_cfg)
-    return {"method": "ES", "train_tokens": spent, "seconds": seconds, "accuracy": acc, "iterations": it,
-            "curve": [{"tokens": spent, "accuracy": acc}], "test_answers_per_question": 1,
-            "test_tokens_per_question": tokens / len(test)}
+    return {
+        "method": "ES",
+        "train_tokens": spent,
+        "seconds": seconds,
+        "accuracy": acc,
+        "iterations": it,
+        "curve": [{"tokens": spent, "accuracy": acc}],
+        "test_answers_per_question": 1,
+        "test_tokens_per_question": tokens / len(test),
+    }
 
 
 def run_grpo_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
 
     per_step = cfg.grpo_prompts_per_step * cfg.grpo_num_generations * cfg.max_new_tokens
     steps = max(1, cfg.budget // per_step)  # an upper bound on tokens: rows that stop early spend less
-    log = run_grpo(GRPOSettings(model=cfg.model, task=cfg.task, steps=steps,
-                                num_generations=cfg.grpo_num_generations,
-                                prompts_per_step=cfg.grpo_prompts_per_step, learning_rate=cfg.grpo_learning_rate,
-                                max_new_tokens=cfg.max_new_tokens, val_size=cfg.val_size, seed=cfg.seed),
-                   out / "grpo", progress=False)
+    log = run_grpo(
+        GRPOSettings(
+            model=cfg.model,
+            task=cfg.task,
+            steps=steps,
+            num_generations=cfg.grpo_num_generations,
+            prompts_per_step=cfg.grpo_prompts_per_step,
+            learning_rate=cfg.grpo_learning_rate,
+            max_new_tokens=cfg.max_new_tokens,
+            val_size=cfg.val_size,
+            seed=cfg.seed,
+        ),
+        out / "grpo",
+        progress=False,
+    )
     engine, _ = load_engine(log["model_dir"], batch_size=search_cfg.batch_size)
     acc, tokens = _accuracy(engine, task, test, search_cfg)
-    return {"method": "GRPO (TRL)", "train_tokens": log["tokens"], "seconds": log["seconds"], "accuracy": acc,
-            "steps": steps, "curve": [{"tokens": log["tokens"], "accuracy": acc}],
-            "test_answers_per_question": 1, "test_tokens_per_question": tokens / len(test)}
+    return {
+        "method": "GRPO (TRL)",
+        "train_tokens": log["tokens"],
+        "seconds": log["seconds"],
+        "accuracy": acc,
+        "steps": steps,
+        "curve": [{"tokens": log["tokens"], "accuracy": acc}],
+        "test_answers_per_question": 1,
+        "test_tokens_per_question": tokens / len(test),
+    }
 
 
 def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    search_cfg = SearchConfig(model=cfg.model, task=cfg.task, population=1, sigmas=cfg.sigmas,
-                              val_size=cfg.val_size, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    search_cfg = SearchConfig(
+        model=cfg.model,
+        task=cfg.task,
+        population=1,
+        sigmas=cfg.sigmas,
+        val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
     task = task_for(search_cfg)
     _, test = make_splits(task, search_cfg.split_seed, cfg.val_size, cfg.test_size)
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     base_acc, base_tokens = _accuracy(engine, task, test, search_cfg)
-    rows = [{"method": "base", "train_tokens": 0, "seconds": 0.0, "accuracy": base_acc,
-             "curve": [{"tokens": 0, "accuracy": base_acc}], "test_answers_per_question": 1,
-             "test_tokens_per_question": base_tokens / len(test)}]
-    for name, fn in (("RandOpt", lambda: run_randopt(cfg, out, engine, task, test, search_cfg)),
-                     ("ES", lambda: run_es_method(cfg, out, task, test, search_cfg)),
-                     ("GRPO", lambda: run_grpo_method(cfg, out, task, test, search_cfg))):
+    rows = [
+        {
+            "method": "base",
+            "train_tokens": 0,
+            "seconds": 0.0,
+            "accuracy": base_acc,
+            "curve": [{"tokens": 0, "accuracy": base_acc}],
+            "test_answers_per_question": 1,
+            "test_tokens_per_question": base_tokens / len(test),
+        }
+    ]
+    for name, fn in (
+        ("RandOpt", lambda: run_randopt(cfg, out, engine, task, test, search_cfg)),
+        ("ES", lambda: run_es_method(cfg, out, task, test, search_cfg)),
+        ("GRPO", lambda: run_grpo_method(cfg, out, task, test, search_cfg)),
+    ):
         if progress:
             console.print(f"compare: {name} with a budget of {cfg.budget} generated tokens")
         rows.append(fn())

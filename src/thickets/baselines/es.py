@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,16 +64,18 @@ def update_coefficients(cfg: ESConfig, rewards: Sequence[float]) -> list[float]:
     return [float(cfg.alpha * z / len(rewards)) for z in zscore(rewards)]
 
 
-def apply_update(cfg: ESConfig, iteration: int, coefficients: Sequence[float],
-                 params: Sequence[tuple[str, np.ndarray]]) -> None:
+def apply_update(
+    cfg: ESConfig, iteration: int, coefficients: Sequence[float], params: Sequence[tuple[str, np.ndarray]]
+) -> None:
     """In place: params += sum_i c_i * eps_i, each eps_i regenerated from its seed (float32 arrays)."""
     for i, c in enumerate(coefficients):
         if c:
             add_noise_(cfg.spec(iteration, i), params, scale=c / cfg.sigma)  # adds c * eps_i
 
 
-def es_step(cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], float],
-            params: Sequence[tuple[str, np.ndarray]]) -> dict:
+def es_step(
+    cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], float], params: Sequence[tuple[str, np.ndarray]]
+) -> dict:
     """One iteration: score the population, then update `params` (the current theta) in place."""
     rewards = [score(cfg.spec(iteration, i)) for i in range(cfg.population)]
     coefficients = update_coefficients(cfg, rewards)
@@ -81,8 +83,9 @@ def es_step(cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], f
     return {"iteration": iteration, "rewards": rewards, "coefficients": coefficients}
 
 
-def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: int | None = None,
-           progress: bool = True) -> dict:
+def run_es(
+    cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: int | None = None, progress: bool = True
+) -> dict:
     """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds).
 
     `engine` must hold the loaded weights (ES takes them over). With `budget_tokens`, ES stops after
@@ -91,13 +94,23 @@ def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: in
     run_dir = Path(run_dir)
     log_path = run_dir / "es.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {"config": asdict(cfg), "iterations": []}
-    same = lambda a, b: {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}  # noqa: E731
+
+    def same(a, b):
+        return {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}
+
     if not same(log["config"], asdict(cfg)):
-        raise ThicketsError(f"{run_dir} holds an ES run with another config (only --iterations may change); "
-                            f"use a new folder")
+        raise ThicketsError(
+            f"{run_dir} holds an ES run with another config (only --iterations may change); use a new folder"
+        )
     log["config"] = asdict(cfg)
-    search_cfg = SearchConfig(model=cfg.model, task=cfg.task, val_size=cfg.val_size,
-                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, split_seed=cfg.split_seed)
+    search_cfg = SearchConfig(
+        model=cfg.model,
+        task=cfg.task,
+        val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        split_seed=cfg.split_seed,
+    )
     task = task_for(search_cfg)
     val, _ = make_splits(task, cfg.split_seed, cfg.val_size)
     if engine is None:
@@ -121,7 +134,9 @@ def run_es(cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: in
                 break
             t0, before = time.perf_counter(), tokens
             rec = es_step(cfg, it, score, theta)
-            rec.update(seconds=time.perf_counter() - t0, tokens=tokens - before, mean_reward=float(np.mean(rec["rewards"])))
+            rec.update(
+                seconds=time.perf_counter() - t0, tokens=tokens - before, mean_reward=float(np.mean(rec["rewards"]))
+            )
             log["iterations"].append(rec)
             tmp = log_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(log))

@@ -69,22 +69,44 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
     model.requires_grad_(True)
     model.train()
     system = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
-    data = Dataset.from_list([{"prompt": system + [{"role": "user", "content": ex.prompt}], "example_index": i}
-                              for i, ex in enumerate(train)])
+    data = Dataset.from_list(
+        [
+            {"prompt": system + [{"role": "user", "content": ex.prompt}], "example_index": i}
+            for i, ex in enumerate(train)
+        ]
+    )
     args = GRPOConfig(
-        output_dir=str(out_dir / "trl"), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations, num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_new_tokens, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, bf16=False, fp16=False, seed=cfg.seed, disable_tqdm=not progress, dataloader_num_workers=0,
+        output_dir=str(out_dir / "trl"),
+        max_steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=cfg.seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
     )
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task, train), args=args, train_dataset=data,
-                          processing_class=tok, peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=task_reward(task, train),
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=peft_config,
+    )
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -94,6 +116,14 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
     trained = trainer.model.merge_and_unload() if cfg.lora else trainer.model
     trained.save_pretrained(out_dir / "model")
     tok.save_pretrained(out_dir / "model")
-    return {"config": asdict(cfg), "model_identity": identity.to_dict(), "seconds": seconds, "tokens": tokens,
-            "steps": [{"step": i + 1, "reward": h["reward"], "mean_length": h.get("completions/mean_length")}
-                      for i, h in enumerate(steps)], "model_dir": str(out_dir / "model")}
+    return {
+        "config": asdict(cfg),
+        "model_identity": identity.to_dict(),
+        "seconds": seconds,
+        "tokens": tokens,
+        "steps": [
+            {"step": i + 1, "reward": h["reward"], "mean_length": h.get("completions/mean_length")}
+            for i, h in enumerate(steps)
+        ],
+        "model_dir": str(out_dir / "model"),
+    }

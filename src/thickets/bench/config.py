@@ -18,13 +18,20 @@ class BenchConfig:
     val_size: int = option(32, "validation examples per candidate")
     max_new_tokens: int = option(12, "tokens per answer in the search comparison")
     sigma: float = option(1e-3, "noise scale of the candidates")
-    batch_sizes: tuple[int, ...] = option((1, 8, 32), "batch sizes of the decode comparison", parse=parse_ints,
-                                          show=commas)
+    batch_sizes: tuple[int, ...] = option(
+        (1, 8, 32), "batch sizes of the decode comparison", parse=parse_ints, show=commas
+    )
     decode_tokens: int = option(32, "tokens per row in the decode comparison")
     top_k: int = option(3, "the K whose agreement the search comparison checks")
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or self.candidates < 1 or self.val_size < 1 or self.decode_tokens < 2 \
-                or min(self.batch_sizes) < 1:
-            raise ThicketsError("--candidates, --val-size and --batch-sizes must be at least 1, --decode-tokens at "
-                                "least 2")
+        if (
+            not self.batch_sizes
+            or self.candidates < 1
+            or self.val_size < 1
+            or self.decode_tokens < 2
+            or min(self.batch_sizes) < 1
+        ):
+            raise ThicketsError(
+                "--candidates, --val-size and --batch-sizes must be at least 1, --decode-tokens at least 2"
+            )

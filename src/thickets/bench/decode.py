@@ -10,7 +10,7 @@ cache and overstate the limit). Tokens/s at the limit = FLOP/s / (2 x parameters
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,15 @@ def _linears(model) -> list[torch.Tensor]:
     ws = []
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        ws += [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
-               m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight]
+        ws += [
+            a.q_proj.weight,
+            a.k_proj.weight,
+            a.v_proj.weight,
+            a.o_proj.weight,
+            m.gate_proj.weight,
+            m.up_proj.weight,
+            m.down_proj.weight,
+        ]
     ws.append(model.lm_head.weight)
     return ws
 
@@ -63,9 +70,10 @@ def _prompts(tok, batch: int) -> list[str]:
 
 @torch.inference_mode()
 def _hf(model, enc, n: int, pad: int) -> torch.Tensor:
-    out = model.generate(**enc, do_sample=False, max_new_tokens=n, pad_token_id=pad,
-                         temperature=None, top_p=None, top_k=None)
-    return out[:, enc["input_ids"].shape[1]:]
+    out = model.generate(
+        **enc, do_sample=False, max_new_tokens=n, pad_token_id=pad, temperature=None, top_p=None, top_k=None
+    )
+    return out[:, enc["input_ids"].shape[1] :]
 
 
 def _ours(model, enc, n: int, pad: int) -> torch.Tensor:
@@ -78,8 +86,9 @@ def _timed(fn) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t, out
 
 
-def measure(engine, batch_sizes: Sequence[int] = (1, 8, 32), new_tokens: int = 32, repeats: int = 2,
-            progress: bool = True) -> dict:
+def measure(
+    engine, batch_sizes: Sequence[int] = (1, 8, 32), new_tokens: int = 32, repeats: int = 2, progress: bool = True
+) -> dict:
     """Tokens/s of both paths at each batch size, timed interleaved (best of `repeats`), with the
     end-of-sequence id switched off so every row makes `new_tokens` tokens on both paths.
 
@@ -108,23 +117,29 @@ def measure(engine, batch_sizes: Sequence[int] = (1, 8, 32), new_tokens: int = 3
                 for _ in range(repeats):
                     for name, fn in paths.items():
                         for n in (new_tokens, 1):
-                            t, _ = _timed(lambda: fn(model, enc, n, pad))
+                            t, _ = _timed(lambda fn=fn, enc=enc, n=n: fn(model, enc, n, pad))
                             best[name, n] = min(best[name, n], t)
                     update()
                 full = {p: b * new_tokens / best[p, new_tokens] for p in paths}
                 step = {p: b * (new_tokens - 1) / max(best[p, new_tokens] - best[p, 1], 1e-9) for p in paths}
                 limit = matmul_limit(model, b)
                 limit_tok_s = limit["flops_per_s"] / (2 * n_params)
-                a = fast_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], new_tokens,
-                                                pad_token_id=pad)
+                a = fast_decode.generate_greedy(
+                    model, enc["input_ids"], enc["attention_mask"], new_tokens, pad_token_id=pad
+                )
                 h = _hf(model, enc, new_tokens, pad)
                 res["decode"][b] = {
-                    "prompt_tokens": int(enc["attention_mask"].sum()), "new_tokens": b * new_tokens,
+                    "prompt_tokens": int(enc["attention_mask"].sum()),
+                    "new_tokens": b * new_tokens,
                     "same_tokens": bool(a.shape == h.shape and torch.equal(a, h)),
-                    "ours_tok_s": full["ours"], "hf_tok_s": full["hf"],
-                    "ours_step_tok_s": step["ours"], "hf_step_tok_s": step["hf"],
-                    "ours_prefill_s": best["ours", 1], "hf_prefill_s": best["hf", 1],
-                    "matmul_gflop_s": limit["flops_per_s"] / 1e9, "limit_tok_s": limit_tok_s,
+                    "ours_tok_s": full["ours"],
+                    "hf_tok_s": full["hf"],
+                    "ours_step_tok_s": step["ours"],
+                    "hf_step_tok_s": step["hf"],
+                    "ours_prefill_s": best["ours", 1],
+                    "hf_prefill_s": best["hf", 1],
+                    "matmul_gflop_s": limit["flops_per_s"] / 1e9,
+                    "limit_tok_s": limit_tok_s,
                 }
                 res[f"decode_vs_hf_b{b}"] = full["ours"] / full["hf"]
                 res[f"decode_step_vs_hf_b{b}"] = step["ours"] / step["hf"]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -54,17 +54,32 @@ def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
     """In a fresh process: the cached model to a ready engine (libraries imported), then a short
     search; peak memory with and above the interpreter and its libraries."""
 
-
     cfg = BenchConfig(**cfg)
-    config = SearchConfig(model=cfg.model, task=cfg.task, population=2, sigmas=(cfg.sigma,), val_size=cfg.val_size,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.val_size)
+    config = SearchConfig(
+        model=cfg.model,
+        task=cfg.task,
+        population=2,
+        sigmas=(cfg.sigma,),
+        val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.val_size,
+    )
     baseline = _rss_gb()
     t = time.perf_counter()
     engine, _ = load_engine(cfg.model, batch_size=cfg.val_size)
     load_s = time.perf_counter() - t
     search(config, run_dir, engine=engine, progress=False)
-    print(json.dumps({"warm_load_s": load_s, "import_s": import_s, "process_ready_s": import_s + load_s,
-                      "baseline_rss_gb": baseline, "peak_rss_gb": peak_rss_gb()}))
+    print(
+        json.dumps(
+            {
+                "warm_load_s": load_s,
+                "import_s": import_s,
+                "process_ready_s": import_s + load_s,
+                "baseline_rss_gb": baseline,
+                "peak_rss_gb": peak_rss_gb(),
+            }
+        )
+    )
 
 
 def search_footprint(cfg: BenchConfig) -> dict:
@@ -78,8 +93,9 @@ def search_footprint(cfg: BenchConfig) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def naive_candidate(model, tok, prompts: Sequence[str], spec: PerturbationSpec | None, max_new_tokens: int,
-                    stop: Sequence[str]) -> list[str]:
+def naive_candidate(
+    model, tok, prompts: Sequence[str], spec: PerturbationSpec | None, max_new_tokens: int, stop: Sequence[str]
+) -> list[str]:
     """What peer scripts do per candidate: clone every weight, add noise, one padded `generate`, copy back.
 
     The noise is ours (the same spec), so both loops score the same models and must agree.
@@ -91,12 +107,20 @@ def naive_candidate(model, tok, prompts: Sequence[str], spec: PerturbationSpec |
         if spec is not None:
             add_noise_(spec, [(n, p.detach().numpy()) for n, p in params.items() if spec.filter.keeps(n)])
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             stop_strings=list(stop) or None, tokenizer=tok if stop else None,
-                             temperature=None, top_p=None, top_k=None)
+        out = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            stop_strings=list(stop) or None,
+            tokenizer=tok if stop else None,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
         for n, p in params.items():
             p.copy_(saved[n])
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [cut_at_stop(t, stop) for t in texts]
 
 
@@ -120,8 +144,15 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
     # -- search: `thickets search` vs the naive loop, same candidates, same validation examples ----
     task = get_task(cfg.task)
     val, _ = make_splits(task, 0, cfg.val_size)
-    config = SearchConfig(model=cfg.model, task=cfg.task, population=cfg.candidates, sigmas=(cfg.sigma,),
-                          val_size=cfg.val_size, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.val_size)
+    config = SearchConfig(
+        model=cfg.model,
+        task=cfg.task,
+        population=cfg.candidates,
+        sigmas=(cfg.sigma,),
+        val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.val_size,
+    )
     specs = [config.candidate(i) for i in range(cfg.candidates)]
     with tempfile.TemporaryDirectory() as run_dir:
         t = time.perf_counter()
@@ -133,7 +164,9 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
     naive = []
     with bar("bench: naive loop", cfg.candidates + 1, progress) as update:
         t = time.perf_counter()
-        naive_base = naive_candidate(model, tok, prompts, None, cfg.max_new_tokens, task.stop)  # peers score the base too
+        naive_base = naive_candidate(
+            model, tok, prompts, None, cfg.max_new_tokens, task.stop
+        )  # peers score the base too
         update()
         for spec in specs:
             completions = naive_candidate(model, tok, prompts, spec, cfg.max_new_tokens, task.stop)
@@ -149,16 +182,18 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
         engine.restore()
         perturb.append(time.perf_counter() - t)
     per_candidate = t_ours / (cfg.candidates + 1)
-    results.update({
-        "search_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_ours,
-        "naive_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_naive,
-        "search_vs_naive": t_naive / t_ours,
-        "same_scores": all(abs(a - b) < 1e-9 for a, b in zip(ours, naive)),
-        "same_top_k": _top(ours, cfg.top_k) == _top(naive, cfg.top_k),
-        "perturb_restore_s": min(perturb),
-        "candidate_s": per_candidate,
-        "perturb_share": min(perturb) / per_candidate,
-    })
+    results.update(
+        {
+            "search_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_ours,
+            "naive_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_naive,
+            "search_vs_naive": t_naive / t_ours,
+            "same_scores": all(abs(a - b) < 1e-9 for a, b in zip(ours, naive)),
+            "same_top_k": _top(ours, cfg.top_k) == _top(naive, cfg.top_k),
+            "perturb_restore_s": min(perturb),
+            "candidate_s": per_candidate,
+            "perturb_share": min(perturb) / per_candidate,
+        }
+    )
     results.update(bench_decode.measure(engine, cfg.batch_sizes, cfg.decode_tokens, progress=progress))
     # what the issue allows: 2 x the float32 model (the base and the perturbed copy) + the KV cache
     # of a search's batch (batch_size rows, the longest validation prompt plus max_new_tokens)

@@ -58,8 +58,15 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] =
         else:
             args = [a for a in typing.get_args(kind) if a is not type(None)]
             value_type = args[0] if args else kind
-        parser.add_argument(flag_of(f), dest=f.name, type=value_type, default=argparse.SUPPRESS,
-                            choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper())
+        parser.add_argument(
+            flag_of(f),
+            dest=f.name,
+            type=value_type,
+            default=argparse.SUPPRESS,
+            choices=f.metadata.get("choices"),
+            help=help_text,
+            metavar=f.name.upper(),
+        )
 
 
 def values(namespace: argparse.Namespace, cls: type, file: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -95,8 +102,10 @@ def read_config_file(path: str, allowed: Sequence[type]) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # json and yaml raise their own kinds for a malformed file
-        raise ThicketsError(f"--config {path} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
-                            f"{' '.join(str(e).split())[:200]}") from None
+        raise ThicketsError(
+            f"--config {path} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
+            f"{' '.join(str(e).split())[:200]}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -104,5 +113,7 @@ def read_config_file(path: str, allowed: Sequence[type]) -> dict[str, Any]:
     known = {f.name for cls in allowed for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ThicketsError(f"--config {path} has unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise ThicketsError(
+            f"--config {path} has unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
     return data

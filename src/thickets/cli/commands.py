@@ -82,8 +82,9 @@ class ScoreArgs:
     task: str = option(..., "task name, gym:NAME or KIND:DATA_FILE")
     example: str = option(..., 'the example as JSON, e.g. \'{"numbers": [3, 5, 7], "target": 22}\'')
     completion_file: str = option(..., "file with the model's completion, or - for stdin")
-    columns: tuple[str, ...] = option((), "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs", parse=parse_patterns,
-                                      show=commas)
+    columns: tuple[str, ...] = option(
+        (), "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs", parse=parse_patterns, show=commas
+    )
     reward: str | None = option(None, "a TRL-style reward function, module:function or file.py:function")
     reward_timeout: float = option(300.0, "seconds the --reward function may take")
 
@@ -147,8 +148,10 @@ def cmd_search(a: Parsed, quiet: bool) -> None:
     best = result.ranked[0]
     stopped = sum(not c.complete for c in result.ranked)
     raced = f" ({stopped} stopped early by racing)" if stopped else ""
-    print(f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
-          f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a[RunFolder].run_dir}")
+    print(
+        f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
+        f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a[RunFolder].run_dir}"
+    )
 
 
 def cmd_ensemble(a: Parsed, quiet: bool) -> None:
@@ -216,7 +219,9 @@ def cmd_race_replay(a: Parsed, quiet: bool) -> None:
     reward_range = task_for(load_run_config(r.run_dir)).reward_range
     if reward_range is None:
         raise ThicketsError("the run's reward has no declared range (a --reward function), so racing cannot bound it")
-    rows = [(k, x) for k in r.top_k for x in replay_run(r.run_dir, k, r.chunk, orders=r.orders, reward_range=reward_range)]
+    rows = [
+        (k, x) for k in r.top_k for x in replay_run(r.run_dir, k, r.chunk, orders=r.orders, reward_range=reward_range)
+    ]
     print_replay(f"racing replayed on {r.run_dir}: {r.orders} random orders, chunks of {r.chunk} examples", rows)
 
 
@@ -235,8 +240,11 @@ def cmd_toy(a: Parsed, quiet: bool) -> None:
         raise ThicketsError(f"--out {t.out} exists and is not a folder")
     result = run(cfg, progress=not quiet)
     files = write(result, out)
-    print_toy(f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} ({result['seconds']:.0f} s); improving = at "
-              f"least {cfg.margin:.0%} below the base's error", summary(result))
+    print_toy(
+        f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} ({result['seconds']:.0f} s); improving = at "
+        f"least {cfg.margin:.0%} below the base's error",
+        summary(result),
+    )
     print("written: " + ", ".join(str(f) for f in files))
 
 
@@ -263,8 +271,10 @@ def cmd_es(a: Parsed, quiet: bool) -> None:
     check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
     log = run_es(cfg, run_dir, progress=not quiet)
     means = " ".join(f"{r['mean_reward']:.3f}" for r in log["iterations"])
-    print(f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
-          f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {run_dir}/es.json")
+    print(
+        f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
+        f"validation; {sum(r['tokens'] for r in log['iterations'])} tokens generated; log in {run_dir}/es.json"
+    )
 
 
 def cmd_grpo(a: Parsed, quiet: bool) -> None:
@@ -273,55 +283,88 @@ def cmd_grpo(a: Parsed, quiet: bool) -> None:
     log = run_grpo(cfg, out, progress=not quiet)
     (Path(out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
     rewards = " ".join(f"{s['reward']:.3f}" for s in log["steps"])
-    print(f"GRPO: mean reward per step {rewards}; {log['tokens']} tokens generated in {log['seconds']:.0f} s; "
-          f"model in {log['model_dir']}")
+    print(
+        f"GRPO: mean reward per step {rewards}; {log['tokens']} tokens generated in {log['seconds']:.0f} s; "
+        f"model in {log['model_dir']}"
+    )
 
 
 def cmd_compare(a: Parsed, quiet: bool) -> None:
     cfg, out = a[CompareConfig], a[OutFolder].out
     check_inputs(cfg.task, cfg.model, 0, cfg.val_size, cfg.test_size)
     result = compare(cfg, out, progress=not quiet)
-    print_compare(f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, {result['test_size']} test "
-                  f"questions", result["rows"])
+    print_compare(
+        f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, {result['test_size']} test questions",
+        result["rows"],
+    )
     print(f"written: {out}/compare.json, {out}/compare.png")
 
 
 Command = tuple[str, Sequence[type], Callable[[Parsed, bool], None]]
 COMMANDS: dict[str, Command] = {
-    "search": ("score N random perturbations on the validation split", (SearchConfig, ExecutorOptions, RunFolder),
-               cmd_search),
+    "search": (
+        "score N random perturbations on the validation split",
+        (SearchConfig, ExecutorOptions, RunFolder),
+        cmd_search,
+    ),
     "ensemble": ("top-K majority vote vs base vs best single, on held-out test data", (EnsembleArgs,), cmd_ensemble),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
     "demo": ("the embedded model end to end: search, then ensemble", (DemoArgs,), cmd_demo),
     "score": ("score one completion: extracted answer, vote key, reward, correct", (ScoreArgs,), cmd_score),
-    "bench": ("speed, side by side: our decoder vs generate, search vs a naive loop", (BenchConfig, JsonOut),
-              cmd_bench),
-    "race-replay": ("how racing would have done on a finished run: same top-K, work saved", (ReplayArgs,),
-                    cmd_race_replay),
-    "toy": ("the 1D signal experiment: where pretraining makes improving perturbations dense", (ToyConfig, ToyArgs),
-            cmd_toy),
-    "analyze": ("landscape of a run: densities, sigma curve, top-K curve, map, report.html", (AnalyzeArgs,),
-                cmd_analyze),
-    "density": ("a search without ensemble, then the density of improving perturbations",
-                (SearchConfig, ExecutorOptions, RunFolder, DensityArgs), cmd_density),
+    "bench": (
+        "speed, side by side: our decoder vs generate, search vs a naive loop",
+        (BenchConfig, JsonOut),
+        cmd_bench,
+    ),
+    "race-replay": (
+        "how racing would have done on a finished run: same top-K, work saved",
+        (ReplayArgs,),
+        cmd_race_replay,
+    ),
+    "toy": (
+        "the 1D signal experiment: where pretraining makes improving perturbations dense",
+        (ToyConfig, ToyArgs),
+        cmd_toy,
+    ),
+    "analyze": (
+        "landscape of a run: densities, sigma curve, top-K curve, map, report.html",
+        (AnalyzeArgs,),
+        cmd_analyze,
+    ),
+    "density": (
+        "a search without ensemble, then the density of improving perturbations",
+        (SearchConfig, ExecutorOptions, RunFolder, DensityArgs),
+        cmd_density,
+    ),
     "es": ("evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline", (ESConfig, RunFolder), cmd_es),
-    "grpo": ("GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline",
-             (GRPOSettings, OutFolder), cmd_grpo),
-    "compare": ("RandOpt vs ES vs GRPO at an equal budget of generated tokens", (CompareConfig, OutFolder), cmd_compare),
+    "grpo": (
+        "GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline",
+        (GRPOSettings, OutFolder),
+        cmd_grpo,
+    ),
+    "compare": (
+        "RandOpt vs ES vs GRPO at an equal budget of generated tokens",
+        (CompareConfig, OutFolder),
+        cmd_compare,
+    ),
     "tasks": ("list the tasks", (), cmd_tasks),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thickets", description="RandOpt: post-training by random perturbation "
-                                     "and top-K majority vote")
+    parser = argparse.ArgumentParser(
+        prog="thickets", description="RandOpt: post-training by random perturbation and top-K majority vote"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, classes, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if classes:
-            p.add_argument("--config", help="a JSON or YAML file of settings, keyed by the names the flags stand "
-                                            "for (sigmas, val_size, ...); flags given here override it")
+            p.add_argument(
+                "--config",
+                help="a JSON or YAML file of settings, keyed by the names the flags stand "
+                "for (sigmas, val_size, ...); flags given here override it",
+            )
         seen: set[str] = set()
         for cls in classes:
             add_fields(p, cls, skip=tuple(seen))
@@ -353,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("thickets: interrupted; finished candidates are stored, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "thickets: interrupted; finished candidates are stored, rerun the same command to resume", file=sys.stderr
+        )
         return 130
     return 0
 

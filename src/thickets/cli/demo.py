@@ -31,9 +31,11 @@ DEMO_TEST_SIZE = 150
 def demo(run_dir: str | Path = "runs/demo", *, progress: bool = True) -> dict[str, Any]:
     """Search, then ensemble; prints the table and returns the report."""
     c = DEMO_CONFIG
-    console.print(f"[bold]thickets demo[/]: RandOpt on {c.model}, task {c.task}: {c.population} perturbations "
-                  f"(sigma {', '.join(map(str, c.sigmas))}) scored on {c.val_size} validation examples, then the "
-                  f"top-K vote on {DEMO_TEST_SIZE} held-out test examples. Run folder: {run_dir}")
+    console.print(
+        f"[bold]thickets demo[/]: RandOpt on {c.model}, task {c.task}: {c.population} perturbations "
+        f"(sigma {', '.join(map(str, c.sigmas))}) scored on {c.val_size} validation examples, then the "
+        f"top-K vote on {DEMO_TEST_SIZE} held-out test examples. Run folder: {run_dir}"
+    )
     search(c, run_dir, progress=progress)
     report = ensemble(run_dir, DEMO_TOP_K, DEMO_TEST_SIZE, progress=progress)
     print_table(report)

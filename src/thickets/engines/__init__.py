@@ -43,13 +43,23 @@ FACTORIES: dict[str, Factory] = {"transformers": _transformers, "vllm": _vllm}
 ENGINES = tuple(FACTORIES)
 
 
-def load_engine(model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu",
-                batch_size: int = 32) -> tuple[Engine, ModelIdentity]:
+def load_engine(
+    model: str, *, engine: str = "transformers", dtype: str = "float32", device: str = "cpu", batch_size: int = 32
+) -> tuple[Engine, ModelIdentity]:
     """(engine, model identity) for a model name or path."""
     if engine not in FACTORIES:
         raise ThicketsError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     return FACTORIES[engine](model, dtype, device, batch_size)
 
 
-__all__ = ["ENGINES", "Engine", "FACTORIES", "count_tokens", "cut_at_stop", "load_engine", "prompt_token_ids",
-           "render_prompt", "uses_chat_template"]
+__all__ = [
+    "ENGINES",
+    "FACTORIES",
+    "Engine",
+    "count_tokens",
+    "cut_at_stop",
+    "load_engine",
+    "prompt_token_ids",
+    "render_prompt",
+    "uses_chat_template",
+]

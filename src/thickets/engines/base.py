@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from thickets.noise import PerturbationSpec
 
@@ -11,8 +12,9 @@ from thickets.noise import PerturbationSpec
 class Engine(Protocol):
     tokenizer: object  # a Hugging Face tokenizer: prompts are rendered with its chat template
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
-                 add_special_tokens: bool = False) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *, add_special_tokens: bool = False
+    ) -> list[str]:
         """Greedy completions, each cut right after the first stop string it contains. Prompts are
         tokenized by `prompt_token_ids`, so every engine feeds the model the same ids."""
         ...

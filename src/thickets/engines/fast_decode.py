@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
+
+
 def supports(model) -> bool:
     """True when `generate_greedy` reproduces greedy `generate` under a neutral generation config (no
     repetition penalty or other logits processors, whatever the model ships; see
@@ -54,9 +56,7 @@ def supports(model) -> bool:
     layer = model.model.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
     needed = ("q_proj", "k_proj", "v_proj", "o_proj")
-    if not all(hasattr(attn, n) for n in needed) or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
-        return False
-    return True
+    return all(hasattr(attn, n) for n in needed) and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
 
 
 def eos_ids(model) -> list[int]:
@@ -86,9 +86,21 @@ def _layers(model) -> list[_Layer]:
     out = []
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        out.append(_Layer(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, a.q_proj, a.k_proj,
-                          a.v_proj, a.o_proj, layer.post_attention_layernorm.weight,
-                          layer.post_attention_layernorm.variance_epsilon, m.gate_proj, m.up_proj, m.down_proj))
+        out.append(
+            _Layer(
+                layer.input_layernorm.weight,
+                layer.input_layernorm.variance_epsilon,
+                a.q_proj,
+                a.k_proj,
+                a.v_proj,
+                a.o_proj,
+                layer.post_attention_layernorm.weight,
+                layer.post_attention_layernorm.variance_epsilon,
+                m.gate_proj,
+                m.up_proj,
+                m.down_proj,
+            )
+        )
     return out
 
 
@@ -211,8 +223,16 @@ class _Decoder:
         cos, sin = self.rotary(self.embed[:1].unsqueeze(0), table)
         return cos[0], sin[0]
 
-    def forward(self, ids: torch.Tensor, cos, sin, lo: int, mask: torch.Tensor | None, causal: bool = False,
-                rows: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cos,
+        sin,
+        lo: int,
+        mask: torch.Tensor | None,
+        causal: bool = False,
+        rows: int | None = None,
+    ) -> torch.Tensor:
         """Feed ids [n, t] at cache columns lo..lo+t, attending to columns 0..lo+t; the last position's
         logits [n, vocab]. `rows`: write the new keys to this many cache rows (a shared prefix computed
         once for the whole batch)."""
@@ -268,9 +288,18 @@ MIN_SHARED_PREFIX = 8  # below this, one prefill over the padded batch is as che
 
 
 @torch.inference_mode()
-def generate_greedy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int, *,
-                    pad_token_id: int, tokenizer=None, stop_strings=(), compact=_compact_worth_it,
-                    share_prefix: bool = True) -> torch.Tensor:
+def generate_greedy(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    *,
+    pad_token_id: int,
+    tokenizer=None,
+    stop_strings=(),
+    compact=_compact_worth_it,
+    share_prefix: bool = True,
+) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
     `pad_token_id` after each row's end, exactly as `model.generate(do_sample=False)` returns them
     (n = the step at which the last row ended, at most max_new_tokens).

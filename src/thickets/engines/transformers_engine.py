@@ -8,7 +8,8 @@ transformers' `generate` for anything else or when built with `fast=False`.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,9 +36,11 @@ def neutral_generation_config(model, tokenizer):
 
     shipped = model.generation_config
     model.generation_config = GenerationConfig(
-        eos_token_id=shipped.eos_token_id, bos_token_id=shipped.bos_token_id,
+        eos_token_id=shipped.eos_token_id,
+        bos_token_id=shipped.bos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else shipped.pad_token_id,
-        decoder_start_token_id=shipped.decoder_start_token_id)
+        decoder_start_token_id=shipped.decoder_start_token_id,
+    )
     try:
         yield
     finally:
@@ -79,8 +82,9 @@ class TransformersEngine:
                 self._work[n] = torch.empty_like(self._base[n])
         numpy_ok = [n for n in names if self._base[n].dtype == torch.float32 and self._base[n].device.type == "cpu"]
         with torch.no_grad():
-            add_noise_(spec, [(n, self._work[n].numpy()) for n in numpy_ok],
-                       base={n: self._base[n].numpy() for n in numpy_ok})
+            add_noise_(
+                spec, [(n, self._work[n].numpy()) for n in numpy_ok], base={n: self._base[n].numpy() for n in numpy_ok}
+            )
             for n in names:
                 if n in numpy_ok:
                     continue
@@ -91,7 +95,7 @@ class TransformersEngine:
                 self.params[n].data = self._work[n]
         self._touched = names
 
-    def own_base(self) -> list[tuple[str, "numpy.ndarray"]]:
+    def own_base(self) -> list[tuple[str, numpy.ndarray]]:
         """Hand the base weights over to ES, once: writable float32 arrays this engine owns (copied
         from what was loaded, which may be the model file's pages). ES moves them between
         iterations, and every later perturb() and restore() is relative to where they are. A second
@@ -116,8 +120,9 @@ class TransformersEngine:
     # -- generation ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
-                 add_special_tokens: bool = False) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *, add_special_tokens: bool = False
+    ) -> list[str]:
         """Greedy completions in the order of `prompts`, batch_size at a time, each batch padded to its
         longest prompt (callers decide which prompts share a batch: see search.evaluate)."""
         tok = self.tokenizer
@@ -130,8 +135,15 @@ class TransformersEngine:
             idx = order[lo : lo + self.batch_size]
             enc = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
             if self.fast:
-                new = fast_decode.generate_greedy(self.model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                                                  pad_token_id=tok.pad_token_id, tokenizer=tok, stop_strings=stop)
+                new = fast_decode.generate_greedy(
+                    self.model,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    tokenizer=tok,
+                    stop_strings=stop,
+                )
             else:
                 with neutral_generation_config(self.model, tok):
                     new = self.model.generate(
@@ -148,5 +160,10 @@ class TransformersEngine:
 
     def describe(self) -> dict:
         p = next(iter(self.params.values()))
-        return {"engine": "transformers", "dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type,
-                "batch_size": self.batch_size, "fast_decode": self.fast}
+        return {
+            "engine": "transformers",
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "device": p.device.type,
+            "batch_size": self.batch_size,
+            "fast_decode": self.fast,
+        }

@@ -21,11 +21,13 @@ class SearchConfig:
     """Everything that fixes a search's population and scores. Stored in the run folder."""
 
     model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m (the embedded default)")
-    task: str = option("countdown", "task name, gym:NAME, KIND:DATA_FILE, or several separated by commas "
-                                    "(see `thickets tasks`)")
+    task: str = option(
+        "countdown", "task name, gym:NAME, KIND:DATA_FILE, or several separated by commas (see `thickets tasks`)"
+    )
     population: int = option(32, "number of candidates N (a larger number extends an existing run)")
-    sigmas: tuple[float, ...] = option((1e-3,), "noise scale, or a grid a,b,c taken in round robin", flag="--sigma",
-                                       parse=parse_floats, show=commas)
+    sigmas: tuple[float, ...] = option(
+        (1e-3,), "noise scale, or a grid a,b,c taken in round robin", flag="--sigma", parse=parse_floats, show=commas
+    )
     val_size: int = option(64, "validation examples each candidate is scored on")
     max_new_tokens: int = option(256, "tokens generated at most per answer")
     seed: int = option(0, "population seed: candidate i's noise seed comes from it and i")
@@ -36,21 +38,31 @@ class SearchConfig:
     batch_size: int = option(32, "prompts generated together")
     engine: str = option("transformers", "vllm: GPUs only, experimental (see README)", choices=ENGINES)
     dtype: str = option("float32", "weights' dtype", choices=DTYPES)
-    chat_template: bool = option(True, "feed the prompt through the tokenizer's chat template "
-                                       "(--no-chat-template: the raw prompt)")
-    columns: tuple[str, ...] = option((), "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. "
-                                          "question=problem,answer=solution", parse=parse_patterns, show=commas)
-    reward: str | None = option(None, "a TRL-style reward function, module:function or file.py:function, replacing "
-                                      "the task's reward")
-    racing: str = option("off", "stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)",
-                         choices=MODES)
+    chat_template: bool = option(
+        True, "feed the prompt through the tokenizer's chat template (--no-chat-template: the raw prompt)"
+    )
+    columns: tuple[str, ...] = option(
+        (),
+        "for KIND:DATA_FILE tasks: FIELD=COLUMN pairs, e.g. question=problem,answer=solution",
+        parse=parse_patterns,
+        show=commas,
+    )
+    reward: str | None = option(
+        None, "a TRL-style reward function, module:function or file.py:function, replacing the task's reward"
+    )
+    racing: str = option(
+        "off", "stop scoring candidates that cannot reach the top K (see BENCHMARKS.md)", choices=MODES
+    )
     racing_top_k: int = option(5, "the K racing keeps exact")
     racing_delta: float = option(0.05, "hoeffding racing: the chance of dropping a candidate as good as the K-th")
     reward_timeout: float = option(300.0, "seconds a --reward function may take per batch before the run stops")
-    batching: str = option("chunks", "how examples are cut into generation batches, fixed by the run folder: "
-                                     "'chunks' (batch_size at a time in validation order, the batches racing "
-                                     "scores) or 'split' (runs made before 0.2: the whole split by length)",
-                           cli=False)
+    batching: str = option(
+        "chunks",
+        "how examples are cut into generation batches, fixed by the run folder: "
+        "'chunks' (batch_size at a time in validation order, the batches racing "
+        "scores) or 'split' (runs made before 0.2: the whole split by length)",
+        cli=False,
+    )
     #: fields a later call may change without changing what the finished candidates mean
     EXTENDABLE = ("population", "reward_timeout")
     #: fields an existing run folder decides, whatever a later call says
@@ -110,7 +122,7 @@ class SearchConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SearchConfig":
+    def from_dict(cls, d: dict) -> SearchConfig:
         """A stored config; one written before a field existed gets the value that release used."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
@@ -119,17 +131,19 @@ class SearchConfig:
         values = {"batching": "split", **d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-    def differences(self, other: "SearchConfig") -> list[str]:
+    def differences(self, other: SearchConfig) -> list[str]:
         """Fields that differ and may not change on an existing run folder."""
         a, b = asdict(self), asdict(other)
         return [k for k in a if k not in self.EXTENDABLE + self.INHERITED and a[k] != b[k]]
 
-    def resuming(self, stored: "SearchConfig") -> "SearchConfig":
+    def resuming(self, stored: SearchConfig) -> SearchConfig:
         """This config as it applies to an existing run: the fields the run folder decides taken from it.
         A population below the stored one is refused: the run's extra candidates would still be ranked."""
         if self.population < stored.population:
-            raise ThicketsError(f"population {self.population} is smaller than the {stored.population} this run "
-                                f"already has; a run can grow, not shrink (use a new --run-dir)")
+            raise ThicketsError(
+                f"population {self.population} is smaller than the {stored.population} this run "
+                f"already has; a run can grow, not shrink (use a new --run-dir)"
+            )
         return replace(self, **{k: getattr(stored, k) for k in self.INHERITED})
 
 

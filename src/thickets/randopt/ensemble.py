@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,18 @@ class _Answers:
     """Stored test answers of each model, generated (and stored) where missing, with one engine loaded
     on first need."""
 
-    def __init__(self, store: RunStore, config: SearchConfig, task: Task, test: Sequence[Example],
-                 engine: Engine | None):
+    def __init__(
+        self, store: RunStore, config: SearchConfig, task: Task, test: Sequence[Example], engine: Engine | None
+    ):
         self.store, self.config, self.task, self.test, self.engine = store, config, task, test, engine
 
     def of(self, model: str, spec: PerturbationSpec | None, positions: Sequence[int]) -> dict[int, Score]:
         have = self.store.scores(model, "test")
         for pos, ex_id in self.store.example_ids("test", model).items():
             if pos < len(self.test) and self.test[pos].id != ex_id:
-                raise ThicketsError(f"stored test answers of {model} are for other examples (the task changed?); "
-                                    f"use a new run folder")
+                raise ThicketsError(
+                    f"stored test answers of {model} are for other examples (the task changed?); use a new run folder"
+                )
         missing = [pos for pos in positions if pos not in have]
         if missing:
             if self.engine is None:
@@ -68,8 +71,9 @@ class _Answers:
         return {p: have[p] for p in positions}
 
 
-def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def ensemble(
+    run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Evaluate base, best single expert and top-K majority votes on the same test examples.
 
     A multi-task run gets one report per task, its experts ranked by their validation score on
@@ -91,7 +95,9 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
             check_prompts(config, identity_now, task, test, "test")
         ranked_all = [c for c in rank(store.candidates()) if c.complete]
         if max(top_k) > len(ranked_all):
-            raise ThicketsError(f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}")
+            raise ThicketsError(
+                f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}"
+            )
         identity = store.meta("model_identity")
         answers = _Answers(store, config, task, test, engine)
         by_model = store.val_reward_by_task() if parts != [None] else {}
@@ -112,24 +118,48 @@ def ensemble(run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engin
                     update()
             if base_val is None:
                 base_val = Summary.of(list(store.scores(BASE, "val").values())).score
-            reindex = lambda scores: {i: scores[p] for i, p in enumerate(positions)}  # noqa: E731
-            reports[part] = _report(part or config.task, config, identity, ranked, experts, reindex(base),
-                                    [reindex(e) for e in per_expert], top_k, base_val,
-                                    None if part is None else {c.idx: by_model.get(candidate_model(c.idx), {})
-                                                               .get(part, 0.0) for c in ranked_all})
+            reindex = partial(_reindex, positions=positions)
+            reports[part] = _report(
+                part or config.task,
+                config,
+                identity,
+                ranked,
+                experts,
+                reindex(base),
+                [reindex(e) for e in per_expert],
+                top_k,
+                base_val,
+                None
+                if part is None
+                else {c.idx: by_model.get(candidate_model(c.idx), {}).get(part, 0.0) for c in ranked_all},
+            )
     if parts == [None]:
         return reports[None]
     return {"task": config.task, "model": config.model, "tasks": reports}
 
 
-def _report(task_name: str, config: SearchConfig, identity, ranked, experts, base: dict[int, Score],
-            per_expert: list[dict[int, Score]], top_k: Sequence[int], base_val: float,
-            val_by_candidate: dict[int, float] | None) -> dict:
+def _reindex(scores: dict[int, Score], positions: Sequence[int]) -> dict[int, Score]:
+    """Scores at the split's positions, renumbered 0.. (one task's questions of a multi-task run)."""
+    return {i: scores[p] for i, p in enumerate(positions)}
+
+
+def _report(
+    task_name: str,
+    config: SearchConfig,
+    identity,
+    ranked,
+    experts,
+    base: dict[int, Score],
+    per_expert: list[dict[int, Score]],
+    top_k: Sequence[int],
+    base_val: float,
+    val_by_candidate: dict[int, float] | None,
+) -> dict:
     def single(label: str, scores: dict[int, Score]) -> Row:
         s = Summary.of(list(scores.values()))
         return Row(label, 1, s.accuracy, s.format_rate, s.score)
 
-    val_of = (lambda c: c.score) if val_by_candidate is None else (lambda c: val_by_candidate[c.idx])  # noqa: E731
+    val_of = (lambda c: c.score) if val_by_candidate is None else (lambda c: val_by_candidate[c.idx])
     n = len(base)
     base_correct = [base[i].correct for i in range(n)]
     best = ranked[0]
@@ -148,19 +178,44 @@ def _report(task_name: str, config: SearchConfig, identity, ranked, experts, bas
         "sigmas": list(config.sigmas),
         "val_size": config.val_size,
         "test_size": n,
-        "base": {"accuracy": rows[0].accuracy, "format_rate": rows[0].format_rate, "score": rows[0].score,
-                 "val_score": base_val},
-        "best_single": {"rank": 1, "idx": best.idx, "seed": best.seed, "sigma": best.sigma,
-                        "val_score": val_of(best), "accuracy": rows[1].accuracy,
-                        "format_rate": rows[1].format_rate, "score": rows[1].score, "vs_base": gains[1]},
-        "experts": [{"rank": r, "idx": c.idx, "seed": c.seed, "sigma": c.sigma, "val_score": val_of(c),
-                     **_summary_dict(per_expert[r - 1])} for r, c in enumerate(experts, 1)],
-        "ensembles": [{"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
-                      for r, g in zip(rows[2:], gains[2:])],
+        "base": {
+            "accuracy": rows[0].accuracy,
+            "format_rate": rows[0].format_rate,
+            "score": rows[0].score,
+            "val_score": base_val,
+        },
+        "best_single": {
+            "rank": 1,
+            "idx": best.idx,
+            "seed": best.seed,
+            "sigma": best.sigma,
+            "val_score": val_of(best),
+            "accuracy": rows[1].accuracy,
+            "format_rate": rows[1].format_rate,
+            "score": rows[1].score,
+            "vs_base": gains[1],
+        },
+        "experts": [
+            {
+                "rank": r,
+                "idx": c.idx,
+                "seed": c.seed,
+                "sigma": c.sigma,
+                "val_score": val_of(c),
+                **_summary_dict(per_expert[r - 1]),
+            }
+            for r, c in enumerate(experts, 1)
+        ],
+        "ensembles": [
+            {"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
+            for r, g in zip(rows[2:], gains[2:])
+        ],
         "rows": [{**asdict(r), "vs_base": g} for r, g in zip(rows, gains)],
-        "tie_rules": {"ranking": "validation score (on this task, in a multi-task run), then overall validation "
-                                 "score, then earlier candidate",
-                      "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer"},
+        "tie_rules": {
+            "ranking": "validation score (on this task, in a multi-task run), then overall validation "
+            "score, then earlier candidate",
+            "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer",
+        },
     }
 
 

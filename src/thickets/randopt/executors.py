@@ -12,6 +12,7 @@ the head of the queue; Ray restarts the actor (it reloads the model) and it goes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -52,15 +53,20 @@ class Executor(Protocol):
         a candidate given out now (None: no racing)."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 class _Scorer:
     """What a worker holds: the engine, the task and its validation split, and racing's rule."""
 
-    def __init__(self, config: SearchConfig, engine: Engine | None = None, device: str = "cpu",
-                 task: Task | None = None, val: Sequence[Example] | None = None):
+    def __init__(
+        self,
+        config: SearchConfig,
+        engine: Engine | None = None,
+        device: str = "cpu",
+        task: Task | None = None,
+        val: Sequence[Example] | None = None,
+    ):
         self.config = config
         self.task = task_for(config) if task is None else task  # a worker builds its own; search() passes its
         self.val = make_splits(self.task, config.split_seed, config.val_size)[0] if val is None else val
@@ -70,8 +76,9 @@ class _Scorer:
     def score(self, item: Item, threshold: float | None) -> Result:
         spec = None if item is None else self.config.candidate(item)
         t0 = time.perf_counter()
-        rows = evaluate(self.engine, self.task, self.val, self.config, spec,
-                        self.race if item is not None else None, threshold)
+        rows = evaluate(
+            self.engine, self.task, self.val, self.config, spec, self.race if item is not None else None, threshold
+        )
         return item, rows, time.perf_counter() - t0
 
 
@@ -122,8 +129,10 @@ class RayExecutor:
         if options.address:
             check_reachable(options.address)
         elif options.gpus_per_worker == 0 and options.workers > (os.cpu_count() or 1):
-            raise ThicketsError(f"--workers {options.workers} is more than the {os.cpu_count()} cores here (a local Ray "
-                                f"gives each worker at least one); use at most {os.cpu_count()}, or --address a cluster")
+            raise ThicketsError(
+                f"--workers {options.workers} is more than the {os.cpu_count()} cores here (a local Ray "
+                f"gives each worker at least one); use at most {os.cpu_count()}, or --address a cluster"
+            )
         self._ray, self._config, self._options = ray, config, options
         self._started = False
         self.actors: list = []
@@ -137,19 +146,27 @@ class RayExecutor:
             if options.address:
                 connect(ray, options.address)
             else:
-                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)  # our own, never a cluster found lying around
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )  # our own, never a cluster found lying around
                 self._started = True
                 watch_local_ray(ray)
         cpus = options.cpus_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
         total = ray.cluster_resources()
         for what, need in (("CPU", cpus * options.workers), ("GPU", options.gpus_per_worker * options.workers)):
             if need > total.get(what, 0):
-                raise ThicketsError(f"{options.workers} Ray workers need {need:g} {what}s and the cluster has "
-                                    f"{total.get(what, 0):g}; use fewer --workers")
+                raise ThicketsError(
+                    f"{options.workers} Ray workers need {need:g} {what}s and the cluster has "
+                    f"{total.get(what, 0):g}; use fewer --workers"
+                )
         device = "cuda" if options.gpus_per_worker > 0 else "cpu"
-        worker_cls = ray.remote(_RayWorker).options(num_cpus=cpus, num_gpus=options.gpus_per_worker,
-                                                    max_restarts=options.max_restarts, max_task_retries=0)
+        worker_cls = ray.remote(_RayWorker).options(
+            num_cpus=cpus, num_gpus=options.gpus_per_worker, max_restarts=options.max_restarts, max_task_retries=0
+        )
         config_dict = self._config.to_dict()
         self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
         self._max_failures = options.workers * (1 + options.max_restarts)
@@ -200,8 +217,9 @@ class RayExecutor:
                 else:
                     failures += 1
                     if failures > self._max_failures:
-                        raise ThicketsError(f"Ray workers keep dying ({failures} times); last: "
-                                            f"{type(e).__name__}") from None
+                        raise ThicketsError(
+                            f"Ray workers keep dying ({failures} times); last: {type(e).__name__}"
+                        ) from None
                 idle.append(actor)
                 continue
             idle.append(actor)
@@ -209,10 +227,8 @@ class RayExecutor:
 
     def close(self) -> None:
         for a in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 self._ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         if self._started:
             self._ray.shutdown()
 
@@ -256,23 +272,31 @@ def watch_local_ray(ray) -> None:
     node = ray._private.worker.global_worker.node
     session = Path(node.get_session_dir_path()).name
     read, write = os.pipe()
-    code = ("import os, signal, sys, time\n"
-            "r, session = int(sys.argv[1]), sys.argv[2]\n"
-            "while os.read(r, 1): pass\n"
-            "def ours(pid):  # its command line or an open file names the session (agents rename themselves)\n"
-            "    if session.encode() in open(f'/proc/{pid}/cmdline', 'rb').read(): return True\n"
-            "    return any(session in os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))\n"
-            "for attempt in range(50):\n"
-            "    found = False\n"
-            "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-            "        try:\n"
-            "            if int(pid) != os.getpid() and ours(pid):\n"
-            "                os.kill(int(pid), signal.SIGKILL); found = True\n"
-            "        except OSError: pass\n"
-            "    if not found: break\n"
-            "    time.sleep(0.1)\n")
-    subprocess.Popen([sys.executable, "-c", code, str(read), session], pass_fds=(read,), start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import os, signal, sys, time\n"
+        "r, session = int(sys.argv[1]), sys.argv[2]\n"
+        "while os.read(r, 1): pass\n"
+        "def ours(pid):  # its command line or an open file names the session (agents rename themselves)\n"
+        "    if session.encode() in open(f'/proc/{pid}/cmdline', 'rb').read(): return True\n"
+        "    return any(session in os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))\n"
+        "for attempt in range(50):\n"
+        "    found = False\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if int(pid) != os.getpid() and ours(pid):\n"
+        "                os.kill(int(pid), signal.SIGKILL); found = True\n"
+        "        except OSError: pass\n"
+        "    if not found: break\n"
+        "    time.sleep(0.1)\n"
+    )
+    subprocess.Popen(
+        [sys.executable, "-c", code, str(read), session],
+        pass_fds=(read,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(read)
     os.set_inheritable(write, False)  # held open by this process alone: closed when it dies
 
@@ -301,8 +325,11 @@ class _RayWorker:
 class ExecutorOptions:
     """Where a search scores its candidates (not part of the run: any executor gives the same scores)."""
 
-    executor: str = option("inprocess", "where candidates are scored: this process, or Ray actors (see README: "
-                                         "Scaling out)", choices=EXECUTORS)
+    executor: str = option(
+        "inprocess",
+        "where candidates are scored: this process, or Ray actors (see README: Scaling out)",
+        choices=EXECUTORS,
+    )
     address: str | None = option(None, "ray: an existing cluster (ray start --head ...); default: a local Ray")
     workers: int = option(2, "ray: actors, each loading the model once")
     gpus_per_worker: float = option(0.0, "ray: GPUs per actor (0: CPU)")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from thickets.errors import ThicketsError
 
@@ -101,7 +101,7 @@ def replay(rewards: Sequence[Sequence[float]], race: Race) -> ReplayResult:
         threshold = race.threshold([s for s, _ in finished])
         seen: list[float] = []
         for lo in range(0, len(row), race.chunk):
-            seen.extend(row[lo: lo + race.chunk])
+            seen.extend(row[lo : lo + race.chunk])
             if race.should_stop(seen, threshold):
                 break
         scored += len(seen)
@@ -109,7 +109,10 @@ def replay(rewards: Sequence[Sequence[float]], race: Race) -> ReplayResult:
             finished.append((sum(row) / len(row), idx))
     full = sorted(((sum(r) / len(r), i) for i, r in enumerate(rewards)), key=lambda t: (-t[0], t[1]))
     raced = sorted(finished, key=lambda t: (-t[0], t[1]))
-    top = lambda ranked: {i for _, i in ranked[: race.k]}  # noqa: E731
+
+    def top(ranked: list[tuple[float, int]]) -> set[int]:
+        return {i for _, i in ranked[: race.k]}
+
     kept = len(top(full) & top(raced)) / len(top(full))
     return ReplayResult(scored, sum(len(r) for r in rewards), top(full) == top(raced), kept)
 
@@ -147,6 +150,12 @@ def replay_many(rewards: Sequence[Sequence[float]], race: Race, orders: int = 20
         same += result.same_top_k
         saved.append(result.saved)
         overlap.append(result.overlap)
-    return {"mode": race.mode, "delta": race.delta, "k": race.k, "orders": orders,
-            "same_top_k": same / orders, "top_k_overlap": sum(overlap) / orders,
-            "generation_saved": sum(saved) / orders}
+    return {
+        "mode": race.mode,
+        "delta": race.delta,
+        "k": race.k,
+        "orders": orders,
+        "same_top_k": same / orders,
+        "top_k_overlap": sum(overlap) / orders,
+        "generation_saved": sum(saved) / orders,
+    }

@@ -7,6 +7,7 @@ nothing of populations or selection.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -33,9 +34,15 @@ from thickets.tasks.splits import make_splits
 from thickets.version import __version__
 
 
-def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig,
-             spec: PerturbationSpec | None = None, race: Race | None = None,
-             threshold: float | None = None) -> list[ScoredExample]:
+def evaluate(
+    engine: Engine,
+    task: Task,
+    examples: Sequence[Example],
+    config: SearchConfig,
+    spec: PerturbationSpec | None = None,
+    race: Race | None = None,
+    threshold: float | None = None,
+) -> list[ScoredExample]:
     """Score one model (the base, or base + spec) on some examples; the weights are restored after.
 
     Examples go to the engine batch_size at a time in their order (the run's "chunks" batching), so
@@ -51,10 +58,12 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
         engine.perturb(spec)
     try:
         for lo in range(0, len(examples), max(chunk, 1)):
-            part = examples[lo: lo + chunk]
+            part = examples[lo : lo + chunk]
             completions = generate(engine, task, part, config)
-            rows += [ScoredExample(lo + i, ex, c, s) for i, (ex, c, s) in
-                     enumerate(zip(part, completions, task.score_batch(part, completions)))]
+            rows += [
+                ScoredExample(lo + i, ex, c, s)
+                for i, (ex, c, s) in enumerate(zip(part, completions, task.score_batch(part, completions)))
+            ]
             if raced and race is not None and race.should_stop([r.score.reward for r in rows], threshold):
                 break
     finally:
@@ -65,8 +74,11 @@ def evaluate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
 
 def render_prompts(tokenizer: Any, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
     """The text each example is given to the model as, with its own task's system prompt."""
-    return per_task(task, examples, lambda t, exs: [
-        render_prompt(tokenizer, ex.prompt, t.system_prompt, config.chat_template) for ex in exs])
+    return per_task(
+        task,
+        examples,
+        lambda t, exs: [render_prompt(tokenizer, ex.prompt, t.system_prompt, config.chat_template) for ex in exs],
+    )
 
 
 def generate(engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
@@ -86,10 +98,13 @@ def race_for(config: SearchConfig, task: Task) -> Race | None:
         return None
     reward_range = task.reward_range
     if reward_range is None:
-        raise ThicketsError(f"racing needs the task's reward range, and task {task.name} (with a user reward "
-                            f"function) does not declare one; run without --racing")
-    return Race(config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range,
-                chunk=config.batch_size)
+        raise ThicketsError(
+            f"racing needs the task's reward range, and task {task.name} (with a user reward "
+            f"function) does not declare one; run without --racing"
+        )
+    return Race(
+        config.val_size, config.racing_top_k, config.racing, config.racing_delta, *reward_range, chunk=config.batch_size
+    )
 
 
 def task_for(config: SearchConfig) -> Task:
@@ -99,8 +114,9 @@ def task_for(config: SearchConfig) -> Task:
 
 def engine_for(config: SearchConfig, device: str = "cpu") -> Engine:
     """The engine a run's config asks for (its model, engine, dtype and batch size)."""
-    engine, _ = load_engine(config.model, engine=config.engine, dtype=config.dtype, device=device,
-                            batch_size=config.batch_size)
+    engine, _ = load_engine(
+        config.model, engine=config.engine, dtype=config.dtype, device=device, batch_size=config.batch_size
+    )
     return engine
 
 
@@ -119,31 +135,40 @@ def load_run_config(run_dir: str | Path) -> SearchConfig:
     return config
 
 
-def check_unchanged(store: RunStore, task: Task, identity: ModelIdentity | None = None,
-                    val: Sequence[Example] | None = None) -> None:
+def check_unchanged(
+    store: RunStore, task: Task, identity: ModelIdentity | None = None, val: Sequence[Example] | None = None
+) -> None:
     """Refuse to go on with a run whose model, data file, reward function, scoring packages or
     validation examples have changed since it began."""
     recorded = store.meta("model_identity")
     if identity is not None and recorded and recorded["sha256"] != identity.sha256:
-        raise ThicketsError(f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
-                            f"use the model the run was made with, or a new run folder")
+        raise ThicketsError(
+            f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
+            f"use the model the run was made with, or a new run folder"
+        )
     recorded_sources = store.meta("task_sources") or {}
     for role, now in task.sources.items():
         then = recorded_sources.get(role)
         if then is not None and then.get("sha256") != now.get("sha256"):
             what = now.get("path") or now.get("function")
-            raise ThicketsError(f"the task's {role} {what} has changed since run {store.run_dir} began "
-                                f"(content hash differs); start a new run folder")
+            raise ThicketsError(
+                f"the task's {role} {what} has changed since run {store.run_dir} began "
+                f"(content hash differs); start a new run folder"
+            )
     for package, then in (store.meta("task_packages") or {}).items():
         now = task_packages(task).get(package)
         if now is not None and now != then:
-            raise ThicketsError(f"{package} is {now} now but was {then} when run {store.run_dir} began: its examples "
-                                f"or verdicts may differ; install {package}=={then} or start a new run folder")
+            raise ThicketsError(
+                f"{package} is {now} now but was {then} when run {store.run_dir} began: its examples "
+                f"or verdicts may differ; install {package}=={then} or start a new run folder"
+            )
     if val is not None:
         for pos, ex_id in store.example_ids("val").items():
             if pos < len(val) and val[pos].id != ex_id:
-                raise ThicketsError(f"validation example {pos} of run {store.run_dir} was {ex_id!r} and is "
-                                    f"{val[pos].id!r} now: the task's examples changed; start a new run folder")
+                raise ThicketsError(
+                    f"validation example {pos} of run {store.run_dir} was {ex_id!r} and is "
+                    f"{val[pos].id!r} now: the task's examples changed; start a new run folder"
+                )
 
 
 def task_packages(task: Task) -> dict[str, str]:
@@ -152,10 +177,8 @@ def task_packages(task: Task) -> dict[str, str]:
 
     out = {}
     for name in task.packages:
-        try:
+        with contextlib.suppress(PackageNotFoundError):  # not installed: nothing to record
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -168,20 +191,26 @@ def run_record(identity: ModelIdentity, engine: dict[str, Any], task: Task) -> d
         "task_sources": {role: dict(source) for role, source in task.sources.items()},
         "task_packages": task_packages(task),
         "noise_version": NOISE_VERSION,
-        "versions": {"thickets": __version__, **{name: version(name) for name in ("torch", "transformers", "numpy")},
-                     "python": platform.python_version()},
+        "versions": {
+            "thickets": __version__,
+            **{name: version(name) for name in ("torch", "transformers", "numpy")},
+            "python": platform.python_version(),
+        },
     }
 
 
-def check_prompts(config: SearchConfig, identity: ModelIdentity, task: Task, examples: Sequence[Example],
-                  what: str = "validation") -> None:
+def check_prompts(
+    config: SearchConfig, identity: ModelIdentity, task: Task, examples: Sequence[Example], what: str = "validation"
+) -> None:
     """Refuse, before anything is written, prompts the model cannot take: longer than its context once
     max_new_tokens are added, or a KV cache for a batch of them larger than the memory there is."""
     limits = model_limits(identity)
     too_long = next((ex for ex in examples if len(ex.prompt) > 64 * limits.context), None)
     if too_long is not None:
-        raise ThicketsError(f"{what} example {too_long.id[:80]!r} has a {len(too_long.prompt):,}-character prompt, "
-                            f"far beyond the model's context of {limits.context:,} tokens")
+        raise ThicketsError(
+            f"{what} example {too_long.id[:80]!r} has a {len(too_long.prompt):,}-character prompt, "
+            f"far beyond the model's context of {limits.context:,} tokens"
+        )
     tokenizer = load_tokenizer(identity)
     prompts = render_prompts(tokenizer, task, examples, config)
     special = not uses_chat_template(tokenizer, config.chat_template)
@@ -189,16 +218,23 @@ def check_prompts(config: SearchConfig, identity: ModelIdentity, task: Task, exa
     longest = max(lengths)
     if longest + config.max_new_tokens > limits.context:
         ex = examples[lengths.index(longest)]
-        raise ThicketsError(f"the longest {what} prompt ({ex.id[:60]!r}, {longest} tokens) plus --max-new-tokens "
-                            f"{config.max_new_tokens} exceeds the model's context of {limits.context:,} tokens")
+        raise ThicketsError(
+            f"the longest {what} prompt ({ex.id[:60]!r}, {longest} tokens) plus --max-new-tokens "
+            f"{config.max_new_tokens} exceeds the model's context of {limits.context:,} tokens"
+        )
     if config.engine == "transformers":
-        need = limits.kv_bytes_per_token(config.dtype) * min(config.batch_size, len(examples)) * \
-            (longest + config.max_new_tokens)
+        need = (
+            limits.kv_bytes_per_token(config.dtype)
+            * min(config.batch_size, len(examples))
+            * (longest + config.max_new_tokens)
+        )
         free = available_memory()
         if free is not None and need > free:
-            raise ThicketsError(f"a batch of {min(config.batch_size, len(examples))} {what} prompts needs "
-                                f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
-                                f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens")
+            raise ThicketsError(
+                f"a batch of {min(config.batch_size, len(examples))} {what} prompts needs "
+                f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
+                f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens"
+            )
 
 
 def available_memory() -> int | None:

@@ -28,8 +28,14 @@ class SearchResult:
     ranked: list[Candidate]  # every finished candidate, best first
 
 
-def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None = None,
-           executor: Executor | None = None, progress: bool = True) -> SearchResult:
+def search(
+    config: SearchConfig,
+    run_dir: str | Path,
+    *,
+    engine: Engine | None = None,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> SearchResult:
     """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked.
 
     `executor` decides where candidates are scored (in this process by default, or on Ray
@@ -50,7 +56,8 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
             stored_base = store.scores(BASE, "val")
             base = Summary.of(list(stored_base.values())) if stored_base else None
             items: itertools.chain[Item] = itertools.chain(
-                [] if base else [None], (i for i in range(config.population) if i not in done_idx))
+                [] if base else [None], (i for i in range(config.population) if i not in done_idx)
+            )
 
             # 3. Racing's bar for a candidate given out now: the K-th best finished score.
             finished = [c.score for c in done if c.complete]
@@ -60,8 +67,11 @@ def search(config: SearchConfig, run_dir: str | Path, *, engine: Engine | None =
                 return race.threshold(finished) if race else None
 
             def shown() -> dict[str, object]:
-                return dict(base=f"{base.score:.3f}" if base else "-",
-                            best=f"{max(finished):.3f}" if finished else "-", **({"raced": stopped} if race else {}))
+                return dict(
+                    base=f"{base.score:.3f}" if base else "-",
+                    best=f"{max(finished):.3f}" if finished else "-",
+                    **({"raced": stopped} if race else {}),
+                )
 
             # 4. Score through the executor; commit each result as it arrives.
             with bar("search", config.population, progress) as update:

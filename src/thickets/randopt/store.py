@@ -15,9 +15,9 @@ import os
 import sqlite3
 import tempfile
 import urllib.parse
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
@@ -81,7 +81,7 @@ class Summary:
     format_rate: float
 
     @classmethod
-    def of(cls, scores: Sequence[Score]) -> "Summary":
+    def of(cls, scores: Sequence[Score]) -> Summary:
         n = len(scores)
         if n == 0:
             return cls(0, 0.0, 0.0, 0.0)
@@ -135,8 +135,10 @@ def store_error(run_dir: Path, e: BaseException | None) -> ThicketsError:
     """One line for what SQLite or the file system said about a run's database."""
     text = str(e)
     if isinstance(e, sqlite3.Error) and ("full" in text or "disk I/O" in text):
-        return ThicketsError(f"cannot write the run store in {run_dir}: {text} (free space and run the same command "
-                             f"again: finished candidates are kept)")
+        return ThicketsError(
+            f"cannot write the run store in {run_dir}: {text} (free space and run the same command "
+            f"again: finished candidates are kept)"
+        )
     if isinstance(e, sqlite3.Error) and "readonly" in text.replace("-", "").replace(" ", ""):
         return ThicketsError(f"run folder {run_dir} is read-only ({text}); make it writable or copy it")
     if isinstance(e, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
@@ -186,8 +188,9 @@ class RunStore:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, run_dir: str | Path, config: SearchConfig | None = None, meta: dict | None = None,
-             write: bool = True) -> "RunStore":
+    def open(
+        cls, run_dir: str | Path, config: SearchConfig | None = None, meta: dict | None = None, write: bool = True
+    ) -> RunStore:
         """Open a run folder; with `config`, create it or check it matches. Takes the writer lock.
 
         Everything that can be refused is refused before the first write: a folder that is a file,
@@ -214,8 +217,11 @@ class RunStore:
                 os.close(lock_fd)
                 raise ThicketsError(f"run folder {run_dir} is in use by another thickets process") from None
         try:
-            con = _connect(run_dir, writable=write) if (run_dir / DB_NAME).exists() else \
-                sqlite3.connect(_db_uri(run_dir, "rwc"), uri=True, isolation_level=None)
+            con = (
+                _connect(run_dir, writable=write)
+                if (run_dir / DB_NAME).exists()
+                else sqlite3.connect(_db_uri(run_dir, "rwc"), uri=True, isolation_level=None)
+            )
         except (ThicketsError, sqlite3.Error) as e:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -259,7 +265,7 @@ class RunStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -338,12 +344,15 @@ class RunStore:
     def _insert_results(self, model: str, split: str, rows: Iterable[ScoredExample]) -> None:
         self.con.executemany(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(model, split, pos, ex.id, comp, s.answer, s.vote_key, float(s.reward), int(bool(s.correct)))
-             for pos, ex, comp, s in rows],
+            [
+                (model, split, pos, ex.id, comp, s.answer, s.vote_key, float(s.reward), int(bool(s.correct)))
+                for pos, ex, comp, s in rows
+            ],
         )
 
-    def add_candidate(self, idx: int, seed: int, sigma: float, rows: Sequence[ScoredExample],
-                      seconds: float) -> Candidate:
+    def add_candidate(
+        self, idx: int, seed: int, sigma: float, rows: Sequence[ScoredExample], seconds: float
+    ) -> Candidate:
         """One candidate and its validation results (all, or those scored before racing stopped it), atomically."""
         summary = Summary.of([r.score for r in rows])
         with self.transaction():
@@ -353,15 +362,24 @@ class RunStore:
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds, len(rows)),
             )
-        return Candidate(idx, seed, sigma, summary.score, summary.accuracy, summary.format_rate, seconds,
-                         complete=len(rows) >= self.config.val_size)
+        return Candidate(
+            idx,
+            seed,
+            sigma,
+            summary.score,
+            summary.accuracy,
+            summary.format_rate,
+            seconds,
+            complete=len(rows) >= self.config.val_size,
+        )
 
     def keep_first(self, count: int) -> None:
         """Drop every candidate from index `count` on, with its results: the run as it stood after `count`."""
         with self.transaction():
             self.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
-            self.con.execute("DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?",
-                             (count,))
+            self.con.execute(
+                "DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?", (count,)
+            )
 
     def add_results(self, model: str, split: str, rows: Sequence[ScoredExample]) -> None:
         """Per-example results of the base model, or of an expert on the test split, atomically."""

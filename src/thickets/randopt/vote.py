@@ -23,8 +23,9 @@ def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (not c.complete, -c.score, -c.accuracy, c.idx))
 
 
-def rank_on_task(candidates: Sequence[Candidate], by_model: Mapping[str, Mapping[str, float]],
-                 task: str) -> list[Candidate]:
+def rank_on_task(
+    candidates: Sequence[Candidate], by_model: Mapping[str, Mapping[str, float]], task: str
+) -> list[Candidate]:
     """Candidates best first on one task of a multi-task run: that task's validation score, then the
     overall score, then the earlier candidate."""
     return sorted(candidates, key=lambda c: (-by_model.get(candidate_model(c.idx), {}).get(task, 0.0), -c.score, c.idx))

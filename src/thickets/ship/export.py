@@ -83,20 +83,36 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
     _check_out(Path(out))
     identity = resolve(config.model)
     if recorded.get("sha256") and identity.sha256 != recorded["sha256"]:
-        raise ThicketsError(f"model {config.model} has changed since run {run_dir} was made (content hash differs); "
-                            f"exporting would not give the run's candidate")
+        raise ThicketsError(
+            f"model {config.model} has changed since run {run_dir} was made (content hash differs); "
+            f"exporting would not give the run's candidate"
+        )
     c = ranked[rank - 1]
     spec = config.candidate(c.idx)
-    return export_spec(config.model, spec, out, dtype=config.dtype,
-                       run={"run_dir": str(Path(run_dir).resolve()), "rank": rank, "index": c.idx,
-                            "val_score": c.score, "task": config.task})
+    return export_spec(
+        config.model,
+        spec,
+        out,
+        dtype=config.dtype,
+        run={
+            "run_dir": str(Path(run_dir).resolve()),
+            "rank": rank,
+            "index": c.idx,
+            "val_score": c.score,
+            "task": config.task,
+        },
+    )
 
 
 def spec_from_recipe(data: dict) -> PerturbationSpec:
     if data.get("noise_version") != NOISE_VERSION:
         raise ThicketsError(f"recipe uses noise {data.get('noise_version')!r}; this thickets makes {NOISE_VERSION!r}")
-    return PerturbationSpec(seed=int(data["seed"]), sigma=float(data["sigma"]), strategy=data["strategy"],
-                            filter=ParamFilter(tuple(data["include"]), tuple(data["exclude"])))
+    return PerturbationSpec(
+        seed=int(data["seed"]),
+        sigma=float(data["sigma"]),
+        strategy=data["strategy"],
+        filter=ParamFilter(tuple(data["include"]), tuple(data["exclude"])),
+    )
 
 
 def rebuild(recipe_path: str | Path, model: str | None = None):

@@ -7,5 +7,15 @@ from thickets.tasks.base import Example, Score, ScoredExample, Task, as_task
 from thickets.tasks.names import describe_tasks, get_task, score_one
 from thickets.tasks.registry import register_task, task
 
-__all__ = ["Example", "Score", "ScoredExample", "Task", "as_task", "describe_tasks", "get_task", "register_task",
-           "score_one", "task"]
+__all__ = [
+    "Example",
+    "Score",
+    "ScoredExample",
+    "Task",
+    "as_task",
+    "describe_tasks",
+    "get_task",
+    "register_task",
+    "score_one",
+    "task",
+]

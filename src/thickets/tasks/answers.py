@@ -23,14 +23,17 @@ MAX_DIGITS = 40
 # A sign counts only where it cannot be an operator or a range dash (not right after a digit, a
 # letter or a closing bracket); thousands groups are exactly three digits, and a digit run that
 # goes on after a group ("1,2345") is not a number at all.
-_NUM = re.compile(r"(?<![0-9A-Za-z)\]])-?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:,\d+)+|\d+)(?:\.\d+)?|\.\d+)"
-                  r"(?:\s?/\s?\d+)?%?", re.ASCII)
+_NUM = re.compile(
+    r"(?<![0-9A-Za-z)\]])-?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:,\d+)+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:\s?/\s?\d+)?%?",
+    re.ASCII,
+)
 _FRAC = re.compile(r"\\d?frac\{(-?\d+)\}\{(-?\d+)\}", re.ASCII)
 _ANSWER_IS = re.compile(r"\banswer\s*(?:is\b|:)\s*", re.IGNORECASE)
 _GROUPED = re.compile(r"\d{1,3}(?:,\d{3})*", re.ASCII)
 #: minus signs and dashes models write for a minus: U+2212 minus, U+2010/2011 hyphens, U+2012 figure
 #: dash, U+2013 en dash, U+FE63 and U+FF0D (NFKC maps the last two, not the others)
-_MINUS = str.maketrans({c: "-" for c in "\u2212\u2010\u2011\u2012\u2013\ufe63\uff0d"})
+_MINUS = str.maketrans(dict.fromkeys("−‐‑‒–﹣－", "-"))
 
 
 def _normal(text: str) -> str:
@@ -58,7 +61,11 @@ def parse_number(text: str) -> Fraction | None:
         if not _GROUPED.fullmatch(whole):
             return None
         s = s.replace(",", "")
-    if not s or sum(c.isdigit() for c in s) > MAX_DIGITS or not re.fullmatch(r"-?(\d+(\.\d+)?|\.\d+)(/\d+)?", s, re.ASCII):
+    if (
+        not s
+        or sum(c.isdigit() for c in s) > MAX_DIGITS
+        or not re.fullmatch(r"-?(\d+(\.\d+)?|\.\d+)(/\d+)?", s, re.ASCII)
+    ):
         return None
     try:
         return Fraction(s)
@@ -85,10 +92,10 @@ def extract_final_number(text: str) -> str | None:
     tail = _tail(text)
     at = tail.rfind("####")
     if at >= 0:
-        return _first_number(tail[at + 4: at + 104])
+        return _first_number(tail[at + 4 : at + 104])
     window = tail[-1000:]
     said = list(_ANSWER_IS.finditer(window))
-    if said and (number := _first_number(window[said[-1].end():][:100])):
+    if said and (number := _first_number(window[said[-1].end() :][:100])):
         return number
     numbers = _NUM.findall(tail)
     return numbers[-1].strip() if numbers else None
@@ -107,7 +114,7 @@ def last_boxed(text: str) -> str | None:
     start = max(tail.rfind("\\boxed"), tail.rfind("\\fbox"))
     if start < 0:
         return None
-    rest = tail[start + (6 if tail.startswith("\\boxed", start) else 5):]
+    rest = tail[start + (6 if tail.startswith("\\boxed", start) else 5) :]
     if rest.startswith(" ") or (rest[:1] and rest[:1] not in "{" and not rest[:1].isalpha()):
         m = re.match(r"\s*([^\s$]+)", rest)  # \boxed 5 and \boxed5: up to a space or the closing $
         return m.group(1).rstrip(".,") if m else None
@@ -135,7 +142,7 @@ def _exponent_text(s: str, at: int) -> str:
         for j in range(at, min(len(s), at + MAX_LATEX_CHARS)):
             depth += (s[j] == s[at]) - (s[j] == close)
             if depth == 0:
-                return s[at + 1: j]
+                return s[at + 1 : j]
         return s[at:]
     m = re.match(r"[\w.]*", s[at:])
     return m.group(0) if m else ""
@@ -197,22 +204,23 @@ def extract_choice(text: str, n_choices: int) -> str | None:
         return up if after[:1] in ("", ".", ")", ":", ",", "!", ";") else None
 
     for inner in (last_tag(tail), last_boxed(tail)):
-        if inner is not None and (m := re.fullmatch(r"\s*\(?\*{0,2}([A-Za-z])\*{0,2}\)?[.):]?(?:\s.*)?", inner, re.DOTALL)):
-            if (letter := m.group(1).upper()) in valid:
-                return letter
+        m = re.fullmatch(r"\s*\(?\*{0,2}([A-Za-z])\*{0,2}\)?[.):]?(?:\s.*)?", inner or "", re.DOTALL)
+        if m and (letter := m.group(1).upper()) in valid:
+            return letter
     found = None
     for m in re.finditer(r"(?i:answer)(?:\s+(?i:is))?\s*[:：]?\s*(\(|\*\*)?([A-Za-z])(\)|\*\*)?(?![A-Za-z])", tail):
         wrapped = bool(m.group(1) and m.group(3))
-        found = choice(m.group(2), wrapped, tail[m.end():].lstrip(" ")[:1] if not wrapped else "") or found
+        found = choice(m.group(2), wrapped, tail[m.end() :].lstrip(" ")[:1] if not wrapped else "") or found
     if found:
         return found
     head = _normal(text[:40]).strip()
     if m := re.match(r"(\()?([A-Za-z])(\))?", head):
-        rest = head[m.end():]
+        rest = head[m.end() :]
         wrapped = bool(m.group(1) and m.group(3))
-        if wrapped or (m.group(3) and not m.group(1)) or rest[:1] in (".", ":") or rest.strip() == "":
-            if (letter := m.group(2)) and (letter.isupper() or not rest.strip() or wrapped) and letter.upper() in valid:
-                return letter.upper()
+        delimited = wrapped or (m.group(3) and not m.group(1)) or rest[:1] in (".", ":") or rest.strip() == ""
+        letter = m.group(2)
+        if delimited and (letter.isupper() or not rest.strip() or wrapped) and letter.upper() in valid:
+            return letter.upper()
     bracketed = [m.group(1) for m in re.finditer(r"\(([A-Z])\)", tail) if m.group(1) in valid]
     return bracketed[-1] if bracketed else None
 

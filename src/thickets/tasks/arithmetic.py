@@ -134,8 +134,9 @@ class _Parser:
         raise EquationError("unexpected end" if tok is None else f"unexpected {tok!r}")
 
 
-def evaluate_equation(text: str, *, max_length: int = 200, max_depth: int = 20, max_numbers: int = 10,
-                      max_magnitude: int = 10**12) -> tuple[Fraction, list[int]]:
+def evaluate_equation(
+    text: str, *, max_length: int = 200, max_depth: int = 20, max_numbers: int = 10, max_magnitude: int = 10**12
+) -> tuple[Fraction, list[int]]:
     """The exact value of `text` and its integer literals in order; EquationError if it is not acceptable."""
     if len(text) > max_length:
         raise EquationError(f"longer than {max_length} characters")

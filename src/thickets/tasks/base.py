@@ -107,8 +107,16 @@ class _Adapted(Task):
 
     def __init__(self, inner: Any):
         self.inner = inner
-        for hook in ("name", "description", "stop", "system_prompt", "reward_range", "sources", "packages",
-                     "needs_reward"):
+        for hook in (
+            "name",
+            "description",
+            "stop",
+            "system_prompt",
+            "reward_range",
+            "sources",
+            "packages",
+            "needs_reward",
+        ):
             if hasattr(inner, hook):
                 setattr(self, hook, getattr(inner, hook))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 from thickets.tasks.arithmetic import EquationError, evaluate_equation
 from thickets.tasks.base import Example, Score, Task
@@ -101,8 +101,10 @@ class CountdownTask(Task):
         return Score(answer, vote_key, FORMAT_REWARD + (CORRECT_REWARD if correct else 0.0), correct)
 
 
-PAPER_SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
-                "provide the user with the answer.")
+PAPER_SYSTEM = (
+    "You are a helpful assistant. You first think about the reasoning process in your mind and then "
+    "provide the user with the answer."
+)
 _PAPER_PROMPT = _PROMPT.replace("each number must be used exactly once", "each number can only be used once")
 _PAPER_CHARS = frozenset("0123456789+-*/() ")
 
@@ -152,7 +154,7 @@ def _raw_last_answer(text: str) -> str | None:
     """The content of the last <answer>...</answer>, unstripped (as the authors' regex reads it)."""
     end = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, end) if end >= 0 else -1
-    return text[start + len("<answer>"): end] if start >= 0 else None
+    return text[start + len("<answer>") : end] if start >= 0 else None
 
 
 def _paper_equation(text: str, numbers: list[int]):
@@ -172,7 +174,9 @@ def countdown() -> CountdownTask:
     return CountdownTask()
 
 
-@task("countdown-paper", "countdown with the authors' prompt, system message and graded format reward, for numbers "
-                         "comparable with theirs")
+@task(
+    "countdown-paper",
+    "countdown with the authors' prompt, system message and graded format reward, for numbers comparable with theirs",
+)
 def countdown_paper() -> CountdownPaperTask:
     return CountdownPaperTask()

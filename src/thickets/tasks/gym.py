@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from thickets.errors import ThicketsError
 from thickets.tasks.answers import extract_final_number, parse_number
@@ -62,18 +62,21 @@ class GymTask(Task):
         ds = self._dataset(seed)
         for i in range(_STREAM_SIZE):
             entry = ds[i]
-            yield Example(id=f"{self.name}:{entry['question']}", prompt=entry["question"] + _INSTRUCTION,
-                          data={"entry": entry})
+            yield Example(
+                id=f"{self.name}:{entry['question']}", prompt=entry["question"] + _INSTRUCTION, data={"entry": entry}
+            )
 
     def example_from_row(self, row: dict) -> Example:
         """An example from a reasoning-gym entry as the dataset gives it ({"question", "answer",
         "metadata"}), or wrapped as {"entry": ...} (`thickets score`)."""
         entry = row.get("entry", row)
         if not isinstance(entry, dict) or "question" not in entry:
-            raise ThicketsError(f"a {self.name} example is a reasoning-gym entry with a 'question', 'answer' and "
-                                f"'metadata'")
-        return Example(id=f"{self.name}:{entry['question']}", prompt=str(entry["question"]) + _INSTRUCTION,
-                       data={"entry": entry})
+            raise ThicketsError(
+                f"a {self.name} example is a reasoning-gym entry with a 'question', 'answer' and 'metadata'"
+            )
+        return Example(
+            id=f"{self.name}:{entry['question']}", prompt=str(entry["question"]) + _INSTRUCTION, data={"entry": entry}
+        )
 
     def _answer(self, example: Example, completion: str) -> str | None:
         answer = last_tag(completion)
@@ -89,13 +92,16 @@ class GymTask(Task):
         rewards = [0.0] * len(answers)
         if todo:
             warm("gym_warm", self.dataset, self.config_json)
-            outcomes = sandboxed("gym_score", [(self.dataset, self.config_json, answers[i], examples[i].data["entry"])
-                                               for i in todo])
+            outcomes = sandboxed(
+                "gym_score", [(self.dataset, self.config_json, answers[i], examples[i].data["entry"]) for i in todo]
+            )
             for i, out in zip(todo, outcomes):
                 value = out.value if out.ok and isinstance(out.value, (int, float)) else 0.0
                 rewards[i] = min(1.0, max(0.0, float(value)))
-        return [Score(None, None, 0.0, False) if a is None else Score(a, normalise(a), r, r >= 1.0)
-                for a, r in zip(answers, rewards)]
+        return [
+            Score(None, None, 0.0, False) if a is None else Score(a, normalise(a), r, r >= 1.0)
+            for a, r in zip(answers, rewards)
+        ]
 
     def score(self, example: Example, completion: str) -> Score:
         return self.score_batch([example], [completion])[0]

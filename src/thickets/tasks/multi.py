@@ -25,7 +25,8 @@ class MultiTask(Task):
         self.parts = parts
         self.name = ",".join(parts)
         self.description = "several tasks, scored together: " + "; ".join(
-            f"{n}: {t.description}" for n, t in parts.items())
+            f"{n}: {t.description}" for n, t in parts.items()
+        )
         ranges = [t.reward_range for t in parts.values()]
         self.reward_range = None if None in ranges else (min(r[0] for r in ranges if r), max(r[1] for r in ranges if r))
         self.packages = tuple(dict.fromkeys(p for t in parts.values() for p in t.packages))

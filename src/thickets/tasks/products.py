@@ -9,7 +9,7 @@ reasoning-gym's own.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.registry import task
@@ -44,8 +44,11 @@ class GymNumberTask(Task):
         ds = reasoning_gym.create_dataset(self.dataset, size=1_000_000, seed=seed, **self.config)
         for i in range(len(ds)):
             entry = ds[i]
-            yield Example(id=f"{self.name}:{entry['question']}", prompt=entry["question"],
-                          data={"answer": str(entry["answer"]).strip()})
+            yield Example(
+                id=f"{self.name}:{entry['question']}",
+                prompt=entry["question"],
+                data={"answer": str(entry["answer"]).strip()},
+            )
 
     def score(self, example: Example, completion: str) -> Score:
         answer = extract_number(completion)
@@ -57,5 +60,10 @@ class GymNumberTask(Task):
 
 @task("products", "multiply two 1-2 digit numbers, answer by number (the demo task)")
 def products() -> GymNumberTask:
-    return GymNumberTask("products", "products", "multiply two 1-2 digit numbers (reasoning-gym products); "
-                         "exact match of the number given", min_digits=1, max_digits=2)
+    return GymNumberTask(
+        "products",
+        "products",
+        "multiply two 1-2 digit numbers (reasoning-gym products); exact match of the number given",
+        min_digits=1,
+        max_digits=2,
+    )

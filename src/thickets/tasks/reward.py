@@ -44,8 +44,14 @@ class RewardProcess:
     def _start(self) -> None:
         root = import_root()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self._proc = subprocess.Popen([sys.executable, "-m", "thickets.tasks.reward_worker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, cwd=os.getcwd(), env=env, start_new_session=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "thickets.tasks.reward_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=os.getcwd(),
+            env=env,
+            start_new_session=True,
+        )
         reply = self._ask(("load", self.spec), "importing it")
         if not reply.get("ok"):
             self.close()
@@ -58,16 +64,20 @@ class RewardProcess:
         line = read_line(proc.stdout, self.timeout_s)
         if line is None:
             self.close()
-            raise ThicketsError(f"reward function {self.spec} did not return within {self.timeout_s:g} s while "
-                                f"{doing}; fix it or raise --reward-timeout")
+            raise ThicketsError(
+                f"reward function {self.spec} did not return within {self.timeout_s:g} s while "
+                f"{doing}; fix it or raise --reward-timeout"
+            )
         if not line:
             try:
                 status = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 status = "unknown"
             self.close()
-            raise ThicketsError(f"reward function {self.spec} ended its process (exit status {status}) while "
-                                f"{doing}; a reward function must return its rewards")
+            raise ThicketsError(
+                f"reward function {self.spec} ended its process (exit status {status}) while "
+                f"{doing}; a reward function must return its rewards"
+            )
         try:
             return json.loads(line)
         except ValueError:
@@ -162,7 +172,7 @@ class RewardTask(Task):
         probe = list(examples[:4]) if len(examples) >= 2 else list(examples) * 2
         completions = ["", "<answer>0</answer>"] * (len(probe) // 2) + [""] * (len(probe) % 2)
         errors = []
-        for style in ([self.style] if self.style else STYLES):
+        for style in [self.style] if self.style else STYLES:
             try:
                 self._call(probe, completions, style)
             except _Raised as e:

@@ -64,7 +64,7 @@ def main() -> None:
         data = (json.dumps(obj) + "\n").encode()
         view = memoryview(data)
         while view:
-            view = view[os.write(reply_fd, view):]
+            view = view[os.write(reply_fd, view) :]
 
     fn = None
     while True:
@@ -84,7 +84,7 @@ def main() -> None:
                     reply({"ok": False, "error": f"returned {type(out).__name__}, not a list of numbers"})
                     continue
                 reply({"ok": True, "rewards": _jsonable(values)})
-        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: they are the function's
+        except BaseException as e:
             reply({"ok": False, "error": f"raised {type(e).__name__}: {e}"[:500]})
 
 

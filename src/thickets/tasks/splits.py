@@ -37,12 +37,15 @@ def make_splits(task: Task, seed: int, val_size: int, test_size: int = 0) -> tup
     if len(val) < val_size:
         raise ThicketsError(
             f"task {task.name} has only {len(val)} distinct examples; the validation split needs {val_size}"
-            if val else f"task {task.name} gives no examples: its validation split is empty"
+            if val
+            else f"task {task.name} gives no examples: its validation split is empty"
         )
     test = list(itertools.islice(stream, test_size))
     if len(test) < test_size:
         raise ThicketsError(
             f"task {task.name} has only {len(test)} examples left after the validation split; "
-            f"the test split needs {test_size}" if test else f"task {task.name} has no examples left for a test split"
+            f"the test split needs {test_size}"
+            if test
+            else f"task {task.name} has no examples left for a test split"
         )
     return val, test

@@ -10,6 +10,7 @@ answers) are trusted; the answer is not. They return plain JSON values.
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
@@ -37,8 +38,9 @@ def gym_score(dataset: str, config_json: str, answer: str, entry: dict) -> float
 
 
 def math_warm() -> None:
-    import math_verify  # noqa: F401
-    import sympy  # noqa: F401
+    """In the zygote: import math-verify and sympy once, for every child to inherit."""
+    for module in ("math_verify", "sympy"):
+        importlib.import_module(module)
 
 
 def math_score(gold: str, answer: str) -> dict:

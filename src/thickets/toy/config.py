@@ -16,8 +16,9 @@ class ToyConfig:
     top_k: int = option(10, "the K of the top-K error")
     sigma_none: float = option(0.05, "sigma around unpretrained models")
     sigma_pretrained: float = option(0.002, "sigma around pretrained models")
-    sweep: tuple[float, ...] = option((0.25, 0.5, 2.0, 4.0, 10.0), "sigma sweep, in multiples of the regime's sigma",
-                                      parse=parse_floats, show=commas)
+    sweep: tuple[float, ...] = option(
+        (0.25, 0.5, 2.0, 4.0, 10.0), "sigma sweep, in multiples of the regime's sigma", parse=parse_floats, show=commas
+    )
     sweep_population: int = option(200, "perturbations per point of the sweep")
     margin: float = option(0.1, "'improving': at least this share below the base's error")
     width: int = option(128, "hidden width of the MLP")
@@ -30,5 +31,13 @@ class ToyConfig:
 
     @classmethod
     def quick(cls, **over: Any) -> ToyConfig:
-        return cls(**{"population": 300, "sweep": (0.5, 4.0), "sweep_population": 100, "pretrain_steps": 1200,
-                      "family_targets": 8, **over})
+        return cls(
+            **{
+                "population": 300,
+                "sweep": (0.5, 4.0),
+                "sweep_population": 100,
+                "pretrain_steps": 1200,
+                "family_targets": 8,
+                **over,
+            }
+        )

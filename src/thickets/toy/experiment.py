@@ -25,7 +25,9 @@ from thickets.toy.signals import CONTEXT, FAMILIES, LENGTH, ROLLOUT, SPECIFIC, s
 INITS = ("xavier", "kaiming", "orthogonal")
 REGIMES: dict[str, tuple[str, ...]] = {  # name -> families pretrained on (empty: none, just the init)
     **{f"none/{init}": () for init in INITS},
-    "single/line": ("line",), "single/sinusoid": ("sinusoid",), "single/square": ("square",),
+    "single/line": ("line",),
+    "single/sinusoid": ("sinusoid",),
+    "single/square": ("square",),
     "mixed": tuple(FAMILIES),
 }
 TARGETS: tuple[str, ...] = (*SPECIFIC, *(f"family/{f}" for f in FAMILIES))
@@ -68,9 +70,9 @@ def _unflatten(cfg: ToyConfig, flat: torch.Tensor) -> list[tuple[torch.Tensor, t
     """[N, P] -> per layer (W [N, out, in], b [N, 1, out])."""
     layers, pos = [], 0
     for out, inp in _layer_shapes(cfg):
-        w = flat[:, pos: pos + out * inp].reshape(-1, out, inp)
+        w = flat[:, pos : pos + out * inp].reshape(-1, out, inp)
         pos += out * inp
-        b = flat[:, pos: pos + out].reshape(-1, 1, out)
+        b = flat[:, pos : pos + out].reshape(-1, 1, out)
         pos += out
         layers.append((w, b))
     return layers
@@ -133,8 +135,11 @@ def pretrain(cfg: ToyConfig, families: tuple[str, ...], init: str = "kaiming", s
 def standard_directions(cfg: ToyConfig, n: int) -> torch.Tensor:
     """[n, P] unit-variance noise from the project's noise streams, one stream per candidate."""
     p = n_params(cfg)
-    return torch.from_numpy(np.stack([standard_noise(PerturbationSpec(candidate_seed(cfg.seed, i), 1.0), "toy.mlp", (p,))
-                                      for i in range(n)]))
+    return torch.from_numpy(
+        np.stack(
+            [standard_noise(PerturbationSpec(candidate_seed(cfg.seed, i), 1.0), "toy.mlp", (p,)) for i in range(n)]
+        )
+    )
 
 
 def target_signals(cfg: ToyConfig, target: str) -> torch.Tensor:
@@ -146,14 +151,15 @@ def target_signals(cfg: ToyConfig, target: str) -> torch.Tensor:
     return torch.from_numpy(sample([family], cfg.family_targets, 10_000 + cfg.seed))
 
 
-def randopt(cfg: ToyConfig, base: torch.Tensor, signals: torch.Tensor, eps: torch.Tensor, sigma: float,
-            chunk: int = 250) -> dict:
+def randopt(
+    cfg: ToyConfig, base: torch.Tensor, signals: torch.Tensor, eps: torch.Tensor, sigma: float, chunk: int = 250
+) -> dict:
     """Score base + sigma * eps[i] for every i; the density of improvements, best and top-K."""
     base_preds = rollout(cfg, base[None], signals)
     base_mse = float(mse(base_preds, signals)[0])
     errs, preds = [], []
     for lo in range(0, eps.shape[0], chunk):
-        p = rollout(cfg, base[None] + sigma * eps[lo: lo + chunk], signals)
+        p = rollout(cfg, base[None] + sigma * eps[lo : lo + chunk], signals)
         errs.append(mse(p, signals))
         preds.append(p)
     err = torch.cat(errs)
@@ -162,17 +168,26 @@ def randopt(cfg: ToyConfig, base: torch.Tensor, signals: torch.Tensor, eps: torc
     top = order[: cfg.top_k]
     top_mean = pred[top].mean(0, keepdim=True)
     return {
-        "sigma": sigma, "base_mse": base_mse,
+        "sigma": sigma,
+        "base_mse": base_mse,
         "density": float((err < base_mse).float().mean()),
         "density_margin": float((err < (1 - cfg.margin) * base_mse).float().mean()),
-        "best_mse": float(err[order[0]]), "topk_mse": float(mse(top_mean, signals)[0]),
+        "best_mse": float(err[order[0]]),
+        "topk_mse": float(mse(top_mean, signals)[0]),
         "median_mse": float(err.median()),
-        "_err": err, "_pred": pred, "_base_pred": base_preds[0], "_top": top,
+        "_err": err,
+        "_pred": pred,
+        "_base_pred": base_preds[0],
+        "_top": top,
     }
 
 
-def run(cfg: ToyConfig = ToyConfig(), regimes: dict[str, tuple[str, ...]] | None = None,
-        targets: tuple[str, ...] = TARGETS, progress: bool = True) -> dict:
+def run(
+    cfg: ToyConfig = ToyConfig(),
+    regimes: dict[str, tuple[str, ...]] | None = None,
+    targets: tuple[str, ...] = TARGETS,
+    progress: bool = True,
+) -> dict:
     """The whole grid: every regime x target, at the regime's sigma and over the sigma sweep."""
     regimes = REGIMES if regimes is None else regimes
     t0 = time.perf_counter()
@@ -190,13 +205,19 @@ def run(cfg: ToyConfig = ToyConfig(), regimes: dict[str, tuple[str, ...]] | None
             for target in targets:
                 signals = target_signals(cfg, target)
                 main = randopt(cfg, models[name], signals, eps, sigma)
-                sweep = [randopt(cfg, models[name], signals, eps[: cfg.sweep_population], sigma * m)
-                         for m in sorted({1.0, *cfg.sweep})]
+                sweep = [
+                    randopt(cfg, models[name], signals, eps[: cfg.sweep_population], sigma * m)
+                    for m in sorted({1.0, *cfg.sweep})
+                ]
                 family = target.removeprefix("family/") if target.startswith("family/") else None
-                cell = {"regime": name, "target": target, "pretrained_on": list(families),
-                        "in_family": bool(family and family in families) or target_in(target, families),
-                        **{k: v for k, v in main.items() if not k.startswith("_")},
-                        "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in sweep]}
+                cell = {
+                    "regime": name,
+                    "target": target,
+                    "pretrained_on": list(families),
+                    "in_family": bool(family and family in families) or target_in(target, families),
+                    **{k: v for k, v in main.items() if not k.startswith("_")},
+                    "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in sweep],
+                }
                 cells.append(cell)
                 if target in SPECIFIC:  # kept for the rollout figures
                     examples[(name, target)] = (signals[0], main)
@@ -210,4 +231,4 @@ def target_in(target: str, families: tuple[str, ...]) -> bool:
     return kind is not None and kind in families
 
 
-__all__ = ["ToyConfig", "REGIMES", "TARGETS", "run", "replace"]
+__all__ = ["REGIMES", "TARGETS", "ToyConfig", "replace", "run"]

@@ -27,13 +27,16 @@ def summary(result: dict) -> list[dict]:
         cells = [c for c in result["cells"] if group(c) == name]
         if not cells:
             continue
-        rows.append({
-            "group": name, "cells": len(cells),
-            "density": float(np.mean([c["density"] for c in cells])),
-            "density_margin": float(np.mean([c["density_margin"] for c in cells])),
-            "best_over_base": float(np.median([c["best_mse"] / c["base_mse"] for c in cells])),
-            "topk_over_base": float(np.median([c["topk_mse"] / c["base_mse"] for c in cells])),
-        })
+        rows.append(
+            {
+                "group": name,
+                "cells": len(cells),
+                "density": float(np.mean([c["density"] for c in cells])),
+                "density_margin": float(np.mean([c["density_margin"] for c in cells])),
+                "best_over_base": float(np.median([c["best_mse"] / c["base_mse"] for c in cells])),
+                "topk_over_base": float(np.median([c["topk_mse"] / c["base_mse"] for c in cells])),
+            }
+        )
     return rows
 
 
@@ -43,8 +46,12 @@ def write(result: dict, out: Path) -> list[Path]:
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     public["summary"] = summary(result)
     (out / "results.json").write_text(json.dumps(public, indent=2) + "\n")
-    return [out / "results.json", density_heatmap(result, out / "density.png"),
-            sigma_sweep(result, out / "sigma_sweep.png"), *rollout_figures(result, out)]
+    return [
+        out / "results.json",
+        density_heatmap(result, out / "density.png"),
+        sigma_sweep(result, out / "sigma_sweep.png"),
+        *rollout_figures(result, out),
+    ]
 
 
 def density_heatmap(result: dict, path: Path) -> Path:
@@ -60,8 +67,15 @@ def density_heatmap(result: dict, path: Path) -> Path:
     ax.set_yticks(range(len(regimes)), regimes)
     for i in range(len(regimes)):
         for j in range(len(targets)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if grid[i, j] < 0.6 * grid.max() else "black")
+            ax.text(
+                j,
+                i,
+                f"{grid[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if grid[i, j] < 0.6 * grid.max() else "black",
+            )
     margin = result["config"]["margin"]
     ax.set_title(f"share of perturbations at least {margin:.0%} below the base's rollout error")
     fig.colorbar(im, ax=ax, fraction=0.03)
@@ -96,7 +110,7 @@ def rollout_figures(result: dict, out: Path, n_random: int = 12) -> list[Path]:
         cols = min(4, len(regimes))
         rows = -(-len(regimes) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), sharey=True, squeeze=False)
-        for ax in axes.flat[len(regimes):]:
+        for ax in axes.flat[len(regimes) :]:
             ax.axis("off")
         for ax, regime in zip(axes.flat, regimes):
             signal, main = examples[(regime, target)]
@@ -107,8 +121,9 @@ def rollout_figures(result: dict, out: Path, n_random: int = 12) -> list[Path]:
             ax.plot(t_roll, main["_base_pred"][0].numpy(), color="tab:blue", lw=1.5, label="base")
             for i in main["_top"].tolist():
                 ax.plot(t_roll, main["_pred"][i, 0].numpy(), color="tab:orange", lw=0.6, alpha=0.7)
-            ax.plot(t_roll, main["_pred"][main["_top"]][:, 0].mean(0).numpy(), color="tab:red", lw=1.5,
-                    label="top-K mean")
+            ax.plot(
+                t_roll, main["_pred"][main["_top"]][:, 0].mean(0).numpy(), color="tab:red", lw=1.5, label="top-K mean"
+            )
             ax.set_ylim(-2.5, 2.5)
             ax.set_title(f"{regime}\nbase {main['base_mse']:.3f} top-K {main['topk_mse']:.3f}", fontsize=8)
         axes[0][0].legend(fontsize=6, loc="lower left")

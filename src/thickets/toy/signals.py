@@ -7,7 +7,7 @@ Amplitudes stay within about [-1.5, 1.5] so one model can read every family.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,7 +46,11 @@ def sigmoid_step(rng: np.random.Generator) -> np.ndarray:
 
 
 FAMILIES: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
-    "line": line, "sinusoid": sinusoid, "square": square, "sawtooth": sawtooth, "harmonic": harmonic,
+    "line": line,
+    "sinusoid": sinusoid,
+    "square": square,
+    "sawtooth": sawtooth,
+    "harmonic": harmonic,
     "sigmoid": sigmoid_step,
 }
 

@@ -10,7 +10,7 @@ engine. Prefix caching is off (the weights change between candidates); decoding 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.experimental.vllm_layout import Dims, pieces, shard_noise
@@ -23,7 +23,6 @@ class ThicketsWorkerExtension:
     def _thickets_state(self):
         import torch
         from transformers import AutoConfig
-
 
         if getattr(self, "_thickets", None) is None:
             from vllm.distributed import parallel_state as ps
@@ -42,7 +41,6 @@ class ThicketsWorkerExtension:
 
     def thickets_perturb(self, seed: int, sigma: float, strategy: str, include, exclude) -> None:
         import torch
-
 
         state = self._thickets_state()
         spec = PerturbationSpec(seed, sigma, strategy, ParamFilter(tuple(include), tuple(exclude)))
@@ -69,13 +67,25 @@ def vllm_requests(tokenizer, prompts: Sequence[str], add_special_tokens: bool) -
 class VLLMEngine:
     """Engine protocol on vLLM: generate, perturb, restore."""
 
-    def __init__(self, model_folder: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, batch_size: int = 256):
+    def __init__(
+        self,
+        model_folder: str,
+        *,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        batch_size: int = 256,
+    ):
         from vllm import LLM
 
-        self.llm = LLM(model=model_folder, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=False,
-                       worker_extension_cls="thickets.engines.experimental.vllm_engine.ThicketsWorkerExtension")
+        self.llm = LLM(
+            model=model_folder,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=False,
+            worker_extension_cls="thickets.engines.experimental.vllm_engine.ThicketsWorkerExtension",
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype, self.tp, self.batch_size = dtype, tensor_parallel_size, batch_size
         self._perturbed = False
@@ -83,23 +93,32 @@ class VLLMEngine:
     def perturb(self, spec: PerturbationSpec) -> None:
         if self._perturbed:
             raise RuntimeError("perturb() called twice without restore()")
-        self.llm.collective_rpc("thickets_perturb", args=(spec.seed, spec.sigma, spec.strategy,
-                                                          list(spec.filter.include), list(spec.filter.exclude)))
+        self.llm.collective_rpc(
+            "thickets_perturb",
+            args=(spec.seed, spec.sigma, spec.strategy, list(spec.filter.include), list(spec.filter.exclude)),
+        )
         self._perturbed = True
 
     def restore(self) -> None:
         self.llm.collective_rpc("thickets_restore")
         self._perturbed = False
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *,
-                 add_special_tokens: bool = False) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *, add_special_tokens: bool = False
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None,
-                                include_stop_str_in_output=True)
+        params = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None, include_stop_str_in_output=True
+        )
         outs = self.llm.generate(vllm_requests(self.tokenizer, prompts, add_special_tokens), params, use_tqdm=False)
         return [cut_at_stop(o.outputs[0].text, stop) for o in outs]
 
     def describe(self) -> dict:
-        return {"engine": "vllm", "dtype": self.dtype, "device": "cuda", "tensor_parallel_size": self.tp,
-                "experimental": True}
+        return {
+            "engine": "vllm",
+            "dtype": self.dtype,
+            "device": "cuda",
+            "tensor_parallel_size": self.tp,
+            "experimental": True,
+        }

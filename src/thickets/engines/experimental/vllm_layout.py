@@ -32,11 +32,17 @@ class Dims:
     tied: bool
 
     @classmethod
-    def of(cls, config) -> "Dims":
+    def of(cls, config) -> Dims:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.hidden_size, config.intermediate_size, config.num_attention_heads,
-                   getattr(config, "num_key_value_heads", None) or config.num_attention_heads, head_dim,
-                   config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
+        return cls(
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            head_dim,
+            config.vocab_size,
+            bool(getattr(config, "tie_word_embeddings", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -81,14 +87,18 @@ def pieces(vllm_name: str, d: Dims, rank: int = 0, size: int = 1) -> list[Piece]
                 kv_lo, kv_hi = head * d.head_dim, (head + 1) * d.head_dim
             q_shape, kv_shape = (d.heads * d.head_dim, *width), (d.kv_heads * d.head_dim, *width)
             nq, nkv = q_hi - q_lo, kv_hi - kv_lo
-            return [_rows(f"{prefix}.self_attn.q_proj.{kind}", q_shape, q_lo, q_hi, 0),
-                    _rows(f"{prefix}.self_attn.k_proj.{kind}", kv_shape, kv_lo, kv_hi, nq),
-                    _rows(f"{prefix}.self_attn.v_proj.{kind}", kv_shape, kv_lo, kv_hi, nq + nkv)]
+            return [
+                _rows(f"{prefix}.self_attn.q_proj.{kind}", q_shape, q_lo, q_hi, 0),
+                _rows(f"{prefix}.self_attn.k_proj.{kind}", kv_shape, kv_lo, kv_hi, nq),
+                _rows(f"{prefix}.self_attn.v_proj.{kind}", kv_shape, kv_lo, kv_hi, nq + nkv),
+            ]
         if proj == "gate_up_proj":
             lo, hi = _split(d.intermediate, rank, size)
             shape = (d.intermediate, d.hidden)
-            return [_rows(f"{prefix}.mlp.gate_proj.{kind}", shape, lo, hi, 0),
-                    _rows(f"{prefix}.mlp.up_proj.{kind}", shape, lo, hi, hi - lo)]
+            return [
+                _rows(f"{prefix}.mlp.gate_proj.{kind}", shape, lo, hi, 0),
+                _rows(f"{prefix}.mlp.up_proj.{kind}", shape, lo, hi, hi - lo),
+            ]
         if proj in ("o_proj", "down_proj"):  # row-parallel: the input columns are split
             rows, cols = (d.hidden, d.heads * d.head_dim) if proj == "o_proj" else (d.hidden, d.intermediate)
             if kind == "bias":
@@ -115,5 +125,5 @@ def shard_noise(spec: PerturbationSpec, parts: list[Piece], shard_shape: tuple[i
             continue
         ncols = p.shape[1] if len(p.shape) > 1 else 1
         block = standard_noise(spec, p.name, p.shape, p.row_lo * ncols, p.row_hi * ncols).reshape(-1, ncols)
-        out2[p.dest_row: p.dest_row + (p.row_hi - p.row_lo)] = block[:, p.col_lo: p.col_hi]
+        out2[p.dest_row : p.dest_row + (p.row_hi - p.row_lo)] = block[:, p.col_lo : p.col_hi]
     return out

@@ -18,6 +18,7 @@ wall clock, kills a child that runs over, and sends the parent one JSON line per
 runs in a fresh fork, so nothing one answer does (monkeypatching the scorer, say) reaches the next.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -34,9 +35,33 @@ _spec.loader.exec_module(pipes)
 SETUP_FAILED = 125
 NOBODY = 65534
 FILE_LIMIT = 16 * 1024 * 1024
-_REFUSED = ("fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "execv", "execve", "execl",
-            "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp",
-            "spawnlpe", "spawnvp", "spawnvpe", "kill", "killpg", "setsid")
+_REFUSED = (
+    "fork",
+    "forkpty",
+    "system",
+    "popen",
+    "posix_spawn",
+    "posix_spawnp",
+    "execv",
+    "execve",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execvp",
+    "execvpe",
+    "spawnv",
+    "spawnve",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "spawnvp",
+    "spawnvpe",
+    "kill",
+    "killpg",
+    "setsid",
+)
 
 
 def _mount_jail(run_dir, scratch_mb, binds):
@@ -47,8 +72,10 @@ def _mount_jail(run_dir, scratch_mb, binds):
     RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC = 1, 2, 4, 8, 32, 4096, 16384
 
     def mount(src, dst, fstype, flags, data=None):
-        if libc.mount(src and src.encode(), dst.encode(), fstype and fstype.encode(), flags,
-                      data and data.encode()) != 0:
+        if (
+            libc.mount(src and src.encode(), dst.encode(), fstype and fstype.encode(), flags, data and data.encode())
+            != 0
+        ):
             e = ctypes.get_errno()
             raise OSError(e, "mount %s on %s: %s" % (src, dst, os.strerror(e)))
 
@@ -59,8 +86,17 @@ def _mount_jail(run_dir, scratch_mb, binds):
     root = os.path.join(run_dir, "root")
     mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,mode=755")
     done = []
-    system = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
-              os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
+    system = [
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/usr",
+        os.path.realpath(sys.base_prefix),
+        os.path.dirname(os.path.realpath(sys.executable)),
+    ]
     for path in system + [os.path.realpath(b) for b in binds]:
         if not os.path.lexists(path) or any(path == d or path.startswith(d + "/") for d in done):
             continue
@@ -78,8 +114,13 @@ def _mount_jail(run_dir, scratch_mb, binds):
         open(root + "/dev/" + dev, "w").close()
         bind("/dev/" + dev, root + "/dev/" + dev, NOSUID | NOEXEC)
     os.makedirs(root + "/sandbox")
-    mount("tmpfs", root + "/sandbox", "tmpfs", NOSUID | NODEV | NOEXEC,
-          "size=%dm,mode=700,uid=%d,gid=%d" % (scratch_mb, NOBODY, NOBODY))
+    mount(
+        "tmpfs",
+        root + "/sandbox",
+        "tmpfs",
+        NOSUID | NODEV | NOEXEC,
+        "size=%dm,mode=700,uid=%d,gid=%d" % (scratch_mb, NOBODY, NOBODY),
+    )
     mount(None, root, None, REMOUNT | RDONLY | NOSUID | NODEV, "size=1m,mode=755")
     os.chroot(root)
     os.chdir("/sandbox")
@@ -101,12 +142,14 @@ def _become_init():
 
 
 def _limit(cpu_s, memory_mb, nproc):
-    for lim, val in ((resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
-                     (resource.RLIMIT_AS, (memory_mb << 20,) * 2),
-                     (resource.RLIMIT_FSIZE, (FILE_LIMIT,) * 2),
-                     (resource.RLIMIT_NOFILE, (256, 256)),
-                     (resource.RLIMIT_CORE, (0, 0)),
-                     (resource.RLIMIT_NPROC, (nproc, nproc))):
+    for lim, val in (
+        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
+        (resource.RLIMIT_AS, (memory_mb << 20,) * 2),
+        (resource.RLIMIT_FSIZE, (FILE_LIMIT,) * 2),
+        (resource.RLIMIT_NOFILE, (256, 256)),
+        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_NPROC, (nproc, nproc)),
+    ):
         resource.setrlimit(lim, val)
 
 
@@ -176,12 +219,12 @@ def _call_in_child(fn, args, cpu_s, memory_mb, no_network):
                 out = {"ok": True, "value": fn(*args)}
             except MemoryError:
                 out = {"ok": False, "error": "memory"}
-            except BaseException as e:  # noqa: BLE001 - the scorer's failure is a verdict, not ours
+            except BaseException as e:
                 out = {"ok": False, "error": "raised %s: %s" % (type(e).__name__, str(e)[:200])}
             data = json.dumps(out).encode()
             view = memoryview(data)
             while view:
-                view = view[os.write(w, view):]
+                view = view[os.write(w, view) :]
         finally:
             os._exit(0)
     os.close(w)
@@ -205,10 +248,8 @@ def _wait_child(pid, r, timeout_s):
         data.append(b)
     os.close(r)
     if timed_out:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     _, status = os.waitpid(pid, 0)
     if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)):
         return {"ok": False, "error": "timeout"}
@@ -241,7 +282,7 @@ def _serve(config, no_network):
         data = (json.dumps(obj) + "\n").encode()
         view = memoryview(data)
         while view:
-            view = view[os.write(reply_fd, view):]
+            view = view[os.write(reply_fd, view) :]
 
     while True:
         message = pipes.receive(0)
@@ -250,14 +291,14 @@ def _serve(config, no_network):
         op, target, payload = message
         try:
             fn = resolve(target)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             reply({"ok": False, "error": "cannot load %s: %r" % (target, e)})
             continue
         if op == "warm":  # trusted input only: runs in the zygote, its state kept for the children
             try:
                 fn(*payload)
                 reply({"ok": True, "value": None})
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 reply({"ok": False, "error": "warm-up failed: %r" % (e,)})
             continue
         timeout_s, cpu_s, memory_mb, calls = payload
@@ -288,7 +329,7 @@ def main():
             for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ[key] = "1"
         _limit(config["cpu_s"], config["memory_mb"], config["nproc"])
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         sys.stderr.write("thickets sandbox setup failed: %r\n" % (e,))
         os._exit(SETUP_FAILED)
     if role == "script":

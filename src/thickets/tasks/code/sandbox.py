@@ -41,6 +41,7 @@ child per answer, with CPU, memory and wall-clock limits, and answers in JSON.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -52,10 +53,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from thickets.tasks.code.pipes import end, import_root, read_line, send
 
@@ -64,8 +66,7 @@ log = logging.getLogger(__name__)
 NOBODY = 65534
 _SETUP_FAILED = 125  # the launcher's exit status when it could not build the sandbox
 _SCRATCH_MB = 64  # size of the tmpfs the child may write to (namespace mode)
-_UNSHARE = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
-            "--propagation", "private")
+_UNSHARE = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--propagation", "private")
 _LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 
 
@@ -99,16 +100,22 @@ def _read_capped(path: Path, max_output: int) -> str:
 
 
 def _argv(mode: str, config: dict, tag: str = "thickets-sandbox") -> list[str]:
-    python = [sys.executable, "-I", "-S", "-B", "-u", _LAUNCHER, json.dumps(config),
-              f"{tag}:{os.getpid()}"]  # a tag that finds this caller's children in ps
+    python = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-B",
+        "-u",
+        _LAUNCHER,
+        json.dumps(config),
+        f"{tag}:{os.getpid()}",
+    ]  # a tag that finds this caller's children in ps
     return [shutil.which("unshare") or "unshare", *_UNSHARE, "--", *python] if mode == "namespace" else python
 
 
 def _killpg(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _sweep(tag: str, rounds: int = 300) -> None:
@@ -143,8 +150,9 @@ def _env(mode: str, work: Path) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": f"{home}/tmp", "LANG": "C.UTF-8"}
 
 
-def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max_output: int,
-         max_processes: int) -> SandboxResult:
+def _run(
+    code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max_output: int, max_processes: int
+) -> SandboxResult:
     run_dir = Path(tempfile.mkdtemp(prefix="thickets-sandbox-"))  # 0700, the caller's own
     token = secrets.token_hex(16).encode()
     try:
@@ -153,13 +161,28 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
         (run_dir / "root").mkdir()
         (run_dir / "main.py").write_text(code, encoding="utf-8")
         shutil.copy(run_dir / "main.py", work / "main.py")
-        config = {"mode": mode, "role": "script", "run_dir": str(run_dir), "cpu_s": cpu_s, "memory_mb": memory_mb,
-                  "nproc": max_processes, "scratch_mb": _SCRATCH_MB}
+        config = {
+            "mode": mode,
+            "role": "script",
+            "run_dir": str(run_dir),
+            "cpu_s": cpu_s,
+            "memory_mb": memory_mb,
+            "nproc": max_processes,
+            "scratch_mb": _SCRATCH_MB,
+        }
         timed_out = False
         with open(run_dir / "stdout", "wb") as out, open(run_dir / "stderr", "wb") as err:
             try:
-                proc = subprocess.Popen(_argv(mode, config), stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work,
-                                        env=_env(mode, work), start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(
+                    _argv(mode, config),
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    cwd=work,
+                    env=_env(mode, work),
+                    start_new_session=True,
+                    close_fds=True,
+                )
             except OSError as e:
                 return SandboxResult(False, "error", None, "", f"could not start the sandbox: {e}")
             try:
@@ -189,8 +212,9 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
         status = "timeout"
     elif rc == 0:
         status = "passed" if finished else "incomplete"
-    elif (rc == _SETUP_FAILED and "thickets sandbox setup failed" in stderr) or \
-            (mode == "namespace" and stderr.startswith("unshare: ")):
+    elif (rc == _SETUP_FAILED and "thickets sandbox setup failed" in stderr) or (
+        mode == "namespace" and stderr.startswith("unshare: ")
+    ):
         status = "error"
     elif last_line.startswith("MemoryError"):
         status = "memory"
@@ -201,7 +225,7 @@ def _run(code: str, mode: str, timeout_s: float, cpu_s: int, memory_mb: int, max
     return SandboxResult(status == "passed", status, rc, stdout, stderr)
 
 
-@lru_cache(maxsize=None)
+@cache
 def isolation() -> str:
     """The strongest isolation that works here: "namespace" or "process" (logged when weaker)."""
     if os.environ.get("THICKETS_SANDBOX") in ("namespace", "process"):
@@ -216,8 +240,16 @@ def isolation() -> str:
     return "process"
 
 
-def run_python(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_mb: int = 512, max_output: int = 10_000,
-               max_processes: int = 32, mode: str | None = None) -> SandboxResult:
+def run_python(
+    code: str,
+    *,
+    timeout_s: float = 5.0,
+    cpu_s: int = 5,
+    memory_mb: int = 512,
+    max_output: int = 10_000,
+    max_processes: int = 32,
+    mode: str | None = None,
+) -> SandboxResult:
     """Run `code` as a script in a sandbox and report how it ended. Never raises for what the code does.
 
     `max_processes` is RLIMIT_NPROC (enforced for the sandbox user only in namespace mode, where it
@@ -268,12 +300,27 @@ class ScorerSandbox:
         self._run_dir = Path(tempfile.mkdtemp(prefix="thickets-scorer-"))
         (self._run_dir / "root").mkdir()
         roots = _import_roots()
-        config = {"mode": self.mode, "role": "server", "run_dir": str(self._run_dir), "cpu_s": 10**6,
-                  "memory_mb": max(self.memory_mb, 2048), "nproc": 64, "scratch_mb": _SCRATCH_MB,
-                  "binds": roots, "sys_path": roots}
-        self._proc = subprocess.Popen(_argv(self.mode, config, "thickets-scorer"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, cwd=self._run_dir,
-                                      env=_env(self.mode, self._run_dir), start_new_session=True, close_fds=True)
+        config = {
+            "mode": self.mode,
+            "role": "server",
+            "run_dir": str(self._run_dir),
+            "cpu_s": 10**6,
+            "memory_mb": max(self.memory_mb, 2048),
+            "nproc": 64,
+            "scratch_mb": _SCRATCH_MB,
+            "binds": roots,
+            "sys_path": roots,
+        }
+        self._proc = subprocess.Popen(
+            _argv(self.mode, config, "thickets-scorer"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=self._run_dir,
+            env=_env(self.mode, self._run_dir),
+            start_new_session=True,
+            close_fds=True,
+        )
         for target, args in self._warmed:
             self._request("warm", target, args, 120.0)
 
@@ -329,8 +376,9 @@ class ScorerSandbox:
                     self._stop()
                     if attempt:
                         raise
-        return [Outcome(True, r.get("value")) if r.get("ok") else Outcome(False, error=str(r.get("error")))
-                for r in raw]
+        return [
+            Outcome(True, r.get("value")) if r.get("ok") else Outcome(False, error=str(r.get("error"))) for r in raw
+        ]
 
 
 _SHARED: ScorerSandbox | None = None

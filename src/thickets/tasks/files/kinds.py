@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from thickets.errors import ThicketsError
 from thickets.tasks.answers import (
@@ -45,8 +46,10 @@ def _text(value: Any, what: str, where: str) -> str:
 class NumberTask(RowTask):
     kind = "gsm8k"
     kind_description = "final number after ####, numeric equivalence"
-    _PROMPT = ("{question}\n\nSolve the problem step by step. Then give the final answer as a number "
-               "after '####', like this: #### 42")
+    _PROMPT = (
+        "{question}\n\nSolve the problem step by step. Then give the final answer as a number "
+        "after '####', like this: #### 42"
+    )
 
     def fields(self, row, where):
         question = _text(self.get(row, where, "question", "problem", "prompt", "input"), "the question", where)
@@ -139,8 +142,10 @@ class ChoiceTask(RowTask):
 
     def prompt(self, fields):
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(fields["choices"]))
-        return (f"{fields['question']}\n\n{options}\n\nAnswer with the letter of the correct choice, "
-                f"like this: The answer is (A).")
+        return (
+            f"{fields['question']}\n\n{options}\n\nAnswer with the letter of the correct choice, "
+            f"like this: The answer is (A)."
+        )
 
     def score(self, example, completion):
         choices = example.data["choices"]
@@ -212,9 +217,11 @@ class OrderingTask(RowTask):
         listing = "\n".join(f"{i + 1}. {s}" for i, s in enumerate(fields["shown"]))
         n = len(fields["shown"])
         example = " ".join(map(str, [2, 1] + list(range(3, n + 1))))
-        return (f"Put these sentences in the order that tells a coherent story:\n{listing}\n\n"
-                f"Answer with the sentence numbers in story order inside <answer></answer> tags, "
-                f"like this: <answer>{example}</answer>")
+        return (
+            f"Put these sentences in the order that tells a coherent story:\n{listing}\n\n"
+            f"Answer with the sentence numbers in story order inside <answer></answer> tags, "
+            f"like this: <answer>{example}</answer>"
+        )
 
     def score(self, example, completion):
         gold = tuple(example.data["answer"])
@@ -248,8 +255,14 @@ class PromptTask(RowTask):
         return Score(answer, normalise(answer), 0.0, False)  # RewardTask supplies reward and correctness
 
 
-KINDS: dict[str, type[RowTask]] = {"gsm8k": NumberTask, "math": MathTask, "mc": ChoiceTask,
-                                   "ordering": OrderingTask, "mbpp": MBPPTask, "prompts": PromptTask}
+KINDS: dict[str, type[RowTask]] = {
+    "gsm8k": NumberTask,
+    "math": MathTask,
+    "mc": ChoiceTask,
+    "ordering": OrderingTask,
+    "mbpp": MBPPTask,
+    "prompts": PromptTask,
+}
 
 
 def make_file_task(kind: str, spec: str, columns: Mapping[str, str] | None = None):

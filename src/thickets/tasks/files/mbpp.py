@@ -22,22 +22,36 @@ class MBPPTask(RowTask):
     kind = "mbpp"
     kind_description = "code run against the row's asserts in a sandbox; 1 if all pass"
 
-    def __init__(self, rows: list[dict[str, Any]], name: str = "mbpp", columns: Mapping[str, str] | None = None,
-                 source: str | None = None, timeout_s: float = 5.0, memory_mb: int = 512):
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        name: str = "mbpp",
+        columns: Mapping[str, str] | None = None,
+        source: str | None = None,
+        timeout_s: float = 5.0,
+        memory_mb: int = 512,
+    ):
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         super().__init__(rows, name, columns, source)
 
     def fields(self, row, where):
         text, tests = self.get(row, where, "prompt", "text"), self.get(row, where, "tests", "test_list")
-        if not isinstance(text, str) or not isinstance(tests, list) or not tests \
-                or not all(isinstance(t, str) for t in tests):
+        if (
+            not isinstance(text, str)
+            or not isinstance(tests, list)
+            or not tests
+            or not all(isinstance(t, str) for t in tests)
+        ):
             raise ThicketsError(f"{where}: a row needs a string prompt and a non-empty list of test strings")
         setup = row.get(self.columns.get("setup", "setup"), row.get("test_setup_code", "")) or ""
         return {"text": text, "tests": tests, "setup": setup}
 
     def prompt(self, fields):
-        return (f"{fields['text']}\nYour code should pass these tests:\n\n" + "\n".join(fields["tests"]) +
-                "\n\nReply with the Python code in a ```python code block.")
+        return (
+            f"{fields['text']}\nYour code should pass these tests:\n\n"
+            + "\n".join(fields["tests"])
+            + "\n\nReply with the Python code in a ```python code block."
+        )
 
     def score(self, example: Example, completion: str) -> Score:
         answer = clean_code(extract_code(completion))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score, Task
@@ -19,8 +20,13 @@ class RowTask(Task):
     kind = "rows"
     kind_description = ""
 
-    def __init__(self, rows: list[dict[str, Any]], name: str | None = None,
-                 columns: Mapping[str, str] | None = None, source: str | None = None):
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        name: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ):
         self.name = name or self.kind
         self.columns = dict(columns or {})
         self.source = source or self.name
@@ -29,8 +35,9 @@ class RowTask(Task):
         if len(set(named)) != len(named):
             dup = next(i for i in named if named.count(i) > 1)
             raise ThicketsError(f"{self.source}: duplicate example id {dup!r}; give each row a distinct id")
-        self.description = f"{len(rows)} rows from {self.source}: {self.kind_description}" if rows \
-            else self.kind_description
+        self.description = (
+            f"{len(rows)} rows from {self.source}: {self.kind_description}" if rows else self.kind_description
+        )
 
     def _example(self, i: int, row: dict[str, Any]) -> Example:
         where = f"{self.source} row {i + 1}"
