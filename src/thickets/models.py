@@ -15,6 +15,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from thickets.disk import sha256_of, written_whole
 from thickets.errors import ThicketsError
@@ -38,7 +39,7 @@ class ModelIdentity:
     path: str  # absolute path of the file or folder
     sha256: str  # content hash of the GGUF file, or of the folder's config and weight files
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -69,7 +70,7 @@ def content_hash(path: Path) -> str:
     stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     memo_file = cache_root() / "hashes.json"
     try:
-        memo = json.loads(memo_file.read_text())
+        memo: dict[str, str] = json.loads(memo_file.read_text())
     except (OSError, ValueError):
         memo = {}
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
@@ -151,7 +152,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     )
     clean.dtype = torch.float32
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(clean, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(clean, dtype=torch.float32)  # type: ignore[no-untyped-call]  # unannotated in transformers
     model.load_state_dict(loaded.state_dict(), assign=True)
     model.tie_weights()
     with written_whole(out) as tmp:
@@ -202,7 +203,7 @@ def model_limits(identity: ModelIdentity) -> ModelLimits:
     )
 
 
-def load_tokenizer(identity: ModelIdentity):
+def load_tokenizer(identity: ModelIdentity) -> Any:
     """The model's tokenizer alone (a fraction of a second), for checks before the model loads."""
     from transformers import AutoTokenizer
 
@@ -220,12 +221,12 @@ def quiet_transformers() -> None:
     """transformers' own progress bars and warnings would drown ours."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def load(name: str, dtype: str = "float32", device: str = "cpu"):
+def load(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any, ModelIdentity]:
     """Load (model, tokenizer, identity). The model is in eval mode with gradients off."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -238,7 +239,9 @@ def load(name: str, dtype: str = "float32", device: str = "cpu"):
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+        # Any: transformers types `.to` through functools.wraps, which mypy does not bind to the model
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        model = model.to(device)
     except ThicketsError:
         raise
     except Exception as e:

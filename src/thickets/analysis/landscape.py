@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from thickets.errors import ThicketsError
 from thickets.models import local_folder, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
-from thickets.randopt.store import BASE, RunStore, candidate_model
+from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
 from thickets.randopt.vote import rank, rank_on_task, vote_accuracy
+from thickets.tasks import Score
 from thickets.tasks.multi import task_names, task_of
 
 PROJECTION_SEED = 20260  # the two fixed directions of the perturbation map
@@ -60,9 +62,9 @@ class RunScores:
         )
 
 
-def density(r: RunScores, delta: float) -> list[dict]:
+def density(r: RunScores, delta: float) -> list[dict[str, Any]]:
     """Per sigma (and all together): how many candidates beat the base, and by more than delta."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sigma in [*sorted(set(r.sigma.tolist())), None]:
         pick = np.ones_like(r.score, bool) if sigma is None else r.sigma == sigma
         s = r.score[pick]
@@ -81,11 +83,11 @@ def density(r: RunScores, delta: float) -> list[dict]:
     return rows
 
 
-def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
+def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict[str, Any]]:
     """Test accuracy of the top-K vote for K = 1.. as far as test answers are stored (from `ensemble`),
     per task: a multi-task run ranks experts by their validation score on each task, as `ensemble` does."""
 
-    curves = {}
+    curves: dict[str, dict[str, Any]] = {}
     with RunStore.open(run_dir, write=False) as store:
         cands = rank([c for c in store.candidates() if c.complete])
         tasks = task_names(store.config.task)
@@ -101,9 +103,9 @@ def topk_curves(run_dir: str | Path, k_max: int = 20) -> dict[str, dict]:
     return curves
 
 
-def _curve(store: RunStore, ranked, positions: list[int]) -> dict | None:
+def _curve(store: RunStore, ranked: Sequence[Candidate], positions: list[int]) -> dict[str, Any] | None:
     base = store.scores(BASE, "test")
-    experts = []
+    experts: list[dict[int, Score]] = []
     for c in ranked:
         scores = store.scores(candidate_model(c.idx), "test")
         if not positions or any(p not in scores for p in positions):
@@ -139,10 +141,11 @@ def projection(
                 for i in keep:
                     out[i] += d @ standard_noise(specs[i], name, shape, lo, hi).reshape(-1)
                 update()
-    return out * np.array([s.sigma for s in specs])[:, None] / np.sqrt(total)
+    scaled: np.ndarray = out * np.array([s.sigma for s in specs])[:, None] / np.sqrt(total)
+    return scaled
 
 
-def specialisation(run_dir: str | Path) -> dict | None:
+def specialisation(run_dir: str | Path) -> dict[str, Any] | None:
     """For a multi-task run: candidate x task gain over the base on validation, the task-task correlation
     of those gains, and how often a candidate improves one task while hurting another."""
 
@@ -216,7 +219,7 @@ def plot_sigma_curve(r: RunScores, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_topk(curves: dict[str, dict], path: Path) -> Path:
+def plot_topk(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for i, (task, curve) in enumerate(curves.items()):
@@ -251,7 +254,7 @@ def plot_projection(r: RunScores, xy: np.ndarray, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_specialisation(spec: dict, path: Path) -> Path:
+def plot_specialisation(spec: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     g = np.array(spec["gains"])
     order = np.argsort(-np.nanmean(g, 1))
@@ -273,7 +276,9 @@ def plot_specialisation(spec: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = True, progress: bool = True) -> dict:
+def analyze(
+    run_dir: str | Path, delta: float = 0.02, projection_map: bool = True, progress: bool = True
+) -> dict[str, Any]:
     """Figures, a summary and one self-contained report.html in the run folder."""
     run_dir = Path(run_dir)
     r = RunScores.read(run_dir)
@@ -295,7 +300,7 @@ def analyze(run_dir: str | Path, delta: float = 0.02, projection_map: bool = Tru
             specs = [store.config.candidate(int(i)) for i in r.idx]
         xy = projection(specs, _parameter_shapes(run_dir), progress)
         figures["projection"] = plot_projection(r, xy, out / "projection.png")
-    summary = {
+    summary: dict[str, Any] = {
         "task": r.task,
         "model": r.model,
         "base": r.base,
@@ -323,5 +328,5 @@ def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
     from thickets.engines.transformers_engine import canonical_parameters
 
     with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))  # type: ignore[no-untyped-call]  # unannotated in transformers
     return [(n, tuple(p.shape)) for n, p in canonical_parameters(m).items()]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def pyplot():
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot, on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,7 +20,7 @@ def pyplot():
     return plt
 
 
-def save(fig, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot().close(fig)

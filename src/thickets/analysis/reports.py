@@ -79,7 +79,7 @@ def format_gain(g: Mapping[str, Any] | None) -> str:
     return f"{g['gain'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]"
 
 
-def print_table(report: dict) -> None:
+def print_table(report: Mapping[str, Any]) -> None:
     t = Table(
         title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
         caption="extracted: share of answers that could be read; vs base: paired gain on the same questions",
@@ -100,7 +100,7 @@ def print_tables(report: Mapping[str, Any]) -> None:
 # -- the landscape ---------------------------------------------------------------------------------
 
 
-def print_density(rows: list[dict], base: float) -> None:
+def print_density(rows: Sequence[Mapping[str, Any]], base: float) -> None:
     delta = rows[0]["delta"]
     t = Table(title=f"density of improving perturbations (base validation score {base:.3f})")
     for col in ("sigma", "candidates", "above base", f"above base + {delta:g}", "mean", "best"):
@@ -122,7 +122,7 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], columns: list[tuple[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>" for row in rows
@@ -130,7 +130,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def html_report(summary: dict, figures: dict[str, Path]) -> str:
+def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
     dens_rows = [
         {
             "sigma": "all" if d["sigma"] is None else f"{d['sigma']:g}",

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from thickets.analysis.plots import pyplot, save
 from thickets.baselines.es import ESConfig, run_es
 from thickets.baselines.grpo import GRPOSettings, run_grpo
-from thickets.engines import count_tokens, load_engine
+from thickets.engines import Engine, count_tokens, load_engine
 from thickets.errors import ThicketsError
 from thickets.options import commas, option, parse_floats
 from thickets.progress import console
@@ -27,7 +29,11 @@ from thickets.randopt.ensemble import ensemble
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import RunStore
+from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits
+
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
 
 
 @dataclass(frozen=True)
@@ -57,19 +63,22 @@ class CompareConfig:
             raise ThicketsError("budget, val-size, test-size and top-k must be at least 1")
 
 
-def _accuracy(engine, task, test, config) -> tuple[float, int]:
+def _accuracy(engine: Engine, task: Task, test: Sequence[Example], config: SearchConfig) -> tuple[float, int]:
 
     rows = evaluate(engine, task, test, config)
     return float(np.mean([r[3].correct for r in rows])), count_tokens(engine.tokenizer, [r[2] for r in rows])
 
 
-def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -> dict:
+def run_randopt(
+    cfg: CompareConfig, out: Path, engine: Engine, task: Task, test: Sequence[Example], search_cfg: SearchConfig
+) -> dict[str, Any]:
     """Candidates one at a time (the run's population extended) until the budget is spent; then the
     top-K vote on the test split, and the same at a quarter and half of the budget."""
 
     run_dir = out / "randopt"
     t0 = time.perf_counter()
-    spent, n, marks = 0, 0, {}
+    spent, n = 0, 0
+    marks: dict[float, tuple[int, int]] = {}
     while spent < cfg.budget:
         n += 1
         search(replace(search_cfg, population=n), run_dir, engine=engine, progress=False)
@@ -83,7 +92,7 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
                 marks[frac] = (n, spent)
     seconds = time.perf_counter() - t0
     marks[1.0] = (n, spent)
-    curve = []
+    curve: list[dict[str, Any]] = []
     for _, (count, used) in sorted(marks.items()):
         k = min(cfg.top_k, count)
         sub = out / f"randopt_{count}"
@@ -117,9 +126,12 @@ def run_randopt(cfg: CompareConfig, out: Path, engine, task, test, search_cfg) -
     }
 
 
-def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
+def run_es_method(
+    cfg: CompareConfig, out: Path, task: Task, test: Sequence[Example], search_cfg: SearchConfig
+) -> dict[str, Any]:
 
-    engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
+    loaded, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
+    engine = cast("TransformersEngine", loaded)  # load_engine's default engine, which ES needs
     t0 = time.perf_counter()
     # every iteration generates at least one token, so the budget stops ES before this many iterations
     es_cfg = ESConfig(
@@ -150,7 +162,9 @@ def run_es_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict
     }
 
 
-def run_grpo_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> dict:
+def run_grpo_method(
+    cfg: CompareConfig, out: Path, task: Task, test: Sequence[Example], search_cfg: SearchConfig
+) -> dict[str, Any]:
 
     per_step = cfg.grpo_prompts_per_step * cfg.grpo_num_generations * cfg.max_new_tokens
     steps = max(1, cfg.budget // per_step)  # an upper bound on tokens: rows that stop early spend less
@@ -183,7 +197,7 @@ def run_grpo_method(cfg: CompareConfig, out: Path, task, test, search_cfg) -> di
     }
 
 
-def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
+def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +214,7 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
     _, test = make_splits(task, search_cfg.split_seed, cfg.val_size, cfg.test_size)
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     base_acc, base_tokens = _accuracy(engine, task, test, search_cfg)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "method": "base",
             "train_tokens": 0,
@@ -211,11 +225,12 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
             "test_tokens_per_question": base_tokens / len(test),
         }
     ]
-    for name, fn in (
+    methods: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
         ("RandOpt", lambda: run_randopt(cfg, out, engine, task, test, search_cfg)),
         ("ES", lambda: run_es_method(cfg, out, task, test, search_cfg)),
         ("GRPO", lambda: run_grpo_method(cfg, out, task, test, search_cfg)),
-    ):
+    )
+    for name, fn in methods:
         if progress:
             console.print(f"compare: {name} with a budget of {cfg.budget} generated tokens")
         rows.append(fn())
@@ -225,7 +240,7 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict:
     return result
 
 
-def plot(result: dict, path: Path) -> Path:
+def plot(result: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     base = result["rows"][0]["accuracy"]

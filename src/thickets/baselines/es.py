@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.tasks.splits import make_splits
+
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def apply_update(
 
 def es_step(
     cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], float], params: Sequence[tuple[str, np.ndarray]]
-) -> dict:
+) -> dict[str, Any]:
     """One iteration: score the population, then update `params` (the current theta) in place."""
     rewards = [score(cfg.spec(iteration, i)) for i in range(cfg.population)]
     coefficients = update_coefficients(cfg, rewards)
@@ -84,8 +88,13 @@ def es_step(
 
 
 def run_es(
-    cfg: ESConfig, run_dir: str | Path, *, engine=None, budget_tokens: int | None = None, progress: bool = True
-) -> dict:
+    cfg: ESConfig,
+    run_dir: str | Path,
+    *,
+    engine: TransformersEngine | None = None,
+    budget_tokens: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds).
 
     `engine` must hold the loaded weights (ES takes them over). With `budget_tokens`, ES stops after
@@ -93,9 +102,11 @@ def run_es(
 
     run_dir = Path(run_dir)
     log_path = run_dir / "es.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {"config": asdict(cfg), "iterations": []}
+    log: dict[str, Any] = (
+        json.loads(log_path.read_text()) if log_path.exists() else {"config": asdict(cfg), "iterations": []}
+    )
 
-    def same(a, b):
+    def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         return {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}
 
     if not same(log["config"], asdict(cfg)):
@@ -114,7 +125,8 @@ def run_es(
     task = task_for(search_cfg)
     val, _ = make_splits(task, cfg.split_seed, cfg.val_size)
     if engine is None:
-        engine, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
+        loaded, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
+        engine = cast("TransformersEngine", loaded)  # load_engine's default engine
     theta = engine.own_base()  # the weights ES moves: owned, writable float32 arrays
     for rec in log["iterations"]:  # resume: replay the logged updates
         apply_update(cfg, rec["iteration"], rec["coefficients"], theta)

@@ -8,8 +8,10 @@ template. LoRA through peft is an option. CPU-capable at small scale.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from thickets.engines.base import cut_at_stop
 from thickets.errors import ThicketsError
@@ -17,6 +19,7 @@ from thickets.models import load
 from thickets.options import option
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import task_for
+from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits
 
 
@@ -42,10 +45,11 @@ class GRPOSettings:
             raise ThicketsError("GRPO needs steps >= 1, num-generations >= 2 and prompts-per-step >= 1")
 
 
-def task_reward(task, examples):
+def task_reward(task: Task, examples: Sequence[Example]) -> Callable[..., list[float | None]]:
     """A TRL reward function scoring completions with the task (chat-style or plain completions)."""
 
-    def reward(completions, example_index, **_):
+    # list[float | None] is TRL's type of a reward function's result (None: "does not apply")
+    def reward(completions: Sequence[Any], example_index: Sequence[int], **_: Any) -> list[float | None]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         texts = [cut_at_stop(t, task.stop) for t in texts]
         return [float(s.reward) for s in task.score_batch([examples[i] for i in example_index], texts)]
@@ -54,11 +58,11 @@ def task_reward(task, examples):
     return reward
 
 
-def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -> dict:
+def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train with GRPO; returns the log (steps, rewards, generated tokens, seconds) and saves the model."""
     try:
         from datasets import Dataset
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]  # trl exports them lazily, no __all__
     except ImportError:
         raise ThicketsError("the GRPO baseline needs TRL: pip install 'thickets[baselines]'") from None
 
@@ -113,7 +117,8 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
     steps = [h for h in trainer.state.log_history if "reward" in h]
     per_step = cfg.prompts_per_step * cfg.num_generations
     tokens = int(sum(h.get("completions/mean_length", 0.0) * per_step for h in steps))
-    trained = trainer.model.merge_and_unload() if cfg.lora else trainer.model
+    trained_model: Any = trainer.model  # a peft model with LoRA (TRL types it as a plain Module)
+    trained = trained_model.merge_and_unload() if cfg.lora else trained_model
     trained.save_pretrained(out_dir / "model")
     tok.save_pretrained(out_dir / "model")
     return {

@@ -10,13 +10,18 @@ cache and overstate the limit). Tokens/s at the limit = FLOP/s / (2 x parameters
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from thickets.engines import fast_decode, render_prompt
 from thickets.progress import bar
+
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
 
 PROMPTS = [
     "What is 12 times 7?",
@@ -30,9 +35,9 @@ PROMPTS = [
 ]
 
 
-def _linears(model) -> list[torch.Tensor]:
+def _linears(model: Any) -> list[torch.Tensor]:
     """The weight of every matrix product in a forward pass, in the order the pass uses them."""
-    ws = []
+    ws: list[torch.Tensor] = []
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
         ws += [
@@ -49,7 +54,7 @@ def _linears(model) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def matmul_limit(model, batch: int, repeats: int = 5) -> dict:
+def matmul_limit(model: Any, batch: int, repeats: int = 5) -> dict[str, float]:
     """Measured float32 FLOP/s of a decode step's matrix products at `batch` rows (best of `repeats`)."""
     ws = _linears(model)
     xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in ws}
@@ -63,32 +68,36 @@ def matmul_limit(model, batch: int, repeats: int = 5) -> dict:
     return {"flops_per_s": flops / best, "step_s": best}
 
 
-def _prompts(tok, batch: int) -> list[str]:
+def _prompts(tok: Any, batch: int) -> list[str]:
 
     return [render_prompt(tok, PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))) for i in range(batch)]
 
 
 @torch.inference_mode()
-def _hf(model, enc, n: int, pad: int) -> torch.Tensor:
-    out = model.generate(
+def _hf(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
+    out: torch.Tensor = model.generate(
         **enc, do_sample=False, max_new_tokens=n, pad_token_id=pad, temperature=None, top_p=None, top_k=None
     )
     return out[:, enc["input_ids"].shape[1] :]
 
 
-def _ours(model, enc, n: int, pad: int) -> torch.Tensor:
+def _ours(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
     return fast_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad)
 
 
-def _timed(fn) -> tuple[float, torch.Tensor]:
+def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
 
 
 def measure(
-    engine, batch_sizes: Sequence[int] = (1, 8, 32), new_tokens: int = 32, repeats: int = 2, progress: bool = True
-) -> dict:
+    engine: TransformersEngine,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    new_tokens: int = 32,
+    repeats: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Tokens/s of both paths at each batch size, timed interleaved (best of `repeats`), with the
     end-of-sequence id switched off so every row makes `new_tokens` tokens on both paths.
 
@@ -103,7 +112,7 @@ def measure(
     n_params = sum(p.numel() for p in engine.params.values())
     pad = tok.pad_token_id
     tok.padding_side = "left"
-    res: dict = {"decode": {}}
+    res: dict[str, Any] = {"decode": {}}
     gen = model.generation_config
     saved_eos, gen.eos_token_id = gen.eos_token_id, None
     try:
@@ -117,7 +126,7 @@ def measure(
                 for _ in range(repeats):
                     for name, fn in paths.items():
                         for n in (new_tokens, 1):
-                            t, _ = _timed(lambda fn=fn, enc=enc, n=n: fn(model, enc, n, pad))
+                            t, _ = _timed(partial(fn, model, enc, n, pad))
                             best[name, n] = min(best[name, n], t)
                     update()
                 full = {p: b * new_tokens / best[p, new_tokens] for p in paths}

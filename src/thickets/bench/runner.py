@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -28,6 +29,9 @@ from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
 from thickets.tasks import get_task
 from thickets.tasks.splits import make_splits
+
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
 
 
 def peak_rss_gb() -> float:
@@ -50,23 +54,23 @@ _footprint_child({cfg!r}, {run_dir!r}, import_s)
 """
 
 
-def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
+def _footprint_child(cfg: dict[str, Any], run_dir: str, import_s: float) -> None:
     """In a fresh process: the cached model to a ready engine (libraries imported), then a short
     search; peak memory with and above the interpreter and its libraries."""
 
-    cfg = BenchConfig(**cfg)
+    settings = BenchConfig(**cfg)
     config = SearchConfig(
-        model=cfg.model,
-        task=cfg.task,
+        model=settings.model,
+        task=settings.task,
         population=2,
-        sigmas=(cfg.sigma,),
-        val_size=cfg.val_size,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.val_size,
+        sigmas=(settings.sigma,),
+        val_size=settings.val_size,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.val_size,
     )
     baseline = _rss_gb()
     t = time.perf_counter()
-    engine, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    engine, _ = load_engine(settings.model, batch_size=settings.val_size)
     load_s = time.perf_counter() - t
     search(config, run_dir, engine=engine, progress=False)
     print(
@@ -82,7 +86,7 @@ def _footprint_child(cfg: dict, run_dir: str, import_s: float) -> None:
     )
 
 
-def search_footprint(cfg: BenchConfig) -> dict:
+def search_footprint(cfg: BenchConfig) -> dict[str, Any]:
     """Load time and memory of a search in a fresh process, undisturbed by the bench's own work."""
 
     with tempfile.TemporaryDirectory() as run_dir:
@@ -90,11 +94,17 @@ def search_footprint(cfg: BenchConfig) -> dict:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"the footprint process failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def naive_candidate(
-    model, tok, prompts: Sequence[str], spec: PerturbationSpec | None, max_new_tokens: int, stop: Sequence[str]
+    model: Any,
+    tok: Any,
+    prompts: Sequence[str],
+    spec: PerturbationSpec | None,
+    max_new_tokens: int,
+    stop: Sequence[str],
 ) -> list[str]:
     """What peer scripts do per candidate: clone every weight, add noise, one padded `generate`, copy back.
 
@@ -128,12 +138,13 @@ def _top(scores: Sequence[float], k: int) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
 
 
-def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict:
+def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, Any]:
     """All figures of BENCHMARKS.md, as one dict (the keys `thickets bench --json` writes)."""
 
-    results: dict = {"config": cfg.__dict__ | {"batch_sizes": list(cfg.batch_sizes)}}
+    results: dict[str, Any] = {"config": cfg.__dict__ | {"batch_sizes": list(cfg.batch_sizes)}}
     t0 = time.perf_counter()
-    engine, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    loaded, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    engine = cast("TransformersEngine", loaded)  # load_engine's default engine
     results["first_load_s"] = time.perf_counter() - t0  # includes a one-time GGUF conversion if not cached
     footprint = search_footprint(cfg)  # a fresh process: load time and memory, undisturbed by this one
     model, tok = engine.model, engine.tokenizer

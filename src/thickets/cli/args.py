@@ -73,6 +73,7 @@ def values(namespace: argparse.Namespace, cls: type, file: Mapping[str, Any] | N
     """The fields of `cls` given on the command line, over those in the config file: a dict for cls(**...).
     A field neither gives keeps the dataclass default; a required one missing from both is refused."""
     given = vars(namespace)
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in given:
@@ -80,11 +81,43 @@ def values(namespace: argparse.Namespace, cls: type, file: Mapping[str, Any] | N
             parse = f.metadata.get("parse")
             out[f.name] = parse(value, flag_of(f)) if parse and isinstance(value, str) else value
         elif file is not None and f.name in file:
-            value = file[f.name]
-            out[f.name] = tuple(value) if isinstance(value, list) else value
+            out[f.name] = _from_file(f, hints[f.name], file[f.name])
         elif f.default is dataclasses.MISSING and f.metadata.get("cli", True) is not False:
             raise ThicketsError(f"{flag_of(f)} is required")
     return out
+
+
+def _from_file(f: dataclasses.Field[Any], hint: Any, value: Any) -> Any:
+    """A value from a config file as the field's type, or one line saying what the field wants: JSON and
+    YAML have their own types, and a field's dataclass would take a string for a number unseen."""
+    what = f"{f.name} in --config"
+    parse = f.metadata.get("parse")
+    if parse is not None and isinstance(value, str):
+        return parse(value, what)
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is not tuple else []
+    base = kinds[0] if kinds else hint
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if isinstance(value, (list, tuple)) and all(_is(item, v) for v in value):
+            return tuple(float(v) if item is float else v for v in value)
+        raise ThicketsError(f"{what} must be a list of {item.__name__} values, got {value!r}")
+    if _is(base, value):
+        return float(value) if base is float else value
+    raise ThicketsError(
+        f"{what} must be {'an integer' if base is int else 'a ' + getattr(base, '__name__', str(base))}, got {value!r}"
+    )
+
+
+def _is(kind: Any, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) if isinstance(kind, type) else True
 
 
 def read_config_file(path: str, allowed: Sequence[type]) -> dict[str, Any]:

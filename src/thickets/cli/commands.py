@@ -8,13 +8,14 @@ handler calls the library; every error a user can fix is one line and exit statu
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from thickets.analysis.landscape import RunScores, analyze, density
 from thickets.analysis.racing_replay import replay_run
@@ -44,6 +45,9 @@ from thickets.ship.export import export_candidate, export_spec
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
 from thickets.toy.config import ToyConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # -- what the commands take besides the library's configs ---------------------------------------
 
@@ -125,7 +129,20 @@ class OutFolder:
     out: str = option(..., "folder for what the command writes")
 
 
-Parsed = dict[type, Any]  # each dataclass of a command, built from the flags and the config file
+T = TypeVar("T")
+
+
+@dataclass
+class Parsed:
+    """Each dataclass of a command, built from the flags and the config file (`a[SearchConfig]`), and
+    what was given explicitly, per class (the toy's --quick fills the rest from its own defaults)."""
+
+    configs: dict[type, Any] = field(default_factory=dict)
+    given: dict[type, dict[str, Any]] = field(default_factory=dict)
+
+    def __getitem__(self, cls: type[T]) -> T:
+        config: T = self.configs[cls]
+        return config
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -230,7 +247,7 @@ def cmd_toy(a: Parsed, quiet: bool) -> None:
     from thickets.toy.report import summary, write
 
     t = a[ToyArgs]
-    cfg = ToyConfig.quick(**a["given"][ToyConfig]) if t.quick else a[ToyConfig]
+    cfg = ToyConfig.quick(**a.given[ToyConfig]) if t.quick else a[ToyConfig]
     if cfg.population < 1:
         raise ThicketsError(f"--population must be at least 1, got {cfg.population}")
     if cfg.top_k > cfg.population:
@@ -300,7 +317,7 @@ def cmd_compare(a: Parsed, quiet: bool) -> None:
     print(f"written: {out}/compare.json, {out}/compare.png")
 
 
-Command = tuple[str, Sequence[type], Callable[[Parsed, bool], None]]
+Command = tuple[str, Sequence[type["DataclassInstance"]], Callable[[Parsed, bool], None]]
 COMMANDS: dict[str, Command] = {
     "search": (
         "score N random perturbations on the validation split",
@@ -373,21 +390,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(args: argparse.Namespace) -> Parsed:
-    """Each dataclass of the command, from its flags over its config file; {"given": ...} holds what was
-    given explicitly, per class (the toy's --quick fills the rest from its own defaults)."""
+    """Each dataclass of the command, from its flags over its config file; `given` holds what was given
+    explicitly, per class (the toy's --quick fills the rest from its own defaults)."""
     _, classes, _ = COMMANDS[args.command]
     file = read_config_file(args.config, classes) if getattr(args, "config", None) else None
-    parsed: Parsed = {"given": {}}
+    parsed = Parsed()
     for cls in classes:
         given = values(args, cls, file)
-        parsed["given"][cls] = given
-        parsed[cls] = cls(**given)
+        parsed.given[cls] = given
+        parsed.configs[cls] = cls(**given)
     return parsed
+
+
+def load_plugins() -> None:
+    """Import the modules named in THICKETS_PLUGINS (comma-separated): a module of yours that registers
+    tasks with `register_task` makes them available to every command."""
+    for name in filter(None, (n.strip() for n in os.environ.get("THICKETS_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a plugin's import error is the user's to fix: say which module
+            raise ThicketsError(f"cannot import THICKETS_PLUGINS module {name}: {type(e).__name__}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_plugins()
         COMMANDS[args.command][2](_parse(args), args.quiet)
     except ThicketsError as e:
         print(f"thickets: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from thickets.noise import PerturbationSpec
 
@@ -27,7 +27,7 @@ class Engine(Protocol):
         """Bring every weight back, bitwise, to the base."""
         ...
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Engine settings that change scores (engine, dtype, device, batch size), for the run record."""
         ...
 
@@ -38,27 +38,28 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
-def count_tokens(tokenizer, texts: Sequence[str]) -> int:
+def count_tokens(tokenizer: Any, texts: Iterable[str]) -> int:
     """Tokens in the texts, as the tokenizer counts generated text (no special tokens): the unit of a budget."""
     return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
 
 
-def uses_chat_template(tokenizer, chat_template: bool = True) -> bool:
+def uses_chat_template(tokenizer: Any, chat_template: bool = True) -> bool:
     """Whether prompts are rendered with the tokenizer's chat template (asked for, and it has one)."""
     return bool(chat_template and getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
+def render_prompt(tokenizer: Any, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
     """The text the model sees: the tokenizer's chat template when it has one (and it is wanted)."""
     if uses_chat_template(tokenizer, chat_template):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": user_text}
         ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
     return (system_prompt + "\n\n" if system_prompt else "") + user_text
 
 
-def prompt_token_ids(tokenizer, prompts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+def prompt_token_ids(tokenizer: Any, prompts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
     """The ids a model is fed for rendered prompts, by every engine.
 
     A chat template's text already holds whatever special tokens the model expects (a BOS among

@@ -28,16 +28,21 @@ the last bits of a logit and could flip a near-tie.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers.generation.stopping_criteria import StopStringCriteria
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
 
 
-def supports(model) -> bool:
+def supports(model: Any) -> bool:
     """True when `generate_greedy` reproduces greedy `generate` under a neutral generation config (no
     repetition penalty or other logits processors, whatever the model ships; see
     `transformers_engine.neutral_generation_config`), else use `generate`."""
@@ -59,7 +64,7 @@ def supports(model) -> bool:
     return all(hasattr(attn, n) for n in needed) and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
 
 
-def eos_ids(model) -> list[int]:
+def eos_ids(model: Any) -> list[int]:
     """The ids `generate` stops on: the generation config's `eos_token_id` (none when it is unset)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
@@ -82,8 +87,8 @@ class _Layer:
     down: torch.nn.Linear
 
 
-def _layers(model) -> list[_Layer]:
-    out = []
+def _layers(model: Any) -> list[_Layer]:
+    out: list[_Layer] = []
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
         out.append(
@@ -125,10 +130,11 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return (x * cos) + (_rotate_half(x) * sin)
 
 
-_STOP_CRITERIA: dict = {}  # (id(tokenizer), len(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
+# (id(tokenizer), len(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
+_STOP_CRITERIA: dict[tuple[int, int, tuple[str, ...]], tuple[Any, StopStringCriteria]] = {}
 
 
-def _stop_string_criteria(tokenizer, stop_strings: tuple[str, ...]):
+def _stop_string_criteria(tokenizer: Any, stop_strings: tuple[str, ...]) -> StopStringCriteria:
     """transformers' StopStringCriteria, built once per tokenizer and stop strings (building scans the
     whole vocabulary: about 0.3 s, and transformers' own cache misses because its key is the vocabulary
     in hash order)."""
@@ -148,10 +154,10 @@ def _stop_string_criteria(tokenizer, stop_strings: tuple[str, ...]):
 class _Stops:
     """EOS ids and stop strings; a row is done after the token that ends it (as `generate` decides)."""
 
-    def __init__(self, model, tokenizer, stop_strings, device):
+    def __init__(self, model: Any, tokenizer: Any, stop_strings: Sequence[str], device: torch.device):
         ids = eos_ids(model)
         self.eos = torch.tensor(ids, device=device, dtype=torch.long) if ids else None
-        self.strings = None
+        self.strings: StopStringCriteria | None = None
         if stop_strings:
             self.strings = _stop_string_criteria(tokenizer, tuple(stop_strings))
             self.window = self.strings.maximum_token_len
@@ -178,7 +184,15 @@ def _compact_worth_it(n_done: int, n_active: int, steps_left: int) -> bool:
     return n_done * steps_left >= max(2, n_active // 8)
 
 
-def _attend(q, k, v, scaling: float, group: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scaling: float,
+    group: int,
+    mask: torch.Tensor | None,
+    causal: bool,
+) -> torch.Tensor:
     """SDPA called as transformers calls it for the same case, so the arithmetic is the same.
 
     No mask -> GQA inside SDPA (causal for a prompt); a mask and one query token -> the query heads
@@ -201,7 +215,7 @@ def _attend(q, k, v, scaling: float, group: int, mask: torch.Tensor | None, caus
 class _Decoder:
     """The model's layers over a preallocated cache [layers, batch, kv_heads, max_len, head_dim]."""
 
-    def __init__(self, model, batch: int, max_len: int, device):
+    def __init__(self, model: Any, batch: int, max_len: int, device: torch.device):
         inner = model.model
         self.layers = _layers(model)
         self.embed = inner.embed_tokens.weight
@@ -226,8 +240,8 @@ class _Decoder:
     def forward(
         self,
         ids: torch.Tensor,
-        cos,
-        sin,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
         lo: int,
         mask: torch.Tensor | None,
         causal: bool = False,
@@ -289,15 +303,15 @@ MIN_SHARED_PREFIX = 8  # below this, one prefill over the padded batch is as che
 
 @torch.inference_mode()
 def generate_greedy(
-    model,
+    model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     max_new_tokens: int,
     *,
     pad_token_id: int,
-    tokenizer=None,
-    stop_strings=(),
-    compact=_compact_worth_it,
+    tokenizer: Any = None,
+    stop_strings: Sequence[str] = (),
+    compact: Callable[[int, int, int], bool] = _compact_worth_it,
     share_prefix: bool = True,
 ) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
@@ -345,6 +359,7 @@ def generate_greedy(
         dec.k[:, 1:, :, :P] = dec.k[:, :1, :, :P]
         dec.v[:, 1:, :, :P] = dec.v[:, :1, :, :P]
     cos, sin = cos_t[own_pos].unsqueeze(1), sin_t[own_pos].unsqueeze(1)  # [B, 1, S, hd]
+    assert own_ids is not None  # S <= T: the rows' own parts are within the prompt columns
     if not P and not padded:
         logits = dec.forward(own_ids, cos, sin, 0, None, causal=True)
     else:
@@ -391,6 +406,6 @@ def generate_greedy(
             n_done_pending = 0
         p = last_pos + (s + 1)
         cos, sin = cos_t[p][:, None, None], sin_t[p][:, None, None]  # [n, 1, 1, hd]
-        mask = key_ok[:, None, None, : c + 1] if padded else None
-        tok = dec.forward(tok[:, None], cos, sin, c, mask).argmax(-1)
+        step_mask = key_ok[:, None, None, : c + 1] if padded else None
+        tok = dec.forward(tok[:, None], cos, sin, c, step_mask).argmax(-1)
     return out[:, :steps]

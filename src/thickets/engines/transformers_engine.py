@@ -8,8 +8,8 @@ transformers' `generate` for anything else or when built with `fast=False`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +27,7 @@ def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def neutral_generation_config(model, tokenizer):
+def neutral_generation_config(model: Any, tokenizer: Any) -> Iterator[None]:
     """Plain greedy decoding, whatever the model ships: `generate` fills every setting a caller leaves
     unset from `model.generation_config`, so a shipped repetition_penalty (Qwen2.5-Instruct has one),
     no_repeat_ngram_size or suppressed tokens would change the scores. Only the token ids it ends,
@@ -35,7 +35,7 @@ def neutral_generation_config(model, tokenizer):
     from transformers import GenerationConfig
 
     shipped = model.generation_config
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]  # its __init__ is unannotated
         eos_token_id=shipped.eos_token_id,
         bos_token_id=shipped.bos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else shipped.pad_token_id,
@@ -58,7 +58,7 @@ class TransformersEngine:
     memory, never three, and no copy-back pass.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, fast: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, fast: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -158,7 +158,7 @@ class TransformersEngine:
                 out[i] = cut_at_stop(text, stop)
         return out
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         p = next(iter(self.params.values()))
         return {
             "engine": "transformers",

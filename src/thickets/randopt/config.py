@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from thickets.engines import ENGINES
 from thickets.errors import ThicketsError
@@ -118,18 +119,19 @@ class SearchConfig:
             filter=self.filter,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> SearchConfig:
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         """A stored config; one written before a field existed gets the value that release used."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ThicketsError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
         values = {"batching": "split", **d}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
 
     def differences(self, other: SearchConfig) -> list[str]:
         """Fields that differ and may not change on an existing run folder."""

@@ -28,7 +28,7 @@ from thickets.randopt.scoring import (
     load_run_config,
     task_for,
 )
-from thickets.randopt.store import BASE, RunStore, Summary, candidate_model
+from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import paired_gain, rank, rank_on_task, vote_outcomes
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits
@@ -146,15 +146,15 @@ def _reindex(scores: dict[int, Score], positions: Sequence[int]) -> dict[int, Sc
 def _report(
     task_name: str,
     config: SearchConfig,
-    identity,
-    ranked,
-    experts,
+    identity: dict[str, Any] | None,
+    ranked: Sequence[Candidate],
+    experts: Sequence[Candidate],
     base: dict[int, Score],
     per_expert: list[dict[int, Score]],
     top_k: Sequence[int],
     base_val: float,
     val_by_candidate: dict[int, float] | None,
-) -> dict:
+) -> dict[str, Any]:
     def single(label: str, scores: dict[int, Score]) -> Row:
         s = Summary.of(list(scores.values()))
         return Row(label, 1, s.accuracy, s.format_rate, s.score)
@@ -219,6 +219,6 @@ def _report(
     }
 
 
-def _summary_dict(scores: dict[int, Score]) -> dict:
+def _summary_dict(scores: dict[int, Score]) -> dict[str, float]:
     s = Summary.of(list(scores.values()))
     return {"accuracy": s.accuracy, "format_rate": s.format_rate, "score": s.score}

@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Any, Protocol
 
 from thickets.engines import Engine
 from thickets.errors import ThicketsError
@@ -44,7 +45,7 @@ class Executor(Protocol):
         Called before any work."""
         ...
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The engine settings that change scores, for the run record."""
         ...
 
@@ -85,13 +86,19 @@ class _Scorer:
 class InProcessExecutor:
     """The default: one engine in this process, items in order."""
 
-    def __init__(self, config: SearchConfig, engine=None, task=None, val=None):
+    def __init__(
+        self,
+        config: SearchConfig,
+        engine: Engine | None = None,
+        task: Task | None = None,
+        val: Sequence[Example] | None = None,
+    ):
         self._scorer = _Scorer(config, engine, task=task, val=val)
 
     def adopt(self, config: SearchConfig) -> None:
         self._scorer.config = config
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return self._scorer.engine.describe()
 
     def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
@@ -135,7 +142,7 @@ class RayExecutor:
             )
         self._ray, self._config, self._options = ray, config, options
         self._started = False
-        self.actors: list = []
+        self.actors: list[Any] = []  # Ray actor handles
         self.requeued = 0
 
     def _start(self) -> None:
@@ -170,14 +177,14 @@ class RayExecutor:
         config_dict = self._config.to_dict()
         self.actors = [worker_cls.remote(config_dict, cpus, device) for _ in range(options.workers)]
         self._max_failures = options.workers * (1 + options.max_restarts)
-        self._describe = ray.get(self.actors[0].describe.remote())
+        self._describe: dict[str, Any] = ray.get(self.actors[0].describe.remote())
 
     def adopt(self, config: SearchConfig) -> None:
         if self.actors and config != self._config:
             raise RuntimeError("the Ray workers were started with another config")
         self._config = config
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         self._start()
         return self._describe
 
@@ -189,13 +196,13 @@ class RayExecutor:
         self._start()
         ray = self._ray
         fresh = iter(items)  # taken lazily: a population of millions is never listed
-        retry: deque = deque()  # items handed back by a dead worker, scored first
+        retry: deque[object] = deque()  # items handed back by a dead worker, scored first
         idle = list(self.actors)
-        inflight: dict = {}  # object ref -> (actor, item)
+        inflight: dict[Any, tuple[Any, object]] = {}  # object ref -> (actor, item)
         failures = 0
         end = object()
 
-        def take():
+        def take() -> object:  # an Item, or `end`
             return retry.popleft() if retry else next(fresh, end)
 
         while True:
@@ -248,7 +255,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ThicketsError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
 
 
-def connect(ray, address: str) -> None:
+def connect(ray: ModuleType, address: str) -> None:
     """ray.init on a cluster, its retries' log lines kept off the terminal; a failure is one line."""
 
     saved = os.dup(2)
@@ -265,7 +272,7 @@ def connect(ray, address: str) -> None:
         os.close(saved)
 
 
-def watch_local_ray(ray) -> None:
+def watch_local_ray(ray: ModuleType) -> None:
     """A local Ray outlives a driver killed with SIGKILL (its shutdown runs at exit). A watcher process,
     holding a pipe from this one, stops Ray's processes of this session when the pipe closes."""
 
@@ -304,14 +311,14 @@ def watch_local_ray(ray) -> None:
 class _RayWorker:
     """One Ray actor: the model loaded once, candidates scored one at a time."""
 
-    def __init__(self, config: dict, threads: int, device: str):
+    def __init__(self, config: dict[str, Any], threads: int, device: str):
         import torch
 
         torch.set_num_threads(threads)
         os.environ["THICKETS_NOISE_THREADS"] = str(threads)
         self._scorer = _Scorer(SearchConfig.from_dict(config), device=device)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return self._scorer.engine.describe()
 
     def pid(self) -> int:

@@ -25,6 +25,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from thickets.errors import ThicketsError
 
@@ -136,7 +137,7 @@ def simulate_drop_rate(race: Race, correct: int, trials: int = 2000, seed: int =
     return drops / trials
 
 
-def replay_many(rewards: Sequence[Sequence[float]], race: Race, orders: int = 200, seed: int = 0) -> dict:
+def replay_many(rewards: Sequence[Sequence[float]], race: Race, orders: int = 200, seed: int = 0) -> dict[str, Any]:
     """Replay with the validation examples (and candidates) in many random orders: agreement and savings."""
     rng = random.Random(seed)
     n_ex = len(rewards[0])

@@ -156,10 +156,10 @@ def check_unchanged(
                 f"(content hash differs); start a new run folder"
             )
     for package, then in (store.meta("task_packages") or {}).items():
-        now = task_packages(task).get(package)
-        if now is not None and now != then:
+        version = task_packages(task).get(package)
+        if version is not None and version != then:
             raise ThicketsError(
-                f"{package} is {now} now but was {then} when run {store.run_dir} began: its examples "
+                f"{package} is {version} now but was {then} when run {store.run_dir} began: its examples "
                 f"or verdicts may differ; install {package}=={then} or start a new run folder"
             )
     if val is not None:

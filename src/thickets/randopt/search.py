@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from thickets.engines import Engine
 from thickets.progress import bar
@@ -66,7 +67,7 @@ def search(
             def threshold() -> float | None:
                 return race.threshold(finished) if race else None
 
-            def shown() -> dict[str, object]:
+            def shown() -> dict[str, Any]:  # fields for the progress bar
                 return dict(
                     base=f"{base.score:.3f}" if base else "-",
                     best=f"{max(finished):.3f}" if finished else "-",

@@ -15,9 +15,10 @@ import os
 import sqlite3
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
@@ -189,7 +190,11 @@ class RunStore:
 
     @classmethod
     def open(
-        cls, run_dir: str | Path, config: SearchConfig | None = None, meta: dict | None = None, write: bool = True
+        cls,
+        run_dir: str | Path,
+        config: SearchConfig | None = None,
+        meta: dict[str, Any] | None = None,
+        write: bool = True,
     ) -> RunStore:
         """Open a run folder; with `config`, create it or check it matches. Takes the writer lock.
 
@@ -268,11 +273,11 @@ class RunStore:
     def __enter__(self) -> RunStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[None]:
         """One write transaction. SQLite may already have rolled back on its own (a full disk): then
         there is nothing to roll back, and the error reaches the user as one line."""
         con = self.con
@@ -295,7 +300,7 @@ class RunStore:
     def config(self) -> SearchConfig:
         return SearchConfig.from_dict(self.meta("config"))
 
-    def meta(self, key: str, default=None):
+    def meta(self, key: str, default: Any = None) -> Any:
         row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
@@ -305,7 +310,7 @@ class RunStore:
     def candidates(self) -> list[Candidate]:
         columns = {r[1] for r in self.con.execute("PRAGMA table_info(candidates)")}
         n_val = "n_val" if "n_val" in columns else "NULL"  # read-only opens of old folders
-        rows = self.con.execute(
+        rows: list[tuple[int, int, float, float, float, float, float, int | None]] = self.con.execute(
             f"SELECT idx, seed, sigma, score, accuracy, format_rate, seconds, {n_val} FROM candidates ORDER BY idx"
         ).fetchall()
         val_size = self.config.val_size

@@ -10,21 +10,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from thickets.disk import written_whole
 from thickets.engines import load_engine
 from thickets.errors import ThicketsError
-from thickets.models import resolve
+from thickets.models import ModelIdentity, resolve
 from thickets.noise import NOISE_VERSION, ParamFilter, PerturbationSpec
 from thickets.randopt.scoring import load_run_config
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import rank as rank_candidates
 from thickets.version import __version__
 
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
+
 RECIPE_NAME = "thickets_recipe.json"
 
 
-def recipe(identity: dict, spec: PerturbationSpec, dtype: str, **extra) -> dict:
+def recipe(identity: dict[str, Any], spec: PerturbationSpec, dtype: str, **extra: Any) -> dict[str, Any]:
     return {
         "thickets_version": __version__,
         "noise_version": NOISE_VERSION,
@@ -50,15 +54,16 @@ def _check_out(out: Path) -> None:
         raise ThicketsError(f"output {out} cannot be made: {parent} is not writable")
 
 
-def build(model: str, spec: PerturbationSpec, dtype: str = "float32"):
+def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[Any, Any, ModelIdentity]:
     """(model, tokenizer, identity) with the perturbation applied for good."""
 
-    engine, identity = load_engine(model, dtype=dtype)
+    loaded, identity = load_engine(model, dtype=dtype)
+    engine = cast("TransformersEngine", loaded)  # load_engine's default engine
     engine.perturb(spec)  # never restored: this model is the perturbed one
     return engine.model, engine.tokenizer, identity
 
 
-def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: str = "float32", **extra) -> Path:
+def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: str = "float32", **extra: Any) -> Path:
     """Write base + sigma * noise(spec) as a Hugging Face folder with its recipe."""
     out = Path(out)
     _check_out(out)
@@ -104,7 +109,7 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
     )
 
 
-def spec_from_recipe(data: dict) -> PerturbationSpec:
+def spec_from_recipe(data: dict[str, Any]) -> PerturbationSpec:
     if data.get("noise_version") != NOISE_VERSION:
         raise ThicketsError(f"recipe uses noise {data.get('noise_version')!r}; this thickets makes {NOISE_VERSION!r}")
     return PerturbationSpec(
@@ -115,7 +120,7 @@ def spec_from_recipe(data: dict) -> PerturbationSpec:
     )
 
 
-def rebuild(recipe_path: str | Path, model: str | None = None):
+def rebuild(recipe_path: str | Path, model: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) rebuilt from a recipe; the base's content hash must match the recorded one."""
     data = json.loads(Path(recipe_path).read_text())
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from fractions import Fraction
+from typing import Any
 
 from thickets.tasks.extract import last_tag
 
@@ -167,7 +168,7 @@ def latex_is_safe(s: str) -> bool:
     return all(int(n) <= 1000 for n in _FACTORIAL.findall(s))
 
 
-def parse_latex(answer: str):
+def parse_latex(answer: str) -> list[Any] | None:
     """math-verify's parse of a reference answer (trusted text from the user's data), or None if
     unparsable or unsafe. Model answers never go through this: they are parsed in the scorer sandbox."""
     if not answer or not latex_is_safe(answer):

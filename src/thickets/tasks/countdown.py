@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator
+from fractions import Fraction
 
 from thickets.tasks.arithmetic import EquationError, evaluate_equation
 from thickets.tasks.base import Example, Score, Task
@@ -157,7 +158,7 @@ def _raw_last_answer(text: str) -> str | None:
     return text[start + len("<answer>") : end] if start >= 0 else None
 
 
-def _paper_equation(text: str, numbers: list[int]):
+def _paper_equation(text: str | None, numbers: list[int]) -> tuple[Fraction, list[int]] | None:
     """(value, sorted numbers) when the text passes their character filter, parses, and uses exactly
     the given numbers; else None."""
     if not text or not set(text) <= _PAPER_CHARS:

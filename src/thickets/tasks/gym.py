@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from thickets.errors import ThicketsError
 from thickets.tasks.answers import extract_final_number, parse_number
@@ -41,7 +42,7 @@ class GymTask(Task):
     system_prompt: str | None = None
     packages = ("reasoning-gym",)
 
-    def __init__(self, dataset: str, **config):
+    def __init__(self, dataset: str, **config: Any):
         if dataset not in gym_task_names():
             raise ThicketsError(f"unknown reasoning-gym task {dataset!r}; see `thickets tasks` for the list")
         self.dataset = dataset
@@ -50,7 +51,7 @@ class GymTask(Task):
         self.name = f"gym:{dataset}"
         self.description = f"reasoning-gym {dataset}"
 
-    def _dataset(self, seed: int):
+    def _dataset(self, seed: int) -> Any:
         import reasoning_gym
 
         try:
@@ -66,7 +67,7 @@ class GymTask(Task):
                 id=f"{self.name}:{entry['question']}", prompt=entry["question"] + _INSTRUCTION, data={"entry": entry}
             )
 
-    def example_from_row(self, row: dict) -> Example:
+    def example_from_row(self, row: Mapping[str, Any]) -> Example:
         """An example from a reasoning-gym entry as the dataset gives it ({"question", "answer",
         "metadata"}), or wrapped as {"entry": ...} (`thickets score`)."""
         entry = row.get("entry", row)
@@ -107,5 +108,5 @@ class GymTask(Task):
         return self.score_batch([example], [completion])[0]
 
 
-def _is_integer(answer) -> bool:
+def _is_integer(answer: object) -> bool:
     return isinstance(answer, int) or (isinstance(answer, str) and answer.strip().lstrip("-").isdigit())

@@ -9,7 +9,7 @@ prompt); the candidate's score, what the search ranks, is the mean reward over a
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from thickets.errors import ThicketsError
@@ -19,6 +19,8 @@ SEP = "|"
 
 
 class MultiTask(Task):
+    parts: Mapping[str, Task]  # always set: a multi-task run has its parts
+
     def __init__(self, parts: dict[str, Task]):
         if len(parts) < 2:
             raise ThicketsError("a multi-task run needs at least two different tasks")

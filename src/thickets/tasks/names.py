@@ -34,7 +34,7 @@ def get_task(
     if sep and kind in KINDS:
         if not rest:
             raise ThicketsError(f"task {name!r} needs a data file: {kind}:PATH")
-        task = make_file_task(kind, rest, columns)
+        task: Task = make_file_task(kind, rest, columns)
     elif name in KINDS:  # no data: enough to score one example (`thickets score`), not to search
         task = KINDS[name]([], name, columns)
     else:

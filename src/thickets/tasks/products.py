@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from thickets.tasks.base import Example, Score, Task
 from thickets.tasks.registry import task
@@ -35,7 +36,7 @@ class GymNumberTask(Task):
     system_prompt: str | None = None
     packages = ("reasoning-gym",)  # generates the examples
 
-    def __init__(self, name: str, dataset: str, description: str, **config):
+    def __init__(self, name: str, dataset: str, description: str, **config: Any):
         self.name, self.dataset, self.description, self.config = name, dataset, description, config
 
     def examples(self, seed: int) -> Iterator[Example]:

@@ -38,7 +38,7 @@ class RewardProcess:
 
     def __init__(self, spec: str, timeout_s: float):
         self.spec, self.timeout_s = spec, timeout_s
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self.source: str | None = None
 
     def _start(self) -> None:
@@ -58,8 +58,9 @@ class RewardProcess:
             raise ThicketsError(f"cannot load reward {self.spec}: {reply.get('error', '')}")
         self.source = reply.get("source")
 
-    def _ask(self, message: tuple, doing: str) -> dict:
+    def _ask(self, message: tuple[str, Any], doing: str) -> dict[str, Any]:
         proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None  # started, with both pipes
         send(proc.stdin, message)  # if it is gone, the read below says how
         line = read_line(proc.stdout, self.timeout_s)
         if line is None:
@@ -69,6 +70,7 @@ class RewardProcess:
                 f"{doing}; fix it or raise --reward-timeout"
             )
         if not line:
+            status: int | str
             try:
                 status = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -79,12 +81,13 @@ class RewardProcess:
                 f"{doing}; a reward function must return its rewards"
             )
         try:
-            return json.loads(line)
+            reply: dict[str, Any] = json.loads(line)
+            return reply
         except ValueError:
             self.close()
             raise ThicketsError(f"reward function {self.spec}: its process answered garbage") from None
 
-    def call(self, kwargs: dict) -> dict:
+    def call(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = None
             self._start()
@@ -113,7 +116,7 @@ def load_reward(spec: str, timeout_s: float = 300.0) -> tuple[RewardProcess, str
     return proc, spec, digest
 
 
-def _columns(examples: Sequence[Example]) -> dict[str, list]:
+def _columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
     """Each example's original row (or its data) as TRL passes dataset columns: one list per column."""
     rows = [ex.data.get("row", ex.data) for ex in examples]
     keys = [k for k in rows[0] if all(k in r for r in rows)] if rows else []
@@ -155,11 +158,11 @@ class RewardTask(Task):
             raise _Raised(reply.get("error", "failed"))
         return self._validate(reply["rewards"], len(completions))
 
-    def _validate(self, values: list, n: int) -> list[float]:
+    def _validate(self, values: list[Any], n: int) -> list[float]:
         who = f"reward function {self.reward_name}"
         if len(values) != n:
             raise ThicketsError(f"{who} returned {len(values)} rewards for {n} completions")
-        rewards = []
+        rewards: list[float] = []
         for i, v in enumerate(values):
             if not (v is None or isinstance(v, float)):
                 shown = v[0] if isinstance(v, list) else repr(v)  # the worker sends what is not a number as its repr
@@ -185,6 +188,7 @@ class RewardTask(Task):
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         if self.style is None:
             self.check(examples)
+        assert self.style is not None  # check() set it, or raised
         try:
             rewards = self._call(examples, completions, self.style)
         except _Raised as e:

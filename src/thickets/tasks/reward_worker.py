@@ -19,17 +19,20 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from thickets.tasks.code.pipes import receive
 
 
-def _load(spec: str):
+def _load(spec: str) -> tuple[Callable[..., Any], str | None]:
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
         name = f"thickets_reward_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None  # a .py path has a source loader
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
@@ -42,10 +45,10 @@ def _load(spec: str):
     return fn, getattr(module, "__file__", None)
 
 
-def _jsonable(values) -> list:
+def _jsonable(values: Iterable[object]) -> list[float | list[str] | None]:
     """The rewards as JSON: numbers as floats, None as None, anything else (a bool, a string, NaN) as its
     repr in a one-item list, so the parent can name what the function returned."""
-    out = []
+    out: list[float | list[str] | None] = []
     for v in values:
         if v is None:
             out.append(None)
@@ -60,13 +63,13 @@ def main() -> None:
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # the function's prints go to stderr, never into the replies
 
-    def reply(obj) -> None:
+    def reply(obj: object) -> None:
         data = (json.dumps(obj) + "\n").encode()
         view = memoryview(data)
         while view:
             view = view[os.write(reply_fd, view) :]
 
-    fn = None
+    fn: Any = None  # the user's function once loaded (called before that, the TypeError is its reply)
     while True:
         message = receive(0)
         if message is None:

@@ -8,6 +8,7 @@ A larger test split therefore extends a smaller one, and stored test answers sta
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Task
@@ -16,7 +17,7 @@ from thickets.tasks.base import Example, Task
 _MAX_REPEATS = 10_000
 
 
-def _distinct(task: Task, seed: int):
+def _distinct(task: Task, seed: int) -> Iterator[Example]:
     seen: set[str] = set()
     repeats = 0
     for ex in task.examples(seed):

@@ -19,7 +19,7 @@ from thickets.tasks.code.sandbox import Outcome, scorer_sandbox
 _GYM: dict[tuple[str, str], Any] = {}
 
 
-def _gym_dataset(dataset: str, config_json: str):
+def _gym_dataset(dataset: str, config_json: str) -> Any:
     key = (dataset, config_json)
     if key not in _GYM:
         import reasoning_gym  # in the sandbox's zygote only
@@ -33,7 +33,7 @@ def gym_warm(dataset: str, config_json: str) -> None:
     _gym_dataset(dataset, config_json)
 
 
-def gym_score(dataset: str, config_json: str, answer: str, entry: dict) -> float:
+def gym_score(dataset: str, config_json: str, answer: str, entry: dict[str, Any]) -> float:
     return float(_gym_dataset(dataset, config_json).score_answer(answer, entry))
 
 
@@ -43,7 +43,7 @@ def math_warm() -> None:
         importlib.import_module(module)
 
 
-def math_score(gold: str, answer: str) -> dict:
+def math_score(gold: str, answer: str) -> dict[str, Any]:
     """math-verify's verdict on one boxed answer and a vote key that equivalent answers share."""
     from math_verify import parse, verify
 
@@ -81,7 +81,7 @@ def math_key(expr: Any) -> str:
     return str(expr)
 
 
-def sandboxed(target: str, calls: list[tuple]) -> list[Outcome]:
+def sandboxed(target: str, calls: list[tuple[Any, ...]]) -> list[Outcome]:
     """Run `thickets.tasks.third_party:<target>` on each args tuple in the shared scorer sandbox."""
     return scorer_sandbox().call_many(f"{__name__}:{target}", calls)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +80,7 @@ def _unflatten(cfg: ToyConfig, flat: torch.Tensor) -> list[tuple[torch.Tensor, t
     return layers
 
 
-def forward(layers, x: torch.Tensor) -> torch.Tensor:
+def forward(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
     """x [N, S, CONTEXT] -> next value [N, S]: candidate n's weights on its own S windows."""
     h = x
     for i, (w, b) in enumerate(layers):
@@ -126,7 +128,7 @@ def pretrain(cfg: ToyConfig, families: tuple[str, ...], init: str = "kaiming", s
         pred = forward(_unflatten(cfg, p[None]), x[None])[0]
         loss = ((pred - win[:, CONTEXT]) ** 2).mean()
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         opt.step()
         sched.step()
     return p.detach()
@@ -153,7 +155,7 @@ def target_signals(cfg: ToyConfig, target: str) -> torch.Tensor:
 
 def randopt(
     cfg: ToyConfig, base: torch.Tensor, signals: torch.Tensor, eps: torch.Tensor, sigma: float, chunk: int = 250
-) -> dict:
+) -> dict[str, Any]:
     """Score base + sigma * eps[i] for every i; the density of improvements, best and top-K."""
     base_preds = rollout(cfg, base[None], signals)
     base_mse = float(mse(base_preds, signals)[0])
@@ -187,7 +189,7 @@ def run(
     regimes: dict[str, tuple[str, ...]] | None = None,
     targets: tuple[str, ...] = TARGETS,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """The whole grid: every regime x target, at the regime's sigma and over the sigma sweep."""
     regimes = REGIMES if regimes is None else regimes
     t0 = time.perf_counter()

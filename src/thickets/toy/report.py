@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from thickets.analysis.plots import pyplot, save
 from thickets.toy.signals import CONTEXT, LENGTH, X
 
 
-def group(cell: dict) -> str:
+def group(cell: dict[str, Any]) -> str:
     """none / single, target in its family / single, target outside / mixed."""
     if cell["regime"] == "mixed":
         return "mixed"
@@ -20,9 +21,9 @@ def group(cell: dict) -> str:
     return "single, in family" if cell["in_family"] else "single, outside"
 
 
-def summary(result: dict) -> list[dict]:
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per group: mean density (beats the base), density with the margin, best and top-K error over base."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in ("none", "single, in family", "single, outside", "mixed"):
         cells = [c for c in result["cells"] if group(c) == name]
         if not cells:
@@ -40,7 +41,7 @@ def summary(result: dict) -> list[dict]:
     return rows
 
 
-def write(result: dict, out: Path) -> list[Path]:
+def write(result: dict[str, Any], out: Path) -> list[Path]:
     """results.json and the PNG figures in `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
@@ -54,7 +55,7 @@ def write(result: dict, out: Path) -> list[Path]:
     ]
 
 
-def density_heatmap(result: dict, path: Path) -> Path:
+def density_heatmap(result: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     regimes = list(dict.fromkeys(c["regime"] for c in result["cells"]))
     targets = list(dict.fromkeys(c["target"] for c in result["cells"]))
@@ -82,7 +83,7 @@ def density_heatmap(result: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def sigma_sweep(result: dict, path: Path) -> Path:
+def sigma_sweep(result: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     regimes = list(dict.fromkeys(c["regime"] for c in result["cells"]))
@@ -99,13 +100,13 @@ def sigma_sweep(result: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def rollout_figures(result: dict, out: Path, n_random: int = 12) -> list[Path]:
+def rollout_figures(result: dict[str, Any], out: Path, n_random: int = 12) -> list[Path]:
     """For each specific target: per regime, the base, random perturbations and the top-K rollouts."""
     plt = pyplot()
     examples = result.get("_examples", {})
     regimes = list(dict.fromkeys(r for r, _ in examples))
     targets = [t for t in dict.fromkeys(t for _, t in examples) if not t.startswith("family/")]
-    paths = []
+    paths: list[Path] = []
     for target in targets:
         cols = min(4, len(regimes))
         rows = -(-len(regimes) // cols)

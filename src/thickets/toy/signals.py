@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
@@ -37,7 +38,8 @@ def sawtooth(rng: np.random.Generator) -> np.ndarray:
 
 def harmonic(rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(0.8, 2.0)
-    return sum(rng.uniform(0.2, 0.6) * np.sin(h * base * X + rng.uniform(0, 2 * math.pi)) for h in (1, 2, 3))
+    waves = (rng.uniform(0.2, 0.6) * np.sin(h * base * X + rng.uniform(0, 2 * math.pi)) for h in (1, 2, 3))
+    return cast(np.ndarray, sum(waves))  # three arrays: never sum()'s start value 0
 
 
 def sigmoid_step(rng: np.random.Generator) -> np.ndarray:

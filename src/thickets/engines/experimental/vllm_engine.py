@@ -11,6 +11,7 @@ engine. Prefix caching is off (the weights change between candidates); decoding 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.experimental.vllm_layout import Dims, pieces, shard_noise
@@ -20,7 +21,10 @@ from thickets.noise import ParamFilter, PerturbationSpec
 class ThicketsWorkerExtension:
     """Mixed into each vLLM worker; called through LLM.collective_rpc."""
 
-    def _thickets_state(self):
+    model_runner: Any  # the vLLM worker's, which this class is mixed into
+    model_config: Any
+
+    def _thickets_state(self) -> dict[str, Any]:
         import torch
         from transformers import AutoConfig
 
@@ -31,7 +35,7 @@ class ThicketsWorkerExtension:
             rank, size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
             dims = Dims.of(AutoConfig.from_pretrained(self.model_config.model))
             params = dict(model.named_parameters())
-            self._thickets = {
+            self._thickets: dict[str, Any] = {
                 "params": params,
                 "base": {n: p.detach().clone() for n, p in params.items()},
                 "pieces": {n: pieces(n, dims, rank, size) for n in params},
@@ -39,7 +43,9 @@ class ThicketsWorkerExtension:
             torch.cuda.empty_cache()
         return self._thickets
 
-    def thickets_perturb(self, seed: int, sigma: float, strategy: str, include, exclude) -> None:
+    def thickets_perturb(
+        self, seed: int, sigma: float, strategy: str, include: Sequence[str], exclude: Sequence[str]
+    ) -> None:
         import torch
 
         state = self._thickets_state()
@@ -58,7 +64,7 @@ class ThicketsWorkerExtension:
                 p.copy_(state["base"][name])
 
 
-def vllm_requests(tokenizer, prompts: Sequence[str], add_special_tokens: bool) -> list[dict]:
+def vllm_requests(tokenizer: Any, prompts: Sequence[str], add_special_tokens: bool) -> list[dict[str, list[int]]]:
     """Token ids, not strings: vLLM would tokenize a string with special tokens, so a chat template
     that already holds the BOS text would get a second BOS. The ids are the transformers engine's."""
     return [{"prompt_token_ids": ids} for ids in prompt_token_ids(tokenizer, prompts, add_special_tokens)]
@@ -114,7 +120,7 @@ class VLLMEngine:
         outs = self.llm.generate(vllm_requests(self.tokenizer, prompts, add_special_tokens), params, use_tqdm=False)
         return [cut_at_stop(o.outputs[0].text, stop) for o in outs]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "engine": "vllm",
             "dtype": self.dtype,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Dims:
     tied: bool
 
     @classmethod
-    def of(cls, config) -> Dims:
+    def of(cls, config: Any) -> Dims:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
             config.hidden_size,
@@ -66,7 +67,7 @@ def _split(n: int, rank: int, size: int) -> tuple[int, int]:
     return rank * per, (rank + 1) * per
 
 
-def _rows(name, shape, lo, hi, dest, cols=None) -> Piece:
+def _rows(name: str, shape: tuple[int, ...], lo: int, hi: int, dest: int, cols: tuple[int, int] | None = None) -> Piece:
     ncols = shape[1] if len(shape) > 1 else 1
     c0, c1 = cols or (0, ncols)
     return Piece(name, shape, lo, hi, c0, c1, dest)

@@ -18,6 +18,8 @@ wall clock, kills a child that runs over, and sends the parent one JSON line per
 runs in a fresh fork, so nothing one answer does (monkeypatching the scorer, say) reaches the next.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib.util
 import json
@@ -28,7 +30,13 @@ import signal
 import sys
 import time
 
+TYPE_CHECKING = False  # typing is not imported at run time: nothing but what the launcher needs is loaded
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+
 _spec = importlib.util.spec_from_file_location("thickets_pipes", os.path.join(os.path.dirname(__file__), "pipes.py"))
+assert _spec is not None and _spec.loader is not None  # a .py path always has a source loader
 pipes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pipes)
 
@@ -64,14 +72,14 @@ _REFUSED = (
 )
 
 
-def _mount_jail(run_dir, scratch_mb, binds):
+def _mount_jail(run_dir: str, scratch_mb: int, binds: Sequence[str]) -> None:
     """A fresh root on tmpfs: read-only binds of the system, Python and `binds`, a private /sandbox."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC = 1, 2, 4, 8, 32, 4096, 16384
 
-    def mount(src, dst, fstype, flags, data=None):
+    def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
         if (
             libc.mount(src and src.encode(), dst.encode(), fstype and fstype.encode(), flags, data and data.encode())
             != 0
@@ -79,13 +87,13 @@ def _mount_jail(run_dir, scratch_mb, binds):
             e = ctypes.get_errno()
             raise OSError(e, "mount %s on %s: %s" % (src, dst, os.strerror(e)))
 
-    def bind(src, dst, flags):
+    def bind(src: str, dst: str, flags: int) -> None:
         mount(src, dst, None, BIND | REC)
         mount(None, dst, None, REMOUNT | BIND | flags)
 
     root = os.path.join(run_dir, "root")
     mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,mode=755")
-    done = []
+    done: list[str] = []
     system = [
         "/bin",
         "/sbin",
@@ -132,7 +140,7 @@ def _mount_jail(run_dir, scratch_mb, binds):
     os.makedirs("tmp")
 
 
-def _become_init():
+def _become_init() -> None:
     """In a new PID namespace we are its init: fork, wait, and report a signal death as 128 + signal
     ourselves (unshare does not pass some signals on reliably, e.g. SIGXCPU)."""
     pid = os.fork()
@@ -141,7 +149,7 @@ def _become_init():
         os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def _limit(cpu_s, memory_mb, nproc):
+def _limit(cpu_s: int, memory_mb: int, nproc: int) -> None:
     for lim, val in (
         (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
         (resource.RLIMIT_AS, (memory_mb << 20,) * 2),
@@ -153,11 +161,11 @@ def _limit(cpu_s, memory_mb, nproc):
         resource.setrlimit(lim, val)
 
 
-def _refuse(*a, **k):
+def _refuse(*a: object, **k: object) -> NoReturn:
     raise PermissionError("disabled in the thickets sandbox")
 
 
-def _patch(no_network):
+def _patch(no_network: bool) -> None:
     """Defence in depth only (ctypes gets past it): no new processes, signals or sockets from Python."""
     import _posixsubprocess
     import socket
@@ -169,10 +177,11 @@ def _patch(no_network):
     if no_network:  # namespace mode needs none: its network namespace has no route anywhere
 
         class _NoSocket(socket.socket):  # a subclass, so that ssl and asyncio still import
-            def __init__(self, *a, **k):
+            def __init__(self, *a: object, **k: object) -> None:
                 _refuse()
 
-        socket.socket = socket.SocketType = _NoSocket
+        for name in ("socket", "SocketType"):
+            setattr(socket, name, _NoSocket)
         for name in ("socketpair", "create_connection", "create_server", "fromfd", "getaddrinfo"):
             setattr(socket, name, _refuse)
 
@@ -180,13 +189,13 @@ def _patch(no_network):
 # -- role "script" ------------------------------------------------------------------------------
 
 
-def _run_script(source, token, done_fd, no_network):
+def _run_script(source: str, token: bytes, done_fd: int, no_network: bool) -> NoReturn:
     import types
 
     _patch(no_network)
     main = types.ModuleType("__main__")
     main.__file__ = "main.py"
-    main.__builtins__ = __builtins__
+    main.__dict__["__builtins__"] = __builtins__
     sys.modules["__main__"] = main
     sys.argv = ["main.py"]
     code = compile(source, "main.py", "exec")
@@ -200,7 +209,9 @@ def _run_script(source, token, done_fd, no_network):
 # -- role "server" -------------------------------------------------------------------------------
 
 
-def _call_in_child(fn, args, cpu_s, memory_mb, no_network):
+def _call_in_child(
+    fn: Callable[..., Any], args: Sequence[Any], cpu_s: int, memory_mb: int, no_network: bool
+) -> tuple[int, int]:
     """Fork; the child computes fn(*args) with limits and writes JSON to a pipe. (status, value)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -215,6 +226,7 @@ def _call_in_child(fn, args, cpu_s, memory_mb, no_network):
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
             resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
             _patch(no_network)
+            out: dict[str, Any]
             try:
                 out = {"ok": True, "value": fn(*args)}
             except MemoryError:
@@ -231,9 +243,10 @@ def _call_in_child(fn, args, cpu_s, memory_mb, no_network):
     return pid, r
 
 
-def _wait_child(pid, r, timeout_s):
+def _wait_child(pid: int, r: int, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    data, timed_out = [], False
+    data: list[bytes] = []
+    timed_out = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -262,7 +275,7 @@ def _wait_child(pid, r, timeout_s):
     return out
 
 
-def _serve(config, no_network):
+def _serve(config: dict[str, Any], no_network: bool) -> NoReturn:
     """Requests: 4-byte length + pickled (op, target, payload) from the trusted parent on stdin;
     replies: one JSON line each on fd 1 (set aside before anything else can write to it)."""
     import importlib
@@ -270,15 +283,15 @@ def _serve(config, no_network):
     reply_fd = os.dup(1)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 1)
-    cache = {}
+    cache: dict[str, Callable[..., Any]] = {}
 
-    def resolve(target):
+    def resolve(target: str) -> Callable[..., Any]:
         if target not in cache:
             module, _, name = target.partition(":")
             cache[target] = getattr(importlib.import_module(module), name)
         return cache[target]
 
-    def reply(obj):
+    def reply(obj: object) -> None:
         data = (json.dumps(obj) + "\n").encode()
         view = memoryview(data)
         while view:
@@ -309,7 +322,7 @@ def _serve(config, no_network):
         reply({"ok": True, "value": results})
 
 
-def main():
+def main() -> None:
     config = json.loads(sys.argv[1])
     mode, role, run_dir = config["mode"], config["role"], config["run_dir"]
     try:

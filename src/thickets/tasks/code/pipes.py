@@ -71,7 +71,7 @@ def read_line(stream: IO[bytes], timeout_s: float) -> bytes | None:
     return bytes(buf)
 
 
-def end(proc: subprocess.Popen) -> None:
+def end(proc: subprocess.Popen[bytes]) -> None:
     """Kill a helper process and the process group it leads, reap it, and close our ends of its pipes."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -99,7 +99,7 @@ def _read_capped(path: Path, max_output: int) -> str:
     return f"{head.decode('utf-8', 'replace')}\n...[{size - 2 * half} bytes cut]...\n{tail.decode('utf-8', 'replace')}"
 
 
-def _argv(mode: str, config: dict, tag: str = "thickets-sandbox") -> list[str]:
+def _argv(mode: str, config: dict[str, Any], tag: str = "thickets-sandbox") -> list[str]:
     python = [
         sys.executable,
         "-I",
@@ -185,6 +185,7 @@ def _run(
                 )
             except OSError as e:
                 return SandboxResult(False, "error", None, "", f"could not start the sandbox: {e}")
+            assert proc.stdin is not None  # stdin=PIPE
             try:
                 proc.stdin.write(token)  # read by the launcher before any untrusted code runs
                 proc.stdin.close()
@@ -291,9 +292,9 @@ class ScorerSandbox:
     def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 2048, mode: str | None = None):
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self.mode = mode or isolation()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._run_dir: Path | None = None
-        self._warmed: list[tuple[str, tuple]] = []
+        self._warmed: list[tuple[str, tuple[Any, ...]]] = []
         self._lock = threading.Lock()
 
     def _start(self) -> None:
@@ -338,8 +339,9 @@ class ScorerSandbox:
         with self._lock:
             self._stop()
 
-    def _request(self, op: str, target: str, payload, deadline_s: float):
+    def _request(self, op: str, target: str, payload: Any, deadline_s: float) -> Any:
         proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None  # started, with both pipes
         if not send(proc.stdin, (op, target, payload)):
             raise ScorerSandboxError("the scorer sandbox died")
         line = read_line(proc.stdout, deadline_s)
@@ -350,7 +352,7 @@ class ScorerSandbox:
             raise ScorerSandboxError(reply.get("error", "the scorer sandbox failed"))
         return reply["value"]
 
-    def warm(self, target: str, args: Sequence = ()) -> None:
+    def warm(self, target: str, args: Sequence[Any] = ()) -> None:
         """Run a trusted set-up function in the zygote (now and after every restart)."""
         with self._lock:
             key = (target, tuple(args))
@@ -360,7 +362,7 @@ class ScorerSandbox:
             if self._proc is not None:
                 self._request("warm", target, tuple(args), 120.0)
 
-    def call_many(self, target: str, calls: Sequence[Sequence]) -> list[Outcome]:
+    def call_many(self, target: str, calls: Sequence[Sequence[Any]]) -> list[Outcome]:
         if not calls:
             return []
         payload = (self.timeout_s, max(1, int(self.timeout_s + 0.999)), self.memory_mb, [tuple(a) for a in calls])

@@ -109,7 +109,7 @@ class HumanEvalTask(Task):
         d = example.data
         answer = clean_code(extract_code(completion))
         if answer is not None and f"def {d['entry_point']}(" not in answer and answer.lstrip() == answer:
-            answer_body = textwrap.indent(answer, "    ")  # a body written flush left
+            answer_body: str | None = textwrap.indent(answer, "    ")  # a body written flush left
         else:
             answer_body = answer
         # The prompt always comes first: it holds the imports and helpers a full function may use,

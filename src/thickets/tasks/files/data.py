@@ -45,8 +45,8 @@ def load_rows(path: str | Path, split: str | None = None) -> list[dict[str, Any]
     return rows
 
 
-def _jsonl(p: Path) -> list[dict]:
-    rows = []
+def _jsonl(p: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for n, line in enumerate(_read_text(p).split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
         if not line.strip():
             continue
@@ -60,7 +60,7 @@ def _jsonl(p: Path) -> list[dict]:
     return rows
 
 
-def _json(p: Path) -> list[dict]:
+def _json(p: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(_read_text(p))
     except json.JSONDecodeError as e:
@@ -79,9 +79,9 @@ def _json(p: Path) -> list[dict]:
     return data
 
 
-def _csv(p: Path) -> list[dict]:
+def _csv(p: Path) -> list[dict[str, Any]]:
     """CSV cells are strings; a cell holding a JSON list or object (e.g. a list of choices) is decoded."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     reader = csv.DictReader(io.StringIO(_read_text(p), newline=""))
     if reader.fieldnames is None:
         return []
@@ -109,18 +109,19 @@ def _maybe_json(cell: str) -> Any:
     return cell
 
 
-def _parquet(p: Path) -> list[dict]:
+def _parquet(p: Path) -> list[dict[str, Any]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ThicketsError("reading Parquet needs pyarrow: pip install pyarrow") from None
     try:
-        return pq.read_table(p).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(p).to_pylist()
+        return rows
     except Exception as e:  # pyarrow raises several types for a broken file
         raise ThicketsError(f"{p}: not a readable Parquet file ({e})") from None
 
 
-def _datasets_folder(p: Path, split: str | None) -> list[dict]:
+def _datasets_folder(p: Path, split: str | None) -> list[dict[str, Any]]:
     if not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()):
         raise ThicketsError(f"{p} is a folder but not one saved by datasets' save_to_disk")
     try:
@@ -145,7 +146,8 @@ def _datasets_folder(p: Path, split: str | None) -> list[dict]:
         ds = ds[split]
     elif split is not None:
         raise ThicketsError(f"{p} is a single dataset; it has no split {split!r}")
-    return ds.to_list()
+    rows: list[dict[str, Any]] = ds.to_list()
+    return rows
 
 
 def _read_text(p: Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from thickets.tasks.answers import (
     parse_latex,
     parse_number,
 )
-from thickets.tasks.base import Score
+from thickets.tasks.base import Example, Score
 from thickets.tasks.extract import MAX_ANSWER_CHARS, last_tag, normalise
 from thickets.tasks.files.data import fingerprint, load_rows
 from thickets.tasks.files.mbpp import MBPPTask
@@ -51,7 +51,7 @@ class NumberTask(RowTask):
         "after '####', like this: #### 42"
     )
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         question = _text(self.get(row, where, "question", "problem", "prompt", "input"), "the question", where)
         answer = self.get(row, where, "answer", "target", "output", "solution")
         text = str(answer)
@@ -62,7 +62,7 @@ class NumberTask(RowTask):
             raise ThicketsError(f"{where}: cannot read a number from the answer {text[-60:]!r}")
         return {"question": question, "answer": number_key(gold)}
 
-    def score(self, example, completion):
+    def score(self, example: Example, completion: str) -> Score:
         answer = extract_final_number(completion)
         if answer is None:
             return Score(None, None, 0.0, False)
@@ -84,7 +84,7 @@ class MathTask(RowTask):
     packages = ("math-verify",)
     _PROMPT = "{question}\n\nReason step by step, and put your final answer within \\boxed{{}}."
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         question = _text(self.get(row, where, "question", "problem", "prompt", "input"), "the problem", where)
         answer = self.get(row, where, "answer", "final_answer", "solution")
         if isinstance(answer, list) and answer:  # OlympiadBench keeps final_answer as a list
@@ -95,16 +95,16 @@ class MathTask(RowTask):
             raise ThicketsError(f"{where}: math-verify cannot read the reference answer {gold[:60]!r}")
         return {"question": question, "answer": gold}
 
-    def score_batch(self, examples, completions):
+    def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         answers = [last_boxed(c) for c in completions]
         todo = [i for i, a in enumerate(answers) if a is not None and latex_is_safe(a)]
-        verdicts: dict[int, dict] = {}
+        verdicts: dict[int, dict[str, Any]] = {}
         if todo:
             warm("math_warm")
             for i, out in zip(todo, sandboxed("math_score", [(examples[i].data["answer"], answers[i]) for i in todo])):
                 if out.ok and isinstance(out.value, dict) and out.value.get("parsed"):
                     verdicts[i] = out.value
-        scores = []
+        scores: list[Score] = []
         for i, answer in enumerate(answers):
             v = verdicts.get(i)
             if answer is None:
@@ -117,7 +117,7 @@ class MathTask(RowTask):
                 scores.append(Score(answer, key if isinstance(key, str) else None, float(correct), correct))
         return scores
 
-    def score(self, example, completion):
+    def score(self, example: Example, completion: str) -> Score:
         return self.score_batch([example], [completion])[0]
 
 
@@ -125,7 +125,7 @@ class ChoiceTask(RowTask):
     kind = "mc"
     kind_description = "multiple choice, letter extracted from 'The answer is (B)' and the like"
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         question = _text(self.get(row, where, "question", "prompt", "input"), "the question", where)
         labels = None
         if "choices" in self.columns or any(n in row for n in ("choices", "options")):
@@ -140,14 +140,14 @@ class ChoiceTask(RowTask):
         index = _choice_index(answer, [str(c) for c in choices], labels, where)
         return {"question": question, "choices": [str(c) for c in choices], "answer": LETTERS[index]}
 
-    def prompt(self, fields):
+    def prompt(self, fields: dict[str, Any]) -> str:
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(fields["choices"]))
         return (
             f"{fields['question']}\n\n{options}\n\nAnswer with the letter of the correct choice, "
             f"like this: The answer is (A)."
         )
 
-    def score(self, example, completion):
+    def score(self, example: Example, completion: str) -> Score:
         choices = example.data["choices"]
         letter = extract_choice(completion, len(choices))
         if letter is None:  # a reply that is exactly one choice's text ("4" among "3", "4", "5") names it
@@ -160,7 +160,7 @@ class ChoiceTask(RowTask):
         return Score(letter, letter, float(correct), correct)
 
 
-def _choice_index(answer: Any, choices: list[str], labels: list | None, where: str) -> int:
+def _choice_index(answer: Any, choices: list[str], labels: list[Any] | None, where: str) -> int:
     """Which choice the gold answer names: through the row's own labels when it has them (ARC labels
     some questions "1".."4"); a JSON integer is a 0-based index (MMLU's layout); text is a choice's
     text first (an answer "3" among choices "1".."4" is the third), else a letter, else an index."""
@@ -196,7 +196,7 @@ class OrderingTask(RowTask):
     kind = "ordering"
     kind_description = "put shuffled sentences in order; reward = share of positions right, correct = exact"
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         if "sentences" in self.columns or "sentences" in row:
             sentences = self.get(row, where, "sentences")
         else:  # ROCStories' own columns
@@ -213,7 +213,7 @@ class OrderingTask(RowTask):
         gold = [shown.index(k) + 1 for k in range(len(sentences))]
         return {"shown": [sentences[k] for k in shown], "answer": gold}
 
-    def prompt(self, fields):
+    def prompt(self, fields: dict[str, Any]) -> str:
         listing = "\n".join(f"{i + 1}. {s}" for i, s in enumerate(fields["shown"]))
         n = len(fields["shown"])
         example = " ".join(map(str, [2, 1] + list(range(3, n + 1))))
@@ -223,7 +223,7 @@ class OrderingTask(RowTask):
             f"like this: <answer>{example}</answer>"
         )
 
-    def score(self, example, completion):
+    def score(self, example: Example, completion: str) -> Score:
         gold = tuple(example.data["answer"])
         order = extract_order(completion, len(gold))
         if order is None:
@@ -239,13 +239,14 @@ class PromptTask(RowTask):
     kind_description = "prompts only; reward from --reward; correct when the reward reaches 1"
     needs_reward = True
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         return {"question": _text(self.get(row, where, "prompt", "question", "input"), "the prompt", where)}
 
-    def prompt(self, fields):
-        return fields["question"]
+    def prompt(self, fields: dict[str, Any]) -> str:
+        question: str = fields["question"]
+        return question
 
-    def score(self, example, completion):
+    def score(self, example: Example, completion: str) -> Score:
         answer = last_tag(completion)
         if answer is None:
             lines = [line for line in completion[-MAX_ANSWER_CHARS:].splitlines() if line.strip()]
@@ -265,7 +266,7 @@ KINDS: dict[str, type[RowTask]] = {
 }
 
 
-def make_file_task(kind: str, spec: str, columns: Mapping[str, str] | None = None):
+def make_file_task(kind: str, spec: str, columns: Mapping[str, str] | None = None) -> RowTask:
     """A task of `kind` over the rows of `spec` (a path, optionally `#split` for a saved DatasetDict)."""
     path, _, split = spec.partition("#")
     rows = load_rows(path, split or None)

@@ -34,7 +34,7 @@ class MBPPTask(RowTask):
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         super().__init__(rows, name, columns, source)
 
-    def fields(self, row, where):
+    def fields(self, row: Mapping[str, Any], where: str) -> dict[str, Any]:
         text, tests = self.get(row, where, "prompt", "text"), self.get(row, where, "tests", "test_list")
         if (
             not isinstance(text, str)
@@ -46,7 +46,7 @@ class MBPPTask(RowTask):
         setup = row.get(self.columns.get("setup", "setup"), row.get("test_setup_code", "")) or ""
         return {"text": text, "tests": tests, "setup": setup}
 
-    def prompt(self, fields):
+    def prompt(self, fields: dict[str, Any]) -> str:
         return (
             f"{fields['text']}\nYour code should pass these tests:\n\n"
             + "\n".join(fields["tests"])

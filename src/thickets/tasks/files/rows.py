@@ -39,7 +39,7 @@ class RowTask(Task):
             f"{len(rows)} rows from {self.source}: {self.kind_description}" if rows else self.kind_description
         )
 
-    def _example(self, i: int, row: dict[str, Any]) -> Example:
+    def _example(self, i: int, row: Mapping[str, Any]) -> Example:
         where = f"{self.source} row {i + 1}"
         fields = self.fields(row, where)
         ident = row.get("id", row.get("task_id"))
@@ -50,7 +50,7 @@ class RowTask(Task):
     def get(self, row: Mapping[str, Any], where: str, *names: str) -> Any:
         return column(row, names, self.columns, where)
 
-    def example_from_row(self, row: dict[str, Any]) -> Example:
+    def example_from_row(self, row: Mapping[str, Any]) -> Example:
         """An example from one row as the user's file has it (used by `thickets score`)."""
         return self._example(0, row)
 
