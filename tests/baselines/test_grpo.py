@@ -25,7 +25,7 @@ def test_one_grpo_step_through_trl_changes_the_weights(tiny_model_dir, tmp_path,
             model=str(tiny_model_dir),
             task="toy",
             steps=1,
-            num_generations=2,
+            num_generations=4,
             prompts_per_step=2,
             max_new_tokens=4,
             val_size=4,
@@ -38,7 +38,7 @@ def test_one_grpo_step_through_trl_changes_the_weights(tiny_model_dir, tmp_path,
     trained, _, _ = load(log["model_dir"])
     assert _changed(base, trained) > 0
     assert len(log["steps"]) == 1 and 0 <= log["steps"][0]["reward"] <= 1
-    assert log["tokens"] == 4 * 4  # 2 prompts x 2 generations x 4 tokens (the tiny model never stops early)
+    assert 2 * 4 <= log["tokens"] <= 2 * 4 * 4  # 2 prompts x 4 generations of 1 to 4 tokens
 
 
 def test_the_trl_reward_is_the_task_reward_for_chat_and_plain_completions():

@@ -1,13 +1,11 @@
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import CLI, cli_env
 from thickets.cli.commands import main
-
-RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def _search_args(model, run_dir, **over):
@@ -73,10 +71,8 @@ def test_another_config_on_an_existing_run_is_refused_and_the_store_untouched(
 def test_corrupt_gguf_is_reported_in_one_line(tmp_path, monkeypatch):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00\x01garbage" * 100)
-    env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run(
-        [sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env
-    )
+    env = cli_env(THICKETS_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([*CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env)
     assert r.returncode == 2
     assert r.stderr.startswith("thickets: error: cannot read GGUF file") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -118,10 +114,8 @@ def test_tasks_lists_builtin_and_gym_tasks(capsys):
 def test_a_gguf_with_a_good_header_but_corrupt_body_is_one_line_too(tmp_path):
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
-    env = {**__import__("os").environ, "THICKETS_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run(
-        [sys.executable, RUN_CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env
-    )
+    env = cli_env(THICKETS_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([*CLI, *_search_args(bad, tmp_path / "run")], capture_output=True, text=True, env=env)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("thickets: error: cannot read GGUF file") and "Traceback" not in r.stderr, r.stderr

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-RUN_CLI = str(Path(__file__).parent / "run_cli.py")
+from tests.support import CLI, cli_env
 
 
 def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_dir, tmp_path):
     log = tmp_path / "job.log"
-    env = {**os.environ, "THICKETS_PROGRESS_SECONDS": "0"}
+    env = cli_env(THICKETS_PROGRESS_SECONDS="0")
     run = str(tmp_path / "run")
     with open(log, "w") as out:
         for argv in (
@@ -35,12 +32,7 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
             ],
             ["ensemble", "--run-dir", run, "--top-k", "1", "--test-size", "2"],
         ):
-            assert (
-                subprocess.run(
-                    [sys.executable, RUN_CLI, *argv], stdout=out, stderr=subprocess.STDOUT, env=env
-                ).returncode
-                == 0
-            )
+            assert subprocess.run([*CLI, *argv], stdout=out, stderr=subprocess.STDOUT, env=env).returncode == 0
     lines = log.read_text().splitlines()
     search = [line for line in lines if line.startswith("search ")]
     assert search[0].startswith("search 0/3 (0%)") and search[-1].startswith("search 3/3 (100%)")
@@ -50,11 +42,10 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
 
 
 def test_the_interval_keeps_a_log_short(tiny_model_dir, tmp_path):
-    env = {**os.environ, "THICKETS_PROGRESS_SECONDS": "3600"}
+    env = cli_env(THICKETS_PROGRESS_SECONDS="3600")
     r = subprocess.run(
         [
-            sys.executable,
-            RUN_CLI,
+            *CLI,
             "search",
             "--model",
             str(tiny_model_dir),

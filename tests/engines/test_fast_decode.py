@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import make_tiny_model
 from thickets.engines import fast_decode
 from thickets.engines.base import cut_at_stop
 from thickets.engines.transformers_engine import TransformersEngine
@@ -21,11 +20,6 @@ PROMPTS = [
     "Write a poem\n",
     "x",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2") / "model", family="qwen2")
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])

