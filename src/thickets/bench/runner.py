@@ -206,7 +206,7 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
         }
     )
     results.update(bench_decode.measure(engine, cfg.batch_sizes, cfg.decode_tokens, progress=progress))
-    # what the issue allows: 2 x the float32 model (the base and the perturbed copy) + the KV cache
+    # the budget: 2 x the float32 model (the base and the perturbed copy) + the KV cache
     # of a search's batch (batch_size rows, the longest validation prompt plus max_new_tokens)
     c = model.config
     kv_heads = getattr(c, "num_key_value_heads", c.num_attention_heads)
