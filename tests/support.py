@@ -131,3 +131,34 @@ def make_legacy_tiny_model(out: Path) -> Path:
 
     gguf = embedded_gguf_path()
     return make_tiny_model(out, tokenizer=AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+
+
+def search_argv(
+    model: Path | str,
+    run_dir: Path | str,
+    *extra: str,
+    task: str = "toy",
+    population: int | str = 2,
+    sigma: str = "0.05",
+    val_size: int | str = 3,
+    max_new_tokens: int | str = 3,
+) -> list[str]:
+    """`thickets search` on a tiny model with small sizes: what most command-line tests run."""
+    return [
+        "search",
+        "--model",
+        str(model),
+        "--task",
+        task,
+        "--population",
+        str(population),
+        "--sigma",
+        sigma,
+        "--val-size",
+        str(val_size),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]

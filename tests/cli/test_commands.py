@@ -122,43 +122,21 @@ def test_a_gguf_with_a_good_header_but_corrupt_body_is_one_line_too(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_score_explains_a_reward_and_survives_an_exponent_bomb(tmp_path, capsys):
+def _score_countdown(completion_file, capsys) -> dict:
     import json
 
+    example = '{"numbers": [3, 5, 7], "target": 6}'
+    assert main(["score", "--task", "countdown", "--example", example, "--completion-file", str(completion_file)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_score_explains_a_reward_and_survives_an_exponent_bomb(tmp_path, capsys):
     f = tmp_path / "c.txt"
     f.write_text("<think>easy</think><answer>(7 - 5) * 3 + 0 * 9**9**9**9</answer>")
-    assert (
-        main(
-            [
-                "score",
-                "--task",
-                "countdown",
-                "--example",
-                '{"numbers": [3, 5, 7], "target": 6}',
-                "--completion-file",
-                str(f),
-            ]
-        )
-        == 0
-    )
-    out = json.loads(capsys.readouterr().out)
+    out = _score_countdown(f, capsys)
     assert out["reward"] == 0.1 and out["correct"] is False and out["vote_key"] is None
     f.write_text("<answer>(7 - 5) * 3</answer>")
-    assert (
-        main(
-            [
-                "score",
-                "--task",
-                "countdown",
-                "--example",
-                '{"numbers": [3, 5, 7], "target": 6}',
-                "--completion-file",
-                str(f),
-            ]
-        )
-        == 0
-    )
-    out = json.loads(capsys.readouterr().out)
+    out = _score_countdown(f, capsys)
     assert out == {
         "task": "countdown",
         "answer": "(7 - 5) * 3",

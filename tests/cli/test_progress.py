@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.support import CLI, cli_env
+from tests.support import CLI, cli_env, search_argv
 
 
 def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_dir, tmp_path):
@@ -13,23 +13,7 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
     run = str(tmp_path / "run")
     with open(log, "w") as out:
         for argv in (
-            [
-                "search",
-                "--model",
-                str(tiny_model_dir),
-                "--task",
-                "toy",
-                "--population",
-                "3",
-                "--sigma",
-                "0.05",
-                "--val-size",
-                "3",
-                "--max-new-tokens",
-                "3",
-                "--run-dir",
-                run,
-            ],
+            search_argv(tiny_model_dir, run, population=3),
             ["ensemble", "--run-dir", run, "--top-k", "1", "--test-size", "2"],
         ):
             assert subprocess.run([*CLI, *argv], stdout=out, stderr=subprocess.STDOUT, env=env).returncode == 0
@@ -44,24 +28,7 @@ def test_search_and_ensemble_print_plain_progress_lines_into_a_log(tiny_model_di
 def test_the_interval_keeps_a_log_short(tiny_model_dir, tmp_path):
     env = cli_env(THICKETS_PROGRESS_SECONDS="3600")
     r = subprocess.run(
-        [
-            *CLI,
-            "search",
-            "--model",
-            str(tiny_model_dir),
-            "--task",
-            "toy",
-            "--population",
-            "4",
-            "--sigma",
-            "0.05",
-            "--val-size",
-            "3",
-            "--max-new-tokens",
-            "3",
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
+        [*CLI, *search_argv(tiny_model_dir, tmp_path / "run", population=4)],
         capture_output=True,
         text=True,
         env=env,

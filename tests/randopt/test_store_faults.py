@@ -16,31 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CLI, cli_env
+from tests.support import CLI, cli_env, search_argv
 from thickets.cli.commands import main
 from thickets.randopt.store import DB_NAME, RunStore
 
 
-def args(model, run_dir, *extra, task="toy", population="2"):
-    return [
-        "--quiet",
-        "search",
-        "--model",
-        str(model),
-        "--task",
-        task,
-        "--population",
-        population,
-        "--sigma",
-        "0.05",
-        "--val-size",
-        "3",
-        "--max-new-tokens",
-        "3",
-        "--run-dir",
-        str(run_dir),
-        *extra,
-    ]
+def args(model, run_dir, *extra, **sizes):
+    return ["--quiet", *search_argv(model, run_dir, *extra, **sizes)]
 
 
 def snapshot(path: Path):
