@@ -7,7 +7,7 @@ import torch
 
 from thickets.engines import fast_decode
 from thickets.engines.base import cut_at_stop
-from thickets.engines.transformers_engine import TransformersEngine
+from thickets.engines.transformers_engine import TransformersEngine, hf_generate_greedy
 from thickets.models import load
 from thickets.noise import PerturbationSpec
 
@@ -35,20 +35,7 @@ def _encode(tok, prompts):
 
 
 def hf_tokens(model, tok, prompts, n, stop=()):
-    enc = _encode(tok, prompts)
-    with torch.inference_mode():
-        gen = model.generate(
-            **enc,
-            do_sample=False,
-            max_new_tokens=n,
-            pad_token_id=tok.pad_token_id,
-            stop_strings=list(stop) or None,
-            tokenizer=tok if stop else None,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-    return gen[:, enc["input_ids"].shape[1] :]
+    return hf_generate_greedy(model, tok, _encode(tok, prompts), n, stop)
 
 
 def fast_tokens(model, tok, prompts, n, stop=(), **kw):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from thickets.engines import fast_decode, render_prompt
+from thickets.engines.transformers_engine import hf_generate_greedy
 from thickets.progress import bar
 
 if TYPE_CHECKING:
@@ -73,12 +74,9 @@ def _prompts(tok: Any, batch: int) -> list[str]:
     return [render_prompt(tok, PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))) for i in range(batch)]
 
 
-@torch.inference_mode()
-def _hf(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
-    out: torch.Tensor = model.generate(
-        **enc, do_sample=False, max_new_tokens=n, pad_token_id=pad, temperature=None, top_p=None, top_k=None
-    )
-    return out[:, enc["input_ids"].shape[1] :]
+def _hf(tok: Any, model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
+    out: torch.Tensor = hf_generate_greedy(model, tok, enc, n)
+    return out
 
 
 def _ours(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
@@ -119,7 +117,7 @@ def measure(
         with bar("bench: decode", len(batch_sizes) * repeats, progress) as update:
             for b in batch_sizes:
                 enc = tok(_prompts(tok, b), return_tensors="pt", padding=True, add_special_tokens=False)
-                paths = {"ours": _ours, "hf": _hf}
+                paths: dict[str, Callable[..., torch.Tensor]] = {"ours": _ours, "hf": partial(_hf, tok)}
                 best = {(p, n): float("inf") for p in paths for n in (1, new_tokens)}
                 for fn in paths.values():
                     fn(model, enc, 2, pad)  # warm
@@ -136,7 +134,7 @@ def measure(
                 a = fast_decode.generate_greedy(
                     model, enc["input_ids"], enc["attention_mask"], new_tokens, pad_token_id=pad
                 )
-                h = _hf(model, enc, new_tokens, pad)
+                h = hf_generate_greedy(model, tok, enc, new_tokens)
                 res["decode"][b] = {
                     "prompt_tokens": int(enc["attention_mask"].sum()),
                     "new_tokens": b * new_tokens,

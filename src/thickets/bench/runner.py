@@ -23,6 +23,7 @@ from thickets.bench import decode as bench_decode
 from thickets.bench.config import BenchConfig
 from thickets.engines import load_engine, render_prompt
 from thickets.engines.base import cut_at_stop
+from thickets.engines.transformers_engine import hf_generate_greedy
 from thickets.noise import PerturbationSpec, add_noise_
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -117,20 +118,10 @@ def naive_candidate(
         if spec is not None:
             add_noise_(spec, [(n, p.detach().numpy()) for n, p in params.items() if spec.filter.keeps(n)])
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **enc,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            stop_strings=list(stop) or None,
-            tokenizer=tok if stop else None,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        new = hf_generate_greedy(model, tok, enc, max_new_tokens, stop)
         for n, p in params.items():
             p.copy_(saved[n])
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    texts = tok.batch_decode(new, skip_special_tokens=True)
     return [cut_at_stop(t, stop) for t in texts]
 
 

@@ -47,6 +47,21 @@ def neutral_generation_config(model: Any, tokenizer: Any) -> Iterator[None]:
         model.generation_config = shipped
 
 
+@torch.inference_mode()
+def hf_generate_greedy(model: Any, tokenizer: Any, enc: Any, max_new_tokens: int, stop: Sequence[str] = ()) -> Any:
+    """transformers' own greedy `generate` under the neutral config: the reference our fast decoder must
+    match, and the path for architectures it does not cover. Returns only the new tokens."""
+    with neutral_generation_config(model, tokenizer):
+        out = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            stop_strings=list(stop) or None,
+            tokenizer=tokenizer if stop else None,
+        )
+    return out[:, enc["input_ids"].shape[1] :]
+
+
 class TransformersEngine:
     """Keeps the base weights untouched and swaps a perturbed working copy in: restore is exact in
     any dtype and costs nothing.
@@ -145,14 +160,7 @@ class TransformersEngine:
                     stop_strings=stop,
                 )
             else:
-                with neutral_generation_config(self.model, tok):
-                    new = self.model.generate(
-                        **enc,
-                        do_sample=False,
-                        max_new_tokens=max_new_tokens,
-                        stop_strings=list(stop) or None,
-                        tokenizer=tok if stop else None,
-                    )[:, enc["input_ids"].shape[1] :]
+                new = hf_generate_greedy(self.model, tok, enc, max_new_tokens, stop)
             texts = tok.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = cut_at_stop(text, stop)
