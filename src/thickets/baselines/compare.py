@@ -66,7 +66,7 @@ class CompareConfig:
 def _accuracy(engine: Engine, task: Task, test: Sequence[Example], config: SearchConfig) -> tuple[float, int]:
 
     rows = evaluate(engine, task, test, config)
-    return float(np.mean([r[3].correct for r in rows])), count_tokens(engine.tokenizer, [r[2] for r in rows])
+    return float(np.mean([r.score.correct for r in rows])), count_tokens(engine.tokenizer, [r.completion for r in rows])
 
 
 def run_randopt(

@@ -136,8 +136,8 @@ def run_es(
     def score(spec: PerturbationSpec) -> float:
         nonlocal tokens
         rows = evaluate(engine, task, val, search_cfg, spec)
-        tokens += count_tokens(engine.tokenizer, [r[2] for r in rows])
-        return float(np.mean([r[3].reward for r in rows]))
+        tokens += count_tokens(engine.tokenizer, [r.completion for r in rows])
+        return float(np.mean([r.score.reward for r in rows]))
 
     with bar("es", cfg.iterations, progress) as update:
         update(advance=len(log["iterations"]))
@@ -155,5 +155,5 @@ def run_es(
             tmp.replace(log_path)  # the checkpoint: atomic, after every iteration
             update(mean=f"{rec['mean_reward']:.3f}")
     final = evaluate(engine, task, val, search_cfg)  # theta itself
-    log["final_val_reward"] = float(np.mean([r[3].reward for r in final]))
+    log["final_val_reward"] = float(np.mean([r.score.reward for r in final]))
     return log
