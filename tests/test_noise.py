@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 import sys
 
@@ -6,6 +7,9 @@ import pytest
 
 from thickets.noise import (
     CHUNK,
+    NOISE_VERSION,
+    NOISE_VERSIONS,
+    WINDOW,
     ParamFilter,
     PerturbationSpec,
     add_noise_,
@@ -13,54 +17,65 @@ from thickets.noise import (
     standard_noise,
 )
 
+VERSIONS = pytest.mark.parametrize("version", sorted(NOISE_VERSIONS))
 
-def test_same_seed_and_name_give_the_same_noise_in_another_process():
+
+@VERSIONS
+def test_same_seed_and_name_give_the_same_noise_in_another_process(version):
     code = (
         "from thickets.noise import *; import hashlib;"
-        "noise = standard_noise(PerturbationSpec(7, 1e-3), 'model.layers.0.mlp.up_proj.weight', (300, 70));"
+        f"noise = standard_noise(PerturbationSpec(7, 1e-3, version={version}), "
+        "'model.layers.0.mlp.up_proj.weight', (300, 70));"
         "print(hashlib.sha256(noise.tobytes()).hexdigest())"
     )
     outs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         for _ in range(2)
     }
-    import hashlib
-
     here = hashlib.sha256(
-        standard_noise(PerturbationSpec(7, 1e-3), "model.layers.0.mlp.up_proj.weight", (300, 70)).tobytes()
+        standard_noise(
+            PerturbationSpec(7, 1e-3, version=version), "model.layers.0.mlp.up_proj.weight", (300, 70)
+        ).tobytes()
     ).hexdigest()
     assert outs == {here + "\n"}
 
 
-def test_same_shaped_tensors_get_uncorrelated_noise():
-    spec = PerturbationSpec(3, 1.0)
+@VERSIONS
+def test_same_shaped_tensors_get_uncorrelated_noise(version):
+    spec = PerturbationSpec(3, 1.0, version=version)
     a = standard_noise(spec, "model.layers.0.self_attn.k_proj.weight", (256, 512)).ravel()
     b = standard_noise(spec, "model.layers.0.self_attn.v_proj.weight", (256, 512)).ravel()
     assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(a.size)
     assert abs(a.mean()) < 0.01 and abs(a.std() - 1) < 0.01
 
 
-def test_different_seeds_give_different_noise_and_sigma_scales_it():
-    a = noise(PerturbationSpec(1, 1e-3), "w", (1000,))
-    b = noise(PerturbationSpec(2, 1e-3), "w", (1000,))
-    c = noise(PerturbationSpec(1, 2e-3), "w", (1000,))
+@VERSIONS
+def test_different_seeds_give_different_noise_and_sigma_scales_it(version):
+    a = noise(PerturbationSpec(1, 1e-3, version=version), "w", (1000,))
+    b = noise(PerturbationSpec(2, 1e-3, version=version), "w", (1000,))
+    c = noise(PerturbationSpec(1, 2e-3, version=version), "w", (1000,))
     assert not np.array_equal(a, b)
     np.testing.assert_allclose(c, 2 * a, rtol=1e-6)
 
 
-@pytest.mark.parametrize("start,stop", [(0, 10), (CHUNK - 5, CHUNK + 5), (CHUNK + 1, 2 * CHUNK + 3), (17, 3 * CHUNK)])
-def test_any_slice_can_be_generated_on_its_own(start, stop):
-    spec = PerturbationSpec(11, 1e-3)
+@VERSIONS
+@pytest.mark.parametrize(
+    "start,stop",
+    [(0, 10), (CHUNK - 5, CHUNK + 5), (CHUNK + 1, 2 * CHUNK + 3), (17, 3 * CHUNK), (WINDOW - 1, WINDOW + 1), (5, 5)],
+)
+def test_any_slice_can_be_generated_on_its_own(version, start, stop):
+    spec = PerturbationSpec(11, 1e-3, version=version)
     full = standard_noise(spec, "big", (3 * CHUNK + 7,)).ravel()
     np.testing.assert_array_equal(standard_noise(spec, "big", (3 * CHUNK + 7,), start, stop), full[start:stop])
 
 
-def test_a_filter_does_not_change_the_noise_of_the_parameters_it_keeps():
+@VERSIONS
+def test_a_filter_does_not_change_the_noise_of_the_parameters_it_keeps(version):
     shapes = {"a.weight": (64, 32), "b.weight": (64, 32), "c.bias": (64,)}
 
     def perturbed(filt):
         params = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
-        add_noise_(PerturbationSpec(5, 0.01, filter=filt), params.items())
+        add_noise_(PerturbationSpec(5, 0.01, filter=filt, version=version), params.items())
         return params
 
     every = perturbed(ParamFilter())
@@ -70,8 +85,9 @@ def test_a_filter_does_not_change_the_noise_of_the_parameters_it_keeps():
     assert every["a.weight"].any()
 
 
-def test_add_noise_matches_noise_and_is_independent_of_threads(monkeypatch):
-    spec = PerturbationSpec(9, 0.02)
+@VERSIONS
+def test_add_noise_matches_noise_and_is_independent_of_threads(monkeypatch, version):
+    spec = PerturbationSpec(9, 0.02, version=version)
     shape = (CHUNK // 512 + 3, 1024)  # more than two chunks
     results = []
     for threads in ("1", "2"):
@@ -94,3 +110,27 @@ def test_bad_specs_are_refused():
         PerturbationSpec(1, 0.0)
     with pytest.raises(ValueError):
         PerturbationSpec(1, 1e-3, strategy="nope")
+    with pytest.raises(ValueError, match="unknown noise version"):
+        PerturbationSpec(1, 1e-3, version=99)
+
+
+# The streams runs were made with, pinned: a change to either map breaks every run folder made with it.
+PINNED = {
+    1: "cd52bdd0ebea44dc27d55e5f0c176d1128c48d83cf4e94a555db70b22ff60b81",
+    2: "77f86da4f55fc001ea2fef78e5114b4271087a170422dba20b60b4c4bd754f6b",
+}
+
+
+@VERSIONS
+def test_each_version_makes_the_noise_it_always_made(version):
+    x = standard_noise(PerturbationSpec(123, 1.0, version=version), "model.embed_tokens.weight", (3, WINDOW + 5))
+    assert hashlib.sha256(x.tobytes()).hexdigest() == PINNED[version]
+
+
+def test_new_runs_take_the_newest_version_and_its_noise_is_standard_normal():
+    assert max(NOISE_VERSIONS) == NOISE_VERSION
+    x = standard_noise(PerturbationSpec(4, 1.0), "w", (1 << 20,)).ravel()
+    assert abs(x.mean()) < 5e-3 and abs(x.std() - 1) < 5e-3
+    assert abs(np.mean(x**4) - 3) < 0.05  # Gaussian kurtosis, not merely unit variance
+    # neighbouring windows of one stream are not copies of each other
+    assert abs(np.corrcoef(x[:WINDOW], x[WINDOW : 2 * WINDOW])[0, 1]) < 5 / np.sqrt(WINDOW)

@@ -1,31 +1,51 @@
-"""Perturbation noise as a pure function of (seed, canonical parameter name, shape, sigma, strategy).
+"""Perturbation noise as a pure function of (seed, canonical parameter name, shape, sigma, strategy, version).
 
-Each parameter gets its own stream: a Philox key derived from (seed, name) by BLAKE2b, so
-same-shaped tensors get independent noise and a filter that keeps fewer parameters never
-changes the noise of the ones it keeps. The flattened tensor is cut into fixed chunks of
-CHUNK elements; chunk c draws from the Philox counter c << 64. That makes any slice cheap
-to generate on its own (an engine that shards or fuses tensors generates only its piece),
-and lets chunks be generated in parallel threads. Within a chunk NumPy's float32 ziggurat
-turns the bits into standard normals. Nothing here knows about models or engines.
+Every parameter gets its own stream keyed by (seed, name) through BLAKE2b, so same-shaped tensors
+get independent noise and a filter that keeps fewer parameters never changes the noise of the ones
+it keeps. Any slice of a stream can be made on its own (an engine that shards or fuses tensors
+makes only its piece). Two versions of the map exist; a run records which it was made with:
+
+1. Philox4x64 per name, cut into 2^20-element chunks (chunk c at counter c << 64), NumPy's float32
+   ziggurat within a chunk. About 5 ns per parameter on the host: the runs of release 0.1.
+2. One table of 2^25 standard normals, made once per process from a fixed Philox key with the
+   version-1 generator; a stream is a sequence of 4096-element windows of the table, window c of
+   (seed, name) starting at a keyed 64-bit hash of c. Making noise is a gather of contiguous
+   windows, so it runs at memory speed on whatever device holds the table and the weight, and every
+   device reads the same float32 values: they are copies of the table's. Salimans et al. (2017)
+   share a table the same way; keying every 4096-element window (not one offset per perturbation)
+   keeps streams apart: two windows coincide in part with probability about 2^-12 per pair.
+
+Nothing here knows about models, engines or torch; engines gather on their device with the
+offsets from window_offsets().
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from thickets.errors import SpecError
 
-#: recorded in every run and recipe; bump when the map from spec to noise changes
-NOISE_VERSION = "thickets-noise-1 (philox4x64 per name, 2^20-element chunks, numpy ziggurat float32)"
-CHUNK = 1 << 20
+#: every map from spec to noise thickets has made, by the number a run records; add one, never change one
+NOISE_VERSIONS = {
+    1: "thickets-noise-1 (philox4x64 per name, 2^20-element chunks, numpy ziggurat float32)",
+    2: "thickets-noise-2 (keyed 4096-element windows of one 2^25-entry float32 normal table)",
+}
+#: what new runs use
+NOISE_VERSION = 2
+CHUNK = 1 << 20  # version 1's chunk; also the unit add_noise_ hands to a thread
+WINDOW = 1 << 12
+TABLE_SIZE = 1 << 25
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -49,12 +69,23 @@ class PerturbationSpec:
     sigma: float
     strategy: str = "gaussian"
     filter: ParamFilter = field(default_factory=ParamFilter)
+    version: int = NOISE_VERSION
+    rank: int = 0  #: the low-rank strategy's R; 0 for full-rank strategies
 
     def __post_init__(self) -> None:
         if not (isinstance(self.sigma, numbers.Real) and self.sigma > 0 and np.isfinite(self.sigma)):
             raise SpecError(f"sigma must be a positive, finite number, got {self.sigma}")
-        if self.strategy not in STRATEGIES:
-            raise SpecError(f"unknown noise strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.version not in NOISE_VERSIONS:
+            raise SpecError(f"unknown noise version {self.version!r}; this thickets makes {sorted(NOISE_VERSIONS)}")
+        if (self.version, self.strategy) not in _FILLERS:
+            known = sorted(s for v, s in _FILLERS if v == self.version)
+            raise SpecError(
+                f"unknown noise strategy {self.strategy!r} for noise version {self.version}; known: {', '.join(known)}"
+            )
+        if self.strategy == "lowrank" and not (isinstance(self.rank, numbers.Integral) and self.rank >= 1):
+            raise SpecError(f"the lowrank strategy needs a rank of at least 1, got {self.rank}")
+        if self.strategy != "lowrank" and self.rank:
+            raise SpecError(f"a rank ({self.rank}) is for the lowrank strategy, not {self.strategy!r}")
         if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63):
             raise SpecError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
@@ -82,9 +113,13 @@ def _standard_chunk(key: int, chunk: int, out: np.ndarray) -> None:
     gen.standard_normal(out=out, dtype=np.float32)
 
 
-def _gaussian(seed: int, name: str, numel: int, start: int, stop: int, out: np.ndarray) -> None:
+def _numel(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+
+
+def _gaussian(spec: PerturbationSpec, name: str, shape: Sequence[int], start: int, stop: int, out: np.ndarray) -> None:
     """Fill `out` with elements [start, stop) of the standard-normal stream of (seed, name)."""
-    key = stream_key(seed, name)
+    key, numel = stream_key(spec.seed, name), _numel(shape)
     pos = start
     while pos < stop:
         c = pos // CHUNK
@@ -99,20 +134,116 @@ def _gaussian(seed: int, name: str, numel: int, start: int, stop: int, out: np.n
         pos = min(hi, stop)
 
 
-#: strategy name -> filler(seed, name, numel, start, stop, out) of *standard* noise
-STRATEGIES: dict[str, Callable[[int, str, int, int, int, np.ndarray], None]] = {"gaussian": _gaussian}
+_TABLE_KEY = stream_key(0, "thickets-noise-table")
+
+
+@functools.cache
+def noise_table() -> np.ndarray:
+    """The 2^25 standard normals of version 2, made once per process (about 0.1 s), read-only."""
+    table = np.empty(TABLE_SIZE, dtype=np.float32)
+    _parallel(lambda c: _standard_chunk(_TABLE_KEY, c, table[c * CHUNK : (c + 1) * CHUNK]), range(TABLE_SIZE // CHUNK))
+    table.flags.writeable = False
+    return table
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = x ^ (x >> np.uint64(31))
+    return out
+
+
+def window_offsets(seed: int, name: str, first: int, count: int) -> np.ndarray:
+    """Where in the table windows first..first+count-1 of (seed, name)'s version-2 stream start (int64)."""
+    key = stream_key(seed, name)
+    c = np.arange(first, first + count, dtype=np.uint64)
+    x = _mix64(c * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key & _MASK64))
+    x = _mix64(x ^ np.uint64(key >> 64))
+    return (x % np.uint64(TABLE_SIZE - WINDOW + 1)).astype(np.int64)
+
+
+def window_span(start: int, stop: int) -> tuple[int, int, int]:
+    """The windows that cover elements [start, stop): (first window, count, start's place in the first)."""
+    first = start // WINDOW
+    return first, max(0, -(-stop // WINDOW) - first), start - first * WINDOW
+
+
+def table_stream(seed: int, name: str, start: int, stop: int) -> np.ndarray:
+    """Elements [start, stop) of (seed, name)'s version-2 stream: copies of table windows."""
+    first, count, skip = window_span(start, stop)
+    windows = np.lib.stride_tricks.sliding_window_view(noise_table(), WINDOW)
+    rows: np.ndarray = windows[window_offsets(seed, name, first, count)]
+    return rows.reshape(-1)[skip : skip + stop - start]
+
+
+def _table_gaussian(
+    spec: PerturbationSpec, name: str, shape: Sequence[int], start: int, stop: int, out: np.ndarray
+) -> None:
+    out[:] = table_stream(spec.seed, name, start, stop)
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int] | None:
+    """The (rows, columns) a low-rank perturbation sees: a 2-D or larger weight flattened after its first
+    axis; None for a vector (norms, biases), which a low-rank strategy leaves alone."""
+    return (int(shape[0]), _numel(shape[1:])) if len(shape) >= 2 else None
+
+
+def check_rank(spec: PerturbationSpec, name: str, shape: Sequence[int]) -> None:
+    mat = matrix_shape(shape)
+    if spec.strategy == "lowrank" and mat is not None and spec.rank > min(mat):
+        raise SpecError(
+            f"rank {spec.rank} is above the smaller side of {name} {tuple(shape)}; use --rank {min(mat)} or less"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def lowrank_factors(seed: int, name: str, rows: int, cols: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """A [rows, rank] and B [cols, rank], standard normal, read-only: A the first rows * rank elements of
+    (seed, name)'s version-2 stream, B the next cols * rank."""
+    a = table_stream(seed, name, 0, rows * rank).reshape(rows, rank)
+    b = table_stream(seed, name, rows * rank, (rows + cols) * rank).reshape(cols, rank)
+    a.flags.writeable = b.flags.writeable = False
+    return a, b
+
+
+def _lowrank(spec: PerturbationSpec, name: str, shape: Sequence[int], start: int, stop: int, out: np.ndarray) -> None:
+    """A @ B.T / sqrt(rank): every entry has unit variance, as in the full-rank stream; vectors get zero."""
+    mat = matrix_shape(shape)
+    if mat is None:
+        out[:] = 0
+        return
+    check_rank(spec, name, shape)
+    rows, cols = mat
+    a, b = lowrank_factors(spec.seed, name, rows, cols, spec.rank)
+    r0, r1 = start // cols, -(-stop // cols)
+    block = (a[r0:r1] @ b.T) * np.float32(1 / np.sqrt(spec.rank))
+    out[:] = block.reshape(-1)[start - r0 * cols : stop - r0 * cols]
+
+
+Filler = Callable[[PerturbationSpec, str, Sequence[int], int, int, np.ndarray], None]
+#: (version, strategy) -> filler(spec, name, shape, start, stop, out) of *standard* noise
+_FILLERS: dict[tuple[int, str], Filler] = {
+    (1, "gaussian"): _gaussian,
+    (2, "gaussian"): _table_gaussian,
+    (2, "lowrank"): _lowrank,
+}
+#: the strategies new runs can choose
+STRATEGIES = tuple(s for v, s in _FILLERS if v == NOISE_VERSION)
 
 
 def standard_noise(
     spec: PerturbationSpec, name: str, shape: Sequence[int], start: int = 0, stop: int | None = None
 ) -> np.ndarray:
     """Unit-variance noise for one parameter (flattened slice [start, stop)); multiply by sigma."""
-    numel = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    numel = _numel(shape)
     stop = numel if stop is None else stop
     if not 0 <= start <= stop <= numel:
         raise ValueError(f"slice [{start}, {stop}) out of range for {numel} elements")
     out = np.empty(stop - start, dtype=np.float32)
-    STRATEGIES[spec.strategy](spec.seed, name, numel, start, stop, out)
+    _FILLERS[spec.version, spec.strategy](spec, name, tuple(shape), start, stop, out)
     if start == 0 and stop == numel:
         return out.reshape(tuple(shape))
     return out
@@ -142,10 +273,10 @@ def add_noise_(
     added in one thread while it is in cache; no full-size noise tensor is ever allocated.
     """
     alpha = np.float32(scale * spec.sigma)
-    fill = STRATEGIES[spec.strategy]
+    fill = _FILLERS[spec.version, spec.strategy]
     jobs = []
     for name, arr in params:
-        if not spec.filter.keeps(name):
+        if not spec.filter.keeps(name) or (spec.strategy == "lowrank" and matrix_shape(arr.shape) is None):
             continue
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
             raise TypeError(f"{name}: add_noise_ needs a contiguous float32 array, got {arr.dtype}")
@@ -156,19 +287,23 @@ def add_noise_(
             if src.dtype != np.float32 or src.shape != flat.shape:
                 raise TypeError(f"{name}: base must be float32 of the same shape as the parameter")
         for lo in range(0, flat.size, CHUNK):
-            jobs.append((name, flat, src, lo, min(lo + CHUNK, flat.size)))
+            jobs.append((name, arr.shape, flat, src, lo, min(lo + CHUNK, flat.size)))
 
-    def run(job: tuple[str, np.ndarray, np.ndarray, int, int]) -> None:
-        name, flat, src, lo, hi = job
+    def run(job: tuple[str, tuple[int, ...], np.ndarray, np.ndarray, int, int]) -> None:
+        name, shape, flat, src, lo, hi = job
         buf = np.empty(hi - lo, dtype=np.float32)
-        fill(spec.seed, name, flat.size, lo, hi, buf)
+        fill(spec, name, shape, lo, hi, buf)
         buf *= alpha
         np.add(src[lo:hi], buf, out=flat[lo:hi])
 
+    _parallel(run, jobs)
+
+
+def _parallel(fn: Callable[[Any], None], jobs: Iterable[Any]) -> None:
     threads = _threads()
     if threads == 1:
         for job in jobs:
-            run(job)
+            fn(job)
     else:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, jobs))
+            list(pool.map(fn, jobs))

@@ -79,6 +79,25 @@ def test_an_es_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
         run_es(ESConfig(iterations=3, **common), tmp_path / "b", engine=engine3, progress=False)
 
 
+def test_an_es_log_from_before_noise_versions_resumes_with_the_noise_it_was_made_with(tiny_model_dir, tmp_path):
+    common = dict(model=str(tiny_model_dir), task="toy", population=3, sigma=0.05, alpha=0.02, val_size=3)
+    common.update(max_new_tokens=2, batch_size=4)
+    engine, _ = load_engine(str(tiny_model_dir))
+    run_es(ESConfig(iterations=2, noise_version=1, **common), tmp_path / "v1", engine=engine, progress=False)
+    theta_v1 = {n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()}
+    engine2, _ = load_engine(str(tiny_model_dir))
+    run_es(ESConfig(iterations=1, noise_version=1, **common), tmp_path / "old", engine=engine2, progress=False)
+    log_path = tmp_path / "old" / "es.json"
+    log = json.loads(log_path.read_text())
+    del log["config"]["noise_version"]  # as release 0.1 wrote it
+    log_path.write_text(json.dumps(log))
+    engine3, _ = load_engine(str(tiny_model_dir))
+    resumed = run_es(ESConfig(iterations=2, **common), tmp_path / "old", engine=engine3, progress=False)
+    assert resumed["config"]["noise_version"] == 1
+    theta = canonical_parameters(engine3.model)
+    assert all(torch.equal(theta_v1[n], theta[n]) for n in theta)
+
+
 def test_a_token_budget_stops_es_after_the_iteration_that_reaches_it(tiny_model_dir, tmp_path):
     engine, _ = load_engine(str(tiny_model_dir))
     cfg = ESConfig(

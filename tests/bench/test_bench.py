@@ -64,13 +64,15 @@ def test_search_and_naive_loop_score_the_same_candidates_alike(figures):
 def test_decode_figures_for_each_batch_size(figures):
     for b in (1, 3):
         d = figures["decode"][str(b)]
-        assert d["same_tokens"] is True  # the fast path gave generate's tokens, at every batch size timed
-        assert d["matmul_gflop_s"] > 0 and d["ours_tok_s"] > 0 and d["hf_tok_s"] > 0
+        # both fast paths gave generate's tokens, at every batch size timed
+        assert d["same_tokens"] is True and d["loop_same_tokens"] is True
+        assert d["matmul_gflop_s"] > 0 and d["ours_tok_s"] > 0 and d["hf_tok_s"] > 0 and d["loop_tok_s"] > 0
 
 
 def test_memory_and_load_figures(figures):
     """The parts of a candidate's time are parts of it; a search's peak memory is above the interpreter's."""
     assert 0 < figures["perturb_share"] < 1
+    assert figures["noise_v1_ns_per_param"] > 0 and figures["noise_v2_ns_per_param"] > 0
     assert figures["perturb_restore_s"] < figures["candidate_s"]
     assert figures["peak_rss_gb"] > figures["baseline_rss_gb"] > 0
 

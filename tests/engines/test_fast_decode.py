@@ -163,7 +163,7 @@ def test_a_perturbed_model_decodes_as_generate_on_it(tiny_model_dir):
     assert_same(fast_tokens(engine.model, tok, PROMPTS, 12), base)
 
 
-def test_unsupported_models_fall_back_to_generate(tiny_model_dir, tmp_path):
+def test_models_the_hand_written_decoder_lacks_take_our_loop_over_their_own_forward(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -180,8 +180,9 @@ def test_unsupported_models_fall_back_to_generate(tiny_model_dir, tmp_path):
     ).eval()
     assert not fast_decode.supports(model)
     engine = TransformersEngine(model, tok, batch_size=2)
-    assert engine.describe()["fast_decode"] is False
-    assert len(engine.generate(["a b", "c"], 4)) == 2
+    assert engine.describe()["decoder"] == "hf_decode"
+    prompts = ["a b", "c", "Hello there, how are you"]
+    assert engine.generate(prompts, 8) == TransformersEngine(model, tok, batch_size=2, fast=False).generate(prompts, 8)
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from thickets.noise import NOISE_VERSIONS
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
 from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME, read_config
-from thickets.ship.export import export_candidate
+from thickets.ship.export import export_candidate, spec_from_recipe
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs" / "release-0.1.0"
 
@@ -34,6 +35,7 @@ def old_run(legacy_tiny_model_dir, tmp_path, monkeypatch):
 def test_an_old_run_reads_as_the_release_wrote_it(old_run):
     config = read_config(old_run)
     assert config.batching == "split" and config.population == 3 and config.model == "model"
+    assert config.noise_version == 1  # the stream release 0.1 made its candidates with
 
 
 def test_an_old_run_ensembles_from_its_stored_answers(old_run):
@@ -46,7 +48,9 @@ def test_an_old_run_ensembles_from_its_stored_answers(old_run):
 def test_an_old_run_resumes_with_the_scores_that_release_gave(old_run):
     expected = json.loads((FIXTURE / "expected.json").read_text())["resumed_candidate"]
     old = read_config(old_run)
-    result = search(SearchConfig(**{**old.__dict__, "batching": "chunks", "population": 4}), old_run, progress=False)
+    # a config as a new command line makes it: the newest batching and noise; the folder keeps its own
+    fresh = SearchConfig(**{**old.__dict__, "batching": "chunks", "noise_version": 2, "population": 4})
+    result = search(fresh, old_run, progress=False)
     assert len(result.ranked) == 4
     with sqlite3.connect(old_run / DB_NAME) as con:
         cand = con.execute(
@@ -56,10 +60,10 @@ def test_an_old_run_resumes_with_the_scores_that_release_gave(old_run):
             "SELECT example, example_id, completion, answer, vote_key, reward, correct FROM results "
             "WHERE model='cand:3' AND split='val' ORDER BY example"
         ).fetchall()
-        batching = json.loads(con.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])["batching"]
+        stored = json.loads(con.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
     assert list(cand) == expected["row"]
     assert [list(r) for r in rows] == expected["val"]
-    assert batching == "split"  # the folder keeps the batching its candidates were scored with
+    assert (stored["batching"], stored["noise_version"]) == ("split", 1)  # what its candidates were made with
 
 
 def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path):
@@ -67,7 +71,7 @@ def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path)
 
     expected = json.loads((FIXTURE / "expected.json").read_text())["export_rank_1"]
     old = read_config(old_run)
-    search(SearchConfig(**{**old.__dict__, "population": 4}), old_run, progress=False)
+    search(SearchConfig(**{**old.__dict__, "noise_version": 2, "population": 4}), old_run, progress=False)
     out = export_candidate(old_run, 1, tmp_path / "exported")
     recipe = json.loads((out / "thickets_recipe.json").read_text())
     assert (recipe["run"]["index"], recipe["seed"], recipe["sigma"]) == (
@@ -81,3 +85,4 @@ def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path)
         h.update(name.encode())
         h.update(tensors[name].tobytes())
     assert h.hexdigest() == expected["tensors_sha256"]
+    assert recipe["noise_version"] == NOISE_VERSIONS[1] and spec_from_recipe(recipe).version == 1

@@ -254,6 +254,7 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
     for col in (
         "batch",
         "ours",
+        "loop",
         "HF",
         "ratio",
         "ours step",
@@ -269,6 +270,7 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         t.add_row(
             str(b),
             f"{d['ours_tok_s']:.0f}",
+            f"{d['loop_tok_s']:.0f}",
             f"{d['hf_tok_s']:.0f}",
             f"{r[f'decode_vs_hf_b{b}']:.2f}x",
             f"{d['ours_step_tok_s']:.0f}",
@@ -277,7 +279,7 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
             f"{d['limit_tok_s']:.0f}",
             f"{r[f'roofline_fraction_b{b}']:.0%}",
             f"{r[f'hf_roofline_fraction_b{b}']:.0%}",
-            "yes" if d["same_tokens"] else "NO",
+            ("yes" if d["same_tokens"] else "NO") + ("/yes" if d["loop_same_tokens"] else "/NO"),
         )
     console = Console(width=max(Console().width, 110))
     console.print(t)
@@ -295,6 +297,11 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         f"search {r['search_candidates_per_hour']:.0f} candidates/h vs naive "
         f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
         f"{r['perturb_restore_s']:.3f} s"
+    )
+    console.print(
+        f"noise: {r['noise_v1_ns_per_param']:.2f} ns per parameter with version 1 (host Philox), "
+        f"{r['noise_v2_ns_per_param']:.2f} with version 2 (table windows on the weight's device): "
+        f"{r['noise_v1_vs_v2']:.1f}x"
     )
     console.print(
         f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "

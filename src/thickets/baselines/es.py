@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.noise import PerturbationSpec, add_noise_, derive_seed
+from thickets.noise import NOISE_VERSION, PerturbationSpec, add_noise_, derive_seed
 from thickets.options import option
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -46,6 +46,9 @@ class ESConfig:
     batch_size: int = option(32, "prompts generated together")
     seed: int = option(0, "seed of the perturbations")
     split_seed: int = option(0, "seed of the validation/test splits")
+    noise_version: int = option(
+        NOISE_VERSION, "the map from seed to noise, fixed by the run folder (version 1 before 0.2)", cli=False
+    )
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.population < 2:
@@ -54,7 +57,9 @@ class ESConfig:
             raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
 
     def spec(self, iteration: int, i: int) -> PerturbationSpec:
-        return PerturbationSpec(derive_seed(b"thickets-es", self.seed, iteration, i), self.sigma)
+        return PerturbationSpec(
+            derive_seed(b"thickets-es", self.seed, iteration, i), self.sigma, version=self.noise_version
+        )
 
 
 def zscore(rewards: Sequence[float]) -> np.ndarray:
@@ -109,6 +114,8 @@ def run_es(
     def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         return {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}
 
+    log["config"] = {"noise_version": 1, **log["config"]}  # an ES log from before 0.2 names none
+    cfg = replace(cfg, noise_version=log["config"]["noise_version"])  # the folder decides its noise
     if not same(log["config"], asdict(cfg)):
         raise ThicketsError(
             f"{run_dir} holds an ES run with another config (only --iterations may change); use a new folder"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from thickets.engines import fast_decode, render_prompt
+from thickets.engines import fast_decode, hf_decode, render_prompt
 from thickets.engines.transformers_engine import hf_generate_greedy
 from thickets.progress import bar
 
@@ -79,6 +79,10 @@ def _hf(tok: Any, model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
     return out
 
 
+def _loop(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
+    return hf_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad)
+
+
 def _ours(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
     return fast_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad)
 
@@ -96,7 +100,8 @@ def measure(
     repeats: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Tokens/s of both paths at each batch size, timed interleaved (best of `repeats`), with the
+    """Tokens/s of the three greedy paths at each batch size (the hand-written decoder "ours", our loop
+    over transformers' forward "loop", and `generate` "hf"), timed interleaved (best of `repeats`), with the
     end-of-sequence id switched off so every row makes `new_tokens` tokens on both paths.
 
     Two figures per path: generation (prompt in, `new_tokens` out, what a search pays) and the
@@ -117,7 +122,11 @@ def measure(
         with bar("bench: decode", len(batch_sizes) * repeats, progress) as update:
             for b in batch_sizes:
                 enc = tok(_prompts(tok, b), return_tensors="pt", padding=True, add_special_tokens=False)
-                paths: dict[str, Callable[..., torch.Tensor]] = {"ours": _ours, "hf": partial(_hf, tok)}
+                paths: dict[str, Callable[..., torch.Tensor]] = {
+                    "ours": _ours,
+                    "loop": _loop,
+                    "hf": partial(_hf, tok),
+                }
                 best = {(p, n): float("inf") for p in paths for n in (1, new_tokens)}
                 for fn in paths.values():
                     fn(model, enc, 2, pad)  # warm
@@ -135,10 +144,14 @@ def measure(
                     model, enc["input_ids"], enc["attention_mask"], new_tokens, pad_token_id=pad
                 )
                 h = hf_generate_greedy(model, tok, enc, new_tokens)
+                g = _loop(model, enc, new_tokens, pad)
                 res["decode"][b] = {
                     "prompt_tokens": int(enc["attention_mask"].sum()),
                     "new_tokens": b * new_tokens,
                     "same_tokens": bool(a.shape == h.shape and torch.equal(a, h)),
+                    "loop_same_tokens": bool(g.shape == h.shape and torch.equal(g, h)),
+                    "loop_tok_s": full["loop"],
+                    "loop_step_tok_s": step["loop"],
                     "ours_tok_s": full["ours"],
                     "hf_tok_s": full["hf"],
                     "ours_step_tok_s": step["ours"],
@@ -149,6 +162,8 @@ def measure(
                     "limit_tok_s": limit_tok_s,
                 }
                 res[f"decode_vs_hf_b{b}"] = full["ours"] / full["hf"]
+                res[f"loop_vs_hf_b{b}"] = full["loop"] / full["hf"]
+                res[f"handwritten_vs_loop_b{b}"] = full["ours"] / full["loop"]
                 res[f"decode_step_vs_hf_b{b}"] = step["ours"] / step["hf"]
                 res[f"roofline_fraction_b{b}"] = step["ours"] / limit_tok_s
                 res[f"hf_roofline_fraction_b{b}"] = step["hf"] / limit_tok_s

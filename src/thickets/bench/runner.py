@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -177,13 +178,18 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
         t_naive = time.perf_counter() - t
     del naive_base
 
-    perturb = []
-    for spec in specs:  # apply and restore alone, to know their share of a candidate
-        t = time.perf_counter()
-        engine.perturb(spec)
-        engine.restore()
-        perturb.append(time.perf_counter() - t)
+    # perturb and restore alone, to know their share of a candidate; each noise version in turn (A B A B)
+    perturb: dict[int, list[float]] = {1: [], 2: []}
+    for spec in specs:
+        for version in perturb:
+            t = time.perf_counter()
+            engine.perturb(replace(spec, version=version))
+            engine.restore()
+            perturb[version].append(time.perf_counter() - t)
     per_candidate = t_ours / (cfg.candidates + 1)
+    for version, times in perturb.items():
+        results[f"noise_v{version}_ns_per_param"] = 1e9 * min(times) / n_params
+    results["noise_v1_vs_v2"] = min(perturb[1]) / min(perturb[2])
     results.update(
         {
             "search_candidates_per_hour": 3600 * (cfg.candidates + 1) / t_ours,
@@ -191,9 +197,9 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
             "search_vs_naive": t_naive / t_ours,
             "same_scores": all(abs(a - b) < 1e-9 for a, b in zip(ours, naive)),
             "same_top_k": _top(ours, cfg.top_k) == _top(naive, cfg.top_k),
-            "perturb_restore_s": min(perturb),
+            "perturb_restore_s": min(perturb[config.noise_version]),
             "candidate_s": per_candidate,
-            "perturb_share": min(perturb) / per_candidate,
+            "perturb_share": min(perturb[config.noise_version]) / per_candidate,
         }
     )
     results.update(bench_decode.measure(engine, cfg.batch_sizes, cfg.decode_tokens, progress=progress))

@@ -151,7 +151,7 @@ def _stop_string_criteria(tokenizer: Any, stop_strings: tuple[str, ...]) -> Stop
     return criteria
 
 
-class _Stops:
+class Stops:
     """EOS ids and stop strings; a row is done after the token that ends it (as `generate` decides)."""
 
     def __init__(self, model: Any, tokenizer: Any, stop_strings: Sequence[str], device: torch.device):
@@ -173,7 +173,7 @@ class _Stops:
         return done
 
 
-def _compact_worth_it(n_done: int, n_active: int, steps_left: int) -> bool:
+def compact_worth_it(n_done: int, n_active: int, steps_left: int) -> bool:
     """Drop finished rows when the compute they would still cost outweighs one cache copy.
 
     A row-step (about 2 x params FLOPs) costs far more than copying one row's cache once, so
@@ -311,7 +311,7 @@ def generate_greedy(
     pad_token_id: int,
     tokenizer: Any = None,
     stop_strings: Sequence[str] = (),
-    compact: Callable[[int, int, int], bool] = _compact_worth_it,
+    compact: Callable[[int, int, int], bool] = compact_worth_it,
     share_prefix: bool = True,
 ) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
@@ -331,7 +331,7 @@ def generate_greedy(
     valid = attention_mask.to(torch.bool)
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
-    stops = _Stops(model, tokenizer, stop_strings, device)
+    stops = Stops(model, tokenizer, stop_strings, device)
 
     P = shared_prefix(input_ids, valid) if share_prefix else 0
     if P < MIN_SHARED_PREFIX:

@@ -1,8 +1,9 @@
 """The transformers engine: batched greedy generation on CPU or GPU, in-place perturbation, exact restore.
 
-Greedy generation goes through `fast_decode` (a static-cache decoder over the model's own
-weights, token for token what `generate` gives) for Llama-family and Qwen2 models, and through
-transformers' `generate` for anything else or when built with `fast=False`.
+Greedy generation goes through `fast_decode` (a hand-written static-cache decoder over the model's own
+weights) for Llama-family and Qwen2 models, through `hf_decode` (our decode loop over transformers'
+own forward) for every other decoder-only model, both token for token what `generate` gives, and
+through transformers' `generate` when built with `fast=False` or for a model neither can take.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 if TYPE_CHECKING:
     import numpy
 
-from thickets.engines import fast_decode
+from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
-from thickets.noise import PerturbationSpec, add_noise_, standard_noise
+from thickets.engines.device_noise import perturbed_into_
+from thickets.noise import PerturbationSpec, add_noise_
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,7 +79,13 @@ class TransformersEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.fast = fast and fast_decode.supports(model)  # else transformers' generate
+        #: which greedy decoder this model takes: ours where they apply, else transformers' generate
+        self.decoder = (
+            ("fast_decode" if fast_decode.supports(model) else "hf_decode" if hf_decode.supports(model) else "generate")
+            if fast
+            else "generate"
+        )
+        self.fast = self.decoder != "generate"
         self.params = canonical_parameters(model)
         self._base = {n: p.data for n, p in self.params.items()}
         self._work: dict[str, torch.Tensor] = {}
@@ -95,17 +103,21 @@ class TransformersEngine:
         for n in names:
             if n not in self._work:
                 self._work[n] = torch.empty_like(self._base[n])
-        numpy_ok = [n for n in names if self._base[n].dtype == torch.float32 and self._base[n].device.type == "cpu"]
         with torch.no_grad():
-            add_noise_(
-                spec, [(n, self._work[n].numpy()) for n in numpy_ok], base={n: self._base[n].numpy() for n in numpy_ok}
-            )
-            for n in names:
-                if n in numpy_ok:
-                    continue
-                base = self._base[n]
-                eps = torch.from_numpy(standard_noise(spec, n, tuple(base.shape))).to(base.device)
-                self._work[n].copy_((base.float() + spec.sigma * eps).to(base.dtype))
+            if spec.version == 1:  # release 0.1's stream, made on the host
+                numpy_ok = [
+                    n for n in names if self._base[n].dtype == torch.float32 and self._base[n].device.type == "cpu"
+                ]
+                add_noise_(
+                    spec,
+                    [(n, self._work[n].numpy()) for n in numpy_ok],
+                    base={n: self._base[n].numpy() for n in numpy_ok},
+                )
+                on_device = [n for n in names if n not in numpy_ok]
+            else:
+                on_device = names
+            for n in on_device:
+                perturbed_into_(self._work[n], self._base[n], spec, n)
             for n in names:
                 self.params[n].data = self._work[n]
         self._touched = names
@@ -150,7 +162,7 @@ class TransformersEngine:
             idx = order[lo : lo + self.batch_size]
             enc = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
             if self.fast:
-                new = fast_decode.generate_greedy(
+                new = (fast_decode if self.decoder == "fast_decode" else hf_decode).generate_greedy(
                     self.model,
                     enc["input_ids"],
                     enc["attention_mask"],
@@ -174,4 +186,5 @@ class TransformersEngine:
             "device": p.device.type,
             "batch_size": self.batch_size,
             "fast_decode": self.fast,
+            "decoder": self.decoder,
         }

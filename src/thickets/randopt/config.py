@@ -12,7 +12,7 @@ from typing import Any
 from thickets.engines import ENGINES
 from thickets.errors import ThicketsError
 from thickets.models import DTYPES
-from thickets.noise import STRATEGIES, ParamFilter, PerturbationSpec, candidate_seed
+from thickets.noise import NOISE_VERSION, STRATEGIES, ParamFilter, PerturbationSpec, candidate_seed
 from thickets.options import commas, option, parse_floats, parse_patterns
 from thickets.randopt.racing import MODES, Race
 
@@ -64,10 +64,16 @@ class SearchConfig:
         "scores) or 'split' (runs made before 0.2: the whole split by length)",
         cli=False,
     )
+    noise_version: int = option(
+        NOISE_VERSION,
+        "the map from a candidate's seed to its noise (thickets.noise.NOISE_VERSIONS), fixed by the run folder: "
+        "new runs take the newest; runs made before 0.2 keep version 1",
+        cli=False,
+    )
     #: fields a later call may change without changing what the finished candidates mean
     EXTENDABLE = ("population", "reward_timeout")
     #: fields an existing run folder decides, whatever a later call says
-    INHERITED = ("batching",)
+    INHERITED = ("batching", "noise_version")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
@@ -85,7 +91,8 @@ class SearchConfig:
         if not self.include:
             raise ThicketsError("the parameter filter includes nothing")
         for s in self.sigmas:
-            PerturbationSpec(0, s, self.strategy, self.filter)  # sigma and strategy are checked there, and only there
+            # sigma, strategy and noise version are checked there, and only there
+            PerturbationSpec(0, s, self.strategy, self.filter, self.noise_version)
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ThicketsError(f"sigma grid has repeated values: {self.sigmas}")
         check_split_size("val-size", self.val_size)
@@ -117,6 +124,7 @@ class SearchConfig:
             sigma=self.sigmas[index % len(self.sigmas)],
             strategy=self.strategy,
             filter=self.filter,
+            version=self.noise_version,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,7 +137,7 @@ class SearchConfig:
         unknown = set(d) - known
         if unknown:
             raise ThicketsError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
-        values = {"batching": "split", **d}
+        values = {"batching": "split", "noise_version": 1, **d}
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**kwargs)
 

@@ -23,7 +23,7 @@ from thickets.engines import (
 )
 from thickets.errors import ThicketsError
 from thickets.models import ModelIdentity, load_tokenizer, model_limits, resolve
-from thickets.noise import NOISE_VERSION, PerturbationSpec
+from thickets.noise import NOISE_VERSIONS, PerturbationSpec
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.racing import Race
 from thickets.randopt.store import RunStore, check_compatible, read_config
@@ -182,7 +182,7 @@ def task_packages(task: Task) -> dict[str, str]:
     return out
 
 
-def run_record(identity: ModelIdentity, engine: dict[str, Any], task: Task) -> dict[str, Any]:
+def run_record(config: SearchConfig, identity: ModelIdentity, engine: dict[str, Any], task: Task) -> dict[str, Any]:
     """What, besides the config, is needed to reproduce the run."""
     return {
         "model_identity": identity.to_dict(),
@@ -190,7 +190,7 @@ def run_record(identity: ModelIdentity, engine: dict[str, Any], task: Task) -> d
         "task_description": task.description,
         "task_sources": {role: dict(source) for role, source in task.sources.items()},
         "task_packages": task_packages(task),
-        "noise_version": NOISE_VERSION,
+        "noise_version": NOISE_VERSIONS[config.noise_version],
         "versions": {
             "thickets": __version__,
             **{name: version(name) for name in ("torch", "transformers", "numpy")},

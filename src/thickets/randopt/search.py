@@ -50,7 +50,7 @@ def search(
     executor = executor or InProcessExecutor(config, engine, task=task, val=val)
     executor.adopt(config)
     try:
-        with RunStore.open(run_dir, config, meta=run_record(identity, executor.describe(), task)) as store:
+        with RunStore.open(run_dir, config, meta=run_record(config, identity, executor.describe(), task)) as store:
             # 2. The population: the base first (once), then every index the store lacks, lazily.
             done = store.candidates()
             done_idx = {c.idx for c in done}

@@ -16,7 +16,7 @@ from thickets.disk import written_whole
 from thickets.engines import load_engine
 from thickets.errors import ThicketsError
 from thickets.models import ModelIdentity, resolve
-from thickets.noise import NOISE_VERSION, ParamFilter, PerturbationSpec
+from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec
 from thickets.randopt.scoring import load_run_config
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import rank as rank_candidates
@@ -31,7 +31,7 @@ RECIPE_NAME = "thickets_recipe.json"
 def recipe(identity: dict[str, Any], spec: PerturbationSpec, dtype: str, **extra: Any) -> dict[str, Any]:
     return {
         "thickets_version": __version__,
-        "noise_version": NOISE_VERSION,
+        "noise_version": NOISE_VERSIONS[spec.version],
         "base_model": identity,
         "seed": spec.seed,
         "sigma": spec.sigma,
@@ -110,13 +110,17 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
 
 
 def spec_from_recipe(data: dict[str, Any]) -> PerturbationSpec:
-    if data.get("noise_version") != NOISE_VERSION:
-        raise ThicketsError(f"recipe uses noise {data.get('noise_version')!r}; this thickets makes {NOISE_VERSION!r}")
+    versions = {text: number for number, text in NOISE_VERSIONS.items()}
+    if data.get("noise_version") not in versions:
+        raise ThicketsError(
+            f"recipe uses noise {data.get('noise_version')!r}; this thickets makes {', '.join(map(repr, versions))}"
+        )
     return PerturbationSpec(
         seed=int(data["seed"]),
         sigma=float(data["sigma"]),
         strategy=data["strategy"],
         filter=ParamFilter(tuple(data["include"]), tuple(data["exclude"])),
+        version=versions[data["noise_version"]],
     )
 
 

@@ -139,7 +139,11 @@ def standard_directions(cfg: ToyConfig, n: int) -> torch.Tensor:
     p = n_params(cfg)
     return torch.from_numpy(
         np.stack(
-            [standard_noise(PerturbationSpec(candidate_seed(cfg.seed, i), 1.0), "toy.mlp", (p,)) for i in range(n)]
+            [
+                # version 1, the stream the toy's recorded figures were measured with
+                standard_noise(PerturbationSpec(candidate_seed(cfg.seed, i), 1.0, version=1), "toy.mlp", (p,))
+                for i in range(n)
+            ]
         )
     )
 

@@ -44,12 +44,12 @@ class ThicketsWorkerExtension:
         return self._thickets
 
     def thickets_perturb(
-        self, seed: int, sigma: float, strategy: str, include: Sequence[str], exclude: Sequence[str]
+        self, seed: int, sigma: float, strategy: str, include: Sequence[str], exclude: Sequence[str], version: int
     ) -> None:
         import torch
 
         state = self._thickets_state()
-        spec = PerturbationSpec(seed, sigma, strategy, ParamFilter(tuple(include), tuple(exclude)))
+        spec = PerturbationSpec(seed, sigma, strategy, ParamFilter(tuple(include), tuple(exclude)), version)
         with torch.no_grad():
             for name, p in state["params"].items():
                 eps = torch.from_numpy(shard_noise(spec, state["pieces"][name], tuple(p.shape))).to(p.device)
@@ -101,7 +101,14 @@ class VLLMEngine:
             raise RuntimeError("perturb() called twice without restore()")
         self.llm.collective_rpc(
             "thickets_perturb",
-            args=(spec.seed, spec.sigma, spec.strategy, list(spec.filter.include), list(spec.filter.exclude)),
+            args=(
+                spec.seed,
+                spec.sigma,
+                spec.strategy,
+                list(spec.filter.include),
+                list(spec.filter.exclude),
+                spec.version,
+            ),
         )
         self._perturbed = True
 

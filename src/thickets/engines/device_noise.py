@@ -1,0 +1,112 @@
+"""Version-2 noise made on the device that holds the weight: a gather of table windows, then one add
+(full rank), or two gathered factors and one matrix product (low rank).
+
+The table (noise.noise_table) is copied to each device once per process; after that a candidate's
+noise never crosses the bus: only its window offsets do (8 bytes per 4096 parameters). The values
+are copies of the table's, so CPU and CUDA hold bitwise the same noise, and sigma * noise and
+base + that are single correctly rounded float32 operations on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from thickets.noise import (
+    TABLE_SIZE,
+    WINDOW,
+    PerturbationSpec,
+    check_rank,
+    matrix_shape,
+    noise_table,
+    standard_noise,
+    window_offsets,
+    window_span,
+)
+
+_tables: dict[torch.device, torch.Tensor] = {}
+#: elements made per gather: bounds the temporary to 16 MiB whatever the tensor's size
+PIECE = 1 << 22
+
+
+def table_on(device: torch.device) -> torch.Tensor:
+    """The noise table on `device`, as (TABLE_SIZE - WINDOW + 1, WINDOW) overlapping windows (a view)."""
+    if device not in _tables:
+        _tables[device] = torch.from_numpy(noise_table().copy()).to(device)
+    return _tables[device].as_strided((TABLE_SIZE - WINDOW + 1, WINDOW), (1, 1))
+
+
+def stream_on(seed: int, name: str, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Elements [start, stop) of (seed, name)'s version-2 stream, float32 on `device`."""
+    first, count, skip = window_span(start, stop)
+    offsets = torch.from_numpy(window_offsets(seed, name, first, count)).to(device)
+    return table_on(device).index_select(0, offsets).view(-1)[skip : skip + stop - start]
+
+
+def standard_noise_on(
+    spec: PerturbationSpec, name: str, numel: int, device: torch.device, start: int = 0, stop: int | None = None
+) -> torch.Tensor:
+    """Elements [start, stop) of (spec.seed, name)'s standard-normal stream, float32 on `device`."""
+    stop = numel if stop is None else stop
+    if spec.version == 1:  # release 0.1's stream is made on the host
+        return torch.from_numpy(standard_noise(spec, name, (numel,), start, stop).reshape(-1)).to(device)
+    return stream_on(spec.seed, name, start, stop, device)
+
+
+def lowrank_factors_on(spec: PerturbationSpec, name: str, shape: Sequence[int], device: torch.device) -> LowRank:
+    """A [rows, R] and B [cols, R] of a low-rank perturbation, on `device`, and the scale sigma / sqrt(R)."""
+    mat = matrix_shape(shape)
+    if mat is None:
+        raise ValueError(f"{name} {tuple(shape)} is a vector: the low-rank strategy leaves it alone")
+    check_rank(spec, name, shape)
+    rows, cols = mat
+    r = spec.rank
+    a = stream_on(spec.seed, name, 0, rows * r, device).view(rows, r)
+    b = stream_on(spec.seed, name, rows * r, (rows + cols) * r, device).view(cols, r)
+    return LowRank(a, b, float(np.float32(1 / np.sqrt(r))), spec.sigma)
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """delta = sigma * (a @ b.T) * inv_sqrt_rank: the exact LoRA pair of one perturbed weight."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    inv_sqrt_rank: float
+    sigma: float
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi of delta, float32, in the order of operations noise.noise uses."""
+        block = self.a[lo:hi] @ self.b.T
+        return block.mul_(self.inv_sqrt_rank).mul_(self.sigma)
+
+
+def _add_into(out: torch.Tensor, base: torch.Tensor, delta: torch.Tensor) -> None:
+    """out = base + delta, in float32, rounded once to out's dtype."""
+    if base.dtype == torch.float32:
+        torch.add(base, delta, out=out)
+    else:
+        out.copy_(base.float().add_(delta))
+
+
+@torch.no_grad()
+def perturbed_into_(out: torch.Tensor, base: torch.Tensor, spec: PerturbationSpec, name: str) -> None:
+    """out = base + sigma * noise(name), piece by piece on base's device; out may be in any float dtype."""
+    if spec.strategy == "lowrank":
+        factors = lowrank_factors_on(spec, name, base.shape, base.device)
+        rows, cols = factors.a.shape[0], factors.b.shape[0]
+        out2, base2 = out.view(rows, cols), base.reshape(rows, cols)
+        step = max(1, PIECE // cols)
+        for lo in range(0, rows, step):
+            hi = min(lo + step, rows)
+            _add_into(out2[lo:hi], base2[lo:hi], factors.rows(lo, hi))
+        return
+    flat_out, flat_base = out.view(-1), base.reshape(-1)
+    n = flat_base.numel()
+    for lo in range(0, n, PIECE):
+        hi = min(lo + PIECE, n)
+        eps = standard_noise_on(spec, name, n, base.device, lo, hi)
+        _add_into(flat_out[lo:hi], flat_base[lo:hi], eps.mul_(spec.sigma))

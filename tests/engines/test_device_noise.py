@@ -1,0 +1,58 @@
+"""Noise made on the weight's device is the noise thickets.noise defines, bitwise, on every device."""
+
+import numpy as np
+import pytest
+import torch
+
+from thickets.engines import device_noise
+from thickets.engines.device_noise import perturbed_into_, standard_noise_on
+from thickets.noise import WINDOW, PerturbationSpec, add_noise_, noise, standard_noise
+
+CPU = torch.device("cpu")
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("start,stop", [(0, 3 * WINDOW + 7), (5, WINDOW + 3), (2 * WINDOW, 2 * WINDOW + 1)])
+def test_device_noise_is_the_host_noise_bitwise(version, start, stop):
+    spec = PerturbationSpec(21, 1e-3, version=version)
+    host = standard_noise(spec, "layer.weight", (3 * WINDOW + 7,), start, stop).reshape(-1)
+    for device in DEVICES:
+        made = standard_noise_on(spec, "layer.weight", 3 * WINDOW + 7, device, start, stop)
+        assert made.device.type == device.type
+        np.testing.assert_array_equal(made.cpu().numpy(), host)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_perturbed_weights_equal_add_noise_in_float32_and_any_piece_size(version, monkeypatch):
+    spec = PerturbationSpec(8, 2e-3, version=version)
+    base = torch.randn(37, 3 * WINDOW + 11)
+    expected = base.numpy().copy()
+    add_noise_(spec, [("w", expected)])
+    for piece in (device_noise.PIECE, WINDOW, 3 * WINDOW):  # pieces never change the values
+        monkeypatch.setattr(device_noise, "PIECE", piece)
+        for device in DEVICES:
+            out = torch.empty_like(base, device=device)
+            perturbed_into_(out, base.to(device), spec, "w")
+            np.testing.assert_array_equal(out.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_perturbed_in_float32_then_rounded_once(dtype):
+    spec = PerturbationSpec(3, 1e-2)
+    base = torch.randn(64, 96).to(dtype)
+    out = torch.empty_like(base)
+    perturbed_into_(out, base, spec, "w")
+    expected = (base.float() + torch.from_numpy(noise(spec, "w", (64, 96)))).to(dtype)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    assert not torch.equal(out, base)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_and_cpu_make_the_same_perturbed_float32_weights():
+    spec = PerturbationSpec(5, 1e-3)
+    base = torch.randn(1000, 777)
+    on_cpu, on_gpu = torch.empty_like(base), torch.empty_like(base, device="cuda")
+    perturbed_into_(on_cpu, base, spec, "w")
+    perturbed_into_(on_gpu, base.cuda(), spec, "w")
+    assert torch.equal(on_cpu, on_gpu.cpu())
