@@ -134,3 +134,51 @@ def test_new_runs_take_the_newest_version_and_its_noise_is_standard_normal():
     assert abs(np.mean(x**4) - 3) < 0.05  # Gaussian kurtosis, not merely unit variance
     # neighbouring windows of one stream are not copies of each other
     assert abs(np.corrcoef(x[:WINDOW], x[WINDOW : 2 * WINDOW])[0, 1]) < 5 / np.sqrt(WINDOW)
+
+
+# -- the low-rank strategy --------------------------------------------------------------------
+
+
+def _rank(x) -> int:
+    """Rank up to float32 rounding: singular values above 1e-4 of the largest."""
+    s = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+    return int((s > 1e-4 * s[0]).sum())
+
+
+def test_lowrank_noise_is_exactly_a_rank_r_product_of_stream_factors_with_unit_variance_entries():
+    from thickets.noise import lowrank_factors, table_stream
+
+    spec = PerturbationSpec(6, 1.0, "lowrank", rank=4)
+    x = standard_noise(spec, "layer.weight", (300, 200))
+    a, b = lowrank_factors(6, "layer.weight", 300, 200, 4)
+    # the factors are the parameter's own version-2 stream: A first, then B
+    np.testing.assert_array_equal(a.ravel(), table_stream(6, "layer.weight", 0, 1200))
+    np.testing.assert_array_equal(b.ravel(), table_stream(6, "layer.weight", 1200, 2000))
+    np.testing.assert_allclose(x, a @ b.T / 2, rtol=1e-6, atol=1e-6)
+    assert _rank(x) == 4
+    big = standard_noise(PerturbationSpec(7, 1.0, "lowrank", rank=16), "w", (2000, 1000))
+    assert abs(big.var() - 1) < 0.05  # the full-rank stream's per-entry variance
+
+
+def test_lowrank_leaves_vectors_alone_and_slices_like_the_rest():
+    spec = PerturbationSpec(6, 0.1, "lowrank", rank=2)
+    assert not standard_noise(spec, "norm.weight", (64,)).any()
+    params = {"norm.weight": np.ones(64, np.float32), "w": np.zeros((40, 30), np.float32)}
+    add_noise_(spec, params.items())
+    assert (params["norm.weight"] == 1).all()
+    np.testing.assert_allclose(params["w"], noise(spec, "w", (40, 30)), rtol=1e-6, atol=1e-8)
+    full = standard_noise(spec, "w", (40, 30)).ravel()
+    np.testing.assert_array_equal(standard_noise(spec, "w", (40, 30), 45, 700), full[45:700])
+    # a 3-D weight is seen as (first axis, the rest)
+    assert _rank(standard_noise(spec, "conv", (8, 3, 5)).reshape(8, 15)) == 2
+
+
+def test_lowrank_ranks_are_checked():
+    with pytest.raises(ValueError, match="needs a rank of at least 1"):
+        PerturbationSpec(1, 1e-3, "lowrank")
+    with pytest.raises(ValueError, match="is for the lowrank strategy"):
+        PerturbationSpec(1, 1e-3, rank=3)
+    with pytest.raises(ValueError, match="rank 9 is above the smaller side of w"):
+        standard_noise(PerturbationSpec(1, 1e-3, "lowrank", rank=9), "w", (8, 100))
+    with pytest.raises(ValueError, match="unknown noise strategy 'lowrank' for noise version 1"):
+        PerturbationSpec(1, 1e-3, "lowrank", rank=2, version=1)

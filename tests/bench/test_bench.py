@@ -34,6 +34,10 @@ def figures(tiny_model_dir, tmp_path_factory):
                 "1,3",
                 "--decode-tokens",
                 "3",
+                "--population-batch",
+                "2",
+                "--rank",
+                "2",
                 "--json",
                 str(out),
             ]
@@ -73,6 +77,13 @@ def test_memory_and_load_figures(figures):
     """The parts of a candidate's time are parts of it; a search's peak memory is above the interpreter's."""
     assert 0 < figures["perturb_share"] < 1
     assert figures["noise_v1_ns_per_param"] > 0 and figures["noise_v2_ns_per_param"] > 0
+
+
+def test_population_figures_compare_the_same_rows(figures):
+    pop = figures["population"]
+    assert pop["experts"] == 2 and pop["rank"] == 2
+    assert pop["population_tok_s"] > 0 and pop["inference_tok_s"] > 0 and pop["one_at_a_time_tok_s"] > 0
+    assert figures["search_vs_inference"] == pytest.approx(pop["population_tok_s"] / pop["inference_tok_s"])
     assert figures["perturb_restore_s"] < figures["candidate_s"]
     assert figures["peak_rss_gb"] > figures["baseline_rss_gb"] > 0
 

@@ -3,6 +3,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.support import CLI, cli_env
 from thickets.cli.commands import main
@@ -45,7 +46,16 @@ BAD = {
     "negative sigma": ({"--sigma": "0.01,-1"}, "sigma must be a positive, finite number"),
     "sigma not a number": ({"--sigma": "abc"}, "--sigma must be numbers"),
     "zero population": ({"--population": "0"}, "population must be between 1 and"),
+    "lowrank without a rank": ({"--noise": "lowrank"}, "--noise lowrank needs --rank R of at least 1, got 0"),
+    "negative rank": ({"--noise": "lowrank", "--rank": "-2"}, "needs --rank R of at least 1, got -2"),
+    "rank without lowrank": ({"--rank": "4"}, "--rank is for --noise lowrank"),
+    # the tiny model's smallest matrix side is 16 (k_proj: 2 key/value heads of 8)
+    "rank above a matrix side": ({"--noise": "lowrank", "--rank": "17"}, "rank 17 is above the smaller side of"),
+    "lowrank on vllm": ({"--noise": "lowrank", "--rank": "2", "--engine": "vllm"}, "cannot make low-rank experts"),
+    "unknown noise": ({"--noise": "uniform"}, "invalid choice: 'uniform'"),
 }
+if not torch.cuda.is_available():
+    BAD["cuda without cuda"] = ({"--device": "cuda"}, "--device cuda, but torch sees no CUDA device here")
 
 
 @pytest.mark.parametrize("case", BAD)

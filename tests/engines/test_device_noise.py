@@ -56,3 +56,26 @@ def test_cuda_and_cpu_make_the_same_perturbed_float32_weights():
     perturbed_into_(on_cpu, base, spec, "w")
     perturbed_into_(on_gpu, base.cuda(), spec, "w")
     assert torch.equal(on_cpu, on_gpu.cpu())
+
+
+def test_lowrank_weights_on_the_device_are_the_host_noise_and_a_true_rank_r_change():
+    spec = PerturbationSpec(12, 1e-2, "lowrank", rank=3)
+    base = torch.randn(70, 50)
+    expected = base.numpy() + noise(spec, "w", (70, 50))
+    for device in DEVICES:
+        out = torch.empty_like(base, device=device)
+        perturbed_into_(out, base.to(device), spec, "w")
+        np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=1e-6, atol=1e-6)
+        s = torch.linalg.svdvals((out.cpu() - base).double())
+        assert int((s > 1e-3 * s[0]).sum()) == 3  # rank 3, up to the rounding of base + delta
+
+
+def test_lowrank_pieces_of_rows_change_nothing(monkeypatch):
+    spec = PerturbationSpec(12, 1e-2, "lowrank", rank=2)
+    base = torch.randn(64, 40)
+    whole = torch.empty_like(base)
+    perturbed_into_(whole, base, spec, "w")
+    monkeypatch.setattr(device_noise, "PIECE", 100)  # two rows a piece
+    pieces = torch.empty_like(base)
+    perturbed_into_(pieces, base, spec, "w")
+    assert torch.equal(whole, pieces)

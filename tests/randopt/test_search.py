@@ -158,3 +158,35 @@ def test_a_search_killed_with_sigkill_resumes_to_exactly_n_candidates_with_the_s
     assert len(resumed) == n and len({r[1] for r in resumed}) == n
     assert all(per[f"cand:{i}"] == 6 for i in range(n))
     assert resumed == straight
+
+
+def test_a_population_batched_lowrank_search_scores_as_one_candidate_at_a_time(tiny_engine, tiny_model_dir, tmp_path):
+    def completions(run_dir):
+        con = sqlite3.connect(Path(run_dir) / DB_NAME)
+        try:
+            return con.execute("SELECT model, example, completion FROM results ORDER BY model, example").fetchall()
+        finally:
+            con.close()
+
+    lowrank = dict(strategy="lowrank", rank=2, population=5)
+    one = search(_config(tiny_model_dir, **lowrank), tmp_path / "one", engine=tiny_engine, progress=False)
+    together = search(
+        _config(tiny_model_dir, **lowrank, population_batch=2), tmp_path / "two", engine=tiny_engine, progress=False
+    )
+    assert _key(together.ranked) == _key(one.ranked)
+    assert completions(tmp_path / "two") == completions(tmp_path / "one")
+    # a run can be resumed with another population batch (it changes speed, not the candidates)
+    grown = search(
+        _config(tiny_model_dir, **{**lowrank, "population": 7}, population_batch=0),
+        tmp_path / "two",
+        engine=tiny_engine,
+        progress=False,
+    )
+    assert len(grown.ranked) == 7 and len({c.seed for c in grown.ranked}) == 7
+
+
+def test_population_batching_is_refused_where_it_cannot_apply(tiny_model_dir):
+    with pytest.raises(ThicketsError, match="needs low-rank candidates"):
+        _config(tiny_model_dir, population_batch=4)
+    with pytest.raises(ThicketsError, match="cannot race them"):
+        _config(tiny_model_dir, strategy="lowrank", rank=2, population_batch=4, racing="exact")

@@ -49,3 +49,37 @@ def test_export_by_seed_and_sigma_and_refusals(tiny_engine, tiny_model_dir, tmp_
     assert _equal_to_perturbed(AutoModelForCausalLM.from_pretrained(out), tiny_engine, spec)
     with pytest.raises(ThicketsError, match="already exists"):
         export_spec(str(tiny_model_dir), spec, tmp_path / "m")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # tied embeddings and head; an untied head with biases
+def test_a_lowrank_expert_exports_as_a_peft_adapter_whose_merge_is_the_perturbed_model(
+    family, tiny_model_dir, tiny_qwen2_dir, tmp_path
+):
+    from peft import PeftModel
+
+    from thickets.engines import load_engine
+
+    base_dir = tiny_model_dir if family == "llama" else tiny_qwen2_dir
+    engine, _ = load_engine(str(base_dir))
+    spec = PerturbationSpec(77, 0.05, "lowrank", rank=4)
+    out = export_spec(str(base_dir), spec, tmp_path / "m")
+    merged_folder = AutoModelForCausalLM.from_pretrained(out)
+    assert _equal_to_perturbed(merged_folder, engine, spec)
+    assert json.loads((out / RECIPE_NAME).read_text())["rank"] == 4
+
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out / "adapter").eval()
+    if family == "qwen2":  # untied: the adapter unmerged answers as the perturbed model does
+        ids = torch.tensor([[5, 17, 42, 9, 33]])
+        with torch.no_grad():
+            torch.testing.assert_close(peft_model(ids).logits, merged_folder(ids).logits, rtol=0, atol=1e-4)
+    merged = canonical_parameters(peft_model.merge_and_unload())
+    want = canonical_parameters(merged_folder)
+    base = canonical_parameters(AutoModelForCausalLM.from_pretrained(base_dir))
+    assert set(merged) == set(want)
+    for name in want:
+        # float32 rounding of another order of products, far below the perturbation itself
+        torch.testing.assert_close(merged[name], want[name], rtol=0, atol=1e-5)
+        if want[name].dim() == 1:  # vectors are never perturbed
+            assert torch.equal(merged[name], base[name])
+        else:
+            assert not torch.equal(want[name], base[name])

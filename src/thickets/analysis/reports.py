@@ -298,6 +298,14 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         f"{r['naive_candidates_per_hour']:.0f}; a candidate {r['candidate_s']:.2f} s, perturb + restore "
         f"{r['perturb_restore_s']:.3f} s"
     )
+    pop = r["population"]
+    console.print(
+        f"population: {pop['experts']} rank-{pop['rank']} experts x {pop['prompts']} prompts in one batch "
+        f"{pop['population_tok_s']:.0f} tokens/s, the base model on the same rows {pop['inference_tok_s']:.0f}, "
+        f"full-rank candidates one at a time {pop['one_at_a_time_tok_s']:.0f}; candidates/h "
+        f"{pop['population_candidates_per_hour']:.0f} vs {pop['one_at_a_time_candidates_per_hour']:.0f} "
+        f"({r['lowrank_batched_vs_fullrank_candidates']:.2f}x)"
+    )
     console.print(
         f"noise: {r['noise_v1_ns_per_param']:.2f} ns per parameter with version 1 (host Philox), "
         f"{r['noise_v2_ns_per_param']:.2f} with version 2 (table windows on the weight's device): "

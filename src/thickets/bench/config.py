@@ -15,7 +15,7 @@ class BenchConfig:
     model: str = option("smollm2-135m", "model to time")
     task: str = option("products", "task whose prompts are generated")
     candidates: int = option(6, "candidates per side of the search comparison")
-    val_size: int = option(32, "validation examples per candidate")
+    val_size: int = option(48, "validation examples per candidate (the demo's workload)")
     max_new_tokens: int = option(12, "tokens per answer in the search comparison")
     sigma: float = option(1e-3, "noise scale of the candidates")
     batch_sizes: tuple[int, ...] = option(
@@ -23,6 +23,8 @@ class BenchConfig:
     )
     decode_tokens: int = option(32, "tokens per row in the decode comparison")
     top_k: int = option(3, "the K whose agreement the search comparison checks")
+    population_batch: int = option(4, "low-rank experts batched together in the population comparison")
+    rank: int = option(4, "their rank")
 
     def __post_init__(self) -> None:
         if (
@@ -31,7 +33,10 @@ class BenchConfig:
             or self.val_size < 1
             or self.decode_tokens < 2
             or min(self.batch_sizes) < 1
+            or self.population_batch < 1
+            or self.rank < 1
         ):
             raise ThicketsError(
-                "--candidates, --val-size and --batch-sizes must be at least 1, --decode-tokens at least 2"
+                "--candidates, --val-size, --batch-sizes, --population-batch and --rank must be at least 1, "
+                "--decode-tokens at least 2"
             )

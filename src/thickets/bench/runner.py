@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from thickets.bench import decode as bench_decode
+from thickets.bench import population as bench_population
 from thickets.bench.config import BenchConfig
 from thickets.engines import load_engine, render_prompt
 from thickets.engines.base import cut_at_stop
@@ -203,6 +204,11 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
         }
     )
     results.update(bench_decode.measure(engine, cfg.batch_sizes, cfg.decode_tokens, progress=progress))
+    lowrank = [replace(config.candidate(i), strategy="lowrank", rank=cfg.rank) for i in range(cfg.population_batch)]
+    full = [config.candidate(i) for i in range(cfg.population_batch)]
+    results.update(
+        bench_population.measure(engine, prompts, lowrank, full, cfg.max_new_tokens, task.stop, progress=progress)
+    )
     # the budget: 2 x the float32 model (the base and the perturbed copy) + the KV cache
     # of a search's batch (batch_size rows, the longest validation prompt plus max_new_tokens)
     c = model.config
@@ -223,6 +229,7 @@ TARGETS = {  # figure: (target, higher is better), the targets thickets' speed w
     "roofline_fraction_b32": (0.60, True),
     "search_vs_naive": (3.0, True),
     "perturb_share": (0.05, False),
+    "search_vs_inference": (0.8, True),
     "warm_load_s": (3.0, False),
     "peak_vs_budget": (1.0, False),
 }

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from thickets.analysis.landscape import RunScores, analyze, density
 from thickets.analysis.racing_replay import replay_run
@@ -368,12 +368,20 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags get the one-line error every other bad input gets (with a pointer to --help), not the
+    whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="thickets", description="RandOpt: post-training by random perturbation and top-K majority vote"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     for name, (help_text, classes, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if classes:
@@ -413,7 +421,10 @@ def load_plugins() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, its one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         load_plugins()
         COMMANDS[args.command][2](_parse(args), args.quiet)

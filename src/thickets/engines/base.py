@@ -19,6 +19,19 @@ class Engine(Protocol):
         tokenized by `prompt_token_ids`, so every engine feeds the model the same ids."""
         ...
 
+    def generate_population(
+        self,
+        specs: Sequence[PerturbationSpec],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        add_special_tokens: bool = False,
+    ) -> list[list[str]]:
+        """What generate() gives under each low-rank expert of `specs` ([expert][prompt]), the experts
+        sharing batched forward passes over the unperturbed weights."""
+        ...
+
     def perturb(self, spec: PerturbationSpec) -> None:
         """Move the weights to base + sigma * noise(spec). Only one perturbation at a time."""
         ...

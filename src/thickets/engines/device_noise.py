@@ -78,6 +78,9 @@ class LowRank:
     inv_sqrt_rank: float
     sigma: float
 
+    def to(self, dtype: torch.dtype) -> LowRank:
+        return LowRank(self.a.to(dtype), self.b.to(dtype), self.inv_sqrt_rank, self.sigma)
+
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi of delta, float32, in the order of operations noise.noise uses."""
         block = self.a[lo:hi] @ self.b.T

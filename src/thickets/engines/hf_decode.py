@@ -38,14 +38,6 @@ def _layers_with_rows(cache: Any) -> list[Any]:
     return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
 
-def _repeat_rows(cache: Any, n: int) -> None:
-    """A cache filled for one row becomes the same cache for n rows."""
-    for layer in _layers_with_rows(cache):
-        layer.keys = layer.keys.repeat(n, 1, 1, 1)
-        layer.values = layer.values.repeat(n, 1, 1, 1)
-        layer.batch_size = n
-
-
 def _keep_rows(cache: Any, rows: torch.Tensor) -> None:
     for layer in _layers_with_rows(cache):
         layer.keys = layer.keys.index_select(0, rows)
@@ -82,15 +74,24 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     compact: Callable[[int, int, int], bool] = compact_worth_it,
     share_prefix: bool = True,
+    groups: torch.Tensor | None = None,
+    on_rows: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: [batch, n] new tokens, padded with `pad_token_id`
-    after each row's end, as `model.generate(do_sample=False)` returns them."""
+    after each row's end, as `model.generate(do_sample=False)` returns them.
+
+    `groups` ([batch], ascending): rows of different groups answer through different weights (a
+    population batch), so a shared prefix is run once per group, not once; `on_rows` is told the group
+    of each row of every forward before it runs."""
     from transformers.cache_utils import StaticCache
 
     device = input_ids.device
     B, T = input_ids.shape
     if max_new_tokens <= 0 or B == 0:
         return input_ids.new_empty((B, 0))
+    if groups is None:
+        groups = torch.zeros(B, dtype=torch.long, device=device)
+    tell = on_rows or (lambda g: None)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     valid = attention_mask.to(torch.bool)
@@ -116,16 +117,22 @@ def generate_greedy(
     key_ok[:, P:W] = own_ok.long()
 
     if P:
+        # one row per group runs the prefix; every row then takes its group's cache rows
+        first_of_group = torch.ones(B, dtype=torch.bool, device=device)
+        first_of_group[1:] = groups[1:] != groups[:-1]
+        leaders = first_of_group.nonzero().squeeze(1)
         start = T - int(lengths[0])
         positions = torch.arange(P, device=device)
+        tell(groups[leaders])
         _last_logits(
             model,
             cache,
-            input_ids=input_ids[:1, start : start + P],
-            position_ids=positions[None],
+            input_ids=input_ids[leaders, start : start + P],
+            position_ids=positions[None].expand(leaders.numel(), P),
             cache_position=positions,
         )
-        _repeat_rows(cache, B)
+        _keep_rows(cache, first_of_group.long().cumsum(0) - 1)
+    tell(groups)
     logits = _last_logits(
         model,
         cache,
@@ -164,6 +171,7 @@ def generate_greedy(
             rows, tok, seq, key_ok, last_pos = rows[keep], tok[keep], seq[keep], key_ok[keep], last_pos[keep]
             _keep_rows(cache, keep)
             n = keep.numel()
+            tell(groups[rows])
             pending = torch.zeros(n, dtype=torch.bool, device=device)
             n_pending = 0
         tok = _last_logits(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
+from thickets.engines.population import PopulationBatch
 from thickets.noise import PerturbationSpec, add_noise_
 
 
@@ -99,7 +100,9 @@ class TransformersEngine:
     def perturb(self, spec: PerturbationSpec) -> None:
         if self._touched:
             raise RuntimeError("perturb() called twice without restore()")
-        names = [n for n in self.params if spec.filter.keeps(n)]
+        names = [
+            n for n in self.params if spec.filter.keeps(n) and (spec.strategy != "lowrank" or self._base[n].dim() >= 2)
+        ]
         for n in names:
             if n not in self._work:
                 self._work[n] = torch.empty_like(self._base[n])
@@ -176,6 +179,50 @@ class TransformersEngine:
             texts = tok.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = cut_at_stop(text, stop)
+        return out
+
+    @torch.inference_mode()
+    def generate_population(
+        self,
+        specs: Sequence[PerturbationSpec],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        add_special_tokens: bool = False,
+    ) -> list[list[str]]:
+        """Every expert's greedy completions, out[expert][prompt]: each batch of prompts (batch_size,
+        longest first, as generate() cuts them) is one batch of len(specs) x prompts rows through our
+        decode loop, every row adding its own expert's low-rank products to the shared base ones."""
+        if self._touched:
+            raise RuntimeError("generate_population() while perturbed")
+        if not hf_decode.supports(self.model):
+            raise ValueError(f"{type(self.model).__name__} cannot take the population decode loop")
+        tok, m = self.tokenizer, len(specs)
+        ids = prompt_token_ids(tok, prompts, add_special_tokens)
+        order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
+        out = [[""] * len(prompts) for _ in specs]
+        device = next(self.model.parameters()).device
+        with PopulationBatch(self.model, self.params, specs) as population:
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                rows = [ids[i] for _ in specs for i in idx]
+                enc = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(device)
+                new = hf_decode.generate_greedy(
+                    self.model,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    tokenizer=tok,
+                    stop_strings=stop,
+                    groups=torch.arange(m, device=device).repeat_interleave(len(idx)),
+                    on_rows=population.set_rows,
+                )
+                texts = tok.batch_decode(new, skip_special_tokens=True)
+                for e in range(m):
+                    for j, i in enumerate(idx):
+                        out[e][i] = cut_at_stop(texts[e * len(idx) + j], stop)
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from thickets.engines import ENGINES
 from thickets.errors import ThicketsError
-from thickets.models import DTYPES
+from thickets.models import DEVICES, DTYPES
 from thickets.noise import NOISE_VERSION, STRATEGIES, ParamFilter, PerturbationSpec, candidate_seed
 from thickets.options import commas, option, parse_floats, parse_patterns
 from thickets.randopt.racing import MODES, Race
@@ -35,10 +35,23 @@ class SearchConfig:
     split_seed: int = option(0, "seed of the validation/test splits")
     include: tuple[str, ...] = option(("*",), "parameter name patterns to perturb", parse=parse_patterns, show=commas)
     exclude: tuple[str, ...] = option((), "parameter name patterns to leave alone", parse=parse_patterns, show=commas)
-    strategy: str = option("gaussian", "noise strategy", choices=tuple(STRATEGIES))
+    strategy: str = option(
+        "gaussian",
+        "noise strategy: gaussian (full rank), or lowrank (each 2-D weight moves by sigma * A @ B.T / sqrt(R), "
+        "vectors stay: every expert is a rank-R LoRA adapter)",
+        flag="--noise",
+        choices=STRATEGIES,
+    )
+    rank: int = option(0, "the lowrank strategy's rank R")
+    population_batch: int = option(
+        1,
+        "low-rank candidates scored together, sharing every batched forward pass over the base weights "
+        "(0: as many as memory allows, at most 16)",
+    )
     batch_size: int = option(32, "prompts generated together")
     engine: str = option("transformers", "vllm: GPUs only, experimental (see README)", choices=ENGINES)
     dtype: str = option("float32", "weights' dtype", choices=DTYPES)
+    device: str = option("cpu", "where the weights live and candidates are made", choices=DEVICES)
     chat_template: bool = option(
         True, "feed the prompt through the tokenizer's chat template (--no-chat-template: the raw prompt)"
     )
@@ -71,7 +84,7 @@ class SearchConfig:
         cli=False,
     )
     #: fields a later call may change without changing what the finished candidates mean
-    EXTENDABLE = ("population", "reward_timeout")
+    EXTENDABLE = ("population", "reward_timeout", "device", "population_batch")
     #: fields an existing run folder decides, whatever a later call says
     INHERITED = ("batching", "noise_version")
 
@@ -90,9 +103,19 @@ class SearchConfig:
             raise ThicketsError("give at least one sigma")
         if not self.include:
             raise ThicketsError("the parameter filter includes nothing")
+        if self.strategy == "lowrank" and self.rank < 1:
+            raise ThicketsError(f"--noise lowrank needs --rank R of at least 1, got {self.rank}")
+        if self.strategy != "lowrank" and self.rank:
+            raise ThicketsError(f"--rank is for --noise lowrank, not --noise {self.strategy}")
+        if not 0 <= self.population_batch <= MAX_BATCH:
+            raise ThicketsError(f"population-batch must be between 0 and {MAX_BATCH:,}, got {self.population_batch}")
+        if self.population_batch != 1 and self.strategy != "lowrank":
+            raise ThicketsError("--population-batch needs low-rank candidates (--noise lowrank --rank R)")
+        if self.population_batch != 1 and self.racing != "off":
+            raise ThicketsError("--population-batch scores candidates together; it cannot race them (--racing off)")
         for s in self.sigmas:
             # sigma, strategy and noise version are checked there, and only there
-            PerturbationSpec(0, s, self.strategy, self.filter, self.noise_version)
+            PerturbationSpec(0, s, self.strategy, self.filter, self.noise_version, self.rank)
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ThicketsError(f"sigma grid has repeated values: {self.sigmas}")
         check_split_size("val-size", self.val_size)
@@ -109,6 +132,10 @@ class SearchConfig:
                 raise ThicketsError(f"{what} must be in [0, 2**62), got {v}")
         if self.engine not in ENGINES:
             raise ThicketsError(f"unknown engine {self.engine!r}; use {' or '.join(ENGINES)}")
+        if self.strategy == "lowrank" and self.engine != "transformers":
+            raise ThicketsError(f"the {self.engine} engine cannot make low-rank experts yet; use --engine transformers")
+        if self.device not in DEVICES:
+            raise ThicketsError(f"unknown device {self.device!r}; use {' or '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ThicketsError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
         Race(self.val_size, self.racing_top_k, self.racing, self.racing_delta)  # raises on a bad setting
@@ -125,6 +152,7 @@ class SearchConfig:
             strategy=self.strategy,
             filter=self.filter,
             version=self.noise_version,
+            rank=self.rank,
         )
 
     def to_dict(self) -> dict[str, Any]:

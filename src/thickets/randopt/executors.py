@@ -30,7 +30,14 @@ from thickets.engines import Engine
 from thickets.errors import ThicketsError
 from thickets.options import option
 from thickets.randopt.config import SearchConfig
-from thickets.randopt.scoring import engine_for, evaluate, race_for, task_for
+from thickets.randopt.scoring import (
+    auto_population_batch,
+    engine_for,
+    evaluate,
+    evaluate_population,
+    race_for,
+    task_for,
+)
 from thickets.tasks import Example, ScoredExample, Task
 from thickets.tasks.splits import make_splits
 
@@ -64,7 +71,7 @@ class _Scorer:
         self,
         config: SearchConfig,
         engine: Engine | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         task: Task | None = None,
         val: Sequence[Example] | None = None,
     ):
@@ -81,6 +88,14 @@ class _Scorer:
             self.engine, self.task, self.val, self.config, spec, self.race if item is not None else None, threshold
         )
         return item, rows, time.perf_counter() - t0
+
+    def score_together(self, items: list[int]) -> list[Result]:
+        """Low-rank candidates in one population batch; each is charged an equal share of the time."""
+        t0 = time.perf_counter()
+        specs = [self.config.candidate(i) for i in items]
+        rows = evaluate_population(self.engine, self.task, self.val, self.config, specs)
+        seconds = (time.perf_counter() - t0) / len(items)
+        return [(item, r, seconds) for item, r in zip(items, rows)]
 
 
 class InProcessExecutor:
@@ -102,8 +117,25 @@ class InProcessExecutor:
         return self._scorer.engine.describe()
 
     def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
+        together = self._scorer.config.population_batch
+        if together == 0:
+            longest = max(len(ex.prompt) for ex in self._scorer.val) // 2 + 256  # tokens, generously
+            together = auto_population_batch(self._scorer.config, longest)
+        if together <= 1:
+            for item in items:
+                yield self._scorer.score(item, None if item is None else threshold())
+            return
+        pending: list[int] = []
         for item in items:
-            yield self._scorer.score(item, None if item is None else threshold())
+            if item is None:
+                yield self._scorer.score(None, None)
+                continue
+            pending.append(item)
+            if len(pending) == together:
+                yield from self._scorer.score_together(pending)
+                pending = []
+        if pending:
+            yield from self._scorer.score_together(pending)
 
     def close(self) -> None:
         pass

@@ -21,9 +21,9 @@ from thickets.engines import (
     render_prompt,
     uses_chat_template,
 )
-from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, load_tokenizer, model_limits, resolve
-from thickets.noise import NOISE_VERSIONS, PerturbationSpec
+from thickets.errors import SpecError, ThicketsError
+from thickets.models import ModelIdentity, load_tokenizer, model_limits, parameter_shapes, resolve
+from thickets.noise import NOISE_VERSIONS, PerturbationSpec, check_rank
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.racing import Race
 from thickets.randopt.store import RunStore, check_compatible, read_config
@@ -72,6 +72,34 @@ def evaluate(
     return rows
 
 
+def evaluate_population(
+    engine: Engine, task: Task, examples: Sequence[Example], config: SearchConfig, specs: Sequence[PerturbationSpec]
+) -> list[list[ScoredExample]]:
+    """evaluate() for several low-rank experts at once: the same chunks of examples, each chunk one
+    batched pass of every expert's rows (Engine.generate_population); rows per expert."""
+    chunk = config.batch_size if config.batching == "chunks" else len(examples)
+    out: list[list[ScoredExample]] = [[] for _ in specs]
+    special = not uses_chat_template(engine.tokenizer, config.chat_template)
+
+    def one_task(t: Task, exs: list[Example]) -> list[tuple[str, ...]]:
+        prompts = render_prompts(engine.tokenizer, t, exs, config)
+        per_expert = engine.generate_population(
+            specs, prompts, config.max_new_tokens, t.stop, add_special_tokens=special
+        )
+        return list(zip(*per_expert))  # per example: each expert's completion
+
+    for lo in range(0, len(examples), max(chunk, 1)):
+        part = examples[lo : lo + chunk]
+        by_example = per_task(task, part, one_task)
+        for e in range(len(specs)):
+            completions = [c[e] for c in by_example]
+            out[e] += [
+                ScoredExample(lo + i, ex, c, s)
+                for i, (ex, c, s) in enumerate(zip(part, completions, task.score_batch(part, completions)))
+            ]
+    return out
+
+
 def render_prompts(tokenizer: Any, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
     """The text each example is given to the model as, with its own task's system prompt."""
     return per_task(
@@ -112,10 +140,15 @@ def task_for(config: SearchConfig) -> Task:
     return get_task(config.task, parse_columns(config.columns), config.reward, config.reward_timeout)
 
 
-def engine_for(config: SearchConfig, device: str = "cpu") -> Engine:
-    """The engine a run's config asks for (its model, engine, dtype and batch size)."""
+def engine_for(config: SearchConfig, device: str | None = None) -> Engine:
+    """The engine a run's config asks for (its model, engine, dtype, device and batch size); `device`
+    overrides the config's (a Ray worker's GPU)."""
     engine, _ = load_engine(
-        config.model, engine=config.engine, dtype=config.dtype, device=device, batch_size=config.batch_size
+        config.model,
+        engine=config.engine,
+        dtype=config.dtype,
+        device=device or config.device,
+        batch_size=config.batch_size,
     )
     return engine
 
@@ -237,6 +270,21 @@ def check_prompts(
             )
 
 
+def auto_population_batch(config: SearchConfig, longest_prompt_tokens: int, cap: int = 16) -> int:
+    """How many low-rank candidates to batch together: as many as keep their rows' KV cache within a
+    quarter of the free memory (of the GPU, on CUDA), at most `cap` and the population."""
+    limits = model_limits(resolve(config.model))
+    rows = min(config.batch_size, config.val_size)
+    row_bytes = limits.kv_bytes_per_token(config.dtype) * (longest_prompt_tokens + config.max_new_tokens)
+    free = available_memory()
+    if config.device == "cuda":
+        import torch
+
+        free = int(torch.cuda.mem_get_info()[0])
+    budget = (free if free is not None else 4 << 30) // 4
+    return max(1, min(cap, config.population, budget // max(1, row_bytes * rows)))
+
+
 def available_memory() -> int | None:
     """Bytes of memory free for new allocations (Linux MemAvailable), or None where unknown."""
     try:
@@ -263,4 +311,23 @@ def prepare(config: SearchConfig, run_dir: Path) -> tuple[SearchConfig, Task, li
         with RunStore.open(run_dir, write=False) as store:
             check_unchanged(store, task, identity, val)
     check_prompts(config, identity, task, val)
+    check_weights(config, identity)
     return config, task, val, identity
+
+
+def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
+    """The device exists, and a low-rank rank fits every matrix the filter keeps (read from the weights
+    files' headers, nothing loaded)."""
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ThicketsError("--device cuda, but torch sees no CUDA device here")
+    if config.strategy == "lowrank":
+        spec = config.candidate(0)
+        for name, shape in parameter_shapes(identity).items():
+            if spec.filter.keeps(name):
+                try:
+                    check_rank(spec, name, shape)
+                except SpecError as e:
+                    raise ThicketsError(str(e)) from None

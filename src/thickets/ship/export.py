@@ -2,7 +2,8 @@
 
 The folder loads with plain transformers (no thickets needed). The recipe (base model identity,
 seed, sigma, strategy, filter, noise version) is a few hundred bytes from which thickets
-rebuilds the same weights from the base model: ship either.
+rebuilds the same weights from the base model: ship either. A low-rank expert is also written as
+the LoRA adapter it is (`adapter/`, which peft loads onto the base model).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from thickets.disk import written_whole
 from thickets.engines import load_engine
 from thickets.errors import ThicketsError
 from thickets.models import ModelIdentity, resolve
-from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec
+from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
 from thickets.randopt.scoring import load_run_config
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import rank as rank_candidates
@@ -36,6 +39,7 @@ def recipe(identity: dict[str, Any], spec: PerturbationSpec, dtype: str, **extra
         "seed": spec.seed,
         "sigma": spec.sigma,
         "strategy": spec.strategy,
+        "rank": spec.rank,
         "include": list(spec.filter.include),
         "exclude": list(spec.filter.exclude),
         "dtype": dtype,
@@ -63,8 +67,12 @@ def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[A
     return engine.model, engine.tokenizer, identity
 
 
+ADAPTER_DIR = "adapter"
+
+
 def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: str = "float32", **extra: Any) -> Path:
-    """Write base + sigma * noise(spec) as a Hugging Face folder with its recipe."""
+    """Write base + sigma * noise(spec) as a Hugging Face folder with its recipe (and, for a low-rank
+    expert, its LoRA adapter in `adapter/`)."""
     out = Path(out)
     _check_out(out)
     m, tok, identity = build(model, spec, dtype)
@@ -72,7 +80,55 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
+        if spec.strategy == "lowrank":
+            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=identity.name)
     return out
+
+
+def write_adapter(model: Any, spec: PerturbationSpec, out: Path, base_name: str) -> None:
+    """The low-rank expert as a peft LoRA adapter: r = rank, lora_alpha = rank (scaling 1), sigma / sqrt(R)
+    folded into A; every kept 2-D weight of a Linear or an Embedding (vectors are never perturbed).
+
+    Merged (merge_and_unload) it is the exported model. With tied embeddings, peft applies an embedding's
+    adapter unmerged to the input side only; tying it to the head too (ensure_weight_tying) would make a
+    merge add the change twice to the shared tensor (peft issue 2777): merge the adapter of a tied model."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from thickets.engines.transformers_engine import canonical_parameters
+
+    tensors: dict[str, torch.Tensor] = {}
+    targets: list[str] = []
+    scale = np.float32(1 / np.sqrt(spec.rank)) * np.float32(spec.sigma)
+    for name, p in canonical_parameters(model).items():
+        if not spec.filter.keeps(name) or matrix_shape(p.shape) is None:
+            continue
+        path, _, leaf = name.rpartition(".")
+        module = model.get_submodule(path)
+        rows, cols = matrix_shape(p.shape) or (0, 0)
+        a, b = lowrank_factors(spec.seed, name, rows, cols, spec.rank)
+        a_scaled = torch.from_numpy(a * scale)
+        prefix = f"base_model.model.{path}"
+        if isinstance(module, torch.nn.Embedding) and leaf == "weight":  # delta.T = lora_B @ lora_A
+            tensors[f"{prefix}.lora_embedding_A"] = a_scaled.T.contiguous()
+            tensors[f"{prefix}.lora_embedding_B"] = torch.from_numpy(b.copy())
+        elif isinstance(module, torch.nn.Linear) and leaf == "weight":  # delta = lora_B @ lora_A
+            tensors[f"{prefix}.lora_A.weight"] = torch.from_numpy(b.T.copy())
+            tensors[f"{prefix}.lora_B.weight"] = a_scaled.contiguous()
+        else:
+            raise ThicketsError(f"{name} belongs to a {type(module).__name__}, which a LoRA adapter cannot hold")
+        targets.append(path)
+    out.mkdir(parents=True)
+    LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.rank,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        base_model_name_or_path=base_name,
+    ).save_pretrained(str(out))
+    save_file(tensors, str(out / "adapter_model.safetensors"))
 
 
 def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
@@ -121,6 +177,7 @@ def spec_from_recipe(data: dict[str, Any]) -> PerturbationSpec:
         strategy=data["strategy"],
         filter=ParamFilter(tuple(data["include"]), tuple(data["exclude"])),
         version=versions[data["noise_version"]],
+        rank=int(data.get("rank", 0)),
     )
 
 

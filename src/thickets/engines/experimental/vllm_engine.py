@@ -15,6 +15,7 @@ from typing import Any
 
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.experimental.vllm_layout import Dims, pieces, shard_noise
+from thickets.errors import ThicketsError
 from thickets.noise import ParamFilter, PerturbationSpec
 
 
@@ -111,6 +112,17 @@ class VLLMEngine:
             ),
         )
         self._perturbed = True
+
+    def generate_population(
+        self,
+        specs: Sequence[PerturbationSpec],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        add_special_tokens: bool = False,
+    ) -> list[list[str]]:
+        raise ThicketsError("the vllm engine cannot batch low-rank experts yet; use --engine transformers")
 
     def restore(self) -> None:
         self.llm.collective_rpc("thickets_restore")
