@@ -166,3 +166,13 @@ def test_a_multi_task_search_scores_every_task_and_ensembles_per_task(tmp_path, 
     assert s["specialisation"]["tasks"] == ["toy", "small"]
     assert set(s["topk_curves"]) == {"toy", "small"}  # per task, as ensemble ranked them
     assert all(c["n_test"] == 1 and c["k"] == [1, 2] for c in s["topk_curves"].values())
+
+
+def test_density_intervals_are_wilsons_and_cover_the_share():
+    from thickets.analysis.landscape import wilson
+
+    lo, hi = wilson(0, 96)
+    assert lo == 0.0 and 0.03 < hi < 0.05  # no improving candidate in 96 still allows a few percent
+    lo, hi = wilson(48, 96)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-12 and 0.09 < hi - 0.5 < 0.11
+    assert wilson(96, 96)[1] == 1.0 and wilson(0, 0) == [0.0, 1.0]

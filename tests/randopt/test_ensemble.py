@@ -81,3 +81,37 @@ def test_paired_gain_and_its_interval():
     g = paired_gain([True, True, False, True], [False, True, False, False])
     assert g["gain"] == 0.5 and g["ci95"][0] < 0.5 < g["ci95"][1]
     assert paired_gain([True] * 3, [True] * 3) == {"gain": 0.0, "ci95": [0.0, 0.0]}
+
+
+def test_low_rank_experts_answer_the_test_split_together_as_they_would_alone(tiny_engine, tiny_model_dir, tmp_path):
+    import sqlite3
+
+    from thickets.randopt.store import DB_NAME
+
+    def test_rows(run_dir):
+        with sqlite3.connect(run_dir / DB_NAME) as con:
+            return con.execute(
+                "SELECT model, example, completion FROM results WHERE split='test' ORDER BY model, example"
+            ).fetchall()
+
+    common = dict(model=str(tiny_model_dir), task="toy", population=5, sigmas=(0.1,), val_size=4, max_new_tokens=5)
+    common.update(strategy="lowrank", rank=2, batch_size=8)
+    reports = {}
+    for m in (1, 3):
+        run = tmp_path / f"m{m}"
+        search(SearchConfig(**common, population_batch=m), run, engine=tiny_engine, progress=False)
+        calls = {"n": 0}
+        original = tiny_engine.generate_population
+
+        def counting(*a, original=original, calls=calls, **kw):
+            calls["n"] += 1
+            return original(*a, **kw)
+
+        tiny_engine.generate_population = counting
+        try:
+            reports[m] = ensemble(run, [1, 3], 6, engine=tiny_engine, progress=False)
+        finally:
+            del tiny_engine.generate_population
+        assert (calls["n"] > 0) == (m > 1)  # the experts' test answers came from a population batch
+    assert test_rows(tmp_path / "m1") == test_rows(tmp_path / "m3")
+    assert reports[1]["ensembles"] == reports[3]["ensembles"] and reports[1]["experts"] == reports[3]["experts"]

@@ -9,6 +9,7 @@ vector is ever held, let alone N of them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,20 @@ class RunScores:
         )
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson's 95% interval of a share: honest at 0% and 100% and for a few dozen candidates, where the
+    normal interval is not."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def density(r: RunScores, delta: float) -> list[dict[str, Any]]:
-    """Per sigma (and all together): how many candidates beat the base, and by more than delta."""
+    """Per sigma (and all together): how many candidates beat the base, and by more than delta, with
+    Wilson intervals over candidates."""
     rows: list[dict[str, Any]] = []
     for sigma in [*sorted(set(r.sigma.tolist())), None]:
         pick = np.ones_like(r.score, bool) if sigma is None else r.sigma == sigma
@@ -73,7 +86,9 @@ def density(r: RunScores, delta: float) -> list[dict[str, Any]]:
                 "sigma": sigma,
                 "n": int(pick.sum()),
                 "above_base": float((s > r.base).mean()),
+                "above_base_ci95": wilson(int((s > r.base).sum()), int(pick.sum())),
                 "above_base_plus_delta": float((s > r.base + delta).mean()),
+                "above_base_plus_delta_ci95": wilson(int((s > r.base + delta).sum()), int(pick.sum())),
                 "delta": delta,
                 "mean": float(s.mean()),
                 "best": float(s.max()),

@@ -109,8 +109,9 @@ def print_density(rows: Sequence[Mapping[str, Any]], base: float) -> None:
         t.add_row(
             "all" if d["sigma"] is None else f"{d['sigma']:g}",
             str(d["n"]),
-            f"{d['above_base']:.1%}",
-            f"{d['above_base_plus_delta']:.1%}",
+            f"{d['above_base']:.1%} [{d['above_base_ci95'][0]:.0%}, {d['above_base_ci95'][1]:.0%}]",
+            f"{d['above_base_plus_delta']:.1%} [{d['above_base_plus_delta_ci95'][0]:.0%}, "
+            f"{d['above_base_plus_delta_ci95'][1]:.0%}]",
             f"{d['mean']:.3f}",
             f"{d['best']:.3f}",
         )

@@ -16,6 +16,7 @@ class BenchConfig:
     task: str = option("products", "task whose prompts are generated")
     candidates: int = option(6, "candidates per side of the search comparison")
     val_size: int = option(48, "validation examples per candidate (the demo's workload)")
+    batch_size: int = option(32, "prompts the search generates together (the demo's)")
     max_new_tokens: int = option(12, "tokens per answer in the search comparison")
     sigma: float = option(1e-3, "noise scale of the candidates")
     batch_sizes: tuple[int, ...] = option(
@@ -34,9 +35,10 @@ class BenchConfig:
             or self.decode_tokens < 2
             or min(self.batch_sizes) < 1
             or self.population_batch < 1
+            or self.batch_size < 1
             or self.rank < 1
         ):
             raise ThicketsError(
-                "--candidates, --val-size, --batch-sizes, --population-batch and --rank must be at least 1, "
-                "--decode-tokens at least 2"
+                "--candidates, --val-size, --batch-size, --batch-sizes, --population-batch and --rank must be "
+                "at least 1, --decode-tokens at least 2"
             )

@@ -39,16 +39,16 @@ def measure(
     saved_batch = engine.batch_size
     best: dict[str, tuple[float, int]] = {}
 
-    def population() -> list[str]:
-        engine.batch_size = len(prompts)
+    def population() -> list[str]:  # batch_size prompts x m experts per forward, as a search batches them
+        engine.batch_size = saved_batch
         return [c for per in engine.generate_population(specs_lowrank, prompts, max_new_tokens, stop) for c in per]
 
-    def inference() -> list[str]:
-        engine.batch_size = m * len(prompts)  # the same rows in one batch
+    def inference() -> list[str]:  # the same number of rows per forward
+        engine.batch_size = m * saved_batch
         return engine.generate(list(prompts) * m, max_new_tokens, stop)
 
     def one_at_a_time() -> list[str]:
-        engine.batch_size = len(prompts)
+        engine.batch_size = saved_batch
         out: list[str] = []
         for spec in specs_full:
             engine.perturb(spec)

@@ -29,6 +29,7 @@ from thickets.engines.transformers_engine import hf_generate_greedy
 from thickets.noise import PerturbationSpec, add_noise_
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
+from thickets.randopt.scoring import evaluate
 from thickets.randopt.search import search
 from thickets.tasks import get_task
 from thickets.tasks.splits import make_splits
@@ -69,11 +70,11 @@ def _footprint_child(cfg: dict[str, Any], run_dir: str, import_s: float) -> None
         sigmas=(settings.sigma,),
         val_size=settings.val_size,
         max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.val_size,
+        batch_size=settings.batch_size,
     )
     baseline = _rss_gb()
     t = time.perf_counter()
-    engine, _ = load_engine(settings.model, batch_size=settings.val_size)
+    engine, _ = load_engine(settings.model, batch_size=settings.batch_size)
     load_s = time.perf_counter() - t
     search(config, run_dir, engine=engine, progress=False)
     print(
@@ -136,7 +137,7 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
 
     results: dict[str, Any] = {"config": cfg.__dict__ | {"batch_sizes": list(cfg.batch_sizes)}}
     t0 = time.perf_counter()
-    loaded, _ = load_engine(cfg.model, batch_size=cfg.val_size)
+    loaded, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
     engine = cast("TransformersEngine", loaded)  # load_engine's default engine
     results["first_load_s"] = time.perf_counter() - t0  # includes a one-time GGUF conversion if not cached
     footprint = search_footprint(cfg)  # a fresh process: load time and memory, undisturbed by this one
@@ -155,29 +156,26 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
         sigmas=(cfg.sigma,),
         val_size=cfg.val_size,
         max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.val_size,
+        batch_size=cfg.batch_size,
     )
     specs = [config.candidate(i) for i in range(cfg.candidates)]
-    with tempfile.TemporaryDirectory() as run_dir:
-        t = time.perf_counter()
-        result = search(config, run_dir, engine=engine, progress=progress)  # the base, then N candidates
-        t_ours = time.perf_counter() - t
-    ours = [c.score for c in sorted(result.ranked, key=lambda c: c.idx)]
-
     prompts = [render_prompt(tok, ex.prompt, task.system_prompt, config.chat_template) for ex in val]
-    naive = []
-    with bar("bench: naive loop", cfg.candidates + 1, progress) as update:
-        t = time.perf_counter()
-        naive_base = naive_candidate(
-            model, tok, prompts, None, cfg.max_new_tokens, task.stop
-        )  # peers score the base too
-        update()
-        for spec in specs:
+    # candidate by candidate, the two sides in turn (A B A B ...), the base first as both score it: ours is
+    # what a search's executor runs per candidate (scoring.evaluate: perturb, chunked generation, score,
+    # restore), theirs what peer scripts do (clone, noise, one padded generate, copy back)
+    ours, naive, t_ours, t_naive = [], [], 0.0, 0.0
+    with bar("bench: search vs naive loop", cfg.candidates + 1, progress) as update:
+        for spec in [None, *specs]:
+            t = time.perf_counter()
+            rows = evaluate(engine, task, val, config, spec)
+            t_ours += time.perf_counter() - t
+            t = time.perf_counter()
             completions = naive_candidate(model, tok, prompts, spec, cfg.max_new_tokens, task.stop)
-            naive.append(sum(s.reward for s in task.score_batch(val, completions)) / len(val))
+            t_naive += time.perf_counter() - t
+            if spec is not None:
+                ours.append(sum(r.score.reward for r in rows) / len(val))
+                naive.append(sum(s.reward for s in task.score_batch(val, completions)) / len(val))
             update()
-        t_naive = time.perf_counter() - t
-    del naive_base
 
     # perturb and restore alone, to know their share of a candidate; each noise version in turn (A B A B)
     perturb: dict[int, list[float]] = {1: [], 2: []}
@@ -215,7 +213,7 @@ def bench(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, 
     kv_heads = getattr(c, "num_key_value_heads", c.num_attention_heads)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     longest = max(len(tok(p, add_special_tokens=False).input_ids) for p in prompts) + cfg.max_new_tokens
-    kv_gb = 2 * c.num_hidden_layers * cfg.val_size * kv_heads * head_dim * longest * 4 / 2**30
+    kv_gb = 2 * c.num_hidden_layers * min(cfg.batch_size, cfg.val_size) * kv_heads * head_dim * longest * 4 / 2**30
     results.update(footprint)
     results["kv_cache_gb"] = kv_gb
     results["peak_above_baseline_gb"] = footprint["peak_rss_gb"] - footprint["baseline_rss_gb"]

@@ -118,7 +118,10 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _linear(x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
-    return F.linear(x, lin.weight, lin.bias)
+    """The module itself, not F.linear on its weight: the same arithmetic, and forward hooks (a
+    population batch's low-rank products) see the call."""
+    out: torch.Tensor = lin(x)
+    return out
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -218,6 +221,7 @@ class _Decoder:
     def __init__(self, model: Any, batch: int, max_len: int, device: torch.device):
         inner = model.model
         self.layers = _layers(model)
+        self.embed_tokens = inner.embed_tokens
         self.embed = inner.embed_tokens.weight
         self.norm, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
         self.head = model.lm_head
@@ -253,7 +257,7 @@ class _Decoder:
         n, t = ids.shape
         hi = lo + t
         hd, nh, nkv = self.hd, self.n_heads, self.n_kv
-        x = F.embedding(ids, self.embed)
+        x = self.embed_tokens(ids)
         for i, L in enumerate(self.layers):
             h = _rms_norm(x, L.ln1, L.eps1)
             q = _linear(h, L.q).view(n, t, nh, hd).transpose(1, 2)
@@ -313,6 +317,8 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     compact: Callable[[int, int, int], bool] = compact_worth_it,
     share_prefix: bool = True,
+    groups: torch.Tensor | None = None,
+    on_rows: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
     `pad_token_id` after each row's end, exactly as `model.generate(do_sample=False)` returns them
@@ -321,6 +327,10 @@ def generate_greedy(
     A prefix all prompts share is run once, not once per row: its keys and values do not depend
     on what follows. The rows' own tokens then sit after it, left-padded, with the positions
     transformers would give them; padded keys are masked.
+
+    `groups` ([batch], ascending): rows of different groups answer through different weights (a
+    population batch), so a shared prefix is run once per group; `on_rows` is told the group of each
+    row of every forward before it runs.
     """
     device = input_ids.device
     B, T = input_ids.shape
@@ -332,6 +342,9 @@ def generate_greedy(
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
     stops = Stops(model, tokenizer, stop_strings, device)
+    if groups is None:
+        groups = torch.zeros(B, dtype=torch.long, device=device)
+    tell = on_rows or (lambda g: None)
 
     P = shared_prefix(input_ids, valid) if share_prefix else 0
     if P < MIN_SHARED_PREFIX:
@@ -352,12 +365,18 @@ def generate_greedy(
     padded = not bool(own_ok.all())
 
     # -- prefill -------------------------------------------------------------------------------
-    if P:
-        prefix = input_ids[:1, T - int(lengths[0]) : T - int(lengths[0]) + P]
+    if P:  # one row per group runs the prefix; every row then takes its group's keys and values
+        first_of_group = torch.ones(B, dtype=torch.bool, device=device)
+        first_of_group[1:] = groups[1:] != groups[:-1]
+        leaders = first_of_group.nonzero().squeeze(1)
+        start = T - int(lengths[0])
         pcos, psin = cos_t[:P][None, None], sin_t[:P][None, None]
-        dec.forward(prefix, pcos, psin, 0, None, causal=True, rows=1)
-        dec.k[:, 1:, :, :P] = dec.k[:, :1, :, :P]
-        dec.v[:, 1:, :, :P] = dec.v[:, :1, :, :P]
+        tell(groups[leaders])
+        dec.forward(input_ids[leaders, start : start + P], pcos, psin, 0, None, causal=True, rows=leaders.numel())
+        source = first_of_group.long().cumsum(0) - 1
+        dec.k[:, :, :, :P] = dec.k[:, source, :, :P]
+        dec.v[:, :, :, :P] = dec.v[:, source, :, :P]
+    tell(groups)
     cos, sin = cos_t[own_pos].unsqueeze(1), sin_t[own_pos].unsqueeze(1)  # [B, 1, S, hd]
     assert own_ids is not None  # S <= T: the rows' own parts are within the prompt columns
     if not P and not padded:
@@ -402,6 +421,7 @@ def generate_greedy(
             rows, tok, seq, key_ok, last_pos = rows[keep], tok[keep], seq[keep], key_ok[keep], last_pos[keep]
             dec.keep(keep)
             n = keep.numel()
+            tell(groups[rows])
             pending = torch.zeros(n, dtype=torch.bool, device=device)
             n_done_pending = 0
         p = last_pos + (s + 1)

@@ -192,12 +192,12 @@ class TransformersEngine:
         add_special_tokens: bool = False,
     ) -> list[list[str]]:
         """Every expert's greedy completions, out[expert][prompt]: each batch of prompts (batch_size,
-        longest first, as generate() cuts them) is one batch of len(specs) x prompts rows through our
-        decode loop, every row adding its own expert's low-rank products to the shared base ones."""
+        longest first, as generate() cuts them) is one batch of len(specs) x prompts rows through the
+        engine's decoder, every row adding its own expert's low-rank products to the shared base ones."""
         if self._touched:
             raise RuntimeError("generate_population() while perturbed")
-        if not hf_decode.supports(self.model):
-            raise ValueError(f"{type(self.model).__name__} cannot take the population decode loop")
+        if self.decoder == "generate":
+            raise ValueError(f"{type(self.model).__name__} takes transformers' generate, which cannot batch experts")
         tok, m = self.tokenizer, len(specs)
         ids = prompt_token_ids(tok, prompts, add_special_tokens)
         order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
@@ -208,7 +208,7 @@ class TransformersEngine:
                 idx = order[lo : lo + self.batch_size]
                 rows = [ids[i] for _ in specs for i in idx]
                 enc = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(device)
-                new = hf_decode.generate_greedy(
+                new = (fast_decode if self.decoder == "fast_decode" else hf_decode).generate_greedy(
                     self.model,
                     enc["input_ids"],
                     enc["attention_mask"],

@@ -21,10 +21,12 @@ from thickets.noise import PerturbationSpec
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig, check_split_size
 from thickets.randopt.scoring import (
+    auto_population_batch,
     check_prompts,
     check_unchanged,
     engine_for,
     evaluate,
+    evaluate_population,
     load_run_config,
     task_for,
 )
@@ -70,6 +72,31 @@ class _Answers:
             have = self.store.scores(model, "test")
         return {p: have[p] for p in positions}
 
+    def together(self) -> int:
+        """How many low-rank experts answer together (the run's population batch; 1: one at a time)."""
+        m = self.config.population_batch
+        if self.config.strategy != "lowrank" or m == 1:
+            return 1
+        if m == 0:
+            longest = max(len(ex.prompt) for ex in self.test) // 2 + 256  # tokens, generously
+            m = auto_population_batch(self.config, longest)
+        return max(1, m)
+
+    def prefetch(self, experts: Sequence[Candidate], positions: Sequence[int]) -> None:
+        """Low-rank experts with no stored test answers at these positions answer in one population batch
+        (each expert's answers equal its own, as in the search); the rest are left to of()."""
+        fresh = [c for c in experts if not self.store.scores(candidate_model(c.idx), "test")]
+        if len(fresh) < 2:
+            return
+        if self.engine is None:
+            self.engine = engine_for(self.config)
+        specs = [self.config.candidate(c.idx) for c in fresh]
+        answers = evaluate_population(self.engine, self.task, [self.test[p] for p in positions], self.config, specs)
+        for c, rows in zip(fresh, answers):
+            self.store.add_results(
+                candidate_model(c.idx), "test", [r._replace(position=positions[r.position]) for r in rows]
+            )
+
 
 def ensemble(
     run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None, progress: bool = True
@@ -113,9 +140,14 @@ def ensemble(
             with bar(f"test answers{'' if part is None else ' ' + part}", len(experts) + 1, progress) as update:
                 base = answers.of(BASE, None, positions)
                 update()
-                for c in experts:
-                    per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), positions))
-                    update()
+                m = answers.together()
+                for lo in range(0, len(experts), m):
+                    group = experts[lo : lo + m]
+                    if m > 1:
+                        answers.prefetch(group, positions)
+                    for c in group:
+                        per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), positions))
+                        update()
             if base_val is None:
                 base_val = Summary.of(list(store.scores(BASE, "val").values())).score
             reindex = partial(_reindex, positions=positions)
