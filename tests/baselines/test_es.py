@@ -39,9 +39,8 @@ def test_es_climbs_a_quadratic_with_a_known_optimum():
     target = np.linspace(-1, 1, 20).astype(np.float32)
     theta = np.zeros(20, np.float32)
 
-    def score(spec):
-        moved = theta + spec.sigma * standard_noise(spec, "w", theta.shape)
-        return -float(((moved - target) ** 2).sum())
+    def score(specs):
+        return [-float(((theta + s.sigma * standard_noise(s, "w", theta.shape) - target) ** 2).sum()) for s in specs]
 
     start = -float(((theta - target) ** 2).sum())
     for it in range(30):
@@ -114,3 +113,23 @@ def test_a_token_budget_stops_es_after_the_iteration_that_reaches_it(tiny_model_
     log = run_es(cfg, tmp_path, engine=engine, budget_tokens=40, progress=False)
     per_it = [r["tokens"] for r in log["iterations"]]
     assert sum(per_it) >= 40 > sum(per_it[:-1]) and len(per_it) < 50
+
+
+def test_lowrank_es_batched_moves_the_weights_as_one_at_a_time_and_by_a_low_rank_step(tiny_model_dir, tmp_path):
+    """EGGROLL's form of ES: rank-R perturbations scored together, so the update is a sum of rank-R terms."""
+    common = dict(model=str(tiny_model_dir), task="toy", population=4, sigma=0.05, alpha=0.02, val_size=3)
+    common.update(max_new_tokens=2, batch_size=4, iterations=1, strategy="lowrank", rank=2)
+    thetas, logs = [], []
+    for m in (1, 4):
+        engine, _ = load_engine(str(tiny_model_dir))
+        base = {n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()}
+        logs.append(run_es(ESConfig(**common, population_batch=m), tmp_path / f"m{m}", engine=engine, progress=False))
+        thetas.append({n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()})
+    assert logs[0]["iterations"][0]["rewards"] == logs[1]["iterations"][0]["rewards"]
+    assert all(torch.equal(thetas[0][n], thetas[1][n]) for n in thetas[0])
+    step = (thetas[0]["model.layers.0.mlp.up_proj.weight"] - base["model.layers.0.mlp.up_proj.weight"]).double()
+    s = torch.linalg.svdvals(step)
+    assert int((s > 1e-3 * s[0]).sum()) <= 4 * 2  # population x rank at most
+    assert torch.equal(thetas[0]["model.norm.weight"], base["model.norm.weight"])  # vectors never move
+    with pytest.raises(ThicketsError, match="above 1 only with --noise lowrank"):
+        ESConfig(population_batch=2)

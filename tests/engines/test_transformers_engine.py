@@ -87,3 +87,23 @@ def test_a_perturbation_changes_what_the_model_says(tiny_engine):
     tiny_engine.restore()
     assert moved != base
     assert tiny_engine.generate(prompts, 8) == base
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_weights_are_perturbed_on_their_device_and_restored_exactly(tiny_model_dir, dtype):
+    from thickets.engines import load_engine
+    from thickets.noise import noise
+
+    engine, _ = load_engine(str(tiny_model_dir), dtype=dtype)
+    base = {n: p.detach().clone() for n, p in engine.params.items()}
+    for spec in (PerturbationSpec(4, 0.05), PerturbationSpec(4, 0.05, "lowrank", rank=2)):
+        engine.perturb(spec)
+        name = "model.layers.0.mlp.up_proj.weight"
+        want = (base[name].float() + torch.from_numpy(noise(spec, name, tuple(base[name].shape)))).to(base[name].dtype)
+        if spec.strategy == "gaussian":  # the same float32 sum, rounded once
+            assert torch.equal(engine.params[name], want)
+        else:  # two BLAS products of A @ B.T may differ in the last float32 bits before the rounding
+            torch.testing.assert_close(engine.params[name], want)
+        engine.restore()
+        assert all(torch.equal(p, base[n]) for n, p in engine.params.items())
+    assert engine.describe()["dtype"] == dtype and engine.describe()["device"] == "cpu"

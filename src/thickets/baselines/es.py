@@ -14,17 +14,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
 from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.noise import NOISE_VERSION, PerturbationSpec, add_noise_, derive_seed
+from thickets.noise import NOISE_VERSION, STRATEGIES, PerturbationSpec, add_noise_, derive_seed
 from thickets.options import option
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
-from thickets.randopt.scoring import evaluate, task_for
+from thickets.randopt.scoring import evaluate, evaluate_population, task_for
 from thickets.tasks.splits import make_splits
 
 if TYPE_CHECKING:
@@ -46,19 +47,42 @@ class ESConfig:
     batch_size: int = option(32, "prompts generated together")
     seed: int = option(0, "seed of the perturbations")
     split_seed: int = option(0, "seed of the validation/test splits")
+    strategy: str = option(
+        "gaussian",
+        "gaussian, or lowrank (EGGROLL: rank-R perturbations, so the update is low-rank too)",
+        flag="--noise",
+        choices=STRATEGIES,
+    )
+    rank: int = option(0, "the lowrank strategy's rank R")
+    population_batch: int = option(1, "low-rank perturbations scored together in one batched forward pass")
     noise_version: int = option(
         NOISE_VERSION, "the map from seed to noise, fixed by the run folder (version 1 before 0.2)", cli=False
     )
+    #: what a log written before a field existed meant by it
+    OLD_LOGS: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"noise_version": 1, "strategy": "gaussian", "rank": 0, "population_batch": 1}
+    )
+    #: fields a resumed run may change
+    CHANGEABLE: ClassVar[tuple[str, ...]] = ("iterations", "population_batch")
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.population < 2:
             raise ThicketsError("ES needs at least 1 iteration and a population of at least 2")
         if not (self.sigma > 0 and self.alpha > 0):
             raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
+        if self.strategy == "lowrank" and self.rank < 1:
+            raise ThicketsError(f"--noise lowrank needs --rank R of at least 1, got {self.rank}")
+        if self.population_batch < 1 or (self.population_batch > 1 and self.strategy != "lowrank"):
+            raise ThicketsError("--population-batch must be at least 1, and above 1 only with --noise lowrank")
+        self.spec(0, 0)  # the noise settings are checked there, and only there
 
     def spec(self, iteration: int, i: int) -> PerturbationSpec:
         return PerturbationSpec(
-            derive_seed(b"thickets-es", self.seed, iteration, i), self.sigma, version=self.noise_version
+            derive_seed(b"thickets-es", self.seed, iteration, i),
+            self.sigma,
+            self.strategy,
+            version=self.noise_version,
+            rank=self.rank,
         )
 
 
@@ -83,10 +107,16 @@ def apply_update(
 
 
 def es_step(
-    cfg: ESConfig, iteration: int, score: Callable[[PerturbationSpec], float], params: Sequence[tuple[str, np.ndarray]]
+    cfg: ESConfig,
+    iteration: int,
+    score: Callable[[list[PerturbationSpec]], list[float]],
+    params: Sequence[tuple[str, np.ndarray]],
 ) -> dict[str, Any]:
-    """One iteration: score the population, then update `params` (the current theta) in place."""
-    rewards = [score(cfg.spec(iteration, i)) for i in range(cfg.population)]
+    """One iteration: score the population (population_batch perturbations at a time), then update
+    `params` (the current theta) in place."""
+    specs = [cfg.spec(iteration, i) for i in range(cfg.population)]
+    m = cfg.population_batch
+    rewards = [r for lo in range(0, len(specs), m) for r in score(specs[lo : lo + m])]
     coefficients = update_coefficients(cfg, rewards)
     apply_update(cfg, iteration, coefficients, params)
     return {"iteration": iteration, "rewards": rewards, "coefficients": coefficients}
@@ -112,9 +142,12 @@ def run_es(
     )
 
     def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-        return {k: v for k, v in a.items() if k != "iterations"} == {k: v for k, v in b.items() if k != "iterations"}
+        changeable = ESConfig.CHANGEABLE
+        return {k: v for k, v in a.items() if k not in changeable} == {
+            k: v for k, v in b.items() if k not in changeable
+        }
 
-    log["config"] = {"noise_version": 1, **log["config"]}  # an ES log from before 0.2 names none
+    log["config"] = {**ESConfig.OLD_LOGS, **log["config"]}  # a log from before a field existed
     cfg = replace(cfg, noise_version=log["config"]["noise_version"])  # the folder decides its noise
     if not same(log["config"], asdict(cfg)):
         raise ThicketsError(
@@ -140,11 +173,14 @@ def run_es(
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens = sum(r.get("tokens", 0) for r in log["iterations"])
 
-    def score(spec: PerturbationSpec) -> float:
+    def score(specs: list[PerturbationSpec]) -> list[float]:
         nonlocal tokens
-        rows = evaluate(engine, task, val, search_cfg, spec)
-        tokens += count_tokens(engine.tokenizer, [r.completion for r in rows])
-        return float(np.mean([r.score.reward for r in rows]))
+        if len(specs) > 1:
+            per_spec = evaluate_population(engine, task, val, search_cfg, specs)
+        else:
+            per_spec = [evaluate(engine, task, val, search_cfg, specs[0])]
+        tokens += sum(count_tokens(engine.tokenizer, [r.completion for r in rows]) for rows in per_spec)
+        return [float(np.mean([r.score.reward for r in rows])) for rows in per_spec]
 
     with bar("es", cfg.iterations, progress) as update:
         update(advance=len(log["iterations"]))
