@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thickets.engines import fast_decode
+from thickets.engines import fast_decode, greedy
 from thickets.engines.base import cut_at_stop
 from thickets.engines.transformers_engine import TransformersEngine, hf_generate_greedy
 from thickets.models import load
@@ -210,8 +210,8 @@ def test_a_shared_prefix_is_run_once_and_gives_the_same_tokens(loaded, always_co
     model, tok = loaded
     prompts = [SYSTEM + p for p in PROMPTS]
     enc = _encode(tok, prompts)
-    shared = fast_decode.shared_prefix(enc["input_ids"], enc["attention_mask"].bool())
-    assert shared >= fast_decode.MIN_SHARED_PREFIX
+    shared = greedy.shared_prefix(enc["input_ids"], enc["attention_mask"].bool())
+    assert shared >= greedy.MIN_SHARED_PREFIX
     assert shared < int(enc["attention_mask"].sum(1).min())  # every row keeps a token of its own
     hf = hf_tokens(model, tok, prompts, 16)
     assert_same(fast_tokens(model, tok, prompts, 16, compact=lambda *a: always_compact), hf)
@@ -226,7 +226,7 @@ def test_a_shared_prefix_is_run_once_and_gives_the_same_tokens(loaded, always_co
 def test_shared_prefix_length():
     ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 1, 2], [0, 5, 6, 7, 8, 3]])
     ok = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]]).bool()
-    assert fast_decode.shared_prefix(ids, ok) == 3
-    assert fast_decode.shared_prefix(ids[:1], ok[:1]) == 0  # one row: nothing to share
+    assert greedy.shared_prefix(ids, ok) == 3
+    assert greedy.shared_prefix(ids[:1], ok[:1]) == 0  # one row: nothing to share
     same = torch.tensor([[1, 2, 3], [1, 2, 3]])
-    assert fast_decode.shared_prefix(same, torch.ones_like(same).bool()) == 2  # the last token stays each row's
+    assert greedy.shared_prefix(same, torch.ones_like(same).bool()) == 2  # the last token stays each row's

@@ -30,13 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from transformers.generation.stopping_criteria import StopStringCriteria
+from thickets.engines.greedy import (
+    MIN_SHARED_PREFIX,
+    Stops,
+    compact_worth_it,
+    decode_steps,
+    group_leaders,
+    shared_prefix,
+)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
@@ -62,14 +68,6 @@ def supports(model: Any) -> bool:
     attn, mlp = layer.self_attn, layer.mlp
     needed = ("q_proj", "k_proj", "v_proj", "o_proj")
     return all(hasattr(attn, n) for n in needed) and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
-
-
-def eos_ids(model: Any) -> list[int]:
-    """The ids `generate` stops on: the generation config's `eos_token_id` (none when it is unset)."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
 @dataclass
@@ -131,60 +129,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return (x * cos) + (_rotate_half(x) * sin)
-
-
-# (id(tokenizer), len(tokenizer), stop strings) -> (tokenizer, StopStringCriteria)
-_STOP_CRITERIA: dict[tuple[int, int, tuple[str, ...]], tuple[Any, StopStringCriteria]] = {}
-
-
-def _stop_string_criteria(tokenizer: Any, stop_strings: tuple[str, ...]) -> StopStringCriteria:
-    """transformers' StopStringCriteria, built once per tokenizer and stop strings (building scans the
-    whole vocabulary: about 0.3 s, and transformers' own cache misses because its key is the vocabulary
-    in hash order)."""
-    from transformers.generation.stopping_criteria import StopStringCriteria
-
-    key = (id(tokenizer), len(tokenizer), stop_strings)
-    hit = _STOP_CRITERIA.get(key)
-    if hit is not None and hit[0] is tokenizer:
-        return hit[1]
-    criteria = StopStringCriteria(tokenizer, list(stop_strings))
-    if len(_STOP_CRITERIA) >= 8:
-        _STOP_CRITERIA.pop(next(iter(_STOP_CRITERIA)))
-    _STOP_CRITERIA[key] = (tokenizer, criteria)  # the tokenizer is held so its id is not reused
-    return criteria
-
-
-class Stops:
-    """EOS ids and stop strings; a row is done after the token that ends it (as `generate` decides)."""
-
-    def __init__(self, model: Any, tokenizer: Any, stop_strings: Sequence[str], device: torch.device):
-        ids = eos_ids(model)
-        self.eos = torch.tensor(ids, device=device, dtype=torch.long) if ids else None
-        self.strings: StopStringCriteria | None = None
-        if stop_strings:
-            self.strings = _stop_string_criteria(tokenizer, tuple(stop_strings))
-            self.window = self.strings.maximum_token_len
-
-    def __call__(self, last: torch.Tensor, seq: torch.Tensor) -> torch.Tensor | None:
-        """last: [B] new tokens; seq: [B, L] all tokens so far (prompt + generated)."""
-        done = None
-        if self.eos is not None:
-            done = torch.isin(last, self.eos)
-        if self.strings is not None:
-            hit = self.strings(seq[:, -self.window :], None)
-            done = hit if done is None else done | hit
-        return done
-
-
-def compact_worth_it(n_done: int, n_active: int, steps_left: int) -> bool:
-    """Drop finished rows when the compute they would still cost outweighs one cache copy.
-
-    A row-step (about 2 x params FLOPs) costs far more than copying one row's cache once, so
-    compaction pays off after a few steps; batching the finished rows avoids copying on every step.
-    """
-    if n_done == 0 or steps_left <= 0:
-        return False
-    return n_done * steps_left >= max(2, n_active // 8)
 
 
 def _attend(
@@ -287,24 +231,6 @@ class _Decoder:
         self.k, self.v = self.k[:, :n], self.v[:, :n]
 
 
-def shared_prefix(input_ids: torch.Tensor, valid: torch.Tensor) -> int:
-    """Length of the token prefix every (left-padded) row starts with, leaving each row at least one
-    token of its own: a chat template's system prompt is usually most of a short prompt."""
-    lengths = valid.sum(1)
-    shortest = int(lengths.min())
-    if shortest < 2 or input_ids.shape[0] < 2:
-        return 0
-    T = input_ids.shape[1]
-    starts = T - lengths  # left padding
-    idx = starts[:, None] + torch.arange(shortest - 1, device=input_ids.device)[None, :]
-    heads = input_ids.gather(1, idx)  # [B, shortest - 1] each row's first tokens
-    same = (heads == heads[:1]).all(0)
-    return int(same.long().cumprod(0).sum())
-
-
-MIN_SHARED_PREFIX = 8  # below this, one prefill over the padded batch is as cheap
-
-
 @torch.inference_mode()
 def generate_greedy(
     model: Any,
@@ -366,14 +292,11 @@ def generate_greedy(
 
     # -- prefill -------------------------------------------------------------------------------
     if P:  # one row per group runs the prefix; every row then takes its group's keys and values
-        first_of_group = torch.ones(B, dtype=torch.bool, device=device)
-        first_of_group[1:] = groups[1:] != groups[:-1]
-        leaders = first_of_group.nonzero().squeeze(1)
+        leaders, source = group_leaders(groups)
         start = T - int(lengths[0])
         pcos, psin = cos_t[:P][None, None], sin_t[:P][None, None]
         tell(groups[leaders])
         dec.forward(input_ids[leaders, start : start + P], pcos, psin, 0, None, causal=True, rows=leaders.numel())
-        source = first_of_group.long().cumsum(0) - 1
         dec.k[:, :, :, :P] = dec.k[:, source, :, :P]
         dec.v[:, :, :, :P] = dec.v[:, source, :, :P]
     tell(groups)
@@ -391,41 +314,18 @@ def generate_greedy(
     tok = logits.argmax(-1)  # [B]
 
     # -- decode --------------------------------------------------------------------------------
-    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    seq = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=device)  # for stop strings
-    seq[:, :T] = input_ids
-    rows = torch.arange(B, device=device)  # active row -> original row
     last_pos = own_pos[:, -1].clone()
-    n_done_pending = 0
-    pending = torch.zeros(B, dtype=torch.bool, device=device)
-    n = B
-    steps = max_new_tokens
-    for s in range(max_new_tokens):
+
+    def step(tok: torch.Tensor, s: int) -> torch.Tensor:
         c = W + s  # cache column of this step's token
-        out[rows, s] = torch.where(pending, pad_token_id, tok) if n_done_pending else tok
-        seq[:, T + s] = tok
-        done = stops(tok, seq[:, : T + s + 1])
-        if done is not None:
-            done &= ~pending
-            new_done = int(done.sum())
-            if new_done:
-                pending |= done
-                n_done_pending += new_done
-        if n_done_pending == n:
-            steps = s + 1
-            break
-        if s == max_new_tokens - 1:
-            break
-        if n_done_pending and compact(n_done_pending, n - n_done_pending, max_new_tokens - 1 - s):
-            keep = (~pending).nonzero().squeeze(1)
-            rows, tok, seq, key_ok, last_pos = rows[keep], tok[keep], seq[keep], key_ok[keep], last_pos[keep]
-            dec.keep(keep)
-            n = keep.numel()
-            tell(groups[rows])
-            pending = torch.zeros(n, dtype=torch.bool, device=device)
-            n_done_pending = 0
         p = last_pos + (s + 1)
         cos, sin = cos_t[p][:, None, None], sin_t[p][:, None, None]  # [n, 1, 1, hd]
         step_mask = key_ok[:, None, None, : c + 1] if padded else None
-        tok = dec.forward(tok[:, None], cos, sin, c, step_mask).argmax(-1)
-    return out[:, :steps]
+        return dec.forward(tok[:, None], cos, sin, c, step_mask).argmax(-1)
+
+    def keep(rows: torch.Tensor) -> None:
+        nonlocal key_ok, last_pos
+        key_ok, last_pos = key_ok[rows], last_pos[rows]
+        dec.keep(rows)
+
+    return decode_steps(tok, input_ids, max_new_tokens, pad_token_id, stops, compact, groups, tell, step, keep)

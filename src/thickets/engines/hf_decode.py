@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from thickets.engines.fast_decode import MIN_SHARED_PREFIX, Stops, compact_worth_it, shared_prefix
+from thickets.engines.greedy import (
+    MIN_SHARED_PREFIX,
+    Stops,
+    compact_worth_it,
+    decode_steps,
+    group_leaders,
+    shared_prefix,
+)
 
 
 def supports(model: Any) -> bool:
@@ -118,9 +125,7 @@ def generate_greedy(
 
     if P:
         # one row per group runs the prefix; every row then takes its group's cache rows
-        first_of_group = torch.ones(B, dtype=torch.bool, device=device)
-        first_of_group[1:] = groups[1:] != groups[:-1]
-        leaders = first_of_group.nonzero().squeeze(1)
+        leaders, source = group_leaders(groups)
         start = T - int(lengths[0])
         positions = torch.arange(P, device=device)
         tell(groups[leaders])
@@ -131,7 +136,7 @@ def generate_greedy(
             position_ids=positions[None].expand(leaders.numel(), P),
             cache_position=positions,
         )
-        _keep_rows(cache, first_of_group.long().cumsum(0) - 1)
+        _keep_rows(cache, source)
     tell(groups)
     logits = _last_logits(
         model,
@@ -143,38 +148,11 @@ def generate_greedy(
     )
     tok = logits.argmax(-1)
 
-    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    seq = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=device)  # for stop strings
-    seq[:, :T] = input_ids
-    rows = torch.arange(B, device=device)  # active row -> original row
     last_pos = own_pos[:, -1].clone()
-    pending = torch.zeros(B, dtype=torch.bool, device=device)
-    n_pending, n, steps = 0, B, max_new_tokens
-    for s in range(max_new_tokens):
+
+    def step(tok: torch.Tensor, s: int) -> torch.Tensor:
         c = W + s  # cache column of this step's token
-        out[rows, s] = torch.where(pending, pad_token_id, tok) if n_pending else tok
-        seq[:, T + s] = tok
-        done = stops(tok, seq[:, : T + s + 1])
-        if done is not None:
-            done &= ~pending
-            new = int(done.sum())
-            if new:
-                pending |= done
-                n_pending += new
-        if n_pending == n:
-            steps = s + 1
-            break
-        if s == max_new_tokens - 1:
-            break
-        if n_pending and compact(n_pending, n - n_pending, max_new_tokens - 1 - s):
-            keep = (~pending).nonzero().squeeze(1)
-            rows, tok, seq, key_ok, last_pos = rows[keep], tok[keep], seq[keep], key_ok[keep], last_pos[keep]
-            _keep_rows(cache, keep)
-            n = keep.numel()
-            tell(groups[rows])
-            pending = torch.zeros(n, dtype=torch.bool, device=device)
-            n_pending = 0
-        tok = _last_logits(
+        return _last_logits(
             model,
             cache,
             input_ids=tok[:, None],
@@ -182,4 +160,10 @@ def generate_greedy(
             position_ids=(last_pos + (s + 1))[:, None],
             cache_position=torch.tensor([c], device=device),
         ).argmax(-1)
-    return out[:, :steps]
+
+    def keep(rows: torch.Tensor) -> None:
+        nonlocal key_ok, last_pos
+        key_ok, last_pos = key_ok[rows], last_pos[rows]
+        _keep_rows(cache, rows)
+
+    return decode_steps(tok, input_ids, max_new_tokens, pad_token_id, stops, compact, groups, tell, step, keep)

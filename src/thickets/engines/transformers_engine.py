@@ -9,7 +9,7 @@ through transformers' `generate` when built with `fast=False` or for a model nei
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -149,39 +149,13 @@ class TransformersEngine:
 
     # -- generation ----------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *, add_special_tokens: bool = False
     ) -> list[str]:
         """Greedy completions in the order of `prompts`, batch_size at a time, each batch padded to its
         longest prompt (callers decide which prompts share a batch: see search.evaluate)."""
-        tok = self.tokenizer
-        ids = prompt_token_ids(tok, prompts, add_special_tokens)
-        # longest first inside the call, so padding is small; results go back in input order
-        order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
-        out: list[str] = [""] * len(prompts)
-        device = next(self.model.parameters()).device
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo : lo + self.batch_size]
-            enc = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
-            if self.fast:
-                new = (fast_decode if self.decoder == "fast_decode" else hf_decode).generate_greedy(
-                    self.model,
-                    enc["input_ids"],
-                    enc["attention_mask"],
-                    max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                    tokenizer=tok,
-                    stop_strings=stop,
-                )
-            else:
-                new = hf_generate_greedy(self.model, tok, enc, max_new_tokens, stop)
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                out[i] = cut_at_stop(text, stop)
-        return out
+        return self._batches(prompts, max_new_tokens, stop, add_special_tokens)[0]
 
-    @torch.inference_mode()
     def generate_population(
         self,
         specs: Sequence[PerturbationSpec],
@@ -198,16 +172,32 @@ class TransformersEngine:
             raise RuntimeError("generate_population() while perturbed")
         if self.decoder == "generate":
             raise ValueError(f"{type(self.model).__name__} takes transformers' generate, which cannot batch experts")
-        tok, m = self.tokenizer, len(specs)
+        with PopulationBatch(self.model, self.params, specs) as population:
+            return self._batches(prompts, max_new_tokens, stop, add_special_tokens, len(specs), population.set_rows)
+
+    @torch.inference_mode()
+    def _batches(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        add_special_tokens: bool,
+        experts: int = 1,
+        on_rows: Callable[[torch.Tensor], None] | None = None,
+    ) -> list[list[str]]:
+        """Longest prompts first, batch_size prompts a batch, each prompt once per expert (expert-major
+        rows, which `on_rows` is told); results go back in input order, out[expert][prompt]."""
+        tok = self.tokenizer
         ids = prompt_token_ids(tok, prompts, add_special_tokens)
         order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
-        out = [[""] * len(prompts) for _ in specs]
+        out = [[""] * len(prompts) for _ in range(experts)]
         device = next(self.model.parameters()).device
-        with PopulationBatch(self.model, self.params, specs) as population:
-            for lo in range(0, len(order), self.batch_size):
-                idx = order[lo : lo + self.batch_size]
-                rows = [ids[i] for _ in specs for i in idx]
-                enc = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(device)
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            rows = [ids[i] for _ in range(experts) for i in idx]
+            enc = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(device)
+            if self.fast:
+                groups = torch.arange(experts, device=device).repeat_interleave(len(idx))
                 new = (fast_decode if self.decoder == "fast_decode" else hf_decode).generate_greedy(
                     self.model,
                     enc["input_ids"],
@@ -216,13 +206,15 @@ class TransformersEngine:
                     pad_token_id=tok.pad_token_id,
                     tokenizer=tok,
                     stop_strings=stop,
-                    groups=torch.arange(m, device=device).repeat_interleave(len(idx)),
-                    on_rows=population.set_rows,
+                    groups=groups,
+                    on_rows=on_rows,
                 )
-                texts = tok.batch_decode(new, skip_special_tokens=True)
-                for e in range(m):
-                    for j, i in enumerate(idx):
-                        out[e][i] = cut_at_stop(texts[e * len(idx) + j], stop)
+            else:
+                new = hf_generate_greedy(self.model, tok, enc, max_new_tokens, stop)
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            for e in range(experts):
+                for j, i in enumerate(idx):
+                    out[e][i] = cut_at_stop(texts[e * len(idx) + j], stop)
         return out
 
     def describe(self) -> dict[str, Any]:
