@@ -107,3 +107,14 @@ def test_half_precision_weights_are_perturbed_on_their_device_and_restored_exact
         engine.restore()
         assert all(torch.equal(p, base[n]) for n, p in engine.params.items())
     assert engine.describe()["dtype"] == dtype and engine.describe()["device"] == "cpu"
+
+
+def test_sampling_is_seeded_per_call_and_gives_each_prompt_its_samples(tiny_engine):
+    prompts = ["Hello there", "A", "Tell me a long story about the sea"]
+    a = tiny_engine.sample(prompts, 8, samples=3, temperature=1.0, seed=5)
+    assert [len(x) for x in a] == [3, 3, 3]
+    assert tiny_engine.sample(prompts, 8, samples=3, temperature=1.0, seed=5) == a  # the same call, the same texts
+    assert tiny_engine.sample(prompts, 8, samples=3, temperature=1.0, seed=6) != a
+    assert any(len(set(x)) > 1 for x in a)  # samples of one prompt differ
+    cold = tiny_engine.sample(prompts, 8, samples=1, temperature=1e-4, seed=1)
+    assert [c[0] for c in cold] == tiny_engine.generate(prompts, 8)  # temperature to zero: greedy

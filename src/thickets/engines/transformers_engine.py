@@ -21,7 +21,7 @@ from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
 from thickets.engines.population import PopulationBatch
-from thickets.noise import PerturbationSpec, add_noise_
+from thickets.noise import PerturbationSpec, add_noise_, derive_seed
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -174,6 +174,46 @@ class TransformersEngine:
             raise ValueError(f"{type(self.model).__name__} takes transformers' generate, which cannot batch experts")
         with PopulationBatch(self.model, self.params, specs) as population:
             return self._batches(prompts, max_new_tokens, stop, add_special_tokens, len(specs), population.set_rows)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        samples: int,
+        temperature: float,
+        seed: int,
+        add_special_tokens: bool = False,
+    ) -> list[list[str]]:
+        """`samples` completions of each prompt at `temperature` (pure sampling: no top-k, no top-p),
+        out[prompt][sample]. transformers' own sampling; batch b draws from torch's generator seeded with
+        derive_seed(seed, b), so the same call gives the same texts in any process (distillation's traces
+        resume bitwise)."""
+        tok = self.tokenizer
+        ids = prompt_token_ids(tok, prompts, add_special_tokens)
+        out: list[list[str]] = []
+        device = next(self.model.parameters()).device
+        per_batch = max(1, self.batch_size // samples)
+        for b, lo in enumerate(range(0, len(ids), per_batch)):
+            enc = tok.pad({"input_ids": ids[lo : lo + per_batch]}, padding=True, return_tensors="pt").to(device)
+            torch.manual_seed(derive_seed(b"thickets-sample", seed, b))
+            with neutral_generation_config(self.model, tok):
+                new = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    num_return_sequences=samples,
+                    max_new_tokens=max_new_tokens,
+                    stop_strings=list(stop) or None,
+                    tokenizer=tok if stop else None,
+                )[:, enc["input_ids"].shape[1] :]
+            texts = [cut_at_stop(t, stop) for t in tok.batch_decode(new, skip_special_tokens=True)]
+            out += [texts[i * samples : (i + 1) * samples] for i in range(len(texts) // samples)]
+        return out
 
     @torch.inference_mode()
     def _batches(

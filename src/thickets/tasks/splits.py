@@ -1,8 +1,10 @@
-"""Validation and test splits: disjoint, and fixed by the task and a seed.
+"""Validation, test and train splits: disjoint, and fixed by the task and a seed.
 
-Both come from one deterministic stream of the task's examples: validation is the first
-`val_size` distinct examples, test the distinct examples after it that are not in validation.
-A larger test split therefore extends a smaller one, and stored test answers stay valid.
+Validation and test come from one deterministic stream of the task's examples: validation is the
+first `val_size` distinct examples, test the distinct examples after it. A larger test split
+therefore extends a smaller one, and stored test answers stay valid. The train split (what
+distillation fine-tunes on) comes from a stream of its own seed, skipping every example of the
+validation split and of the test split as large as the caller will ever evaluate on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import itertools
 from collections.abc import Iterator
 
 from thickets.errors import ThicketsError
+from thickets.noise import derive_seed
 from thickets.tasks.base import Example, Task
 
 #: how many repeats in a row end a stream of a procedural task with a small example space
@@ -50,3 +53,21 @@ def make_splits(task: Task, seed: int, val_size: int, test_size: int = 0) -> tup
             else f"task {task.name} has no examples left for a test split"
         )
     return val, test
+
+
+def make_train_split(task: Task, seed: int, val_size: int, test_size: int, train_size: int) -> list[Example]:
+    """`train_size` distinct examples that are in neither the validation split nor a test split of up to
+    `test_size` examples (a procedural task draws them from another stream; a data file's rows are
+    whatever is left)."""
+    val, test = make_splits(task, seed, val_size, test_size)
+    held_out = {ex.id for ex in val} | {ex.id for ex in test}
+    stream = (ex for ex in _distinct(task, derive_seed(b"thickets-train", seed)) if ex.id not in held_out)
+    train = list(itertools.islice(stream, train_size))
+    if len(train) < train_size:
+        raise ThicketsError(
+            f"task {task.name} has only {len(train)} examples outside its validation and test splits; "
+            f"the train split needs {train_size}"
+            if train
+            else f"task {task.name} has no examples left for a train split"
+        )
+    return train

@@ -1,0 +1,113 @@
+"""Fine-tune one model on the kept traces with TRL's SFTTrainer: LoRA through peft (merged on save) or
+full fine-tuning, on the prompts exactly as the search rendered them.
+
+Each example is a prompt (the task's prompt through the chat template the search used, ending where
+the model starts to answer) and a completion (the trace, then the end-of-sequence token, so the
+distilled model learns to stop where the expert did); the loss is on the completion only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thickets.disk import written_whole
+from thickets.engines import render_prompt
+from thickets.errors import ThicketsError
+from thickets.models import load, resolve
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lora: bool = True
+    lora_r: int = 64
+    learning_rate: float = 1e-4
+    epochs: float = 2.0
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    sha256: str  # the distilled model's identity: the hash of its weights, as for any model
+    tokens_trained: int  # completion tokens the loss saw, times epochs
+    losses: list[float]
+    seconds: float
+
+
+def fine_tune(
+    model: str,
+    pairs: Sequence[tuple[str, str, str | None]],
+    out: Path,
+    settings: TrainSettings,
+    *,
+    chat_template: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on (prompt, completion, system prompt) pairs; the merged model is written whole to
+    `out` (a Hugging Face folder plain transformers loads)."""
+    try:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them lazily
+    except ImportError:
+        raise ThicketsError("distillation needs TRL: pip install 'thickets[baselines]'") from None
+    if not pairs:
+        raise ThicketsError("no traces to train on")
+    m, tok, _ = load(model)
+    m.requires_grad_(True)
+    m.train()
+    rows = [
+        {"prompt": render_prompt(tok, prompt, system, chat_template), "completion": completion + tok.eos_token}
+        for prompt, completion, system in pairs
+    ]
+    tokens = sum(len(tok(r["completion"], add_special_tokens=False).input_ids) for r in rows)
+    scratch = tempfile.TemporaryDirectory(prefix="thickets-sft-")  # TRL's own output; nothing kept there
+    args = SFTConfig(
+        output_dir=scratch.name,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not _cuda(),
+        bf16=False,
+        fp16=False,
+        seed=settings.seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        completion_only_loss=True,
+    )
+    peft_config = None
+    if settings.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=settings.lora_r, lora_alpha=2 * settings.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = SFTTrainer(
+        model=m, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
+    )
+    t0 = time.perf_counter()
+    with scratch:
+        trainer.train()
+    seconds = time.perf_counter() - t0
+    trained: Any = trainer.model
+    if settings.lora:
+        trained = trained.merge_and_unload()
+    with written_whole(out) as tmp:
+        trained.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
