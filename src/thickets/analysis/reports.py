@@ -322,3 +322,29 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         f"{r['process_ready_s']:.2f} s, of which importing torch and transformers {r['import_s']:.2f} s; "
         f"first load here {r['first_load_s']:.1f} s"
     )
+
+
+def print_distill(records: Sequence[Mapping[str, Any]]) -> None:
+    """Per round: the original base, the round's top-K vote (K answers a question) and the distilled
+    model (one), on the same test questions, with paired 95% intervals against the base."""
+    if not records:
+        return
+    t = Table(title=f"distillation, {records[0]['test']['test_size']} test questions")
+    for col in ("round", "traces kept", "model", "answers/question", "accuracy", "vs base, pts [95% CI]"):
+        t.add_column(col, justify="right")
+    first = records[0]["test"]
+    t.add_row("-", "-", "original base", "1", f"{first['base']['accuracy']:.1%}", "-")
+    for r in records:
+        test = r["test"]
+        for label, key in ((f"top-{test['ensemble']['k']} vote", "ensemble"), ("distilled", "distilled")):
+            row = test[key]
+            gain = row["vs_base"]
+            t.add_row(
+                str(r["round"]),
+                f"{r['kept_this_round']} ({r['share_kept']:.0%})" if key == "distilled" else "",
+                label,
+                str(row["answers_per_question"]),
+                f"{row['accuracy']:.1%}",
+                f"{100 * gain['gain']:+.1f} [{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}]",
+            )
+    Console().print(t)

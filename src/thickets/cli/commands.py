@@ -24,6 +24,7 @@ from thickets.analysis.reports import (
     print_bench,
     print_compare,
     print_density,
+    print_distill,
     print_replay,
     print_tables,
     print_toy,
@@ -34,6 +35,7 @@ from thickets.baselines.grpo import GRPOSettings, run_grpo
 from thickets.bench.config import BenchConfig
 from thickets.cli.args import add_fields, read_config_file, values
 from thickets.cli.demo import demo
+from thickets.distill.config import DistillConfig
 from thickets.errors import ThicketsError
 from thickets.noise import ParamFilter, PerturbationSpec
 from thickets.options import commas, option, parse_ints, parse_patterns
@@ -175,6 +177,20 @@ def cmd_ensemble(a: Parsed, quiet: bool) -> None:
     e = a[EnsembleArgs]
     print_tables(ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet))
     print(f"report written to {Path(e.run_dir) / 'report.json'} and report.md")
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    run_dir: str = option(..., "the run folder whose search starts round 1")
+
+
+def cmd_distill(a: Parsed, quiet: bool) -> None:
+    from thickets.distill.rounds import distill  # torch, transformers and TRL: only for this command
+
+    run_dir = Path(a[DistillRun].run_dir)
+    records = distill(run_dir, a[DistillConfig], progress=not quiet)
+    print_distill(records)
+    print(f"rounds recorded in {run_dir / 'distill'}/round-N/round.json")
 
 
 def cmd_export(a: Parsed, quiet: bool) -> None:
@@ -325,6 +341,11 @@ COMMANDS: dict[str, Command] = {
         cmd_search,
     ),
     "ensemble": ("top-K majority vote vs base vs best single, on held-out test data", (EnsembleArgs,), cmd_ensemble),
+    "distill": (
+        "iterative RandOpt: the top-K experts' good traces on a train split fine-tune one model, then search again",
+        (DistillRun, DistillConfig),
+        cmd_distill,
+    ),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
     "demo": ("the embedded model end to end: search, then ensemble", (DemoArgs,), cmd_demo),
     "score": ("score one completion: extracted answer, vote key, reward, correct", (ScoreArgs,), cmd_score),

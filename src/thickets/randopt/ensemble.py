@@ -47,7 +47,7 @@ class Row:
     score: float | None = None  # mean reward, for single models
 
 
-class _Answers:
+class StoredAnswers:
     """Stored test answers of each model, generated (and stored) where missing, with one engine loaded
     on first need."""
 
@@ -126,7 +126,7 @@ def ensemble(
                 f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}"
             )
         identity = store.meta("model_identity")
-        answers = _Answers(store, config, task, test, engine)
+        answers = StoredAnswers(store, config, task, test, engine)
         by_model = store.val_reward_by_task() if parts != [None] else {}
         for part in parts:
             if part is None:

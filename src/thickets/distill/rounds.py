@@ -1,0 +1,248 @@
+"""Iterative RandOpt: search, the top-K experts answer a train split, keep the good traces, fine-tune one
+model on them, and search again around that model.
+
+Everything a round makes lives in `RUN/distill/round-N/`, each file written whole, so a round killed
+at any point goes on from its last finished piece when the same command runs again:
+
+    search/          the round's search (round 1: the run folder itself), around the previous round's model
+    traces-K.jsonl   expert K's answers to the train split, scored (one file per expert)
+    kept.jsonl       the traces trained on: this round's and the earlier rounds' kept, at most M a question
+    model/           the fine-tuned model (merged), a plain Hugging Face folder
+    round.json       the round's record: traces, share kept, tokens generated and trained, the model's
+                     path and hash, and the test report (original base, the round's top-K vote, the model)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from thickets.distill.config import DistillConfig
+from thickets.distill.traces import Trace, keep, mode_for
+from thickets.distill.train import TrainSettings, fine_tune
+from thickets.engines import count_tokens
+from thickets.errors import ThicketsError
+from thickets.noise import derive_seed
+from thickets.progress import bar
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.ensemble import StoredAnswers
+from thickets.randopt.scoring import engine_for, evaluate, generate, load_run_config, render_prompts, task_for
+from thickets.randopt.search import search
+from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
+from thickets.randopt.vote import paired_gain, rank, vote_outcomes
+from thickets.tasks import Example, Score, Task
+from thickets.tasks.splits import make_splits, make_train_split
+
+
+def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[Example], str]:
+    """Everything bad input can break, before anything is written: (run config, task, train split, mode)."""
+    config = load_run_config(run_dir)
+    task = task_for(config)
+    mode = mode_for(task, cfg.filter)
+    if cfg.top_k > config.population:
+        raise ThicketsError(f"top-k {cfg.top_k} is more than the run's population of {config.population}")
+    make_splits(task, config.split_seed, config.val_size, cfg.test_size)
+    train = make_train_split(task, config.split_seed, config.val_size, cfg.test_size, cfg.train_size)
+    if mode == "vote":
+        with RunStore.open(run_dir, write=False) as store:
+            if not any(s.vote_key is not None for s in store.scores(BASE, "val").values()):
+                raise ThicketsError(
+                    f"task {task.name} gives neither gold answers nor vote keys (none in {run_dir}'s "
+                    f"validation results): no trace can be judged"
+                )
+    return config, task, train, mode
+
+
+def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) cfg.rounds rounds; returns each round's record."""
+    run_dir = Path(run_dir)
+    config, task, train, mode = check(run_dir, cfg)
+    records: list[dict[str, Any]] = []
+    kept_before: list[Trace] = []
+    model = config.model
+    for r in range(1, cfg.rounds + 1):
+        folder = run_dir / "distill" / f"round-{r}"
+        done = folder / "round.json"
+        if done.exists():
+            record = json.loads(done.read_text())
+        else:
+            record = _round(r, folder, run_dir, config, model, task, train, mode, cfg, kept_before, progress)
+        records.append(record)
+        # earlier rounds' traces come first when a question has more than M (rank 0: before every expert)
+        kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
+        model = record["model"]["path"]
+    return records
+
+
+def _round(
+    r: int,
+    folder: Path,
+    run_dir: Path,
+    config: SearchConfig,
+    model: str,
+    task: Task,
+    train: list[Example],
+    mode: str,
+    cfg: DistillConfig,
+    kept_before: list[Trace],
+    progress: bool,
+) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    # 1. the round's search: the run's own in round 1, else a new one around the last round's model
+    round_config = config if r == 1 else replace(config, model=model)
+    search_dir = run_dir if r == 1 else folder / "search"
+    search(round_config, search_dir, progress=progress)
+    with RunStore.open(search_dir, write=False) as store:
+        experts = [c for c in rank(store.candidates()) if c.complete][: cfg.top_k]
+
+    # 2. the experts answer the train split, one file per expert
+    engine = engine_for(round_config)
+    traces: list[Trace] = []
+    tokens_generated = 0
+    with bar(f"round {r}: traces", len(experts), progress) as update:
+        for k, c in enumerate(experts, start=1):
+            path = folder / f"traces-{k}.jsonl"
+            if not path.exists():
+                engine.perturb(round_config.candidate(c.idx))
+                try:
+                    answers = _answers(engine, task, train, round_config, cfg, derive_seed(b"distill", cfg.seed, r, k))
+                finally:
+                    engine.restore()
+                _write_traces(path, [Trace(ex_id, k, i, c, sc) for ex_id, i, c, sc in answers])
+            mine = _read_traces(path)
+            traces += mine
+            tokens_generated += count_tokens(engine.tokenizer, [t.completion for t in mine])
+            update(kept=len(keep(traces, mode, cfg.max_traces)))
+
+    # 3. keep the good ones (earlier rounds' first), at most M a question
+    kept = keep(kept_before + traces, mode, cfg.max_traces)
+    if len(kept) == len(kept_before):
+        good = "correct" if mode == "gold" else "agreeing with the vote"
+        raise ThicketsError(f"round {r} kept no new traces ({len(traces)} generated, none {good}); nothing was trained")
+    _write_traces(folder / "kept.jsonl", kept)
+
+    # 4. fine-tune the round's base on them
+    by_id = {ex.id: ex for ex in train}
+    pairs = [(by_id[t.example_id].prompt, t.completion, task.system_prompt) for t in kept]
+    settings = TrainSettings(
+        lora=not cfg.full,
+        lora_r=cfg.lora_r,
+        learning_rate=cfg.learning_rate,
+        epochs=cfg.epochs,
+        batch_size=cfg.train_batch_size,
+        seed=derive_seed(b"distill-train", cfg.seed, r) % 2**32,  # numpy's seeds are 32-bit
+    )
+    trained = fine_tune(model, pairs, folder / "model", settings, chat_template=config.chat_template, progress=progress)
+
+    # 5. the report: the original base, the round's top-K vote and the distilled model on one test split
+    report = _report(run_dir, search_dir, round_config, trained.model_dir, task, cfg, experts, progress)
+    record = {
+        "round": r,
+        "mode": mode,
+        "base_model": model,
+        "search_dir": str(search_dir),
+        "experts": [c.idx for c in experts],
+        "traces": len(traces),
+        "kept_this_round": len(kept) - len(kept_before),
+        "kept_total": len(kept),
+        "share_kept": (len(kept) - len(kept_before)) / max(1, len(traces)),
+        "questions_covered": len({t.example_id for t in kept}),
+        "tokens_generated": tokens_generated,
+        "tokens_trained": trained.tokens_trained,
+        "train_losses": trained.losses,
+        "train_seconds": trained.seconds,
+        "model": {"path": str(trained.model_dir), "sha256": trained.sha256},
+        "config": asdict(cfg),
+        "test": report,
+    }
+    tmp = folder / "round.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(folder / "round.json")
+    return record
+
+
+def _answers(
+    engine: Any, task: Task, train: list[Example], config: SearchConfig, cfg: DistillConfig, seed: int
+) -> list[tuple[str, int, str, Score]]:
+    """(example id, sample, completion, score) of one expert on the train split."""
+    if cfg.samples == 0:
+        completions = [[c] for c in generate(engine, task, train, config)]
+    else:
+        prompts = render_prompts(engine.tokenizer, task, train, config)
+        completions = engine.sample(
+            prompts, config.max_new_tokens, task.stop, samples=cfg.samples, temperature=cfg.temperature, seed=seed
+        )
+    flat = [(ex, i, c) for ex, cs in zip(train, completions) for i, c in enumerate(cs)]
+    scores = task.score_batch([ex for ex, _, _ in flat], [c for _, _, c in flat])
+    return [(ex.id, i, c, s) for (ex, i, c), s in zip(flat, scores)]
+
+
+def _write_traces(path: Path, traces: Sequence[Trace]) -> None:
+    """Written whole: a killed round never leaves a partial file to be taken for a finished one."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for t in traces:
+            f.write(json.dumps({**asdict(t), "score": asdict(t.score)}) + "\n")
+    tmp.replace(path)
+
+
+def _read_traces(path: Path) -> list[Trace]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        out.append(Trace(d["example_id"], d["expert_rank"], d["sample"], d["completion"], Score(**d["score"])))
+    return out
+
+
+def _report(
+    run_dir: Path,
+    search_dir: Path,
+    config: SearchConfig,
+    model_dir: Path,
+    task: Task,
+    cfg: DistillConfig,
+    experts: Sequence[Candidate],
+    progress: bool,
+) -> dict[str, Any]:
+    """Test accuracy of the original base, the round's top-K vote and the distilled model, on the same
+    questions, with paired intervals against the base. The base's and the experts' answers are stored
+    in their run folders (as `ensemble` stores them), so a resumed report generates nothing twice."""
+    _, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size)
+    positions = list(range(len(test)))
+    with bar("test answers", len(experts) + 2, progress) as update:
+        with RunStore.open(run_dir) as store:
+            base = StoredAnswers(store, load_run_config(run_dir), task, test, None).of(BASE, None, positions)
+        update()
+        with RunStore.open(search_dir) as store:
+            answers = StoredAnswers(store, config, task, test, None)
+            per_expert = []
+            for c in experts:
+                per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), positions))
+                update()
+        distilled = replace(config, model=str(model_dir))
+        rows = evaluate(engine_for(distilled), task, test, distilled)
+        update()
+    vote = vote_outcomes(per_expert, len(test))
+    base_ok = [base[i].correct for i in positions]
+    vote_ok = [bool(v and v.correct) for v in vote]
+    model_ok = [r.score.correct for r in rows]
+    return {
+        "test_size": len(test),
+        "base": {"accuracy": sum(base_ok) / len(test), "answers_per_question": 1},
+        "ensemble": {
+            "k": len(experts),
+            "accuracy": sum(vote_ok) / len(test),
+            "answers_per_question": len(experts),
+            "vs_base": paired_gain(vote_ok, base_ok),
+        },
+        "distilled": {
+            "accuracy": sum(model_ok) / len(test),
+            "answers_per_question": 1,
+            "vs_base": paired_gain(model_ok, base_ok),
+        },
+    }
