@@ -184,3 +184,22 @@ def test_export_from_the_command_line_by_rank_and_by_seed(existing_run, tiny_mod
         == 0
     )
     assert (tmp_path / "s" / "model.safetensors").read_bytes() == (tmp_path / "r2" / "model.safetensors").read_bytes()
+
+
+def test_bad_distill_input_is_one_line_exit_2_and_the_run_folder_untouched(existing_run, tmp_path, capsys):
+    before = _snapshot(existing_run)
+    d = ["distill", "--run-dir", str(existing_run)]
+    cases = [
+        ([*d, "--rounds", "0"], "rounds must be between 1 and 100, got 0"),
+        ([*d, "--top-k", "50"], "top-k 50 is more than the run's population of"),
+        ([*d, "--test-size", "0"], "test-size must be between 1 and"),
+        ([*d, "--samples", "4", "--temperature", "0"], "sampling needs a positive --temperature"),
+        ([*d, "--filter", "maybe"], "invalid choice: 'maybe'"),
+        (["distill", "--run-dir", str(tmp_path / "none")], "no thickets run in"),
+    ]
+    for argv, message in cases:
+        assert main(["--quiet", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    assert _snapshot(existing_run) == before
+    assert not (existing_run / "distill").exists()

@@ -78,3 +78,24 @@ def test_a_round_killed_mid_way_resumes_to_the_same_traces_and_the_same_model(ru
     assert {p.name: p.read_text() for p in round_dir.glob("traces-*.jsonl")} == traces
     assert resumed["model"]["sha256"] == first["model"]["sha256"]  # the same traces train the same weights
     assert resumed["kept_total"] == first["kept_total"] and resumed["test"] == first["test"]
+
+
+def test_a_round_that_keeps_no_trace_says_so_and_trains_nothing(tiny_model_dir, tmp_path):
+    from tests.support import ToyTask
+    from thickets.tasks import Score, register_task
+
+    class Never(ToyTask):
+        name = "never-right"
+
+        def score(self, example, completion):
+            return Score(completion[:1] or None, completion[:1] or None, 0.0, False)
+
+    register_task("never-right", Never, "test task: no answer is ever correct")
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="never-right", population=2, sigmas=(0.1,), val_size=3, max_new_tokens=3
+    )
+    search(config, tmp_path / "run", progress=False)
+    with pytest.raises(ThicketsError, match="round 1 kept no new traces .* none correct\\); nothing was trained"):
+        distill(tmp_path / "run", DistillConfig(rounds=1, **dict(SMALL, top_k=2)), progress=False)
+    assert not (tmp_path / "run" / "distill" / "round-1" / "model").exists()
+    assert not (tmp_path / "run" / "distill" / "round-1" / "round.json").exists()

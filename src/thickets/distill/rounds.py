@@ -102,7 +102,7 @@ def _round(
     engine = engine_for(round_config)
     traces: list[Trace] = []
     tokens_generated = 0
-    with bar(f"round {r}: traces", len(experts), progress) as update:
+    with bar(f"round {r}: traces", len(experts), progress) as update:  # then "round r: fine-tune"
         for k, c in enumerate(experts, start=1):
             path = folder / f"traces-{k}.jsonl"
             if not path.exists():
@@ -135,7 +135,15 @@ def _round(
         batch_size=cfg.train_batch_size,
         seed=derive_seed(b"distill-train", cfg.seed, r) % 2**32,  # numpy's seeds are 32-bit
     )
-    trained = fine_tune(model, pairs, folder / "model", settings, chat_template=config.chat_template, progress=progress)
+    trained = fine_tune(
+        model,
+        pairs,
+        folder / "model",
+        settings,
+        chat_template=config.chat_template,
+        progress=progress,
+        label=f"round {r}: ",
+    )
 
     # 5. the report: the original base, the round's top-K vote and the distilled model on one test split
     report = _report(run_dir, search_dir, round_config, trained.model_dir, task, cfg, experts, progress)

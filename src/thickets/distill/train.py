@@ -8,6 +8,7 @@ distilled model learns to stop where the expert did); the loss is on the complet
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from thickets.disk import written_whole
 from thickets.engines import render_prompt
 from thickets.errors import ThicketsError
 from thickets.models import load, resolve
+from thickets.progress import bar
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ def fine_tune(
     *,
     chat_template: bool = True,
     progress: bool = True,
+    label: str = "",
 ) -> TrainResult:
     """Train `model` on (prompt, completion, system prompt) pairs; the merged model is written whole to
     `out` (a Hugging Face folder plain transformers loads)."""
@@ -79,7 +84,7 @@ def fine_tune(
         bf16=False,
         fp16=False,
         seed=settings.seed,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # our bar instead: a terminal's, or plain lines in a cluster job's log
         dataloader_num_workers=0,
         completion_only_loss=True,
     )
@@ -93,8 +98,10 @@ def fine_tune(
     trainer = SFTTrainer(
         model=m, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
     )
+    steps = math.ceil(len(rows) / settings.batch_size) * math.ceil(settings.epochs)
     t0 = time.perf_counter()
-    with scratch:
+    with scratch, bar(f"{label}fine-tune ({'LoRA' if settings.lora else 'full'})", steps, progress) as update:
+        trainer.add_callback(_Progress(update))
         trainer.train()
     seconds = time.perf_counter() - t0
     trained: Any = trainer.model
@@ -105,6 +112,17 @@ def fine_tune(
         tok.save_pretrained(tmp)
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+
+
+class _Progress(TrainerCallback):
+    """Feeds the trainer's steps and loss to our progress bar."""
+
+    def __init__(self, update: Any):
+        self.update = update
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if logs and "loss" in logs:
+            self.update(advance=1, loss=f"{logs['loss']:.3f}")
 
 
 def _cuda() -> bool:
