@@ -95,7 +95,7 @@ def test_a_round_that_keeps_no_trace_says_so_and_trains_nothing(tiny_model_dir, 
         model=str(tiny_model_dir), task="never-right", population=2, sigmas=(0.1,), val_size=3, max_new_tokens=3
     )
     search(config, tmp_path / "run", progress=False)
-    with pytest.raises(ThicketsError, match="round 1 kept no new traces .* none correct\\); nothing was trained"):
+    with pytest.raises(ThicketsError, match=r"round 1 kept no new traces .* none correct\); nothing was trained"):
         distill(tmp_path / "run", DistillConfig(rounds=1, **dict(SMALL, top_k=2)), progress=False)
     assert not (tmp_path / "run" / "distill" / "round-1" / "model").exists()
     assert not (tmp_path / "run" / "distill" / "round-1" / "round.json").exists()
