@@ -1,9 +1,10 @@
-"""Files on disk: content hashes, and folders that appear whole or not at all."""
+"""Files on disk: content hashes, and files and folders that appear whole or not at all."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -40,4 +41,19 @@ def written_whole(out: Path) -> Iterator[Path]:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` through a uniquely named temporary beside it, renamed over it: a reader (or a
+    run resumed after kill -9) sees the old file or the new one, never half of one, and two writers
+    never share a temporary."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise

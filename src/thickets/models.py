@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from thickets.disk import sha256_of, written_whole
+from thickets.disk import sha256_of, write_whole, written_whole
 from thickets.errors import ThicketsError
 from thickets.progress import console
 
@@ -85,9 +85,7 @@ def content_hash(path: Path) -> str:
     memo[key] = digest
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        tmp.replace(memo_file)
+        write_whole(memo_file, json.dumps(memo))
     except OSError:
         pass  # the memo is only a speed-up
     return digest

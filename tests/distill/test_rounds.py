@@ -73,7 +73,7 @@ def test_a_round_killed_mid_way_resumes_to_the_same_traces_and_the_same_model(ru
     import shutil
 
     shutil.rmtree(round_dir / "model")
-    (round_dir / "traces-2.tmp").write_text('{"example_id": "half')
+    (round_dir / ".traces-2.jsonl.k3x9q").write_text('{"example_id": "half')  # write_whole's temporary
     resumed = distill(run, cfg, progress=False)[0]
     assert {p.name: p.read_text() for p in round_dir.glob("traces-*.jsonl")} == traces
     assert resumed["model"]["sha256"] == first["model"]["sha256"]  # the same traces train the same weights

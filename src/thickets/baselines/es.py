@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
+from thickets.disk import write_whole
 from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
 from thickets.noise import NOISE_VERSION, STRATEGIES, PerturbationSpec, add_noise_, derive_seed
@@ -193,9 +194,7 @@ def run_es(
                 seconds=time.perf_counter() - t0, tokens=tokens - before, mean_reward=float(np.mean(rec["rewards"]))
             )
             log["iterations"].append(rec)
-            tmp = log_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(log))
-            tmp.replace(log_path)  # the checkpoint: atomic, after every iteration
+            write_whole(log_path, json.dumps(log))  # the checkpoint: whole, after every iteration
             update(mean=f"{rec['mean_reward']:.3f}")
     final = evaluate(engine, task, val, search_cfg)  # theta itself
     log["final_val_reward"] = float(np.mean([r.score.reward for r in final]))

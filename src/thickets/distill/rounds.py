@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from thickets.disk import write_whole
 from thickets.distill.config import DistillConfig
 from thickets.distill.traces import Trace, keep, mode_for
 from thickets.distill.train import TrainSettings, fine_tune
@@ -166,9 +167,7 @@ def _round(
         "config": asdict(cfg),
         "test": report,
     }
-    tmp = folder / "round.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(folder / "round.json")
+    write_whole(folder / "round.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -190,11 +189,7 @@ def _answers(
 
 def _write_traces(path: Path, traces: Sequence[Trace]) -> None:
     """Written whole: a killed round never leaves a partial file to be taken for a finished one."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for t in traces:
-            f.write(json.dumps({**asdict(t), "score": asdict(t.score)}) + "\n")
-    tmp.replace(path)
+    write_whole(path, "".join(json.dumps({**asdict(t), "score": asdict(t.score)}) + "\n" for t in traces))
 
 
 def _read_traces(path: Path) -> list[Trace]:
