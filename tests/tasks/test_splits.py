@@ -19,6 +19,13 @@ def test_the_train_split_never_holds_a_validation_or_test_question(name):
     assert [ex.id for ex in make_train_split(task, 4, 40, 100, 200)] != ids
 
 
+def test_a_finite_task_trains_on_exactly_the_questions_left_over():
+    small = get_task("small")  # five examples, every stream a permutation of them
+    val, test = make_splits(small, 0, 2, 1)
+    train = make_train_split(small, 0, 2, 1, 2)
+    assert {ex.id for ex in train} == {f"small:{i}" for i in range(5)} - {ex.id for ex in val + test}
+
+
 def test_a_task_too_small_for_a_train_split_says_so():
     small = get_task("small")  # five examples (the tests' task)
     with pytest.raises(ThicketsError, match="only 1 examples outside its validation and test splits"):
