@@ -43,9 +43,20 @@ def test_two_rounds_record_traces_models_and_a_report_and_never_train_on_held_ou
     assert records[1]["base_model"] == records[0]["model"]["path"]
     assert records[1]["kept_total"] >= records[0]["kept_total"]
     assert (run / "distill" / "round-2" / "search" / "thickets.sqlite").exists()
+    assert (run / "distill" / "accuracy_by_round.png").stat().st_size > 0
     # a finished round is read back, not redone
     again = distill(run, DistillConfig(rounds=2, **SMALL), progress=False)
     assert again == records
+    # any round's model ships as a plain folder, checked against the hash its round recorded
+    from transformers import AutoModelForCausalLM
+
+    from thickets.ship.export import export_round
+
+    out = export_round(run, 2, run.parent / "round-2-model")
+    AutoModelForCausalLM.from_pretrained(out)
+    assert json.loads((out / "thickets_distill.json").read_text())["model"]["sha256"] == records[1]["model"]["sha256"]
+    with pytest.raises(ThicketsError, match="no finished distillation round 3"):
+        export_round(run, 3, run.parent / "nope")
 
 
 def test_bad_distill_input_is_refused_before_anything_is_written(run):

@@ -43,7 +43,7 @@ from thickets.randopt.config import SearchConfig
 from thickets.randopt.executors import ExecutorOptions, make_executor
 from thickets.randopt.scoring import check_inputs, load_run_config, task_for
 from thickets.randopt.search import SearchResult, search
-from thickets.ship.export import export_candidate, export_spec
+from thickets.ship.export import export_candidate, export_round, export_spec
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
 from thickets.toy.config import ToyConfig
@@ -71,6 +71,7 @@ class ExportArgs:
     out: str = option(..., "folder to write the model to")
     run_dir: str | None = option(None, "export from this run (with --rank)")
     rank: int = option(1, "1 = best candidate on validation")
+    round: int | None = option(None, "export distillation round N's model instead (with --run-dir)")
     model: str = option("smollm2-135m", "base model (with --seed and --sigma)")
     seed: int | None = option(None, "noise seed (without --run-dir)")
     sigma: float | None = option(None, "noise scale (without --run-dir)")
@@ -195,7 +196,9 @@ def cmd_distill(a: Parsed, quiet: bool) -> None:
 
 def cmd_export(a: Parsed, quiet: bool) -> None:
     e = a[ExportArgs]
-    if e.run_dir:
+    if e.run_dir and e.round is not None:
+        out = export_round(e.run_dir, e.round, e.out)
+    elif e.run_dir:
         out = export_candidate(e.run_dir, e.rank, e.out)
     else:
         if e.seed is None or e.sigma is None:

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from thickets.analysis.plots import pyplot, save
 from thickets.disk import write_whole
 from thickets.distill.config import DistillConfig
 from thickets.distill.traces import Trace, keep, mode_for
@@ -75,7 +76,29 @@ def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -
         # earlier rounds' traces come first when a question has more than M (rank 0: before every expert)
         kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
         model = record["model"]["path"]
+    plot_rounds(records, run_dir / "distill" / "accuracy_by_round.png")
     return records
+
+
+def plot_rounds(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Test accuracy by round: the original base (a line), each round's top-K vote and distilled model,
+    with the distilled model's paired 95% interval against the base."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    rounds = [r["round"] for r in records]
+    base = records[0]["test"]["base"]["accuracy"]
+    ax.axhline(base, color="black", ls="--", label="original base")
+    vote = [r["test"]["ensemble"]["accuracy"] for r in records]
+    ax.plot(rounds, vote, marker="s", color="C1", label=f"top-{records[0]['test']['ensemble']['k']} vote")
+    dist = [r["test"]["distilled"]["accuracy"] for r in records]
+    low = [a - (base + r["test"]["distilled"]["vs_base"]["ci95"][0]) for a, r in zip(dist, records)]
+    high = [base + r["test"]["distilled"]["vs_base"]["ci95"][1] - a for a, r in zip(dist, records)]
+    ax.errorbar(rounds, dist, yerr=[low, high], marker="o", color="C0", capsize=3, label="distilled (1 answer)")
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test accuracy ({records[0]['test']['test_size']} questions)")
+    ax.legend(fontsize=8)
+    return save(fig, path)
 
 
 def _round(

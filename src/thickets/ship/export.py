@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -163,6 +164,26 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
             "task": config.task,
         },
     )
+
+
+def export_round(run_dir: str | Path, round_: int, out: str | Path) -> Path:
+    """Copy distillation round N's model out of a run folder, with its round record beside it: the model
+    is checked against the hash the round recorded, so what is shipped is what the report measured."""
+    record_path = Path(run_dir) / "distill" / f"round-{round_}" / "round.json"
+    if not record_path.is_file():
+        raise ThicketsError(f"{run_dir} has no finished distillation round {round_} (run `thickets distill` first)")
+    record = json.loads(record_path.read_text())
+    out = Path(out)
+    _check_out(out)
+    source = Path(record["model"]["path"])
+    if resolve(str(source)).sha256 != record["model"]["sha256"]:
+        raise ThicketsError(f"round {round_}'s model in {source} has changed since the round recorded it")
+    with written_whole(out) as tmp:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "thickets_distill.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
 
 
 def spec_from_recipe(data: dict[str, Any]) -> PerturbationSpec:
