@@ -27,6 +27,7 @@ from thickets.distill.traces import Trace, keep, mode_for
 from thickets.distill.train import TrainSettings, fine_tune
 from thickets.engines import count_tokens
 from thickets.errors import ThicketsError
+from thickets.models import load_tokenizer, resolve
 from thickets.noise import derive_seed
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -122,14 +123,16 @@ def _round(
     with RunStore.open(search_dir, write=False) as store:
         experts = [c for c in rank(store.candidates()) if c.complete][: cfg.top_k]
 
-    # 2. the experts answer the train split, one file per expert
-    engine = engine_for(round_config)
+    # 2. the experts answer the train split, one file per expert; the model loads only if one is missing
+    missing = [k for k in range(1, len(experts) + 1) if not (folder / f"traces-{k}.jsonl").exists()]
+    engine = engine_for(round_config) if missing else None
+    tokenizer = engine.tokenizer if engine is not None else load_tokenizer(resolve(round_config.model))
     traces: list[Trace] = []
     tokens_generated = 0
     with bar(f"round {r}: traces", len(experts), progress) as update:  # then "round r: fine-tune"
         for k, c in enumerate(experts, start=1):
             path = folder / f"traces-{k}.jsonl"
-            if not path.exists():
+            if engine is not None and k in missing:
                 engine.perturb(round_config.candidate(c.idx))
                 try:
                     answers = _answers(engine, task, train, round_config, cfg, derive_seed(b"distill", cfg.seed, r, k))
@@ -138,8 +141,9 @@ def _round(
                 _write_traces(path, [Trace(ex_id, k, i, c, sc) for ex_id, i, c, sc in answers])
             mine = _read_traces(path)
             traces += mine
-            tokens_generated += count_tokens(engine.tokenizer, [t.completion for t in mine])
-            update(kept=len(keep(traces, mode, cfg.max_traces)))
+            tokens_generated += count_tokens(tokenizer, [t.completion for t in mine])
+            update(traces=len(traces))
+    del engine  # the fine-tune loads the model again, for training
 
     # 3. keep the good ones (earlier rounds' first), at most M a question
     kept = keep(kept_before + traces, mode, cfg.max_traces)

@@ -21,13 +21,13 @@ from thickets.noise import PerturbationSpec
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig, check_split_size
 from thickets.randopt.scoring import (
-    auto_population_batch,
     check_prompts,
     check_unchanged,
     engine_for,
     evaluate,
     evaluate_population,
     load_run_config,
+    population_batch_for,
     task_for,
 )
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
@@ -71,16 +71,6 @@ class StoredAnswers:
             self.store.add_results(model, "test", [r._replace(position=missing[r.position]) for r in rows])
             have = self.store.scores(model, "test")
         return {p: have[p] for p in positions}
-
-    def together(self) -> int:
-        """How many low-rank experts answer together (the run's population batch; 1: one at a time)."""
-        m = self.config.population_batch
-        if self.config.strategy != "lowrank" or m == 1:
-            return 1
-        if m == 0:
-            longest = max(len(ex.prompt) for ex in self.test) // 2 + 256  # tokens, generously
-            m = auto_population_batch(self.config, longest)
-        return max(1, m)
 
     def prefetch(self, experts: Sequence[Candidate], positions: Sequence[int]) -> None:
         """Low-rank experts with no stored test answers at these positions answer in one population batch
@@ -140,7 +130,7 @@ def ensemble(
             with bar(f"test answers{'' if part is None else ' ' + part}", len(experts) + 1, progress) as update:
                 base = answers.of(BASE, None, positions)
                 update()
-                m = answers.together()
+                m = population_batch_for(config, test)
                 for lo in range(0, len(experts), m):
                     group = experts[lo : lo + m]
                     if m > 1:

@@ -31,10 +31,10 @@ from thickets.errors import ThicketsError
 from thickets.options import option
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import (
-    auto_population_batch,
     engine_for,
     evaluate,
     evaluate_population,
+    population_batch_for,
     race_for,
     task_for,
 )
@@ -117,10 +117,7 @@ class InProcessExecutor:
         return self._scorer.engine.describe()
 
     def run(self, items: Iterable[Item], threshold: Callable[[], float | None]) -> Iterator[Result]:
-        together = self._scorer.config.population_batch
-        if together == 0:
-            longest = max(len(ex.prompt) for ex in self._scorer.val) // 2 + 256  # tokens, generously
-            together = auto_population_batch(self._scorer.config, longest)
+        together = population_batch_for(self._scorer.config, self._scorer.val)
         if together <= 1:
             for item in items:
                 yield self._scorer.score(item, None if item is None else threshold())

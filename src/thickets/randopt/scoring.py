@@ -59,11 +59,7 @@ def evaluate(
     try:
         for lo in range(0, len(examples), max(chunk, 1)):
             part = examples[lo : lo + chunk]
-            completions = generate(engine, task, part, config)
-            rows += [
-                ScoredExample(lo + i, ex, c, s)
-                for i, (ex, c, s) in enumerate(zip(part, completions, task.score_batch(part, completions)))
-            ]
+            rows += scored(task, part, generate(engine, task, part, config), lo)
             if raced and race is not None and race.should_stop([r.score.reward for r in rows], threshold):
                 break
     finally:
@@ -92,12 +88,14 @@ def evaluate_population(
         part = examples[lo : lo + chunk]
         by_example = per_task(task, part, one_task)
         for e in range(len(specs)):
-            completions = [c[e] for c in by_example]
-            out[e] += [
-                ScoredExample(lo + i, ex, c, s)
-                for i, (ex, c, s) in enumerate(zip(part, completions, task.score_batch(part, completions)))
-            ]
+            out[e] += scored(task, part, [c[e] for c in by_example], lo)
     return out
+
+
+def scored(task: Task, part: Sequence[Example], completions: Sequence[str], first: int) -> list[ScoredExample]:
+    """Result rows of a chunk of examples that starts at position `first` of its split."""
+    scores = task.score_batch(part, completions)
+    return [ScoredExample(first + i, ex, c, s) for i, (ex, c, s) in enumerate(zip(part, completions, scores))]
 
 
 def render_prompts(tokenizer: Any, task: Task, examples: Sequence[Example], config: SearchConfig) -> list[str]:
@@ -270,9 +268,13 @@ def check_prompts(
             )
 
 
-def auto_population_batch(config: SearchConfig, longest_prompt_tokens: int, cap: int = 16) -> int:
-    """How many low-rank candidates to batch together: as many as keep their rows' KV cache within a
-    quarter of the free memory (of the GPU, on CUDA), at most `cap` and the population."""
+def population_batch_for(config: SearchConfig, examples: Sequence[Example], cap: int = 16) -> int:
+    """How many candidates answer together: 1 for full-rank ones, the config's population batch, or for
+    0 as many as keep their rows' KV cache within a quarter of the free memory (of the GPU, on CUDA), at
+    most `cap` and the population."""
+    if config.strategy != "lowrank" or config.population_batch != 0:
+        return config.population_batch if config.strategy == "lowrank" else 1
+    longest_prompt_tokens = max(len(ex.prompt) for ex in examples) // 2 + 256  # characters to tokens, generously
     limits = model_limits(resolve(config.model))
     rows = min(config.batch_size, config.val_size)
     row_bytes = limits.kv_bytes_per_token(config.dtype) * (longest_prompt_tokens + config.max_new_tokens)
