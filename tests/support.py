@@ -53,7 +53,18 @@ class SmallTask(ToyTask):
             yield Example(id=f"small:{i}", prompt=f"Item {i}.", data={"i": i})
 
 
+class KeylessTask(ToyTask):
+    """Prompts only, and no answer to vote on: a reward scores it, and nothing can judge a trace."""
+
+    name = "keyless"
+    needs_reward = True
+
+    def score(self, example: Example, completion: str) -> Score:
+        return Score(None, None, 0.0, False)
+
+
 register_task("toy", ToyTask, ToyTask.description)
+register_task("keyless", KeylessTask, KeylessTask.__doc__ or "")
 register_task("small", SmallTask, SmallTask.__doc__ or "")
 
 CHAT_TEMPLATE = (

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from thickets.baselines.compare import CompareConfig, compare
+from thickets.baselines.compare import CompareConfig, compare, run_distilled, run_randopt
 from thickets.randopt.store import RunStore
 
 
@@ -41,6 +41,24 @@ def test_budget_accounting_adds_up(tiny_model_dir, tmp_path):
     r = rows["RandOpt"]
     assert r["train_tokens"] == sum(per_model) >= cfg.budget > sum(per_model[:-1])
     assert r["candidates"] == n and r["test_answers_per_question"] == 2
+    # distilled RandOpt: RandOpt's search as it stood at half the budget, then traces and training on the rest
+    d = rows["distilled"]
+    spent_after = r["spent_after"]
+    assert spent_after[-1] == r["train_tokens"] and spent_after == sorted(spent_after)
+    cut = d["candidates"]
+    assert spent_after[cut - 1] >= cfg.budget / 2 > ([0, *spent_after])[cut - 1]
+    assert d["tokens"]["search"] == spent_after[cut - 1]
+    assert d["train_tokens"] == sum(d["tokens"].values())
+    with RunStore.open(tmp_path / "distilled", write=False) as store:
+        assert len(store.candidates()) == cut == store.config.population  # the copy was cut, not searched on
+    # the random tiny model answers nothing right at this sigma: nothing trained, the traces' tokens still paid
+    assert d["not_trained"].startswith("round 1 kept no new traces") and d["accuracy"] == rows["base"]["accuracy"]
+    traces = [
+        json.loads(line)["completion"]
+        for p in (tmp_path / "distilled").glob("distill/round-1/traces-*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert len(traces) == d["train_questions"] * cfg.top_k and d["tokens"]["traces"] == count(traces)
     # ES: the iterations' tokens add up, and the last iteration is the one that crossed the budget
     es_log = json.loads((tmp_path / "es" / "es.json").read_text())
     per_it = [it["tokens"] for it in es_log["iterations"]]
@@ -49,3 +67,56 @@ def test_budget_accounting_adds_up(tiny_model_dir, tmp_path):
     assert 0 < rows["GRPO"]["train_tokens"] <= cfg.budget
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert all(0 <= r["accuracy"] <= 1 for r in result["rows"])
+
+
+def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(tiny_model_dir, tmp_path):
+    from thickets.engines import load_engine
+    from thickets.randopt.config import SearchConfig
+    from thickets.randopt.scoring import task_for
+    from thickets.tasks.splits import make_splits
+
+    cfg = CompareConfig(
+        model=str(tiny_model_dir),
+        task="toy",
+        budget=400,
+        val_size=4,
+        test_size=5,
+        max_new_tokens=4,
+        top_k=2,
+        sigmas=(0.1,),
+        distill_search_share=0.25,
+    )
+    search_cfg = SearchConfig(
+        model=cfg.model, task="toy", population=1, sigmas=cfg.sigmas, val_size=4, max_new_tokens=4
+    )
+    task = task_for(search_cfg)
+    _, test = make_splits(task, 0, 4, 5)
+    engine, _ = load_engine(cfg.model, batch_size=4)
+    randopt = run_randopt(cfg, tmp_path, engine, task, test, search_cfg)
+    base = {"accuracy": 0.0, "test_tokens_per_question": 4.0}
+    d = run_distilled(cfg, tmp_path, task, search_cfg, randopt, base)
+    record = json.loads((tmp_path / "distilled" / "distill" / "round-1" / "round.json").read_text())
+    assert "not_trained" not in d and d["train_questions"] > 1
+    assert d["tokens"] == {
+        "search": randopt["spent_after"][d["candidates"] - 1],
+        "traces": record["tokens_generated"],
+        "trained": record["tokens_trained"],
+    }
+    assert d["train_tokens"] == sum(d["tokens"].values())
+    assert d["tokens"]["search"] >= cfg.budget / 4 and d["tokens"]["trained"] > 0
+    # the train split's size assumes every answer is kept (here 14 of 28 were): the method stays within its budget
+    assert record["tokens_generated"] <= d["train_questions"] * cfg.top_k * cfg.max_new_tokens
+    assert d["train_tokens"] <= cfg.budget
+    assert d["accuracy"] == record["test"]["distilled"]["accuracy"] and d["traces_kept"] == record["kept_total"] > 0
+    assert d["test_answers_per_question"] == 1
+
+
+def test_methods_are_checked_before_anything_runs():
+    from thickets.errors import ThicketsError
+
+    with pytest.raises(ThicketsError, match="unknown method 'ppo'"):
+        CompareConfig(methods=("randopt", "ppo"))
+    with pytest.raises(ThicketsError, match="starts from RandOpt's own search: add randopt"):
+        CompareConfig(methods=("distilled", "es"))
+    with pytest.raises(ThicketsError, match="distill-search-share must be in"):
+        CompareConfig(distill_search_share=0)

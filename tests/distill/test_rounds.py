@@ -1,6 +1,7 @@
 """Iterative RandOpt end to end on the tiny model: rounds, their records, resuming, refusals."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,25 @@ def test_bad_distill_input_is_refused_before_anything_is_written(run):
     assert not (run / "distill").exists()
 
 
+def test_a_task_with_neither_gold_answers_nor_vote_keys_is_refused(tiny_model_dir, tmp_path):
+    reward = str(Path(__file__).parents[1] / "fixtures" / "grpo_reward.py") + ":length_reward"
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task="keyless",
+        reward=reward,
+        population=2,
+        sigmas=(0.1,),
+        val_size=4,
+        max_new_tokens=4,
+    )
+    search(config, tmp_path / "run", progress=False)
+    with pytest.raises(ThicketsError, match="task keyless gives neither gold answers nor vote keys"):
+        distill(tmp_path / "run", DistillConfig(**SMALL), progress=False)
+    with pytest.raises(ThicketsError, match="task keyless has no answers to check traces against"):
+        distill(tmp_path / "run", DistillConfig(filter="gold", **SMALL), progress=False)
+    assert not (tmp_path / "run" / "distill").exists()
+
+
 def test_a_round_killed_mid_way_resumes_to_the_same_traces_and_the_same_model(run):
     """What kill -9 leaves: the finished experts' trace files, a half-written temporary, no model yet."""
     cfg = DistillConfig(rounds=1, samples=2, temperature=1.0, **SMALL)
@@ -110,3 +130,71 @@ def test_a_round_that_keeps_no_trace_says_so_and_trains_nothing(tiny_model_dir, 
         distill(tmp_path / "run", DistillConfig(rounds=1, **dict(SMALL, top_k=2)), progress=False)
     assert not (tmp_path / "run" / "distill" / "round-1" / "model").exists()
     assert not (tmp_path / "run" / "distill" / "round-1" / "round.json").exists()
+
+
+def test_a_prompts_only_task_with_a_reward_distils_on_the_traces_that_agree_with_the_vote(tiny_model_dir, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say something about {i}."}) + "\n" for i in range(40)))
+    reward = str(Path(__file__).parents[1] / "fixtures" / "grpo_reward.py") + ":length_reward"
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task=f"prompts:{data}",
+        reward=reward,
+        population=4,
+        sigmas=(0.1,),
+        val_size=4,
+        max_new_tokens=4,
+    )
+    search(config, tmp_path / "run", progress=False)
+    (record,) = distill(tmp_path / "run", DistillConfig(rounds=1, samples=3, **SMALL), progress=False)
+    assert record["mode"] == "vote"
+    traces = [
+        json.loads(line)
+        for p in sorted((tmp_path / "run").glob("distill/round-1/traces-*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    kept = [json.loads(line) for line in (tmp_path / "run" / "distill" / "round-1" / "kept.jsonl").open()]
+    assert 0 < len(kept) < len(traces)
+    for k in kept:  # every kept trace carries its question's most common answer among the experts' samples
+        keys = [t["score"]["vote_key"] for t in traces if t["example_id"] == k["example_id"] and t["score"]["vote_key"]]
+        assert keys.count(k["score"]["vote_key"]) == max(keys.count(v) for v in keys)
+
+
+def test_kill_9_during_a_round_then_the_same_command_finishes_it_with_the_same_traces_and_model(run, tmp_path):
+    """A real SIGKILL of `thickets distill` once the first expert's traces are on disk (the second expert's
+    sampling, or the fine-tune, is under way); the same command then finishes the round, keeping that
+    file as it was, and ends where an uninterrupted run of the same command ends."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.support import CLI, cli_env
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    flags = ["--rounds", "1", "--samples", "2", "--top-k", "2", "--train-size", "40", "--test-size", "5"]
+    flags += ["--learning-rate", "1e-3", "--lora-r", "4", "--epochs", "1", "--train-batch-size", "4"]
+    round_dir = run / "distill" / "round-1"
+    first = round_dir / "traces-1.jsonl"
+    proc = subprocess.Popen([*CLI, "--quiet", "distill", "--run-dir", str(run), *flags], env=cli_env())
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the command ended before the kill"
+    assert first.exists() and not (round_dir / "round.json").exists()
+    written = first.read_text(), first.stat().st_mtime_ns
+
+    for folder in (run, twin):
+        r = subprocess.run(
+            [*CLI, "--quiet", "distill", "--run-dir", str(folder), *flags], env=cli_env(), capture_output=True
+        )
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert (first.read_text(), first.stat().st_mtime_ns) == written  # finished work is not redone
+    resumed = json.loads((round_dir / "round.json").read_text())
+    whole = json.loads((twin / "distill" / "round-1" / "round.json").read_text())
+    for name in ("traces-1.jsonl", "traces-2.jsonl", "kept.jsonl"):
+        assert (round_dir / name).read_text() == (twin / "distill" / "round-1" / name).read_text()
+    assert resumed["model"]["sha256"] == whole["model"]["sha256"]
+    assert resumed["test"] == whole["test"]

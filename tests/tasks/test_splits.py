@@ -4,7 +4,7 @@ import pytest
 
 from thickets.errors import ThicketsError
 from thickets.tasks import get_task
-from thickets.tasks.splits import make_splits, make_train_split
+from thickets.tasks.splits import make_splits, make_train_split, train_examples
 
 
 @pytest.mark.parametrize("name", ["products", "countdown"])
@@ -24,6 +24,8 @@ def test_a_finite_task_trains_on_exactly_the_questions_left_over():
     val, test = make_splits(small, 0, 2, 1)
     train = make_train_split(small, 0, 2, 1, 2)
     assert {ex.id for ex in train} == {f"small:{i}" for i in range(5)} - {ex.id for ex in val + test}
+    # asked for more than there is (compare sizes the split by its budget), it gives what is left, in order
+    assert train_examples(small, 0, 2, 1, 100) == train
 
 
 def test_a_task_too_small_for_a_train_split_says_so():

@@ -246,6 +246,12 @@ def print_compare(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
             f"{r['test_tokens_per_question']:.1f}",
         )
     Console().print(t)
+    for r in rows:
+        if "tokens" in r:  # distilled RandOpt: where its budget went
+            spent = ", ".join(f"{what} {n}" for what, n in r["tokens"].items())
+            kept = f"{r['traces_kept']} traces kept from {r['train_questions']} train questions"
+            why = f"; not trained: {r['not_trained']}" if "not_trained" in r else ""
+            print(f"{r['method']}: tokens {spent}; {kept}{why}")
 
 
 def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]]) -> None:

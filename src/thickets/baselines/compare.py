@@ -1,14 +1,17 @@
-"""`thickets compare`: RandOpt, ES and GRPO on one model and task, at one budget of generated tokens.
+"""`thickets compare`: RandOpt, distilled RandOpt, ES and GRPO on one model and task, at one budget of
+generated tokens.
 
 Every method draws on the same validation prompts and is judged on the same held-out test split.
-The budget counts tokens generated while training or selecting (wall time is reported beside
-it). RandOpt's ensemble also pays at test time, K answers per question; that cost is shown
-next to the single-model methods rather than hidden.
+The budget counts tokens generated while training or selecting, and, for distilled RandOpt, the
+completion tokens its fine-tune trains on (wall time is reported beside it). RandOpt's ensemble
+also pays at test time, K answers per question; that cost is shown next to the single-model
+methods rather than hidden.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -20,20 +23,27 @@ import numpy as np
 from thickets.analysis.plots import pyplot, save
 from thickets.baselines.es import ESConfig, run_es
 from thickets.baselines.grpo import GRPOSettings, run_grpo
+from thickets.distill.config import DistillConfig
+from thickets.distill.rounds import NothingKept, distill
 from thickets.engines import Engine, count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.options import commas, option, parse_floats
+from thickets.models import load_tokenizer, resolve
+from thickets.options import commas, option, parse_floats, parse_patterns
 from thickets.progress import console
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
-from thickets.randopt.store import RunStore
+from thickets.randopt.store import RunStore, candidate_model
+from thickets.randopt.vote import rank
 from thickets.tasks import Example, Task
-from thickets.tasks.splits import make_splits
+from thickets.tasks.splits import make_splits, train_examples
 
 if TYPE_CHECKING:
     from thickets.engines.transformers_engine import TransformersEngine
+
+
+METHODS = ("randopt", "distilled", "es", "grpo")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class CompareConfig:
     """RandOpt, ES and GRPO at one budget of generated tokens, on one test split."""
 
     model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
+    methods: tuple[str, ...] = option(
+        METHODS, f"methods to run, of {','.join(METHODS)}", parse=parse_patterns, show=commas
+    )
     task: str = option("products", "task name (see `thickets tasks`)")
     budget: int = option(100_000, "generated tokens per method")
     val_size: int = option(32, "validation (training) examples")
@@ -50,6 +63,9 @@ class CompareConfig:
         (1e-3, 2e-3), "RandOpt's sigma grid", flag="--sigma", parse=parse_floats, show=commas
     )
     top_k: int = option(5, "RandOpt's K")
+    distill_search_share: float = option(
+        0.5, "share of the budget distilled RandOpt spends on its search; the rest on traces and training"
+    )
     es_population: int = option(8, "ES perturbations per iteration")
     es_sigma: float = option(1e-3, "ES noise scale")
     es_alpha: float = option(5e-4, "ES step size")
@@ -61,6 +77,13 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.budget < 1 or self.val_size < 1 or self.test_size < 1 or self.top_k < 1:
             raise ThicketsError("budget, val-size, test-size and top-k must be at least 1")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ThicketsError(f"unknown method {unknown[0] if unknown else ''!r}; use some of {', '.join(METHODS)}")
+        if "distilled" in self.methods and "randopt" not in self.methods:
+            raise ThicketsError("distilled RandOpt starts from RandOpt's own search: add randopt to --methods")
+        if not 0 < self.distill_search_share <= 1:
+            raise ThicketsError(f"distill-search-share must be in (0, 1], got {self.distill_search_share}")
 
 
 def _accuracy(engine: Engine, task: Task, test: Sequence[Example], config: SearchConfig) -> tuple[float, int]:
@@ -78,6 +101,8 @@ def run_randopt(
     run_dir = out / "randopt"
     t0 = time.perf_counter()
     spent, n = 0, 0
+    spent_after: list[int] = []  # tokens spent once the first n candidates were scored (the base's included)
+    seconds_after: list[float] = []
     marks: dict[float, tuple[int, int]] = {}
     while spent < cfg.budget:
         n += 1
@@ -87,6 +112,8 @@ def run_randopt(
                 count_tokens(engine.tokenizer, store.completions(m, "val").values())
                 for m in (["base"] if n == 1 else []) + [f"cand:{n - 1}"]
             )
+        spent_after.append(spent)
+        seconds_after.append(time.perf_counter() - t0)
         for frac in (0.25, 0.5):
             if spent >= frac * cfg.budget and frac not in marks:
                 marks[frac] = (n, spent)
@@ -95,15 +122,7 @@ def run_randopt(
     curve: list[dict[str, Any]] = []
     for _, (count, used) in sorted(marks.items()):
         k = min(cfg.top_k, count)
-        sub = out / f"randopt_{count}"
-        if count < n:  # the first `count` candidates, as the run stood when it had spent that much
-            import shutil
-
-            shutil.copytree(run_dir, sub, dirs_exist_ok=True)
-            with RunStore.open(sub) as store:
-                store.keep_first(count)
-        else:
-            sub = run_dir
+        sub = _as_of(run_dir, count, out / f"randopt_{count}") if count < n else run_dir
         report = ensemble(sub, [k], cfg.test_size, engine=engine, progress=False)
         acc = report["ensembles"][0]["accuracy"]
         curve.append({"tokens": used, "candidates": count, "accuracy": acc, "k": k})
@@ -120,9 +139,94 @@ def run_randopt(
         "seconds": seconds,
         "accuracy": final["accuracy"],
         "candidates": final["candidates"],
+        "spent_after": spent_after,
+        "seconds_after": seconds_after,
         "curve": curve,
         "test_answers_per_question": final["k"],
         "test_tokens_per_question": test_tokens,
+    }
+
+
+def _as_of(run_dir: Path, count: int, dest: Path) -> Path:
+    """A copy of the run as it stood after its first `count` candidates."""
+    shutil.copytree(run_dir, dest, dirs_exist_ok=True)
+    with RunStore.open(dest) as store:
+        store.keep_first(count)
+    return dest
+
+
+def train_questions(remaining: int, k: int, answer_tokens: float, distill: DistillConfig) -> int:
+    """How many train questions the rest of the budget pays for: each costs K answers generated and, at
+    most, min(K answers, M) traces trained on for each epoch, at the experts' mean answer length."""
+    answers = k * max(1, distill.samples)
+    per_question = (answers + distill.epochs * min(answers, distill.max_traces)) * max(1.0, answer_tokens)
+    return max(0, int(remaining // per_question))
+
+
+def run_distilled(
+    cfg: CompareConfig, out: Path, task: Task, search_cfg: SearchConfig, randopt: dict[str, Any], base: dict[str, Any]
+) -> dict[str, Any]:
+    """Distilled RandOpt (one round of `thickets distill`) within the same budget: RandOpt's own search as
+    it stood at `distill_search_share` of the budget, then the top-K experts answer as many train questions
+    as the rest pays for, and one model is fine-tuned on the good answers. The budget counts the search's
+    generated tokens, the traces' and the completion tokens trained on (each epoch's)."""
+    spent_after = randopt["spent_after"]
+    count = next(i + 1 for i, s in enumerate(spent_after) if s >= cfg.distill_search_share * cfg.budget)
+    searched, k = spent_after[count - 1], min(cfg.top_k, count)
+    t0 = time.perf_counter() - randopt["seconds_after"][count - 1]  # the search's time is the method's too
+    run_dir = _as_of(out / "randopt", count, out / "distilled")
+    with RunStore.open(run_dir, write=False) as store:
+        experts = [c for c in rank(store.candidates()) if c.complete][:k]
+        tokenizer = load_tokenizer(resolve(search_cfg.model))
+        written = [count_tokens(tokenizer, store.completions(candidate_model(c.idx), "val").values()) for c in experts]
+    answer_tokens = sum(written) / (len(experts) * cfg.val_size)
+    settings = DistillConfig(rounds=1, top_k=k, test_size=cfg.test_size, seed=cfg.seed)
+    wanted = train_questions(cfg.budget - searched, k, answer_tokens, settings)
+    available = len(train_examples(task, search_cfg.split_seed, cfg.val_size, cfg.test_size, max(1, wanted)))
+    row: dict[str, Any] = {
+        "method": f"distilled RandOpt (top-{k})",
+        "candidates": count,
+        "test_answers_per_question": 1,
+    }
+    size = min(wanted, available)
+    if size < 1:
+        return _undistilled(row, base, searched, 0, time.perf_counter() - t0, "the budget leaves no train question")
+    try:
+        (record,) = distill(run_dir, replace(settings, train_size=size), progress=False)
+    except NothingKept as e:
+        return _undistilled(
+            row | {"train_questions": size}, base, searched, e.tokens_generated, time.perf_counter() - t0, str(e)
+        )
+    spent = searched + record["tokens_generated"] + record["tokens_trained"]
+    distilled = record["test"]["distilled"]
+    return {
+        **row,
+        "train_tokens": spent,
+        "seconds": time.perf_counter() - t0,
+        "accuracy": distilled["accuracy"],
+        "train_questions": size,
+        "traces_kept": record["kept_total"],
+        "tokens": {"search": searched, "traces": record["tokens_generated"], "trained": record["tokens_trained"]},
+        "curve": [{"tokens": spent, "accuracy": distilled["accuracy"]}],
+        "test_tokens_per_question": distilled["tokens_per_answer"],
+    }
+
+
+def _undistilled(
+    row: dict[str, Any], base: dict[str, Any], searched: int, traces: int, seconds: float, why: str
+) -> dict[str, Any]:
+    """Nothing to train on: the method's model is the base, unchanged, and the row says why."""
+    return {
+        "train_questions": 0,
+        **row,
+        "train_tokens": searched + traces,
+        "seconds": seconds,
+        "accuracy": base["accuracy"],
+        "traces_kept": 0,
+        "tokens": {"search": searched, "traces": traces, "trained": 0},
+        "not_trained": why,
+        "curve": [{"tokens": searched + traces, "accuracy": base["accuracy"]}],
+        "test_tokens_per_question": base["test_tokens_per_question"],
     }
 
 
@@ -225,15 +329,16 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[
             "test_tokens_per_question": base_tokens / len(test),
         }
     ]
-    methods: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
-        ("RandOpt", lambda: run_randopt(cfg, out, engine, task, test, search_cfg)),
-        ("ES", lambda: run_es_method(cfg, out, task, test, search_cfg)),
-        ("GRPO", lambda: run_grpo_method(cfg, out, task, test, search_cfg)),
-    )
-    for name, fn in methods:
+    methods: dict[str, Callable[[], dict[str, Any]]] = {
+        "randopt": lambda: run_randopt(cfg, out, engine, task, test, search_cfg),
+        "distilled": lambda: run_distilled(cfg, out, task, search_cfg, rows[1], rows[0]),  # rows[1]: RandOpt's
+        "es": lambda: run_es_method(cfg, out, task, test, search_cfg),
+        "grpo": lambda: run_grpo_method(cfg, out, task, test, search_cfg),
+    }
+    for name in (m for m in METHODS if m in cfg.methods):
         if progress:
             console.print(f"compare: {name} with a budget of {cfg.budget} generated tokens")
-        rows.append(fn())
+        rows.append(methods[name]())
     result = {"config": asdict(cfg), "test_size": len(test), "rows": rows}
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "compare.png")

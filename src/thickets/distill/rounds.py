@@ -40,6 +40,14 @@ from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits, make_train_split
 
 
+class NothingKept(ThicketsError):
+    """A round whose experts wrote no trace worth keeping: it stops before training on nothing."""
+
+    def __init__(self, message: str, traces: int, tokens_generated: int):
+        super().__init__(message)
+        self.traces, self.tokens_generated = traces, tokens_generated  # what the round spent all the same
+
+
 def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[Example], str]:
     """Everything bad input can break, before anything is written: (run config, task, train split, mode)."""
     config = load_run_config(run_dir)
@@ -50,8 +58,9 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     make_splits(task, config.split_seed, config.val_size, cfg.test_size)
     train = make_train_split(task, config.split_seed, config.val_size, cfg.test_size, cfg.train_size)
     if mode == "vote":
-        with RunStore.open(run_dir, write=False) as store:
-            if not any(s.vote_key is not None for s in store.scores(BASE, "val").values()):
+        with RunStore.open(run_dir, write=False) as store:  # the base's answers, or any candidate's
+            models = [BASE] + [candidate_model(c.idx) for c in store.candidates()]
+            if not any(s.vote_key is not None for m in models for s in store.scores(m, "val").values()):
                 raise ThicketsError(
                     f"task {task.name} gives neither gold answers nor vote keys (none in {run_dir}'s "
                     f"validation results): no trace can be judged"
@@ -149,7 +158,11 @@ def _round(
     kept = keep(kept_before + traces, mode, cfg.max_traces)
     if len(kept) == len(kept_before):
         good = "correct" if mode == "gold" else "agreeing with the vote"
-        raise ThicketsError(f"round {r} kept no new traces ({len(traces)} generated, none {good}); nothing was trained")
+        raise NothingKept(
+            f"round {r} kept no new traces ({len(traces)} generated, none {good}); nothing was trained",
+            len(traces),
+            tokens_generated,
+        )
     _write_traces(folder / "kept.jsonl", kept)
 
     # 4. fine-tune the round's base on them
@@ -255,7 +268,9 @@ def _report(
                 per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), positions))
                 update()
         distilled = replace(config, model=str(model_dir))
-        rows = evaluate(engine_for(distilled), task, test, distilled)
+        engine = engine_for(distilled)
+        tokenizer = engine.tokenizer
+        rows = evaluate(engine, task, test, distilled)
         update()
     vote = vote_outcomes(per_expert, len(test))
     base_ok = [base[i].correct for i in positions]
@@ -273,6 +288,7 @@ def _report(
         "distilled": {
             "accuracy": sum(model_ok) / len(test),
             "answers_per_question": 1,
+            "tokens_per_answer": count_tokens(tokenizer, [r.completion for r in rows]) / len(test),
             "vs_base": paired_gain(model_ok, base_ok),
         },
     }

@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -379,8 +379,11 @@ class RunStore:
         )
 
     def keep_first(self, count: int) -> None:
-        """Drop every candidate from index `count` on, with its results: the run as it stood after `count`."""
+        """Drop every candidate from index `count` on, with its results: the run as it stood after `count`,
+        its config's population included (a search of the folder then adds nothing)."""
+        config = replace(self.config, population=count)
         with self.transaction():
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
             self.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
             self.con.execute(
                 "DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?", (count,)

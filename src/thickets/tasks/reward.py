@@ -139,6 +139,7 @@ class RewardTask(Task):
         self.stop, self.system_prompt = inner.stop, inner.system_prompt
         self.sources = {**inner.sources, "reward": {"function": name, "sha256": digest}}
         self.packages = inner.packages
+        self.needs_reward = inner.needs_reward  # still no answers of its own: distillation filters by the vote
         self._judges = not inner.needs_reward  # a prompts-only task: correct means the reward reaches 1
 
     def examples(self, seed: int) -> Iterator[Example]:

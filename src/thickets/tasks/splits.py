@@ -59,10 +59,7 @@ def make_train_split(task: Task, seed: int, val_size: int, test_size: int, train
     """`train_size` distinct examples that are in neither the validation split nor a test split of up to
     `test_size` examples (a procedural task draws them from another stream; a data file's rows are
     whatever is left)."""
-    val, test = make_splits(task, seed, val_size, test_size)
-    held_out = {ex.id for ex in val} | {ex.id for ex in test}
-    stream = (ex for ex in _distinct(task, derive_seed(b"thickets-train", seed)) if ex.id not in held_out)
-    train = list(itertools.islice(stream, train_size))
+    train = train_examples(task, seed, val_size, test_size, train_size)
     if len(train) < train_size:
         raise ThicketsError(
             f"task {task.name} has only {len(train)} examples outside its validation and test splits; "
@@ -71,3 +68,11 @@ def make_train_split(task: Task, seed: int, val_size: int, test_size: int, train
             else f"task {task.name} has no examples left for a train split"
         )
     return train
+
+
+def train_examples(task: Task, seed: int, val_size: int, test_size: int, at_most: int) -> list[Example]:
+    """The train split's first `at_most` examples, or all a finite task has outside validation and test."""
+    val, test = make_splits(task, seed, val_size, test_size)
+    held_out = {ex.id for ex in val} | {ex.id for ex in test}
+    stream = (ex for ex in _distinct(task, derive_seed(b"thickets-train", seed)) if ex.id not in held_out)
+    return list(itertools.islice(stream, at_most))
