@@ -115,3 +115,42 @@ def test_low_rank_experts_answer_the_test_split_together_as_they_would_alone(tin
         assert (calls["n"] > 0) == (m > 1)  # the experts' test answers came from a population batch
     assert test_rows(tmp_path / "m1") == test_rows(tmp_path / "m3")
     assert reports[1]["ensembles"] == reports[3]["ensembles"] and reports[1]["experts"] == reports[3]["experts"]
+
+
+def test_an_exact_adaptive_ensemble_answers_as_the_full_vote_asking_fewer_experts(
+    tiny_engine, tiny_model_dir, tmp_path
+):
+    """Two copies of one run: the adaptive one's later experts answer only the undecided questions (fewer
+    stored answers, counted in the report), and every K's vote is the full vote's; vote-replay on the
+    full run counts the same experts asked."""
+    import shutil
+
+    from thickets.analysis.vote_replay import vote_replay
+    from thickets.randopt.store import RunStore, candidate_model
+    from thickets.randopt.vote import rank
+
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=7, sigmas=(0.002,), val_size=4, max_new_tokens=3, batch_size=8
+    )
+    search(config, tmp_path / "full", engine=tiny_engine, progress=False)
+    shutil.copytree(tmp_path / "full", tmp_path / "adaptive")
+    full = ensemble(tmp_path / "full", [3, 7], 20, engine=tiny_engine, progress=False)
+    fast = ensemble(tmp_path / "adaptive", [3, 7], 20, engine=tiny_engine, progress=False, adaptive="exact")
+    for f, a in zip(full["ensembles"], fast["ensembles"]):
+        assert a["accuracy"] == f["accuracy"] and a["format_rate"] == f["format_rate"]
+        assert f["experts_asked"] == f["k"] and a["experts_asked"] <= a["k"]
+    assert fast["ensembles"][1]["experts_asked"] < 7  # near-identical experts agree: most questions stop early
+    with RunStore.open(tmp_path / "adaptive", write=False) as store:
+        ranked = [c for c in rank(store.candidates()) if c.complete]
+        answered = [len(store.scores(candidate_model(c.idx), "test")) for c in ranked[:7]]
+    assert answered[0] == 20 and answered == sorted(answered, reverse=True) and answered[-1] < 20
+    assert [e["answered"] for e in fast["experts"]] == answered
+    replay = vote_replay(tmp_path / "full", [3, 7])
+    by = {(r["k"], r["rule"]): r for r in replay["rows"]}
+    for k, e in zip([3, 7], fast["ensembles"]):
+        assert by[(k, "exact")]["experts_asked"] == pytest.approx(e["experts_asked"])
+        assert by[(k, "exact")]["agreement"] == 1.0 and by[(k, "off")]["experts_asked"] == k
+        assert 0 <= by[(k, "beta")]["agreement"] <= 1 and 1 <= by[(k, "beta")]["experts_asked"] <= k
+    assert (tmp_path / "full" / "vote_replay.png").stat().st_size > 1000
+    with pytest.raises(ThicketsError, match="unknown adaptive rule"):
+        ensemble(tmp_path / "full", [3], 20, engine=tiny_engine, progress=False, adaptive="maybe")

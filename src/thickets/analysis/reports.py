@@ -29,9 +29,10 @@ def ensemble(
     engine: Engine | None = None,
     progress: bool = True,
     write_report: bool = True,
+    adaptive: str = "off",
 ) -> dict[str, Any]:
     """`randopt.ensemble.ensemble`, then report.json and report.md in the run folder."""
-    report = ensemble_data(run_dir, top_k, test_size, engine=engine, progress=progress)
+    report = ensemble_data(run_dir, top_k, test_size, engine=engine, progress=progress, adaptive=adaptive)
     if write_report:
         write_report_files(Path(run_dir), report)
     return report
@@ -50,26 +51,33 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
         f"test {report['test_size']} held-out examples.",
         "",
-        "| model | K | test accuracy | answer extracted | gain vs base, points [95% CI] |",
-        "|---|---:|---:|---:|---:|",
+        "| model | K | answers per question | test accuracy | answer extracted | gain vs base, points [95% CI] |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['label']} | {r['k']} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | {format_gain(r['vs_base'])} |"
+            f"| {r['label']} | {r['k']} | {_asked(r)} | {r['accuracy']:.1%} | {r['format_rate']:.1%} | "
+            f"{format_gain(r['vs_base'])} |"
         )
     lines += [
         "",
         "Each expert of the largest K on the test split (format = answer extracted):",
         "",
-        "| rank | candidate | sigma | validation score | test accuracy | format |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| rank | candidate | sigma | validation score | test questions answered | test accuracy | format |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["experts"]:
         lines.append(
-            f"| {e['rank']} | {e['idx']} | {e['sigma']:g} | {e['val_score']:.3f} | {e['accuracy']:.1%} | "
-            f"{e['format_rate']:.1%} |"
+            f"| {e['rank']} | {e['idx']} | {e['sigma']:g} | {e['val_score']:.3f} | "
+            f"{e.get('answered', report['test_size'])} | {e['accuracy']:.1%} | {e['format_rate']:.1%} |"
         )
     return "\n".join(lines)
+
+
+def _asked(row: Mapping[str, Any]) -> str:
+    """Models that answered a question, on average: K for a full vote, fewer for an adaptive one."""
+    asked = row.get("asked", row["k"])  # reports from before the adaptive vote have no count
+    return str(row["k"]) if asked == row["k"] else f"{asked:.2f}"
 
 
 def format_gain(g: Mapping[str, Any] | None) -> str:
@@ -84,10 +92,17 @@ def print_table(report: Mapping[str, Any]) -> None:
         title=f"{report['task']} on {report['model']}: {report['test_size']} held-out test examples",
         caption="extracted: share of answers that could be read; vs base: paired gain on the same questions",
     )
-    for col in ("model", "K", "accuracy", "extracted", "vs base, pts [95% CI]"):
+    for col in ("model", "K", "answers/question", "accuracy", "extracted", "vs base, pts [95% CI]"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in report["rows"]:
-        t.add_row(r["label"], str(r["k"]), f"{r['accuracy']:.1%}", f"{r['format_rate']:.1%}", format_gain(r["vs_base"]))
+        t.add_row(
+            r["label"],
+            str(r["k"]),
+            _asked(r),
+            f"{r['accuracy']:.1%}",
+            f"{r['format_rate']:.1%}",
+            format_gain(r["vs_base"]),
+        )
     Console().print(t)
 
 
@@ -206,6 +221,25 @@ def print_replay(title: str, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> N
     for k, r in rows:
         rule = "exact" if r["mode"] == "exact" else f"hoeffding d={r['delta']:g}"
         t.add_row(str(k), rule, f"{r['same_top_k']:.1%}", f"{r['top_k_overlap']:.1%}", f"{r['generation_saved']:.1%}")
+    Console().print(t)
+
+
+def print_vote_replay(result: Mapping[str, Any]) -> None:
+    t = Table(
+        title=f"adaptive vote replayed on {result['run_dir']}: {result['questions']} stored test questions",
+        caption="exact: stop once the leader cannot be overtaken; beta: once a Beta posterior gives it a 95% lead",
+    )
+    for col in ("K", "rule", "experts asked", "saved", "agreement with full vote", "accuracy"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        t.add_row(
+            str(r["k"]),
+            r["rule"],
+            f"{r['experts_asked']:.2f}",
+            f"{1 - r['experts_asked'] / r['k']:.0%}",
+            f"{r['agreement']:.1%}",
+            f"{r['accuracy']:.1%}",
+        )
     Console().print(t)
 
 

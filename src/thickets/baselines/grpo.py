@@ -111,6 +111,10 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
         processing_class=tok,
         peft_config=peft_config,
     )
+    if not progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off: quiet means quiet
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

@@ -28,7 +28,9 @@ from thickets.analysis.reports import (
     print_replay,
     print_tables,
     print_toy,
+    print_vote_replay,
 )
+from thickets.analysis.vote_replay import vote_replay
 from thickets.baselines.compare import CompareConfig, compare
 from thickets.baselines.es import ESConfig, run_es
 from thickets.baselines.grpo import GRPOSettings, run_grpo
@@ -43,6 +45,7 @@ from thickets.randopt.config import SearchConfig
 from thickets.randopt.executors import ExecutorOptions, make_executor
 from thickets.randopt.scoring import check_inputs, load_run_config, task_for
 from thickets.randopt.search import SearchResult, search
+from thickets.randopt.vote import ADAPTIVE_RULES
 from thickets.ship.export import export_candidate, export_round, export_spec
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
@@ -64,6 +67,18 @@ class EnsembleArgs:
     run_dir: str = option(..., "the run folder")
     top_k: tuple[int, ...] = option((1, 5), "K values, e.g. 1,5,10", parse=parse_ints, show=commas)
     test_size: int = option(100, "held-out test examples")
+    adaptive: str = option(
+        "off",
+        "ask experts in rank order and stop once the vote is decided: exact (never changes the answer) "
+        "or beta (stops at a 95 percent Beta posterior lead; may change it)",
+        choices=ADAPTIVE_RULES,
+    )
+
+
+@dataclass(frozen=True)
+class VoteReplayArgs:
+    run_dir: str = option(..., "a run folder whose top-K experts' test answers are stored (`thickets ensemble`)")
+    top_k: tuple[int, ...] = option((5,), "K values, e.g. 5,9", parse=parse_ints, show=commas)
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,7 @@ def cmd_search(a: Parsed, quiet: bool) -> None:
 
 def cmd_ensemble(a: Parsed, quiet: bool) -> None:
     e = a[EnsembleArgs]
-    print_tables(ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet))
+    print_tables(ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet, adaptive=e.adaptive))
     print(f"report written to {Path(e.run_dir) / 'report.json'} and report.md")
 
 
@@ -259,6 +274,14 @@ def cmd_race_replay(a: Parsed, quiet: bool) -> None:
         (k, x) for k in r.top_k for x in replay_run(r.run_dir, k, r.chunk, orders=r.orders, reward_range=reward_range)
     ]
     print_replay(f"racing replayed on {r.run_dir}: {r.orders} random orders, chunks of {r.chunk} examples", rows)
+
+
+def cmd_vote_replay(a: Parsed, quiet: bool) -> None:
+    r = a[VoteReplayArgs]
+    result = vote_replay(r.run_dir, r.top_k)
+    print_vote_replay(result)
+    (Path(r.run_dir) / "vote_replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {r.run_dir}/vote_replay.json, {r.run_dir}/vote_replay.png")
 
 
 def cmd_toy(a: Parsed, quiet: bool) -> None:
@@ -361,6 +384,11 @@ COMMANDS: dict[str, Command] = {
         "how racing would have done on a finished run: same top-K, work saved",
         (ReplayArgs,),
         cmd_race_replay,
+    ),
+    "vote-replay": (
+        "how an adaptive vote would have done on a finished run: experts asked, same answers",
+        (VoteReplayArgs,),
+        cmd_vote_replay,
     ),
     "toy": (
         "the 1D signal experiment: where pretraining makes improving perturbations dense",

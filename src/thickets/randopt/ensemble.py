@@ -31,7 +31,7 @@ from thickets.randopt.scoring import (
     task_for,
 )
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
-from thickets.randopt.vote import paired_gain, rank, rank_on_task, vote_outcomes
+from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, decided, paired_gain, rank, rank_on_task
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits
 
@@ -45,6 +45,7 @@ class Row:
     accuracy: float
     format_rate: float
     score: float | None = None  # mean reward, for single models
+    asked: float = 1.0  # models that answered a question, on average (K, or fewer with an adaptive vote)
 
 
 class StoredAnswers:
@@ -89,13 +90,24 @@ class StoredAnswers:
 
 
 def ensemble(
-    run_dir: str | Path, top_k: Sequence[int], test_size: int, *, engine: Engine | None = None, progress: bool = True
+    run_dir: str | Path,
+    top_k: Sequence[int],
+    test_size: int,
+    *,
+    engine: Engine | None = None,
+    progress: bool = True,
+    adaptive: str = "off",
 ) -> dict[str, Any]:
     """Evaluate base, best single expert and top-K majority votes on the same test examples.
 
     A multi-task run gets one report per task, its experts ranked by their validation score on
     that task (a candidate can be an expert at one task and not another): {"tasks": {name: report}}.
+    With `adaptive` ("exact" or "beta", see vote.decided) experts answer in rank order and a question
+    is put to the next expert only while some K's vote on it is undecided; the report counts the
+    experts each K's vote asked.
     """
+    if adaptive not in ADAPTIVE_RULES:
+        raise ThicketsError(f"unknown adaptive rule {adaptive!r}; use {', '.join(ADAPTIVE_RULES)}")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     check_split_size("test-size", test_size)
@@ -131,13 +143,15 @@ def ensemble(
                 base = answers.of(BASE, None, positions)
                 update()
                 m = population_batch_for(config, test)
+                asking = positions  # the questions some K's vote still needs the next expert for
                 for lo in range(0, len(experts), m):
                     group = experts[lo : lo + m]
                     if m > 1:
-                        answers.prefetch(group, positions)
+                        answers.prefetch(group, asking)
                     for c in group:
-                        per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), positions))
+                        per_expert.append(answers.of(candidate_model(c.idx), config.candidate(c.idx), asking))
                         update()
+                        asking = [p for p in asking if not all(_decided(per_expert, p, k, adaptive) for k in top_k)]
             if base_val is None:
                 base_val = Summary.of(list(store.scores(BASE, "val").values())).score
             reindex = partial(_reindex, positions=positions)
@@ -150,6 +164,7 @@ def ensemble(
                 reindex(base),
                 [reindex(e) for e in per_expert],
                 top_k,
+                adaptive,
                 base_val,
                 None
                 if part is None
@@ -161,8 +176,13 @@ def ensemble(
 
 
 def _reindex(scores: dict[int, Score], positions: Sequence[int]) -> dict[int, Score]:
-    """Scores at the split's positions, renumbered 0.. (one task's questions of a multi-task run)."""
-    return {i: scores[p] for i, p in enumerate(positions)}
+    """Scores at the split's positions, renumbered 0.. (one task's questions of a multi-task run); an
+    adaptive vote's later experts answered some of them only."""
+    return {i: scores[p] for i, p in enumerate(positions) if p in scores}
+
+
+def _decided(per_expert: Sequence[dict[int, Score]], position: int, k: int, rule: str) -> bool:
+    return decided([e[position] for e in per_expert[:k] if position in e], k, rule)
 
 
 def _report(
@@ -174,6 +194,7 @@ def _report(
     base: dict[int, Score],
     per_expert: list[dict[int, Score]],
     top_k: Sequence[int],
+    adaptive: str,
     base_val: float,
     val_by_candidate: dict[int, float] | None,
 ) -> dict[str, Any]:
@@ -188,9 +209,12 @@ def _report(
     rows = [single("base", base), single("best single expert", per_expert[0])]
     gains = [None, paired_gain([per_expert[0][i].correct for i in range(n)], base_correct)]
     for k in sorted(set(top_k)):
-        won = vote_outcomes(per_expert[:k], n)
+        votes = [adaptive_vote([e[i] for e in per_expert[:k] if i in e], k, adaptive) for i in range(n)]
+        won = [w for w, _ in votes]
         correct = [bool(w and w.correct) for w in won]
-        rows.append(Row(f"top-{k} vote", k, sum(correct) / n, sum(w is not None for w in won) / n))
+        asked = sum(a for _, a in votes) / n
+        label = f"top-{k} vote" + ("" if adaptive == "off" else f" ({adaptive} adaptive)")
+        rows.append(Row(label, k, sum(correct) / n, sum(w is not None for w in won) / n, asked=asked))
         gains.append(paired_gain(correct, base_correct))
     return {
         "task": task_name,
@@ -225,18 +249,22 @@ def _report(
                 "sigma": c.sigma,
                 "val_score": val_of(c),
                 **_summary_dict(per_expert[r - 1]),
+                "answered": len(per_expert[r - 1]),  # fewer than test_size where an adaptive vote stopped early
             }
             for r, c in enumerate(experts, 1)
         ],
         "ensembles": [
-            {"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "vs_base": g}
+            {"k": r.k, "accuracy": r.accuracy, "format_rate": r.format_rate, "experts_asked": r.asked, "vs_base": g}
             for r, g in zip(rows[2:], gains[2:])
         ],
+        "adaptive": adaptive,
         "rows": [{**asdict(r), "vs_base": g} for r, g in zip(rows, gains)],
         "tie_rules": {
             "ranking": "validation score (on this task, in a multi-task run), then overall validation "
             "score, then earlier candidate",
             "vote": "unextractable answers do not vote; ties go to the best-ranked expert's answer",
+            "adaptive": "experts asked in rank order; exact: stop once the leading answer cannot be overtaken "
+            "(the full vote's answer, always); beta: once a Beta posterior gives the leader a 95% lead",
         },
     }
 
