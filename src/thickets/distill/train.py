@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from thickets.disk import written_whole
 from thickets.engines import render_prompt
@@ -58,11 +58,13 @@ def fine_tune(
     `out` (a Hugging Face folder plain transformers loads)."""
     try:
         from datasets import Dataset
+        from datasets.utils.logging import disable_progress_bar
         from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them lazily
     except ImportError:
         raise ThicketsError("distillation needs TRL: pip install 'thickets[baselines]'") from None
     if not pairs:
         raise ThicketsError("no traces to train on")
+    disable_progress_bar()  # TRL's dataset preparation: five bars a run, none a user watches
     m, tok, _ = load(model)
     m.requires_grad_(True)
     m.train()
@@ -102,6 +104,7 @@ def fine_tune(
     t0 = time.perf_counter()
     with scratch, bar(f"{label}fine-tune ({'LoRA' if settings.lora else 'full'})", steps, progress) as update:
         trainer.add_callback(_Progress(update))
+        trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict: our bar shows the loss
         trainer.train()
     seconds = time.perf_counter() - t0
     trained: Any = trainer.model
