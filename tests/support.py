@@ -42,6 +42,12 @@ class ToyTask(Task):
         good = "a" <= ch <= "m"
         return Score(ch, ch, 1.0 if good else 0.1, good)
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        text = completion.strip()
+        if not text:
+            return None, None
+        return text[0].lower(), text[0].lower()
+
 
 class SmallTask(ToyTask):
     """Only five examples exist: splits beyond that must be refused."""
@@ -61,6 +67,9 @@ class KeylessTask(ToyTask):
 
     def score(self, example: Example, completion: str) -> Score:
         return Score(None, None, 0.0, False)
+
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        return None, None
 
 
 register_task("toy", ToyTask, ToyTask.description)

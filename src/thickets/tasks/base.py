@@ -5,7 +5,10 @@ maximises) and correctness (what accuracy and the ensemble count) are kept apart
 some tasks give partial credit or a format bonus that must never count as "correct".
 
 `Task` names every hook the rest of thickets may use, each with a default, so no caller
-probes a task for attributes. A task written without the base class (any object with `name`,
+probes a task for attributes. `extract` is the gold-free half of `score`: the answer and vote key
+of a completion to a prompt that has no reference answer (a user's own prompt, answered by a vote
+of several models); wherever the key does not depend on the example, a task's `extract` gives what
+its `score` does. A task written without the base class (any object with `name`,
 `description`, `stop`, `system_prompt`, `examples` and `score`) is wrapped by `as_task`.
 """
 
@@ -15,6 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
+
+from thickets.tasks.extract import last_tag, normalise
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,15 @@ class Task:
         """Extract, check and reward one completion. Must be fast on adversarial text."""
         raise NotImplementedError
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """(answer, vote key) of a completion, with no gold answer to judge it by: what a vote of
+        answers to a user's own prompt needs. (None, None) when nothing can be extracted.
+
+        The default: the last complete <answer>...</answer> tag, its normalised text the vote key
+        (a blank tag is no answer). A task whose `score` extracts otherwise overrides this, so that
+        it gives `score`'s answer and vote key on every example whose key does not need the gold."""
+        return tagged_answer(completion)
+
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         """Scores for many completions at once (a sandboxed or user scorer takes them in one call)."""
         return [self.score(ex, c) for ex, c in zip(examples, completions)]
@@ -127,6 +141,12 @@ class _Adapted(Task):
         result: Score = self.inner.score(example, completion)
         return result
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        if hasattr(self.inner, "extract"):
+            answer, key = self.inner.extract(completion)
+            return answer, key
+        return super().extract(completion)
+
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         if hasattr(self.inner, "score_batch"):
             return list(self.inner.score_batch(examples, completions))
@@ -141,6 +161,12 @@ class _Adapted(Task):
             result: Example = self.inner.example_from_row(row)
             return result
         return super().example_from_row(row)
+
+
+def tagged_answer(completion: str) -> tuple[str | None, str | None]:
+    """(the last <answer> tag's text, its normalised text); (None, None) when there is none or it is blank."""
+    answer = last_tag(completion)
+    return (answer, normalise(answer)) if answer else (None, None)
 
 
 def as_task(obj: Any) -> Task:

@@ -85,21 +85,47 @@ class CountdownTask(Task):
                 data={"numbers": numbers, "target": target},
             )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The last <answer> and, when it is an equation, its key "sorted numbers=value".
+
+        Which numbers were given is the example's, so every readable equation gets a key here;
+        `score` keys only an equation that uses exactly the given numbers (None for others)."""
+        answer, equation = _answer_equation(completion)
+        return answer, _equation_key(equation)
+
     def score(self, example: Example, completion: str) -> Score:
         """Last <answer> wins; an empty or missing answer earns nothing, a present one 0.1, a correct one 1.1."""
-        answer = last_tag(completion)
-        if not answer:
+        answer, equation = _answer_equation(completion)
+        if answer is None:
             return Score(None, None, 0.0, False)
-        try:
-            value, used = evaluate_equation(answer)
-        except EquationError:
+        if equation is None:
             return Score(answer, None, FORMAT_REWARD, False)
+        value, used = equation
         uses_given = Counter(used) == Counter(example.data["numbers"])
         correct = uses_given and value == example.data["target"]
         # only an equation with exactly the given numbers may vote (as in the authors' ensemble):
         # one that invents numbers must not outvote a real attempt
-        vote_key = f"{','.join(map(str, sorted(used)))}={value}" if uses_given else None
+        vote_key = _equation_key(equation) if uses_given else None
         return Score(answer, vote_key, FORMAT_REWARD + (CORRECT_REWARD if correct else 0.0), correct)
+
+
+def _answer_equation(completion: str) -> tuple[str | None, tuple[Fraction, list[int]] | None]:
+    """(the last non-empty <answer>, its (value, numbers) when it is an acceptable equation)."""
+    answer = last_tag(completion)
+    if not answer:
+        return None, None
+    try:
+        return answer, evaluate_equation(answer)
+    except EquationError:
+        return answer, None
+
+
+def _equation_key(equation: tuple[Fraction, list[int]] | None) -> str | None:
+    """The vote key of an equation: its numbers sorted, and its value."""
+    if equation is None:
+        return None
+    value, used = equation
+    return f"{','.join(map(str, sorted(used)))}={value}"
 
 
 PAPER_SYSTEM = (
@@ -133,6 +159,16 @@ class CountdownPaperTask(CountdownTask):
         for ex in super().examples(seed):
             yield Example(ex.id, _PAPER_PROMPT.format(numbers=ex.data["numbers"], target=ex.data["target"]), ex.data)
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The last <answer>, stripped, and its key as their vote makes it, except that which numbers
+        were given is the example's: here any equation that passes their character filter and has
+        numbers up to 1000 gets a key, where `score` keys only one with exactly the given numbers."""
+        raw = _raw_last_answer(completion)
+        answer = raw.strip() if raw else None
+        if not answer:
+            return None, None
+        return answer, _paper_vote_key(answer, None)
+
     def score(self, example: Example, completion: str) -> Score:
         """Their reward checks the answer as written (a newline inside the tags fails the character
         filter); their vote strips it first and lets only equations with numbers up to 1000 vote."""
@@ -144,10 +180,7 @@ class CountdownPaperTask(CountdownTask):
         numbers = sorted(example.data["numbers"])
         checked = _paper_equation(raw, numbers)
         correct = checked is not None and abs(float(checked[0]) - float(example.data["target"])) < 1e-5
-        voted = _paper_equation(answer, numbers)
-        vote_key = None
-        if voted is not None and max(voted[1]) <= 1000:
-            vote_key = f"{','.join(map(str, voted[1]))}={voted[0]}"
+        vote_key = _paper_vote_key(answer, numbers)
         return Score(answer, vote_key, fmt + (CORRECT_REWARD if correct else 0.0), correct)
 
 
@@ -158,16 +191,25 @@ def _raw_last_answer(text: str) -> str | None:
     return text[start + len("<answer>") : end] if start >= 0 else None
 
 
-def _paper_equation(text: str | None, numbers: list[int]) -> tuple[Fraction, list[int]] | None:
+def _paper_equation(text: str | None, numbers: list[int] | None) -> tuple[Fraction, list[int]] | None:
     """(value, sorted numbers) when the text passes their character filter, parses, and uses exactly
-    the given numbers; else None."""
+    the given numbers (any numbers when `numbers` is None); else None."""
     if not text or not set(text) <= _PAPER_CHARS:
         return None
     try:
         value, used = evaluate_equation(text)
     except EquationError:
         return None
-    return (value, sorted(used)) if sorted(used) == numbers else None
+    return (value, sorted(used)) if numbers is None or sorted(used) == numbers else None
+
+
+def _paper_vote_key(answer: str, numbers: list[int] | None) -> str | None:
+    """Their vote's key of a stripped answer: only an equation (with exactly `numbers`, when given)
+    whose numbers are all at most 1000 votes."""
+    voted = _paper_equation(answer, numbers)
+    if voted is None or max(voted[1]) > 1000:
+        return None
+    return _equation_key(voted)
 
 
 @task("countdown", "reach a target with 3-4 numbers and + - * /; 0.1 format + 1 correct")

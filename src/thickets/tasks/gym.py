@@ -79,16 +79,17 @@ class GymTask(Task):
             id=f"{self.name}:{entry['question']}", prompt=str(entry["question"]) + _INSTRUCTION, data={"entry": entry}
         )
 
-    def _answer(self, example: Example, completion: str) -> str | None:
-        answer = last_tag(completion)
-        if answer is None and _is_integer(example.data["entry"].get("answer")):
-            number = extract_final_number(completion)
-            value = parse_number(number) if number is not None else None
-            answer = str(value) if value is not None and value.denominator == 1 else None
-        return answer
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The last <answer> tag, else the final integer of the completion, normalised as the key.
+
+        `score` falls back to the final integer only where the reference answer is an integer, so on
+        an example with another kind of answer an untagged completion's integer is an answer here and
+        none there; on the rest (every example of an integer-answer dataset) the two agree."""
+        answer = gym_answer(completion, integer_fallback=True)
+        return answer, None if answer is None else normalise(answer)
 
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
-        answers = [self._answer(ex, c) for ex, c in zip(examples, completions)]
+        answers = [gym_answer(c, _is_integer(ex.data["entry"].get("answer"))) for ex, c in zip(examples, completions)]
         todo = [i for i, a in enumerate(answers) if a is not None]
         rewards = [0.0] * len(answers)
         if todo:
@@ -106,6 +107,17 @@ class GymTask(Task):
 
     def score(self, example: Example, completion: str) -> Score:
         return self.score_batch([example], [completion])[0]
+
+
+def gym_answer(completion: str, integer_fallback: bool) -> str | None:
+    """The last <answer> tag (blank counts: reasoning-gym judges it); without one, when `integer_fallback`,
+    the completion's final number if it is an integer."""
+    answer = last_tag(completion)
+    if answer is None and integer_fallback:
+        number = extract_final_number(completion)
+        value = parse_number(number) if number is not None else None
+        answer = str(value) if value is not None and value.denominator == 1 else None
+    return answer
 
 
 def _is_integer(answer: object) -> bool:

@@ -50,6 +50,13 @@ class MultiTask(Task):
     def score(self, example: Example, completion: str) -> Score:
         return self.parts[example.data["task"]].score(example.data["example"], completion)
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The first part's extraction. A user's prompt belongs to no part, so no part can be chosen
+        by the example as `score` chooses; where the parts extract alike (all gsm8k files, all
+        integer-answer reasoning-gym tasks) that is every part's, and so `score`'s on every example;
+        where they differ it is `score`'s on the first part's examples only."""
+        return next(iter(self.parts.values())).extract(completion)
+
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         """Each task scores its own examples, in one batch per task."""
         out: dict[int, Score] = {}

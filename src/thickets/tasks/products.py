@@ -51,6 +51,11 @@ class GymNumberTask(Task):
                 data={"answer": str(entry["answer"]).strip()},
             )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The extracted number, which is its own vote key."""
+        answer = extract_number(completion)
+        return answer, answer
+
     def score(self, example: Example, completion: str) -> Score:
         answer = extract_number(completion)
         if answer is None:

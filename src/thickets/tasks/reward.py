@@ -148,6 +148,10 @@ class RewardTask(Task):
     def example_from_row(self, row: Mapping[str, Any]) -> Example:
         return self.inner.example_from_row(row)
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The inner task's: a reward function changes the reward, never the answer or its key."""
+        return self.inner.extract(completion)
+
     def _call(self, examples: Sequence[Example], completions: Sequence[str], style: str) -> list[float]:
         if style == "chat":
             comps: list[Any] = [[{"role": "assistant", "content": c}] for c in completions]

@@ -52,17 +52,26 @@ def normalise_code(code: str) -> str:
 def clean_code(code: str) -> str | None:
     """Drop leading blank lines and trailing space (indentation of the first line is kept); None if empty."""
     lines = code.splitlines()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    code = "\n".join(lines).rstrip()
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))  # a slice: linear time
+    code = "\n".join(lines[first:]).rstrip()
     return code if code and len(code) <= MAX_CODE_CHARS else None
 
 
-def score_program(answer: str | None, program: str, timeout_s: float, memory_mb: int) -> Score:
+def extract_program(completion: str) -> tuple[str | None, str | None]:
+    """(the code a completion answers with, its vote key), found without running anything; (None, None)
+    when there is no code (blank, or longer than MAX_CODE_CHARS)."""
+    answer = clean_code(extract_code(completion))
+    return (None, None) if answer is None else (answer, normalise_code(answer))
+
+
+def score_program(extracted: tuple[str | None, str | None], program: str, timeout_s: float, memory_mb: int) -> Score:
+    """The score of an answer `extracted` by `extract_program`: 1.0 when `program` (built around it) runs
+    without error in the sandbox."""
+    answer, key = extracted
     if answer is None:
         return Score(None, None, 0.0, False)
     result = run_python(program, timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb)
-    return Score(answer, normalise_code(answer), 1.0 if result.ok else 0.0, result.ok)
+    return Score(answer, key, 1.0 if result.ok else 0.0, result.ok)
 
 
 _HUMANEVAL_PROMPT = (
@@ -105,9 +114,14 @@ class HumanEvalTask(Task):
                 data={k: p[k] for k in ("task_id", "prompt", "entry_point", "test")},
             )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The answer's code and its normalised key (nothing is run)."""
+        return extract_program(completion)
+
     def score(self, example: Example, completion: str) -> Score:
         d = example.data
-        answer = clean_code(extract_code(completion))
+        extracted = extract_program(completion)
+        answer = extracted[0]
         if answer is not None and f"def {d['entry_point']}(" not in answer and answer.lstrip() == answer:
             answer_body: str | None = textwrap.indent(answer, "    ")  # a body written flush left
         else:
@@ -115,7 +129,7 @@ class HumanEvalTask(Task):
         # The prompt always comes first: it holds the imports and helpers a full function may use,
         # and a full function redefines the prompt's docstring-only one.
         program = f"{d['prompt']}{answer_body}\n\n{d['test']}\n\ncheck({d['entry_point']})\n"
-        return score_program(answer, program, self.timeout_s, self.memory_mb)
+        return score_program(extracted, program, self.timeout_s, self.memory_mb)
 
 
 @task("humaneval", "HumanEval: complete the function; its tests run in the sandbox")

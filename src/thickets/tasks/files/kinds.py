@@ -62,17 +62,27 @@ class NumberTask(RowTask):
             raise ThicketsError(f"{where}: cannot read a number from the answer {text[-60:]!r}")
         return {"question": question, "answer": number_key(gold)}
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The final number as written, and its exact value as the key (None when it is no number)."""
+        answer, value = final_number(completion)
+        return answer, None if value is None else number_key(value)
+
     def score(self, example: Example, completion: str) -> Score:
-        answer = extract_final_number(completion)
+        answer, value = final_number(completion)
         if answer is None:
             return Score(None, None, 0.0, False)
-        value = parse_number(answer)
         if value is None:
             return Score(answer, None, 0.0, False)
         gold = Fraction(example.data["answer"])
         # '50%' is 50 (GSM8K's convention) and, where the gold is the fraction, 1/2 as well
         correct = value == gold or (is_percent(answer) and value / 100 == gold)
         return Score(answer, number_key(value), float(correct), correct)
+
+
+def final_number(completion: str) -> tuple[str | None, Fraction | None]:
+    """GSM8K's final number of a completion as written, and its exact value (None when it is not a number)."""
+    answer = extract_final_number(completion)
+    return answer, None if answer is None else parse_number(answer)
 
 
 class MathTask(RowTask):
@@ -95,30 +105,42 @@ class MathTask(RowTask):
             raise ThicketsError(f"{where}: math-verify cannot read the reference answer {gold[:60]!r}")
         return {"question": question, "answer": gold}
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The last \\boxed{} answer and math-verify's key for it, as `score` gives them: the key does not
+        depend on the reference, so math-verify parses the answer in the scorer sandbox (with no reference,
+        nothing is verified). No key for an unreadable or unsafe answer."""
+        answer, key, _ = _math_verdicts([""], [completion])[0]
+        return answer, key
+
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
-        answers = [last_boxed(c) for c in completions]
-        todo = [i for i, a in enumerate(answers) if a is not None and latex_is_safe(a)]
-        verdicts: dict[int, dict[str, Any]] = {}
-        if todo:
-            warm("math_warm")
-            for i, out in zip(todo, sandboxed("math_score", [(examples[i].data["answer"], answers[i]) for i in todo])):
-                if out.ok and isinstance(out.value, dict) and out.value.get("parsed"):
-                    verdicts[i] = out.value
-        scores: list[Score] = []
-        for i, answer in enumerate(answers):
-            v = verdicts.get(i)
-            if answer is None:
-                scores.append(Score(None, None, 0.0, False))
-            elif v is None:  # unreadable, unsafe, or its scoring failed
-                scores.append(Score(answer, None, 0.0, False))
-            else:
-                correct = v.get("correct") is True
-                key = v.get("key")
-                scores.append(Score(answer, key if isinstance(key, str) else None, float(correct), correct))
-        return scores
+        verdicts = _math_verdicts([ex.data["answer"] for ex in examples], completions)
+        return [Score(answer, key, float(correct), correct) for answer, key, correct in verdicts]
 
     def score(self, example: Example, completion: str) -> Score:
         return self.score_batch([example], [completion])[0]
+
+
+def _math_verdicts(golds: Sequence[str], completions: Sequence[str]) -> list[tuple[str | None, str | None, bool]]:
+    """(the last boxed answer, math-verify's vote key, whether it equals the gold) of each completion, from
+    math-verify in the scorer sandbox. The key is None when the answer is unreadable, unsafe, or its
+    scoring failed; a blank gold judges nothing (never correct) but still gives the key."""
+    answers = [last_boxed(c) for c in completions]
+    todo = [i for i, a in enumerate(answers) if a is not None and latex_is_safe(a)]
+    verdicts: dict[int, dict[str, Any]] = {}
+    if todo:
+        warm("math_warm")
+        for i, out in zip(todo, sandboxed("math_score", [(golds[i], answers[i]) for i in todo])):
+            if out.ok and isinstance(out.value, dict) and out.value.get("parsed"):
+                verdicts[i] = out.value
+    results: list[tuple[str | None, str | None, bool]] = []
+    for i, answer in enumerate(answers):
+        v = verdicts.get(i)
+        if answer is None or v is None:  # none, or unreadable, unsafe, or its scoring failed
+            results.append((answer, None, False))
+        else:
+            key = v.get("key")
+            results.append((answer, key if isinstance(key, str) else None, v.get("correct") is True))
+    return results
 
 
 class ChoiceTask(RowTask):
@@ -147,17 +169,34 @@ class ChoiceTask(RowTask):
             f"like this: The answer is (A)."
         )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The chosen letter, which is its own key, among as many letters as the task's examples have
+        choices at most (all 26 when it has none). `score` knows the example's own choices, so the two
+        differ where a completion names a letter beyond an example's choices, or answers with a
+        choice's text instead of its letter (no answer here); on examples with the most choices and
+        answers given by letter they agree."""
+        n = max((len(ex.data["choices"]) for ex in self._examples), default=len(LETTERS))
+        letter = choice_letter(completion, n)
+        return letter, letter
+
     def score(self, example: Example, completion: str) -> Score:
         choices = example.data["choices"]
-        letter = extract_choice(completion, len(choices))
-        if letter is None:  # a reply that is exactly one choice's text ("4" among "3", "4", "5") names it
-            said = (last_tag(completion) or completion[:MAX_ANSWER_CHARS]).strip().rstrip(".")
-            matches = [i for i, c in enumerate(choices) if c.strip() == said]
-            letter = LETTERS[matches[0]] if len(matches) == 1 else None
+        letter = choice_letter(completion, len(choices), choices)
         if letter is None:
             return Score(None, None, 0.0, False)
         correct = letter == example.data["answer"]
         return Score(letter, letter, float(correct), correct)
+
+
+def choice_letter(completion: str, n_choices: int, choices: Sequence[str] = ()) -> str | None:
+    """The letter a completion chooses among the first `n_choices`; failing that, when the choices' texts
+    are known, the letter of the one choice whose text the reply is exactly ("4" among "3", "4", "5")."""
+    letter = extract_choice(completion, n_choices)
+    if letter is None and choices:
+        said = (last_tag(completion) or completion[:MAX_ANSWER_CHARS]).strip().rstrip(".")
+        matches = [i for i, c in enumerate(choices) if c.strip() == said]
+        letter = LETTERS[matches[0]] if len(matches) == 1 else None
+    return letter
 
 
 def _choice_index(answer: Any, choices: list[str], labels: list[Any] | None, where: str) -> int:
@@ -223,13 +262,30 @@ class OrderingTask(RowTask):
             f"like this: <answer>{example}</answer>"
         )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The order ("3 1 2") and its key ("3,1,2"), for as many sentences as the task's examples have,
+        which is `score`'s when they all have the same number. Where the numbers differ, the order of the
+        largest number of sentences that the completion gives (of 2 to 9 when the task has no examples),
+        where `score` reads only the example's own number."""
+        counts = sorted({len(ex.data["answer"]) for ex in self._examples}, reverse=True) or range(9, 1, -1)
+        for n in counts:
+            if (order := extract_order(completion, n)) is not None:
+                return _order_answer(order)
+        return None, None
+
     def score(self, example: Example, completion: str) -> Score:
         gold = tuple(example.data["answer"])
         order = extract_order(completion, len(gold))
         if order is None:
             return Score(None, None, 0.0, False)
+        answer, key = _order_answer(order)
         right = sum(a == b for a, b in zip(order, gold))
-        return Score(" ".join(map(str, order)), ",".join(map(str, order)), right / len(gold), order == gold)
+        return Score(answer, key, right / len(gold), order == gold)
+
+
+def _order_answer(order: tuple[int, ...]) -> tuple[str, str]:
+    """(the answer, the vote key) of a sentence order."""
+    return " ".join(map(str, order)), ",".join(map(str, order))
 
 
 class PromptTask(RowTask):
@@ -246,14 +302,22 @@ class PromptTask(RowTask):
         question: str = fields["question"]
         return question
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The last <answer> tag, else the last non-blank line; normalised as the key."""
+        return prompt_answer(completion)
+
     def score(self, example: Example, completion: str) -> Score:
-        answer = last_tag(completion)
-        if answer is None:
-            lines = [line for line in completion[-MAX_ANSWER_CHARS:].splitlines() if line.strip()]
-            answer = lines[-1].strip() if lines else None
-        if not answer:
-            return Score(None, None, 0.0, False)
-        return Score(answer, normalise(answer), 0.0, False)  # RewardTask supplies reward and correctness
+        answer, key = prompt_answer(completion)
+        return Score(answer, key, 0.0, False)  # RewardTask supplies reward and correctness
+
+
+def prompt_answer(completion: str) -> tuple[str | None, str | None]:
+    """(the last <answer> tag, else the last non-blank line; its normalised text), or (None, None)."""
+    answer = last_tag(completion)
+    if answer is None:
+        lines = [line for line in completion[-MAX_ANSWER_CHARS:].splitlines() if line.strip()]
+        answer = lines[-1].strip() if lines else None
+    return (answer, normalise(answer)) if answer else (None, None)
 
 
 KINDS: dict[str, type[RowTask]] = {

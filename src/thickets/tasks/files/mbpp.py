@@ -7,7 +7,7 @@ from typing import Any
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score
-from thickets.tasks.code.tasks import clean_code, extract_code, score_program
+from thickets.tasks.code.tasks import extract_program, score_program
 from thickets.tasks.files.rows import RowTask
 
 
@@ -53,7 +53,11 @@ class MBPPTask(RowTask):
             + "\n\nReply with the Python code in a ```python code block."
         )
 
+    def extract(self, completion: str) -> tuple[str | None, str | None]:
+        """The answer's code and its normalised key (nothing is run)."""
+        return extract_program(completion)
+
     def score(self, example: Example, completion: str) -> Score:
-        answer = clean_code(extract_code(completion))
-        program = f"{example.data['setup']}\n\n{answer}\n\n" + "\n".join(example.data["tests"]) + "\n"
-        return score_program(answer, program, self.timeout_s, self.memory_mb)
+        extracted = extract_program(completion)
+        program = f"{example.data['setup']}\n\n{extracted[0]}\n\n" + "\n".join(example.data["tests"]) + "\n"
+        return score_program(extracted, program, self.timeout_s, self.memory_mb)
