@@ -47,6 +47,7 @@ from thickets.randopt.scoring import check_inputs, load_run_config, task_for
 from thickets.randopt.search import SearchResult, search
 from thickets.randopt.vote import ADAPTIVE_RULES
 from thickets.ship.export import export_candidate, export_round, export_spec
+from thickets.ship.serve.config import ServeConfig
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
 from thickets.toy.config import ToyConfig
@@ -276,6 +277,12 @@ def cmd_race_replay(a: Parsed, quiet: bool) -> None:
     print_replay(f"racing replayed on {r.run_dir}: {r.orders} random orders, chunks of {r.chunk} examples", rows)
 
 
+def cmd_serve(a: Parsed, quiet: bool) -> None:
+    from thickets.ship.serve.server import serve  # FastAPI, uvicorn and the model: only for this command
+
+    serve(a[ServeConfig])
+
+
 def cmd_vote_replay(a: Parsed, quiet: bool) -> None:
     r = a[VoteReplayArgs]
     result = vote_replay(r.run_dir, r.top_k)
@@ -373,6 +380,11 @@ COMMANDS: dict[str, Command] = {
         cmd_distill,
     ),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
+    "serve": (
+        "an OpenAI-compatible server answering by the vote of a run's top-K experts",
+        (ServeConfig,),
+        cmd_serve,
+    ),
     "demo": ("the embedded model end to end: search, then ensemble", (DemoArgs,), cmd_demo),
     "score": ("score one completion: extracted answer, vote key, reward, correct", (ScoreArgs,), cmd_score),
     "bench": (

@@ -142,6 +142,20 @@ class TransformersEngine:
         self._owned = True
         return [(n, t.numpy()) for n, t in self._base.items()]
 
+    def hold(self) -> dict[str, torch.Tensor]:
+        """Hand the current perturbation's weights to the caller, who keeps them (a server's working copy
+        of an expert): the next perturb() writes into new buffers, and use() swaps these back in without
+        making the noise again. The weights stay perturbed until restore()."""
+        return {n: self._work.pop(n) for n in self._touched}
+
+    def use(self, held: dict[str, torch.Tensor]) -> None:
+        """Swap in weights hold() gave out (no copy); restore() brings the base back, as after perturb()."""
+        if self._touched:
+            raise RuntimeError("use() called while perturbed")
+        for n, t in held.items():
+            self.params[n].data = t
+        self._touched = list(held)
+
     def restore(self) -> None:
         for n in self._touched:
             self.params[n].data = self._base[n]

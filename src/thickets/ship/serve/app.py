@@ -1,0 +1,305 @@
+"""The HTTP side of `thickets serve`: OpenAI's chat and completion routes, the model list and a health
+check, on FastAPI.
+
+Bodies are read and checked here (size, JSON, fields) so every bad request gets a 4xx in OpenAI's
+error shape with one clear message; the vote itself runs on the batcher's worker thread. Answers
+are greedy (a vote of sampled answers would be another method), so sampling fields are accepted and
+ignored, as the response's `thickets` field says. A streamed answer starts once the vote is decided:
+the chosen completion, in pieces, then a last chunk with the vote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from thickets.ship.serve.batcher import Batcher, Settings, ShuttingDown
+from thickets.ship.serve.config import ServeConfig
+from thickets.ship.serve.voter import Verdict
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the routes need to know of the model behind them."""
+
+    name: str
+    tokenizer: Any
+    chat_template: bool  # render chat requests with the tokenizer's template (as the search rendered prompts)
+    system_prompt: str | None  # the task's, added to a chat request that has none
+    task_stop: tuple[str, ...]
+    default_max_tokens: int
+    context: int
+    describe: dict[str, Any]
+
+
+class _Text(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str = ""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_Text] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p, seed...: accepted, answers stay greedy
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+
+    def stops(self) -> tuple[str, ...]:
+        given = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(s for s in given if s)
+
+
+R = TypeVar("R", bound=_Common)
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], Settings], list[Verdict]]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.batcher = Batcher(answer, config.max_batch, config.batch_window_ms / 1000)
+        yield
+        app.state.batcher.close(config.graceful_shutdown_s)
+
+    app = FastAPI(title="thickets", lifespan=lifespan)
+    app.state.served = served
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
+        return error(e.status, e.message, e.param, e.code)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return error(413, f"request body over the limit of {config.max_body_bytes} bytes")
+        response: Response = await call_next(request)
+        return response
+
+    async def read(request: Request, model: type[R]) -> R:
+        body = b""
+        async for chunk in request.stream():  # a body without a length is counted as it arrives
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise BadRequest(413, f"request body over the limit of {config.max_body_bytes} bytes")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadRequest(400, f"the body is not valid JSON ({e.__class__.__name__}: {e})") from None
+        if not isinstance(data, dict):
+            raise BadRequest(400, "the body must be a JSON object")
+        try:
+            req = model.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise BadRequest(400, f"{where}: {first['msg']}", param=where) from None
+        if req.model != served.name:
+            raise BadRequest(
+                404,
+                f"model {req.model!r} is not served here; this server has {served.name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return req
+
+    def settings(prompt: str, asked: int | None, stops: tuple[str, ...], special: bool) -> tuple[Settings, int]:
+        max_tokens = asked or served.default_max_tokens
+        if max_tokens > config.max_tokens_limit:
+            raise BadRequest(
+                400, f"max_tokens {max_tokens} is over this server's limit of {config.max_tokens_limit}", "max_tokens"
+            )
+        if len(stops) > 4:
+            raise BadRequest(400, f"at most 4 stop strings, got {len(stops)}", "stop")
+        prompt_tokens = len(served.tokenizer(prompt, add_special_tokens=special).input_ids)
+        if prompt_tokens + max_tokens > served.context:
+            raise BadRequest(
+                400,
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens {max_tokens} exceeds the model's context "
+                f"of {served.context} tokens",
+                "messages",
+            )
+        return Settings(max_tokens, tuple(dict.fromkeys(served.task_stop + stops)), special), prompt_tokens
+
+    async def vote(prompt: str, s: Settings) -> Verdict:
+        try:
+            batcher: Batcher = app.state.batcher
+            return await batcher.submit(prompt, s)
+        except ShuttingDown as e:
+            raise BadRequest(503, str(e)) from None
+
+    def finish(v: Verdict, s: Settings, user_stops: tuple[str, ...]) -> tuple[str, str, int]:
+        """(text without a user's stop string, finish reason, completion tokens)."""
+        text, reason = v.text, "length"
+        for stop in user_stops:
+            if text.endswith(stop):
+                return text[: -len(stop)], "stop", _count(served.tokenizer, text)
+        tokens = _count(served.tokenizer, text)
+        if tokens < s.max_new_tokens or any(text.endswith(t) for t in served.task_stop):
+            reason = "stop"
+        return text, reason, tokens
+
+    def fields(v: Verdict) -> dict[str, Any]:
+        return {**v.to_dict(), "decoding": "greedy (sampling fields are ignored)", "model": served.describe}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": served.name, "queued": app.state.batcher.pending()}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "thickets"}],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> Response | dict[str, Any]:
+        req: ChatRequest = await read(request, ChatRequest)
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
+        if not any(m["content"].strip() for m in messages):
+            raise BadRequest(400, "messages: every message is empty", "messages")
+        if served.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": served.system_prompt})
+        if served.chat_template:
+            prompt = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "\n\n".join(m["content"] for m in messages)
+        s, prompt_tokens = settings(
+            prompt, req.max_completion_tokens or req.max_tokens, req.stops(), not served.chat_template
+        )
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "created": created, "model": served.name}
+        if req.stream:
+            future = vote(prompt, s)
+
+            async def events() -> AsyncIterator[str]:
+                v = await future
+                text, reason, _ = finish(v, s, req.stops())
+                chunk = {**head, "object": "chat.completion.chunk"}
+                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+                for piece in _pieces(text):
+                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                yield _sse(
+                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}], "thickets": fields(v)}
+                )
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        v = await vote(prompt, s)
+        text, reason, tokens = finish(v, s, req.stops())
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            },
+            "thickets": fields(v),
+        }
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Response | dict[str, Any]:
+        req: CompletionRequest = await read(request, CompletionRequest)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if len(prompts) != 1:
+            raise BadRequest(400, f"prompt: one prompt per request, got {len(prompts)}", "prompt")
+        prompt = prompts[0]
+        if not prompt.strip():
+            raise BadRequest(400, "prompt: the prompt is empty", "prompt")
+        s, prompt_tokens = settings(prompt, req.max_tokens, req.stops(), True)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+        if req.stream:
+            future = vote(prompt, s)
+
+            async def events() -> AsyncIterator[str]:
+                v = await future
+                text, reason, _ = finish(v, s, req.stops())
+                for piece in _pieces(text):
+                    yield _sse(
+                        {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
+                    )
+                yield _sse(
+                    {
+                        **head,
+                        "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}],
+                        "thickets": fields(v),
+                    }
+                )
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        v = await vote(prompt, s)
+        text, reason, tokens = finish(v, s, req.stops())
+        return {
+            **head,
+            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            },
+            "thickets": fields(v),
+        }
+
+    return app
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def _pieces(text: str) -> list[str]:
+    """The streamed completion, a word (with the space before it) at a time."""
+    return _PIECE.findall(text) or [""]
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
