@@ -11,32 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import threading
 import time
 from dataclasses import replace
 
 import httpx
-import uvicorn
 
 from thickets.randopt.scoring import load_run_config, task_for
 from thickets.ship.serve.config import ServeConfig
-from thickets.ship.serve.server import build
+from thickets.ship.serve.server import InThread
 from thickets.tasks.splits import make_splits
-
-
-def serve_in_thread(config: ServeConfig) -> tuple[uvicorn.Server, threading.Thread, str, object]:
-    app = build(config)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}", app
 
 
 async def drive(url: str, name: str, prompts: list[str], clients: int, limit_s: float, max_tokens: int) -> dict:
@@ -106,13 +90,11 @@ def main() -> None:
     }
     results = {}
     for label, config in phases.items():
-        server, thread, url, app = serve_in_thread(config)
-        name = app.state.served.name  # type: ignore[attr-defined]
+        running = InThread(config)
         try:
-            results[label] = asyncio.run(drive(url, name, prompts, a.clients, a.time_limit, max_tokens))
+            results[label] = asyncio.run(drive(running.url, running.name, prompts, a.clients, a.time_limit, max_tokens))
         finally:
-            server.should_exit = True
-            thread.join(60)
+            running.stop()
         r = results[label]
         print(
             f"{label:26s} {r['ok']}/{r['requests']} ok, {r['server_errors']} server errors, {r['lost']} lost; "

@@ -4,7 +4,6 @@ requests, a client that leaves mid-stream, and shutdown with requests in flight.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from thickets.engines import load_engine  # noqa: E402
@@ -21,7 +19,7 @@ from thickets.randopt.config import SearchConfig  # noqa: E402
 from thickets.randopt.scoring import load_run_config  # noqa: E402
 from thickets.randopt.search import search  # noqa: E402
 from thickets.ship.serve.config import ServeConfig  # noqa: E402
-from thickets.ship.serve.server import build, experts_of  # noqa: E402
+from thickets.ship.serve.server import InThread, build, experts_of  # noqa: E402
 from thickets.tasks import get_task  # noqa: E402
 
 PROMPT = "Write something about item 0-3."
@@ -37,45 +35,14 @@ def run(tiny_model_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
-class Running:
-    """A uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, config: ServeConfig):
-        self.app = build(config)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                timeout_graceful_shutdown=int(config.graceful_shutdown_s),
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the server did not stop"
-
-
 @pytest.fixture(scope="module")
-def server(run) -> Iterator[Running]:
-    r = Running(ServeConfig(run_dir=str(run), top_k=5, max_tokens_limit=16, max_body_bytes=4096))
+def server(run) -> Iterator[InThread]:
+    r = InThread(ServeConfig(run_dir=str(run), top_k=5, max_tokens_limit=16, max_body_bytes=4096))
     yield r
     r.stop()
 
 
-def client(server: Running):
+def client(server: InThread):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
@@ -189,7 +156,7 @@ def test_a_client_that_leaves_mid_stream_does_not_stop_the_others(server):
 
 
 def test_shutdown_finishes_the_requests_in_flight_and_refuses_none_silently(run):
-    r = Running(ServeConfig(run_dir=str(run), top_k=5, graceful_shutdown_s=60, batch_window_ms=50))
+    r = InThread(ServeConfig(run_dir=str(run), top_k=5, graceful_shutdown_s=60, batch_window_ms=50))
     results: list[object] = []
 
     def ask(i: int) -> None:
@@ -230,7 +197,7 @@ def test_one_expert_or_the_base_alone_answer_as_they_would_by_themselves(run):
         (ServeConfig(run_dir=str(run), rank=2), "run-rank2"),
         (ServeConfig(run_dir=str(run), base=True), "run-base"),
     ):
-        r = Running(config)
+        r = InThread(config)
         try:
             reply = client(r).chat.completions.create(
                 model=name, messages=[{"role": "user", "content": PROMPT}], max_tokens=6

@@ -80,6 +80,47 @@ def build(config: ServeConfig) -> FastAPI:
     return make_app(served, config, answer)
 
 
+class InThread:
+    """The server in a thread of this process, on a free loopback port (notebooks, load tests, tests);
+    `stop()` shuts it down as Ctrl-C would."""
+
+    def __init__(self, config: ServeConfig, start_timeout_s: float = 120.0):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self.app = build(config)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                timeout_graceful_shutdown=int(config.graceful_shutdown_s),
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, name="thickets-serve", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + start_timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise ThicketsError("the server did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name: str = self.app.state.served.name
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise ThicketsError(f"the server did not stop within {timeout_s:g} s")
+
+
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
