@@ -258,3 +258,66 @@ def test_the_voter_gives_the_same_verdicts_with_or_without_working_copies_adapti
     one_by_one = Voter(engine, low_specs, task, keep_copies=False)
     one_by_one.lowrank = False
     assert seen(batched.answer(prompts, 6, task.stop)) == seen(one_by_one.answer(prompts, 6, task.stop))
+
+
+def test_thickets_serve_on_the_command_line_answers_the_example_client_and_stops_cleanly_on_sigterm(run):
+    """The real command in its own process: examples/openai_client.py against it, then SIGTERM while
+    requests are in flight: they finish (or fail cleanly), and the process exits on its own."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import CLI, REPO, cli_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--run-dir", str(run), "--top-k", "3", "--port", str(port), "--name", "toy-vote"],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        example = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "openai_client.py"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert example.returncode == 0, example.stderr[-2000:]
+        assert "model: toy-vote" in example.stdout and example.stdout.count("votes") == 3
+
+        results: list[object] = []
+
+        def ask(i: int) -> None:
+            try:
+                body = {"model": "toy-vote", "prompt": f"Item {i}.", "max_tokens": 6}
+                results.append(httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60).status_code)
+            except httpx.HTTPError as e:
+                results.append(type(e).__name__)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then lets the signal end the process as it would have
+        assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert len(results) == 6 and all(x in (200, 503) or isinstance(x, str) for x in results)
+        assert b"Finished server process" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
