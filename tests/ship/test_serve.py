@@ -46,7 +46,7 @@ def client(server: InThread):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def alone(run: Path, prompt: str, max_tokens: int) -> list[str]:
+def alone(run: Path, prompt: str, max_tokens: int, stop: tuple[str, ...] | None = None) -> list[str]:
     """What each of the top-5 experts writes by itself for the rendered prompt."""
     cfg = load_run_config(run)
     engine, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
@@ -55,7 +55,7 @@ def alone(run: Path, prompt: str, max_tokens: int) -> list[str]:
     for spec in specs:
         engine.perturb(spec)
         try:
-            out.append(engine.generate([prompt], max_tokens, get_task("toy").stop)[0])
+            out.append(engine.generate([prompt], max_tokens, get_task("toy").stop if stop is None else stop)[0])
         finally:
             engine.restore()
     return out
@@ -321,3 +321,19 @@ def test_thickets_serve_on_the_command_line_answers_the_example_client_and_stops
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_prompt_whose_answers_cannot_be_read_gets_the_best_experts_text_marked_so(run):
+    from thickets.engines import render_prompt
+    from thickets.ship.serve.voter import Voter
+
+    cfg = load_run_config(run)
+    engine, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
+    specs, _ = experts_of(ServeConfig(run_dir=str(run), top_k=3))
+    prompt = render_prompt(engine.tokenizer, PROMPT, None)
+    from tests.support import KeylessTask
+
+    (v,) = Voter(engine, specs, KeylessTask()).answer([prompt], 6)  # its extract() reads nothing
+    assert not v.extracted and v.answer is None and v.votes == {} and v.expert == 1
+    # undecided to the end, so every expert was asked; the text is the best expert's (without the toy's stops)
+    assert v.asked == 3 and v.text == alone(run, prompt, 6, stop=())[0]
