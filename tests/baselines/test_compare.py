@@ -94,7 +94,7 @@ def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(
     engine, _ = load_engine(cfg.model, batch_size=4)
     randopt = run_randopt(cfg, tmp_path, engine, task, test, search_cfg)
     base = {"accuracy": 0.0, "test_tokens_per_question": 4.0}
-    d = run_distilled(cfg, tmp_path, task, search_cfg, randopt, base)
+    d = run_distilled(cfg, tmp_path, engine, task, search_cfg, randopt, base)
     record = json.loads((tmp_path / "distilled" / "distill" / "round-1" / "round.json").read_text())
     assert "not_trained" not in d and d["train_questions"] > 1
     assert d["tokens"] == {

@@ -15,7 +15,7 @@ from typing import Any
 from thickets.analysis.plots import pyplot, save
 from thickets.errors import ThicketsError
 from thickets.randopt.store import RunStore, candidate_model
-from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, majority_vote, rank
+from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, fully_scored, majority_vote
 from thickets.tasks import Score
 
 
@@ -23,10 +23,8 @@ def stored_test_answers(run_dir: str | Path, k: int) -> list[list[Score]]:
     """Each test question's answers by the run's top-k experts, best first (question x expert): the
     questions every one of them has answered (`thickets ensemble` stores them)."""
     with RunStore.open(run_dir, write=False) as store:
-        experts = [c for c in rank(store.candidates()) if c.complete][:k]
-        if len(experts) < k:
-            raise ThicketsError(f"top-k {k} is more than the {len(experts)} candidates fully scored in {run_dir}")
-        per_expert = [store.scores(candidate_model(c.idx), "test") for c in experts]
+        top = fully_scored(store.candidates(), k, run_dir)[:k]
+        per_expert = [store.scores(candidate_model(c.idx), "test") for c in top]
     questions = sorted(set.intersection(*(set(e) for e in per_expert)))
     if not questions:
         raise ThicketsError(

@@ -27,7 +27,6 @@ from thickets.distill.config import DistillConfig
 from thickets.distill.rounds import NothingKept, distill
 from thickets.engines import Engine, count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.models import load_tokenizer, resolve
 from thickets.options import commas, option, parse_floats, parse_patterns
 from thickets.progress import console
 from thickets.randopt.config import SearchConfig
@@ -35,7 +34,7 @@ from thickets.randopt.ensemble import ensemble
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import RunStore, candidate_model
-from thickets.randopt.vote import rank
+from thickets.randopt.vote import fully_scored
 from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits, train_examples
 
@@ -164,7 +163,13 @@ def train_questions(remaining: int, k: int, answer_tokens: float, distill: Disti
 
 
 def run_distilled(
-    cfg: CompareConfig, out: Path, task: Task, search_cfg: SearchConfig, randopt: dict[str, Any], base: dict[str, Any]
+    cfg: CompareConfig,
+    out: Path,
+    engine: Engine,
+    task: Task,
+    search_cfg: SearchConfig,
+    randopt: dict[str, Any],
+    base: dict[str, Any],
 ) -> dict[str, Any]:
     """Distilled RandOpt (one round of `thickets distill`) within the same budget: RandOpt's own search as
     it stood at `distill_search_share` of the budget, then the top-K experts answer as many train questions
@@ -176,9 +181,10 @@ def run_distilled(
     t0 = time.perf_counter() - randopt["seconds_after"][count - 1]  # the search's time is the method's too
     run_dir = _as_of(out / "randopt", count, out / "distilled")
     with RunStore.open(run_dir, write=False) as store:
-        experts = [c for c in rank(store.candidates()) if c.complete][:k]
-        tokenizer = load_tokenizer(resolve(search_cfg.model))
-        written = [count_tokens(tokenizer, store.completions(candidate_model(c.idx), "val").values()) for c in experts]
+        experts = fully_scored(store.candidates())[:k]
+        written = [
+            count_tokens(engine.tokenizer, store.completions(candidate_model(c.idx), "val").values()) for c in experts
+        ]
     answer_tokens = sum(written) / (len(experts) * cfg.val_size)
     settings = DistillConfig(rounds=1, top_k=k, test_size=cfg.test_size, seed=cfg.seed)
     wanted = train_questions(cfg.budget - searched, k, answer_tokens, settings)
@@ -190,13 +196,11 @@ def run_distilled(
     }
     size = min(wanted, available)
     if size < 1:
-        return _undistilled(row, base, searched, 0, time.perf_counter() - t0, "the budget leaves no train question")
+        return _undistilled(row, base, searched, 0, 0, time.perf_counter() - t0, "the budget leaves no train question")
     try:
         (record,) = distill(run_dir, replace(settings, train_size=size), progress=False)
     except NothingKept as e:
-        return _undistilled(
-            row | {"train_questions": size}, base, searched, e.tokens_generated, time.perf_counter() - t0, str(e)
-        )
+        return _undistilled(row, base, searched, size, e.tokens_generated, time.perf_counter() - t0, str(e))
     spent = searched + record["tokens_generated"] + record["tokens_trained"]
     distilled = record["test"]["distilled"]
     return {
@@ -213,12 +217,12 @@ def run_distilled(
 
 
 def _undistilled(
-    row: dict[str, Any], base: dict[str, Any], searched: int, traces: int, seconds: float, why: str
+    row: dict[str, Any], base: dict[str, Any], searched: int, questions: int, traces: int, seconds: float, why: str
 ) -> dict[str, Any]:
     """Nothing to train on: the method's model is the base, unchanged, and the row says why."""
     return {
-        "train_questions": 0,
         **row,
+        "train_questions": questions,
         "train_tokens": searched + traces,
         "seconds": seconds,
         "accuracy": base["accuracy"],
@@ -331,7 +335,7 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[
     ]
     methods: dict[str, Callable[[], dict[str, Any]]] = {
         "randopt": lambda: run_randopt(cfg, out, engine, task, test, search_cfg),
-        "distilled": lambda: run_distilled(cfg, out, task, search_cfg, rows[1], rows[0]),  # rows[1]: RandOpt's
+        "distilled": lambda: run_distilled(cfg, out, engine, task, search_cfg, rows[1], rows[0]),  # rows[1]: RandOpt's
         "es": lambda: run_es_method(cfg, out, task, test, search_cfg),
         "grpo": lambda: run_grpo_method(cfg, out, task, test, search_cfg),
     }

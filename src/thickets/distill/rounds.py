@@ -35,7 +35,7 @@ from thickets.randopt.ensemble import StoredAnswers
 from thickets.randopt.scoring import engine_for, evaluate, generate, load_run_config, render_prompts, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
-from thickets.randopt.vote import paired_gain, rank, vote_outcomes
+from thickets.randopt.vote import fully_scored, paired_gain, vote_outcomes
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits, make_train_split
 
@@ -130,7 +130,7 @@ def _round(
     search_dir = run_dir if r == 1 else folder / "search"
     search(round_config, search_dir, progress=progress)
     with RunStore.open(search_dir, write=False) as store:
-        experts = [c for c in rank(store.candidates()) if c.complete][: cfg.top_k]
+        experts = fully_scored(store.candidates())[: cfg.top_k]
 
     # 2. the experts answer the train split, one file per expert; the model loads only if one is missing
     missing = [k for k in range(1, len(experts) + 1) if not (folder / f"traces-{k}.jsonl").exists()]

@@ -31,7 +31,7 @@ from thickets.randopt.scoring import (
     task_for,
 )
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
-from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, decided, paired_gain, rank, rank_on_task
+from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, decided, fully_scored, paired_gain, rank_on_task
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits
 
@@ -122,11 +122,7 @@ def ensemble(
         check_unchanged(store, task, identity_now, val)
         if identity_now is not None:
             check_prompts(config, identity_now, task, test, "test")
-        ranked_all = [c for c in rank(store.candidates()) if c.complete]
-        if max(top_k) > len(ranked_all):
-            raise ThicketsError(
-                f"top-k {max(top_k)} is more than the {len(ranked_all)} candidates fully scored in {run_dir}"
-            )
+        ranked_all = fully_scored(store.candidates(), max(top_k), run_dir)
         identity = store.meta("model_identity")
         answers = StoredAnswers(store, config, task, test, engine)
         by_model = store.val_reward_by_task() if parts != [None] else {}

@@ -244,7 +244,7 @@ class RunStore:
                     if "n_val" not in columns:  # a run folder from before racing: every candidate is complete
                         con.execute("ALTER TABLE candidates ADD COLUMN n_val INTEGER")
                     if config is not None:
-                        con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
+                        store._write_config(config)
                     for k, v in (meta or {}).items():
                         con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v)))  # as first recorded
         except BaseException:
@@ -381,13 +381,16 @@ class RunStore:
     def keep_first(self, count: int) -> None:
         """Drop every candidate from index `count` on, with its results: the run as it stood after `count`,
         its config's population included (a search of the folder then adds nothing)."""
-        config = replace(self.config, population=count)
         with self.transaction():
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
+            self._write_config(replace(self.config, population=count))
             self.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
             self.con.execute(
                 "DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?", (count,)
             )
+
+    def _write_config(self, config: SearchConfig) -> None:
+        """The run's config, as every later command reads it back (inside the caller's transaction)."""
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
 
     def add_results(self, model: str, split: str, rows: Sequence[ScoredExample]) -> None:
         """Per-example results of the base model, or of an expert on the test split, atomically."""

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from thickets.errors import ThicketsError
 from thickets.randopt.store import Candidate, candidate_model
 from thickets.tasks import Score
 
@@ -21,6 +22,18 @@ def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Best first: higher validation score, then higher validation accuracy, then the earlier candidate.
     Candidates that racing stopped early come last: their scores cover part of validation only."""
     return sorted(candidates, key=lambda c: (not c.complete, -c.score, -c.accuracy, c.idx))
+
+
+def fully_scored(
+    candidates: Sequence[Candidate], need: int = 0, where: object = "the run", what: str = ""
+) -> list[Candidate]:
+    """The fully scored candidates, best first: the ones that may answer in a vote (racing's early-stopped
+    ones may not). Refused in one line when there are fewer than `need` ("top-k N", or `what`)."""
+    ranked = [c for c in rank(candidates) if c.complete]
+    if need > len(ranked):
+        what = what or f"top-k {need}"
+        raise ThicketsError(f"{what} is more than the {len(ranked)} candidates fully scored in {where}")
+    return ranked
 
 
 def rank_on_task(

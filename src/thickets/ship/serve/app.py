@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from thickets.engines import count_tokens
 from thickets.ship.serve.batcher import Batcher, Settings, ShuttingDown
 from thickets.ship.serve.config import ServeConfig
 from thickets.ship.serve.voter import Verdict
@@ -171,14 +172,12 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
 
     def finish(v: Verdict, s: Settings, user_stops: tuple[str, ...]) -> tuple[str, str, int]:
         """(text without a user's stop string, finish reason, completion tokens)."""
-        text, reason = v.text, "length"
+        text, tokens = v.text, count_tokens(served.tokenizer, [v.text])
         for stop in user_stops:
             if text.endswith(stop):
-                return text[: -len(stop)], "stop", _count(served.tokenizer, text)
-        tokens = _count(served.tokenizer, text)
-        if tokens < s.max_new_tokens or any(text.endswith(t) for t in served.task_stop):
-            reason = "stop"
-        return text, reason, tokens
+                return text[: -len(stop)], "stop", tokens
+        ended = tokens < s.max_new_tokens or any(text.endswith(t) for t in served.task_stop)
+        return text, "stop" if ended else "length", tokens
 
     def fields(v: Verdict) -> dict[str, Any]:
         return {**v.to_dict(), "decoding": "greedy (sampling fields are ignored)", "model": served.describe}
@@ -287,10 +286,6 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
         }
 
     return app
-
-
-def _count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 _PIECE = re.compile(r"\s*\S+|\s+")

@@ -18,7 +18,7 @@ from thickets.models import model_limits, resolve
 from thickets.noise import PerturbationSpec
 from thickets.randopt.scoring import check_unchanged, engine_for, load_run_config, task_for
 from thickets.randopt.store import RunStore
-from thickets.randopt.vote import rank
+from thickets.randopt.vote import fully_scored
 from thickets.ship.serve.app import Served, make_app
 from thickets.ship.serve.batcher import Settings
 from thickets.ship.serve.config import ServeConfig
@@ -32,11 +32,8 @@ def experts_of(config: ServeConfig) -> tuple[list[PerturbationSpec | None], list
     if config.base:
         return [None], [{"rank": 0, "candidate": "base"}]
     with RunStore.open(config.run_dir, write=False) as store:
-        ranked = [c for c in rank(store.candidates()) if c.complete]
-    want = config.rank or config.top_k
-    if want > len(ranked):
         what = f"rank {config.rank}" if config.rank else f"top-k {config.top_k}"
-        raise ThicketsError(f"{what} is more than the {len(ranked)} candidates fully scored in {config.run_dir}")
+        ranked = fully_scored(store.candidates(), config.rank or config.top_k, config.run_dir, what)
     chosen = [ranked[config.rank - 1]] if config.rank else ranked[: config.top_k]
     first = config.rank or 1
     return [run.candidate(c.idx) for c in chosen], [

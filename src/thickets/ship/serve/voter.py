@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from thickets.engines import Engine
 from thickets.noise import PerturbationSpec
 from thickets.randopt.scoring import available_memory
-from thickets.randopt.vote import decided, majority_vote
+from thickets.randopt.vote import adaptive_vote, decided
 from thickets.tasks import Score, Task
 
 
@@ -33,7 +33,6 @@ class Verdict:
     asked: int  # experts that answered this prompt
     k: int
     extracted: bool  # False: no answer could be read, and the best expert's completion is returned
-    completions: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,16 +127,15 @@ class Voter:
         return [self._verdict(t, s, k) for t, s in zip(texts, scores)]
 
     def _verdict(self, texts: list[str], scores: list[Score], k: int) -> Verdict:
-        if self.lowrank:  # every expert answered; the vote the adaptive rule would have stopped at
-            asked = next(n for n in range(1, k + 1) if decided(scores[:n], k, self.adaptive))
-            texts, scores = texts[:asked], scores[:asked]
-        won = majority_vote(scores)
+        # the answers up to where the rule stops: all of them, unless low-rank experts all answered at once
+        won, asked = adaptive_vote(scores, k, self.adaptive)
+        texts, scores = texts[:asked], scores[:asked]
         keys = [s.vote_key for s in scores if s.vote_key is not None]
         counts = Counter(keys)
         shown = {key: next(s.answer for s in scores if s.vote_key == key) or key for key in counts}
         votes = {shown[key]: n for key, n in counts.most_common()}
         if won is None:
-            return Verdict(texts[0], 1, None, {}, 0, len(texts), k, False, texts)
+            return Verdict(texts[0], 1, None, {}, 0, asked, k, False)
         at = next(i for i, s in enumerate(scores) if s.vote_key == won.vote_key)
         ranked = sorted(counts.values(), reverse=True) + [0]
-        return Verdict(texts[at], at + 1, won.answer, votes, ranked[0] - ranked[1], len(texts), k, True, texts)
+        return Verdict(texts[at], at + 1, won.answer, votes, ranked[0] - ranked[1], asked, k, True)
