@@ -60,6 +60,28 @@ def test_filter_limits_what_is_perturbed(tiny_engine):
     assert changed and all("mlp" in k for k in changed)
 
 
+def test_held_working_copies_swap_back_in_as_the_perturbation_that_made_them(tiny_engine):
+    """A server keeps each expert's weights: hold() takes them, a later perturb() writes elsewhere, and
+    use() puts the held ones back bitwise; restore() still brings back the base."""
+    before = _state(tiny_engine)
+    held, perturbed = [], []
+    for seed in (1, 2):
+        tiny_engine.perturb(PerturbationSpec(seed, 0.05))
+        perturbed.append(_state(tiny_engine))
+        held.append(tiny_engine.hold())
+        tiny_engine.restore()
+    for copy, expected in zip(held, perturbed):
+        tiny_engine.use(copy)
+        now = tiny_engine.model.state_dict()
+        assert all(torch.equal(expected[k], now[k]) for k in expected)
+        with pytest.raises(RuntimeError, match="while perturbed"):
+            tiny_engine.use(copy)
+        tiny_engine.restore()
+        after = tiny_engine.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(perturbed[0][k], perturbed[1][k]) for k in before)
+
+
 def test_perturb_twice_without_restore_is_an_error(tiny_engine):
     tiny_engine.perturb(PerturbationSpec(1, 0.01))
     with pytest.raises(RuntimeError):
