@@ -243,20 +243,36 @@ def print_vote_replay(result: Mapping[str, Any]) -> None:
     Console().print(t)
 
 
-def print_toy(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
+def print_toy(title: str, rows: Sequence[Mapping[str, Any]], gain: float, level: float) -> None:
+    """The toy's table: per group, or per regime and target (with the cell's sigma and errors), both
+    densities and the gains."""
     t = Table(title=title)
-    for col in ("pretraining", "cells", "beats base", "improving", "best / base", "top-K / base"):
-        t.add_column(col, justify="right")
+    cells = "sigma" in rows[0] if rows else False
+    heads = ["regime", "target", "sigma", "base error", "best error"] if cells else ["pretraining", "cells"]
+    for col in (
+        *heads,
+        "beats base",
+        f"error / {gain:g} or less",
+        f"error {level:g} or less",
+        "best / base",
+        "top-K / base",
+    ):
+        t.add_column(col, justify="left" if col in ("regime", "target", "pretraining") else "right")
     for r in rows:
-        t.add_row(
-            r["group"],
-            str(r["cells"]),
-            f"{r['density']:.1%}",
-            f"{r['density_margin']:.1%}",
-            f"{r['best_over_base']:.2f}",
-            f"{r['topk_over_base']:.2f}",
+        first = (
+            [r["regime"], r["target"], f"{r['sigma']:g}", f"{r['base_mse']:.3g}", f"{r['best_mse']:.3g}"]
+            if cells
+            else [r["group"], str(r["cells"])]
         )
-    Console().print(t)
+        t.add_row(
+            *first,
+            f"{r['density']:.1%}",
+            f"{r['density_gain']:.1%}",
+            f"{r['density_level']:.1%}",
+            f"{r['best_over_base']:.3f}",
+            f"{r['topk_over_base']:.3f}",
+        )
+    Console(width=max(Console().width, 120)).print(t)
 
 
 def print_compare(title: str, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -293,7 +294,7 @@ def cmd_vote_replay(a: Parsed, quiet: bool) -> None:
 
 def cmd_toy(a: Parsed, quiet: bool) -> None:
     from thickets.toy.experiment import run  # torch: only for this command
-    from thickets.toy.report import summary, write
+    from thickets.toy.report import specific_cells, summary, write
 
     t = a[ToyArgs]
     cfg = ToyConfig.quick(**a.given[ToyConfig]) if t.quick else a[ToyConfig]
@@ -301,16 +302,21 @@ def cmd_toy(a: Parsed, quiet: bool) -> None:
         raise ThicketsError(f"--population must be at least 1, got {cfg.population}")
     if cfg.top_k > cfg.population:
         raise ThicketsError(f"--population must be at least top-K ({cfg.top_k})")
+    if not cfg.sigmas or not all(s > 0 and math.isfinite(s) for s in cfg.sigmas):
+        raise ThicketsError(f"--sigmas must be positive numbers, got {','.join(map(str, cfg.sigmas))}")
+    if not (cfg.gain > 1 and math.isfinite(cfg.gain)):
+        raise ThicketsError(f"--gain must be a number above 1, got {cfg.gain}")
+    if not (cfg.level > 0 and math.isfinite(cfg.level)):
+        raise ThicketsError(f"--level must be a positive error, got {cfg.level}")
     out = Path(t.out)
     if out.exists() and not out.is_dir():
         raise ThicketsError(f"--out {t.out} exists and is not a folder")
     result = run(cfg, progress=not quiet)
     files = write(result, out)
-    print_toy(
-        f"1D signals: RandOpt, N={cfg.population}, K={cfg.top_k} ({result['seconds']:.0f} s); improving = at "
-        f"least {cfg.margin:.0%} below the base's error",
-        summary(result),
-    )
+    head = f"1D signals: RandOpt, N={cfg.population} per sigma, K={cfg.top_k}, each cell at its best sigma"
+    print_toy(f"{head} ({result['seconds']:.0f} s): every target", summary(result), cfg.gain, cfg.level)
+    print_toy("one fixed signal per target", summary(result, specific_only=True), cfg.gain, cfg.level)
+    print_toy("per regime and fixed signal", specific_cells(result), cfg.gain, cfg.level)
     print("written: " + ", ".join(str(f) for f in files))
 
 

@@ -11,21 +11,30 @@ import numpy as np
 from thickets.analysis.plots import pyplot, save
 from thickets.toy.signals import CONTEXT, LENGTH, X
 
+GROUPS = ("none", "single, in family", "single, outside", "mixed", "mixed, family held out")
+
 
 def group(cell: dict[str, Any]) -> str:
-    """none / single, target in its family / single, target outside / mixed."""
+    """none / single, target in its family / single, target outside / mixed / mixed without the target's family."""
     if cell["regime"] == "mixed":
         return "mixed"
+    if cell["regime"] == "mixed/held-out":
+        return "mixed, family held out"
     if cell["regime"].startswith("none/"):
         return "none"
     return "single, in family" if cell["in_family"] else "single, outside"
 
 
-def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per group: mean density (beats the base), density with the margin, best and top-K error over base."""
+def _ratios(cells: list[dict[str, Any]], key: str) -> list[float]:
+    return [c[key] / max(c["base_mse"], 1e-12) for c in cells]
+
+
+def summary(result: dict[str, Any], specific_only: bool = False) -> list[dict[str, Any]]:
+    """Per group: mean share beating the base, mean share with a substantial gain, median best and top-K
+    error over the base's (each cell at its own best sigma)."""
     rows: list[dict[str, Any]] = []
-    for name in ("none", "single, in family", "single, outside", "mixed"):
-        cells = [c for c in result["cells"] if group(c) == name]
+    for name in GROUPS:
+        cells = [c for c in result["cells"] if group(c) == name and not (specific_only and _family(c))]
         if not cells:
             continue
         rows.append(
@@ -33,12 +42,37 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "group": name,
                 "cells": len(cells),
                 "density": float(np.mean([c["density"] for c in cells])),
-                "density_margin": float(np.mean([c["density_margin"] for c in cells])),
-                "best_over_base": float(np.median([c["best_mse"] / c["base_mse"] for c in cells])),
-                "topk_over_base": float(np.median([c["topk_mse"] / c["base_mse"] for c in cells])),
+                "density_gain": float(np.mean([c["density_gain"] for c in cells])),
+                "density_level": float(np.mean([c["density_level"] for c in cells])),
+                "best_over_base": float(np.median(_ratios(cells, "best_mse"))),
+                "topk_over_base": float(np.median(_ratios(cells, "topk_mse"))),
             }
         )
     return rows
+
+
+def specific_cells(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per regime and specific target (one fixed signal), in the summary's fields plus sigma."""
+    return [
+        {
+            "regime": c["regime"],
+            "target": c["target"],
+            "sigma": c["sigma"],
+            "base_mse": c["base_mse"],
+            "best_mse": c["best_mse"],
+            "density": c["density"],
+            "density_gain": c["density_gain"],
+            "density_level": c["density_level"],
+            "best_over_base": c["best_mse"] / max(c["base_mse"], 1e-12),
+            "topk_over_base": c["topk_mse"] / max(c["base_mse"], 1e-12),
+        }
+        for c in result["cells"]
+        if not _family(c)
+    ]
+
+
+def _family(cell: dict[str, Any]) -> bool:
+    return bool(cell["target"].startswith("family/"))
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:
@@ -46,6 +80,7 @@ def write(result: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     public["summary"] = summary(result)
+    public["summary_specific"] = summary(result, specific_only=True)
     (out / "results.json").write_text(json.dumps(public, indent=2) + "\n")
     return [
         out / "results.json",
@@ -59,15 +94,18 @@ def density_heatmap(result: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     regimes = list(dict.fromkeys(c["regime"] for c in result["cells"]))
     targets = list(dict.fromkeys(c["target"] for c in result["cells"]))
-    grid = np.zeros((len(regimes), len(targets)))
+    grid = np.full((len(regimes), len(targets)), np.nan)  # held-out cells exist for specific targets only
     for c in result["cells"]:
-        grid[regimes.index(c["regime"]), targets.index(c["target"])] = c["density_margin"]
+        grid[regimes.index(c["regime"]), targets.index(c["target"])] = c["density_gain"]
     fig, ax = plt.subplots(figsize=(0.9 * len(targets) + 3, 0.45 * len(regimes) + 2))
-    im = ax.imshow(grid, vmin=0, vmax=max(0.05, grid.max()), cmap="viridis", aspect="auto")
+    top = max(0.05, float(np.nanmax(grid)))
+    im = ax.imshow(grid, vmin=0, vmax=top, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(targets)), targets, rotation=40, ha="right")
     ax.set_yticks(range(len(regimes)), regimes)
     for i in range(len(regimes)):
         for j in range(len(targets)):
+            if np.isnan(grid[i, j]):
+                continue
             ax.text(
                 j,
                 i,
@@ -75,10 +113,10 @@ def density_heatmap(result: dict[str, Any], path: Path) -> Path:
                 ha="center",
                 va="center",
                 fontsize=7,
-                color="white" if grid[i, j] < 0.6 * grid.max() else "black",
+                color="white" if grid[i, j] < 0.6 * top else "black",
             )
-    margin = result["config"]["margin"]
-    ax.set_title(f"share of perturbations at least {margin:.0%} below the base's rollout error")
+    gain = result["config"]["gain"]
+    ax.set_title(f"share of perturbations dividing the base's rollout error by {gain:g} or more (best sigma)")
     fig.colorbar(im, ax=ax, fraction=0.03)
     return save(fig, path)
 
@@ -90,12 +128,16 @@ def sigma_sweep(result: dict[str, Any], path: Path) -> Path:
     for regime in regimes:
         cells = [c for c in result["cells"] if c["regime"] == regime]
         sigmas = [s["sigma"] for s in cells[0]["sweep"]]
-        dens = [np.mean([c["sweep"][i]["density_margin"] for c in cells]) for i in range(len(sigmas))]
-        ax.plot(sigmas, dens, marker="o", label=regime, ls="-" if regime == "mixed" else "--")
+        best = [
+            np.median([c["sweep"][i]["best_mse"] / max(c["base_mse"], 1e-12) for c in cells])
+            for i in range(len(sigmas))
+        ]
+        ax.plot(sigmas, best, marker="o", label=regime, ls="-" if regime.startswith("mixed") else "--")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("sigma")
-    ax.set_ylabel("improving share (mean over targets)")
-    ax.set_title("density of improving perturbations vs sigma")
+    ax.set_ylabel("best / base error (median over targets)")
+    ax.set_title("the best perturbation's gain vs sigma")
     ax.legend(fontsize=7)
     return save(fig, path)
 

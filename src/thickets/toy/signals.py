@@ -62,6 +62,8 @@ SPECIFIC: dict[str, np.ndarray] = {
     "one sinusoid": 0.9 * np.sin(1.7 * X + 0.4),
     "one square": 0.9 * np.sign(np.sin(1.3 * X + 0.3) + 1e-12),
 }
+#: the family each specific target is one of
+SPECIFIC_FAMILY = {"line(-0.25)": "line", "one sinusoid": "sinusoid", "one square": "square"}
 
 
 def sample(families: list[str], n: int, seed: int) -> np.ndarray:
