@@ -1,5 +1,6 @@
-"""A run folder made by the previous release (tests/fixtures/runs/release-0.1.0) still resumes, ensembles
-and exports, with the scores and weights that release gave."""
+"""Run folders made by earlier code still resume, ensemble and export, with the scores and weights that code
+gave: release 0.1.0's (noise version 1, tests/fixtures/runs/release-0.1.0) and one made with noise version 2
+before the relative strategy was added (tests/fixtures/runs/release-0.3-noise2)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,31 @@ from thickets.randopt.search import search
 from thickets.randopt.store import DB_NAME, read_config
 from thickets.ship.export import export_candidate, spec_from_recipe
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs" / "release-0.1.0"
+RUNS = Path(__file__).parents[1] / "fixtures" / "runs"
+#: each fixture run folder, and the noise version its candidates were made with
+FIXTURES = {"release-0.1.0": 1, "release-0.3-noise2": 2}
+
+
+def _place(fixture: str, model_dir: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A fixture run beside a copy of the tiny model under the name it was made with ("model")."""
+    shutil.copytree(model_dir, tmp_path / "model")
+    (tmp_path / "run").mkdir()
+    for name in (DB_NAME, "report.json"):
+        shutil.copy(RUNS / fixture / name, tmp_path / "run" / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "run"
 
 
 @pytest.fixture()
 def old_run(legacy_tiny_model_dir, tmp_path, monkeypatch):
-    """The fixture run beside a copy of the tiny model under the name it was made with ("model")."""
-    shutil.copytree(legacy_tiny_model_dir, tmp_path / "model")
-    (tmp_path / "run").mkdir()
-    for name in (DB_NAME, "report.json"):
-        shutil.copy(FIXTURE / name, tmp_path / "run" / name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "run"
+    return _place("release-0.1.0", legacy_tiny_model_dir, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=sorted(FIXTURES))
+def fixture_run(request, legacy_tiny_model_dir, tmp_path, monkeypatch):
+    """Each fixture run, placed: (its folder, its fixture folder, the noise version it was made with)."""
+    run = _place(request.param, legacy_tiny_model_dir, tmp_path, monkeypatch)
+    return run, RUNS / request.param, FIXTURES[request.param]
 
 
 def test_an_old_run_reads_as_the_release_wrote_it(old_run):
@@ -38,7 +52,13 @@ def test_an_old_run_reads_as_the_release_wrote_it(old_run):
     assert config.noise_version == 1  # the stream release 0.1 made its candidates with
 
 
-def test_an_old_run_ensembles_from_its_stored_answers(old_run):
+def test_the_noise2_run_reads_as_it_was_written(legacy_tiny_model_dir, tmp_path, monkeypatch):
+    config = read_config(_place("release-0.3-noise2", legacy_tiny_model_dir, tmp_path, monkeypatch))
+    assert (config.batching, config.noise_version, config.strategy, config.population) == ("chunks", 2, "gaussian", 3)
+
+
+def test_an_old_run_ensembles_from_its_stored_answers(fixture_run):
+    old_run = fixture_run[0]
     before = json.loads((old_run / "report.json").read_text())
     report = ensemble(old_run, [1, 2], 3, progress=False)
     for key in ("rows", "experts", "base", "ensembles"):  # every figure the release wrote, unchanged
@@ -55,8 +75,9 @@ def _as_before(new, old):
     return new
 
 
-def test_an_old_run_resumes_with_the_scores_that_release_gave(old_run):
-    expected = json.loads((FIXTURE / "expected.json").read_text())["resumed_candidate"]
+def test_an_old_run_resumes_with_the_scores_that_release_gave(fixture_run):
+    old_run, fixture, version = fixture_run
+    expected = json.loads((fixture / "expected.json").read_text())["resumed_candidate"]
     old = read_config(old_run)
     # a config as a new command line makes it: the newest batching and noise; the folder keeps its own
     fresh = SearchConfig(**{**old.__dict__, "batching": "chunks", "noise_version": 2, "population": 4})
@@ -73,13 +94,15 @@ def test_an_old_run_resumes_with_the_scores_that_release_gave(old_run):
         stored = json.loads(con.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
     assert list(cand) == expected["row"]
     assert [list(r) for r in rows] == expected["val"]
-    assert (stored["batching"], stored["noise_version"]) == ("split", 1)  # what its candidates were made with
+    made_with = ("split", 1) if version == 1 else ("chunks", 2)
+    assert (stored["batching"], stored["noise_version"]) == made_with  # what its candidates were made with
 
 
-def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path):
+def test_an_old_run_exports_the_weights_that_release_exported(fixture_run, tmp_path):
     from safetensors.numpy import load_file
 
-    expected = json.loads((FIXTURE / "expected.json").read_text())["export_rank_1"]
+    old_run, fixture, version = fixture_run
+    expected = json.loads((fixture / "expected.json").read_text())["export_rank_1"]
     old = read_config(old_run)
     search(SearchConfig(**{**old.__dict__, "noise_version": 2, "population": 4}), old_run, progress=False)
     out = export_candidate(old_run, 1, tmp_path / "exported")
@@ -95,4 +118,5 @@ def test_an_old_run_exports_the_weights_that_release_exported(old_run, tmp_path)
         h.update(name.encode())
         h.update(tensors[name].tobytes())
     assert h.hexdigest() == expected["tensors_sha256"]
-    assert recipe["noise_version"] == NOISE_VERSIONS[1] and spec_from_recipe(recipe).version == 1
+    assert recipe["noise_version"] == NOISE_VERSIONS[version] and spec_from_recipe(recipe).version == version
+    assert recipe["strategy"] == "gaussian"
