@@ -1,4 +1,5 @@
 import hashlib
+import math
 import subprocess
 import sys
 
@@ -9,12 +10,15 @@ from thickets.noise import (
     CHUNK,
     NOISE_VERSION,
     NOISE_VERSIONS,
+    STRATEGIES,
     WINDOW,
     ParamFilter,
     PerturbationSpec,
     add_noise_,
     noise,
+    noise_factor,
     standard_noise,
+    tensor_scale,
 )
 
 VERSIONS = pytest.mark.parametrize("version", sorted(NOISE_VERSIONS))
@@ -182,3 +186,130 @@ def test_lowrank_ranks_are_checked():
         standard_noise(PerturbationSpec(1, 1e-3, "lowrank", rank=9), "w", (8, 100))
     with pytest.raises(ValueError, match="unknown noise strategy 'lowrank' for noise version 1"):
         PerturbationSpec(1, 1e-3, "lowrank", rank=2, version=1)
+
+
+# -- the relative strategy --------------------------------------------------------------------
+
+
+def _base(shape, rms, seed=0):
+    """A float32 tensor of about the given RMS."""
+    return (np.random.default_rng(seed).standard_normal(shape) * rms).astype(np.float32)
+
+
+def _reference_scale(x) -> float:
+    """The RMS in exact arithmetic (math.fsum of exact squares), rounded once to float32."""
+    flat = np.asarray(x, np.float64).reshape(-1)
+    return float(np.float32(math.sqrt(math.fsum((flat * flat).tolist()) / flat.size)))
+
+
+def test_relative_noise_is_sigma_times_the_tensor_scale_times_the_gaussian_stream():
+    base = _base((300, 70), 0.37)
+    scale = tensor_scale(base)
+    rel, gauss = PerturbationSpec(7, 2e-3, "relative"), PerturbationSpec(7, 2e-3)
+    eps = standard_noise(gauss, "model.layers.0.mlp.up_proj.weight", (300, 70))
+    np.testing.assert_array_equal(standard_noise(rel, "model.layers.0.mlp.up_proj.weight", (300, 70)), eps)
+    made = noise(rel, "model.layers.0.mlp.up_proj.weight", (300, 70), scale=scale)
+    # one float32 factor, sigma * scale rounded once, times the stream: elementwise, bit for bit
+    assert noise_factor(rel, scale) == np.float32(2e-3 * scale) and noise_factor(gauss) == np.float32(2e-3)
+    np.testing.assert_array_equal(made, np.float32(2e-3 * scale) * eps)
+    # the map it adds is the gaussian stream's, pinned above: adding the strategy moved nothing
+    x = standard_noise(PerturbationSpec(123, 1.0, "relative"), "model.embed_tokens.weight", (3, WINDOW + 5))
+    assert hashlib.sha256(x.tobytes()).hexdigest() == PINNED[2]
+
+
+def test_relative_noise_has_the_promised_rms_in_each_tensor():
+    small, large = _base((1024, 1024), 0.02, seed=1), _base((1 << 20,), 3.0, seed=2)
+    spec = PerturbationSpec(5, 1e-3, "relative")
+    for name, base in (("a.weight", small), ("b.weight", large)):
+        made = noise(spec, name, base.shape, scale=tensor_scale(base)).astype(np.float64)
+        rms = np.sqrt(np.mean(base.astype(np.float64) ** 2))
+        assert abs(np.sqrt(np.mean(made**2)) / (1e-3 * rms) - 1) < 0.01  # 2^20 draws: about 0.07% sd
+        assert abs(made.mean()) < 5 / np.sqrt(made.size) * 1e-3 * rms
+
+
+def test_tensor_scale_is_the_correctly_rounded_rms_whatever_the_layout():
+    assert tensor_scale(np.full(10, 3.0, np.float32)) == 3.0
+    assert tensor_scale(np.array([3.0, 4.0], np.float32)) == float(np.float32(math.sqrt(12.5)))
+    for x in (_base((37, 51), 0.05, 3), _base((CHUNK + 5,), 1.7, 4), np.linspace(-4, 9, 999, dtype=np.float32)):
+        assert tensor_scale(x) == _reference_scale(x)
+        assert isinstance(tensor_scale(x), float) and tensor_scale(x) == float(np.float32(tensor_scale(x)))
+    x = _base((64, 48), 0.3, 5)
+    assert tensor_scale(x.T) == tensor_scale(np.ascontiguousarray(x.T))  # a view: its own element order
+    assert tensor_scale(x.astype(np.float16).astype(np.float32)) == tensor_scale(x.astype(np.float16))
+    # a tensor of zeros gets scale 0 (no floor: relative noise is proportional to the tensor)
+    assert tensor_scale(np.zeros((4, 4), np.float32)) == 0.0 and tensor_scale(np.zeros(0, np.float32)) == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        tensor_scale(np.array([1.0, np.nan], np.float32))
+
+
+@pytest.mark.parametrize("start,stop", [(0, 10), (CHUNK - 5, CHUNK + 5), (WINDOW - 1, 2 * WINDOW + 1), (5, 5)])
+def test_relative_slices_are_the_slices_of_the_whole(start, stop):
+    spec = PerturbationSpec(11, 1e-3, "relative")
+    shape = (2 * CHUNK + 7,)
+    full = standard_noise(spec, "big", shape).ravel()
+    np.testing.assert_array_equal(standard_noise(spec, "big", shape, start, stop), full[start:stop])
+    factor = noise_factor(spec, 0.25)
+    np.testing.assert_array_equal(factor * standard_noise(spec, "big", shape, start, stop), (factor * full)[start:stop])
+
+
+def test_relative_noise_is_independent_of_parameter_order_and_filter_and_of_the_other_tensors():
+    bases = {"a.weight": _base((64, 32), 0.5, 1), "b.weight": _base((64, 32), 2.0, 2), "c.bias": _base((64,), 0.1, 3)}
+
+    def perturbed(filt, order):
+        params = {n: bases[n].copy() for n in order}
+        add_noise_(PerturbationSpec(5, 0.01, "relative", filter=filt), params.items())
+        return params
+
+    every = perturbed(ParamFilter(), ["a.weight", "b.weight", "c.bias"])
+    backwards = perturbed(ParamFilter(), ["c.bias", "b.weight", "a.weight"])
+    some = perturbed(ParamFilter(include=("*.weight",), exclude=("a.*",)), ["a.weight", "b.weight", "c.bias"])
+    for n in bases:
+        np.testing.assert_array_equal(backwards[n], every[n])
+        expected = bases[n] + noise(PerturbationSpec(5, 0.01, "relative"), n, bases[n].shape, tensor_scale(bases[n]))
+        np.testing.assert_array_equal(every[n], expected)
+    np.testing.assert_array_equal(some["b.weight"], every["b.weight"])
+    assert (some["a.weight"] == bases["a.weight"]).all() and (some["c.bias"] == bases["c.bias"]).all()
+
+
+def test_same_shaped_tensors_of_the_same_rms_get_independent_relative_noise():
+    a = _base((256, 512), 0.3, 1)
+    b = a[::-1].copy()  # the same values in another order: the same scale
+    assert tensor_scale(a) == tensor_scale(b)
+    spec = PerturbationSpec(3, 1e-3, "relative")
+    na = noise(spec, "model.layers.0.self_attn.k_proj.weight", a.shape, tensor_scale(a)).ravel()
+    nb = noise(spec, "model.layers.0.self_attn.v_proj.weight", b.shape, tensor_scale(b)).ravel()
+    assert abs(np.corrcoef(na, nb)[0, 1]) < 5 / np.sqrt(na.size)
+
+
+def test_add_noise_makes_relative_noise_from_the_base_and_leaves_a_zero_tensor_alone(monkeypatch):
+    spec = PerturbationSpec(9, 0.02, "relative")
+    base = _base((CHUNK // 512 + 3, 1024), 0.8, 6)  # more than two chunks
+    expected = base + noise(spec, "w", base.shape, tensor_scale(base))
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("THICKETS_NOISE_THREADS", threads)
+        x = base.copy()
+        add_noise_(spec, [("w", x)])  # the scale of the parameter as it was
+        results.append(x)
+        out = np.zeros_like(base)
+        add_noise_(spec, [("w", out)], base={"w": base})  # the scale of the base
+        results.append(out)
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+    given = np.zeros_like(base)
+    add_noise_(spec, [("w", given)], tensor_scales={"w": 2.0})  # an explicit scale wins
+    np.testing.assert_array_equal(given, noise(spec, "w", base.shape, 2.0))
+    zero, out = np.zeros((8, 8), np.float32), np.full((8, 8), 7.0, np.float32)
+    add_noise_(spec, [("z", zero)])
+    add_noise_(spec, [("z", out)], base={"z": zero})
+    assert not zero.any() and not out.any() and not np.signbit(out).any()
+
+
+def test_relative_specs_are_checked():
+    with pytest.raises(ValueError, match="needs the base tensor's scale"):
+        noise(PerturbationSpec(1, 1e-3, "relative"), "w", (4,))
+    with pytest.raises(ValueError, match="is for the lowrank strategy"):
+        PerturbationSpec(1, 1e-3, "relative", rank=2)
+    with pytest.raises(ValueError, match="unknown noise strategy 'relative' for noise version 1"):
+        PerturbationSpec(1, 1e-3, "relative", version=1)
+    assert "relative" in STRATEGIES and NOISE_VERSIONS.keys() == {1, 2}  # a strategy, not a version

@@ -15,6 +15,11 @@ makes only its piece). Two versions of the map exist; a run records which it was
    share a table the same way; keying every 4096-element window (not one offset per perturbation)
    keeps streams apart: two windows coincide in part with probability about 2^-12 per pair.
 
+Strategies are maps within a version: (2, "gaussian") is the one above; (2, "lowrank") multiplies
+two slices of the same stream; (2, "relative") scales the gaussian stream of each tensor by that
+tensor's RMS (tensor_scale). Adding a strategy changes no existing (version, strategy) map, so it
+needs no new version: a version is bumped only when a map that runs were made with would change.
+
 Nothing here knows about models, engines or torch; engines gather on their device with the
 offsets from window_offsets().
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -229,15 +235,54 @@ _FILLERS: dict[tuple[int, str], Filler] = {
     (1, "gaussian"): _gaussian,
     (2, "gaussian"): _table_gaussian,
     (2, "lowrank"): _lowrank,
+    (2, "relative"): _table_gaussian,  # the gaussian stream; noise_factor() carries the tensor's scale
 }
 #: the strategies new runs can choose
 STRATEGIES = tuple(s for v, s in _FILLERS if v == NOISE_VERSION)
 
 
+def tensor_scale(array: np.ndarray) -> float:
+    """The relative strategy's scale of one base tensor: its RMS, sqrt(sum(x^2) / n), as a float32 value.
+
+    Made bit for bit the same on any machine, device and engine: the values as the engine holds them
+    (in its dtype), upcast exactly to float64 on the host; each square is exact in float64; each
+    2^20-element block (CHUNK) is summed by NumPy's pairwise float64 sum, and the block sums by
+    math.fsum (correctly rounded); then the square root of the mean, rounded once to float32. So the
+    order of the sum is fixed by the element count alone, and the memory it takes by one block.
+
+    A tensor whose values are all zero gets scale 0, and so no noise: relative noise is proportional to
+    the tensor, as in the authors' 'frobenius' scaling. No floor: any floor would be a size in the
+    weights' own units that this function cannot know, and it would make the scale jump at an arbitrary
+    RMS rather than shrink with it; pretrained models have no all-zero tensors that matter (a bias
+    that stayed exactly zero through pretraining is one the model does not use). To move such a tensor,
+    use the gaussian strategy. A tensor with a non-finite value is refused.
+    """
+    flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    sums = [float(np.sum(np.square(flat[lo : lo + CHUNK].astype(np.float64)))) for lo in range(0, flat.size, CHUNK)]
+    total = math.fsum(sums)
+    if not math.isfinite(total):
+        raise SpecError("a tensor with non-finite values has no relative noise scale")
+    return float(np.float32(math.sqrt(total / flat.size)))
+
+
+def noise_factor(spec: PerturbationSpec, scale: float | None = None) -> np.float32:
+    """What a parameter's standard noise is multiplied by: float32(sigma); for the relative strategy,
+    float32(sigma * scale), the product of sigma and the tensor's float32 scale (tensor_scale) taken in
+    float64 and rounded once. Every engine multiplies by this one float32 number."""
+    if spec.strategy != "relative":
+        return np.float32(spec.sigma)
+    if scale is None:
+        raise SpecError("relative noise needs the base tensor's scale (noise.tensor_scale)")
+    return np.float32(spec.sigma * float(scale))
+
+
 def standard_noise(
     spec: PerturbationSpec, name: str, shape: Sequence[int], start: int = 0, stop: int | None = None
 ) -> np.ndarray:
-    """Unit-variance noise for one parameter (flattened slice [start, stop)); multiply by sigma."""
+    """Unit-variance noise for one parameter (flattened slice [start, stop)); multiply by
+    noise_factor(spec, scale) (sigma, or for the relative strategy sigma times the tensor's scale)."""
     numel = _numel(shape)
     stop = numel if stop is None else stop
     if not 0 <= start <= stop <= numel:
@@ -249,10 +294,12 @@ def standard_noise(
     return out
 
 
-def noise(spec: PerturbationSpec, name: str, shape: Sequence[int]) -> np.ndarray:
-    """sigma * standard noise: what gets added to parameter `name`."""
+def noise(spec: PerturbationSpec, name: str, shape: Sequence[int], scale: float | None = None) -> np.ndarray:
+    """sigma * standard noise: what gets added to parameter `name`. The relative strategy needs the base
+    tensor's `scale` (tensor_scale of it) and gives sigma * scale * standard noise."""
+    factor = noise_factor(spec, scale)
     out = standard_noise(spec, name, shape)
-    out *= np.float32(spec.sigma)
+    out *= factor
     return out
 
 
@@ -265,19 +312,35 @@ def add_noise_(
     params: Iterable[tuple[str, np.ndarray]],
     scale: float = 1.0,
     base: Mapping[str, np.ndarray] | None = None,
+    tensor_scales: Mapping[str, float] | None = None,
 ) -> None:
     """In place: params[name] += scale * sigma * noise(name), chunk by chunk in parallel threads.
     With `base`: params[name] = base[name] + scale * sigma * noise(name), in the same single pass.
 
     `params` are float32 NumPy views (of torch tensors, say). Each chunk is generated and
     added in one thread while it is in cache; no full-size noise tensor is ever allocated.
+
+    The relative strategy multiplies each tensor's noise by its scale: `tensor_scales[name]`, or else
+    tensor_scale() of `base[name]`, or else of the parameter as it is before the noise is added. A
+    tensor of scale 0 is left as it is.
     """
-    alpha = np.float32(scale * spec.sigma)
     fill = _FILLERS[spec.version, spec.strategy]
     jobs = []
     for name, arr in params:
         if not spec.filter.keeps(name) or (spec.strategy == "lowrank" and matrix_shape(arr.shape) is None):
             continue
+        alpha = np.float32(scale * spec.sigma)
+        if spec.strategy == "relative":
+            ts = (
+                tensor_scales[name]
+                if tensor_scales is not None
+                else tensor_scale(base[name] if base is not None else arr)
+            )
+            if ts == 0:
+                if base is not None:
+                    np.copyto(arr, base[name])
+                continue
+            alpha = np.float32(scale * spec.sigma * float(ts))
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
             raise TypeError(f"{name}: add_noise_ needs a contiguous float32 array, got {arr.dtype}")
         flat = arr.reshape(-1)
@@ -287,10 +350,10 @@ def add_noise_(
             if src.dtype != np.float32 or src.shape != flat.shape:
                 raise TypeError(f"{name}: base must be float32 of the same shape as the parameter")
         for lo in range(0, flat.size, CHUNK):
-            jobs.append((name, arr.shape, flat, src, lo, min(lo + CHUNK, flat.size)))
+            jobs.append((name, arr.shape, flat, src, lo, min(lo + CHUNK, flat.size), alpha))
 
-    def run(job: tuple[str, tuple[int, ...], np.ndarray, np.ndarray, int, int]) -> None:
-        name, shape, flat, src, lo, hi = job
+    def run(job: tuple[str, tuple[int, ...], np.ndarray, np.ndarray, int, int, np.float32]) -> None:
+        name, shape, flat, src, lo, hi, alpha = job
         buf = np.empty(hi - lo, dtype=np.float32)
         fill(spec, name, shape, lo, hi, buf)
         buf *= alpha
