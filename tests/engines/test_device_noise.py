@@ -6,7 +6,7 @@ import torch
 
 from thickets.engines import device_noise
 from thickets.engines.device_noise import perturbed_into_, standard_noise_on
-from thickets.noise import WINDOW, PerturbationSpec, add_noise_, noise, standard_noise
+from thickets.noise import WINDOW, PerturbationSpec, add_noise_, noise, standard_noise, tensor_scale
 
 CPU = torch.device("cpu")
 DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -79,3 +79,30 @@ def test_lowrank_pieces_of_rows_change_nothing(monkeypatch):
     pieces = torch.empty_like(base)
     perturbed_into_(pieces, base, spec, "w")
     assert torch.equal(whole, pieces)
+
+
+def test_relative_weights_on_the_device_are_the_host_noise_bitwise(monkeypatch):
+    spec = PerturbationSpec(8, 2e-3, "relative")
+    base = torch.randn(37, 3 * WINDOW + 11) * 0.3
+    scale = tensor_scale(base.numpy())
+    expected = base.numpy().copy()
+    add_noise_(spec, [("w", expected)])
+    np.testing.assert_array_equal(expected, base.numpy() + noise(spec, "w", tuple(base.shape), scale))
+    for piece in (device_noise.PIECE, WINDOW):
+        monkeypatch.setattr(device_noise, "PIECE", piece)
+        for device in DEVICES:
+            out = torch.empty_like(base, device=device)
+            perturbed_into_(out, base.to(device), spec, "w", scale)
+            np.testing.assert_array_equal(out.cpu().numpy(), expected)
+    with pytest.raises(ValueError, match="needs the base tensor's scale"):
+        perturbed_into_(torch.empty_like(base), base, spec, "w")
+
+
+def test_relative_half_precision_weights_are_perturbed_in_float32_then_rounded_once():
+    spec = PerturbationSpec(3, 1e-2, "relative")
+    base = (torch.randn(64, 96) * 4).to(torch.bfloat16)
+    scale = tensor_scale(base.float().numpy())  # the values as held, upcast exactly
+    out = torch.empty_like(base)
+    perturbed_into_(out, base, spec, "w", scale)
+    expected = (base.float() + torch.from_numpy(noise(spec, "w", (64, 96), scale))).to(torch.bfloat16)
+    assert torch.equal(out, expected) and not torch.equal(out, base)

@@ -140,3 +140,60 @@ def test_sampling_is_seeded_per_call_and_gives_each_prompt_its_samples(tiny_engi
     assert any(len(set(x)) > 1 for x in a)  # samples of one prompt differ
     cold = tiny_engine.sample(prompts, 8, samples=1, temperature=1e-4, seed=1)
     assert [c[0] for c in cold] == tiny_engine.generate(prompts, 8)  # temperature to zero: greedy
+
+
+def test_relative_noise_is_each_base_tensors_scale_times_its_stream_and_restores_exactly(tiny_engine):
+    from thickets.noise import tensor_scale
+
+    model = tiny_engine.model
+    base = {n: p.detach().clone() for n, p in canonical_parameters(model).items()}
+    scales = tiny_engine.tensor_scales()
+    assert tiny_engine.tensor_scales() is scales  # made once per engine
+    assert scales.keys() == base.keys() and "lm_head.weight" not in scales  # a tied weight once
+    spec = PerturbationSpec(4, 0.01, "relative")
+    tiny_engine.perturb(spec)
+    for n, p in canonical_parameters(model).items():
+        assert scales[n] == tensor_scale(base[n].numpy()) > 0
+        expected = base[n].numpy() + noise(spec, n, tuple(p.shape), scales[n])
+        np.testing.assert_array_equal(p.detach().numpy(), expected)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    tiny_engine.restore()
+    assert all(torch.equal(p, base[n]) for n, p in canonical_parameters(model).items())
+    # the relative size is the same in every tensor, whatever its own size (sigma * RMS)
+    tiny_engine.perturb(spec)
+    moved = {n: (p.detach() - base[n]).double() for n, p in canonical_parameters(model).items()}
+    tiny_engine.restore()
+    big = [n for n in moved if moved[n].numel() >= 2048]
+    ratios = [float(moved[n].pow(2).mean().sqrt() / base[n].double().pow(2).mean().sqrt()) for n in big]
+    assert len(big) >= 4 and all(abs(r / 0.01 - 1) < 0.1 for r in ratios), ratios
+
+
+def test_relative_noise_leaves_a_zero_tensor_alone_and_matches_on_the_device(tiny_qwen2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thickets.engines.transformers_engine import TransformersEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    bias = model.model.layers[0].self_attn.q_proj.bias
+    bias.data = torch.zeros_like(bias)  # a bias pretraining never moved
+    engine = TransformersEngine(model, AutoTokenizer.from_pretrained(tiny_qwen2_dir))
+    base = {n: p.detach().clone() for n, p in engine.params.items()}
+    name = "model.layers.0.self_attn.q_proj.bias"
+    assert engine.tensor_scales()[name] == 0.0
+    spec = PerturbationSpec(6, 0.05, "relative")
+    loaded = engine.params[name].data_ptr()
+    engine.perturb(spec)
+    assert engine.params[name].data_ptr() == loaded and torch.equal(engine.params[name], base[name])  # untouched
+    assert not torch.equal(
+        engine.params["model.layers.0.self_attn.k_proj.bias"], base["model.layers.0.self_attn.k_proj.bias"]
+    )
+    on_cpu = {n: p.detach().clone() for n, p in engine.params.items()}
+    engine.restore()
+    assert all(torch.equal(p, base[n]) for n, p in engine.params.items())
+    if torch.cuda.is_available():  # the scales and the noise on the GPU: bitwise what the CPU made
+        engine.model.cuda()
+        gpu = TransformersEngine(engine.model, engine.tokenizer)
+        assert gpu.tensor_scales() == engine.tensor_scales()
+        gpu.perturb(spec)
+        assert all(torch.equal(p.cpu(), on_cpu[n]) for n, p in gpu.params.items())
+        gpu.restore()

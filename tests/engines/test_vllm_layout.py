@@ -79,6 +79,13 @@ def test_a_filter_zeroes_exactly_the_parameters_it_leaves_alone():
     np.testing.assert_array_equal(qkv[:32], full("model.layers.0.self_attn.q_proj.weight", (32, 32), spec))
 
 
+def test_relative_noise_is_refused_on_vllm_shards():
+    with pytest.raises(ValueError, match="vllm engine cannot make relative noise"):
+        shard_noise(
+            PerturbationSpec(1, 1e-3, "relative"), pieces("model.layers.0.self_attn.qkv_proj.weight", D), (64, 32)
+        )
+
+
 def test_an_unknown_parameter_is_refused():
     with pytest.raises(KeyError, match="no canonical mapping"):
         pieces("model.layers.0.self_attn.rotary.inv_freq", D)

@@ -21,6 +21,7 @@ from thickets.noise import (
     PerturbationSpec,
     check_rank,
     matrix_shape,
+    noise_factor,
     noise_table,
     standard_noise,
     window_offsets,
@@ -118,8 +119,12 @@ def _add_into(out: torch.Tensor, base: torch.Tensor, delta: torch.Tensor) -> Non
 
 
 @torch.no_grad()
-def perturbed_into_(out: torch.Tensor, base: torch.Tensor, spec: PerturbationSpec, name: str) -> None:
-    """out = base + sigma * noise(name), piece by piece on base's device; out may be in any float dtype."""
+def perturbed_into_(
+    out: torch.Tensor, base: torch.Tensor, spec: PerturbationSpec, name: str, scale: float | None = None
+) -> None:
+    """out = base + sigma * noise(name), piece by piece on base's device; out may be in any float dtype.
+    The relative strategy needs the base tensor's `scale` (noise.tensor_scale): out = base + the float32
+    noise_factor(spec, scale) times the gaussian stream, the same two float32 operations as on the host."""
     if spec.strategy == "lowrank":
         factors = lowrank_factors_on(spec, name, base.shape, base.device)
         rows, cols = factors.a.shape[0], factors.b.shape[0]
@@ -129,9 +134,11 @@ def perturbed_into_(out: torch.Tensor, base: torch.Tensor, spec: PerturbationSpe
             hi = min(lo + step, rows)
             _add_into(out2[lo:hi], base2[lo:hi], factors.rows(lo, hi))
         return
+    # float32(sigma) for gaussian noise (what torch makes of spec.sigma too), float32(sigma * scale) for relative
+    factor = float(noise_factor(spec, scale)) if spec.strategy == "relative" else spec.sigma
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     n = flat_base.numel()
     for lo in range(0, n, PIECE):
         hi = min(lo + PIECE, n)
         eps = standard_noise_on(spec, name, n, base.device, lo, hi, scratch=True)
-        _add_into(flat_out[lo:hi], flat_base[lo:hi], eps.mul_(spec.sigma))
+        _add_into(flat_out[lo:hi], flat_base[lo:hi], eps.mul_(factor))

@@ -21,7 +21,7 @@ from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
 from thickets.engines.population import PopulationBatch
-from thickets.noise import PerturbationSpec, add_noise_, derive_seed
+from thickets.noise import PerturbationSpec, add_noise_, derive_seed, tensor_scale
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,17 +91,32 @@ class TransformersEngine:
         self._base = {n: p.data for n, p in self.params.items()}
         self._work: dict[str, torch.Tensor] = {}
         self._touched: list[str] = []
+        self._scales: dict[str, float] | None = None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
 
     # -- weights -------------------------------------------------------------------------------
 
+    def tensor_scales(self) -> dict[str, float]:
+        """The relative strategy's scale of every base tensor (noise.tensor_scale), made once per engine on
+        the host: a tensor on a GPU is copied over once, one at a time, and upcast exactly to float32."""
+        if self._scales is None:
+            self._scales = {
+                n: tensor_scale(t.detach().to(device="cpu", dtype=torch.float32).numpy()) for n, t in self._base.items()
+            }
+        return self._scales
+
     def perturb(self, spec: PerturbationSpec) -> None:
         if self._touched:
             raise RuntimeError("perturb() called twice without restore()")
+        scales = self.tensor_scales() if spec.strategy == "relative" else {}
         names = [
-            n for n in self.params if spec.filter.keeps(n) and (spec.strategy != "lowrank" or self._base[n].dim() >= 2)
+            n
+            for n in self.params
+            if spec.filter.keeps(n)
+            and (spec.strategy != "lowrank" or self._base[n].dim() >= 2)
+            and scales.get(n) != 0  # a relative tensor of scale 0 gets no noise: it stays the base
         ]
         for n in names:
             if n not in self._work:
@@ -120,7 +135,7 @@ class TransformersEngine:
             else:
                 on_device = names
             for n in on_device:
-                perturbed_into_(self._work[n], self._base[n], spec, n)
+                perturbed_into_(self._work[n], self._base[n], spec, n, scales.get(n))
             for n in names:
                 self.params[n].data = self._work[n]
         self._touched = names
@@ -139,6 +154,7 @@ class TransformersEngine:
                 raise ValueError(f"ES needs float32 weights on the CPU; {n} is {t.dtype} on {t.device}")
             self._base[n] = t.clone()
             self.params[n].data = self._base[n]
+        self._scales = None  # of the weights as loaded; ES moves them
         self._owned = True
         return [(n, t.numpy()) for n, t in self._base.items()]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from thickets.errors import SpecError
 from thickets.noise import PerturbationSpec, standard_noise
 
 VOCAB_PADDING = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE
@@ -119,6 +120,8 @@ def pieces(vllm_name: str, d: Dims, rank: int = 0, size: int = 1) -> list[Piece]
 def shard_noise(spec: PerturbationSpec, parts: list[Piece], shard_shape: tuple[int, ...]) -> np.ndarray:
     """Standard noise of one vLLM shard, assembled from the canonical streams (zeros where the
     filter leaves a parameter alone, and on vocabulary padding)."""
+    if spec.strategy == "relative":  # its scale is of the canonical tensor, which no shard holds whole
+        raise SpecError("the vllm engine cannot make relative noise; use --engine transformers")
     out = np.zeros(shard_shape, dtype=np.float32)
     out2 = out.reshape(shard_shape[0], -1)
     for p in parts:
