@@ -79,6 +79,41 @@ def test_the_perturbation_map_equals_the_projection_of_the_full_noise(tiny_model
         np.testing.assert_allclose(xy[i], expected, rtol=1e-5)
 
 
+def test_the_perturbation_map_of_relative_noise_scales_each_tensor(tiny_model_dir, tmp_path):
+    shapes = [("a.weight", (3, 5)), ("b.bias", (7,))]
+    scales = {"a.weight": 0.5, "b.bias": 3.0}
+    specs = [PerturbationSpec(11, 0.01, "relative"), PerturbationSpec(12, 0.02, "relative")]
+    xy = projection(specs, shapes, progress=False, scales=scales)
+    dirs = [PerturbationSpec(20260 + j, 1.0) for j in range(2)]
+
+    def flat(spec, scaled):
+        return np.concatenate(
+            [standard_noise(spec, n, s).reshape(-1) * (scales[n] if scaled else 1) for n, s in shapes]
+        )
+
+    for i, spec in enumerate(specs):
+        expected = [spec.sigma * flat(d, False) @ flat(spec, True) / np.sqrt(22) for d in dirs]
+        np.testing.assert_allclose(xy[i], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="base tensors' scales"):
+        projection(specs, shapes, progress=False)
+
+    # analyze takes the scales from the run's model, as its engine makes them
+    from thickets.analysis import landscape
+    from thickets.engines import load_engine
+
+    config = SearchConfig(model=str(tiny_model_dir), task="toy", population=3, strategy="relative", val_size=VAL)
+    run = tmp_path / "run"
+    with RunStore.open(run, config) as store:
+        store.add_results(BASE, "val", _rows(4))
+        for idx in range(3):
+            spec = config.candidate(idx)
+            store.add_candidate(idx, spec.seed, spec.sigma, _rows(3 + idx), 1.0)
+    engine, _ = load_engine(str(tiny_model_dir))
+    assert landscape._tensor_scales(run) == engine.tensor_scales()
+    analyze(run, projection_map=True, progress=False)
+    assert (run / "analysis" / "projection.png").stat().st_size > 1000
+
+
 def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", "--run-dir", str(tmp_path / "none")]) == 2
     assert "no thickets run" in capsys.readouterr().err

@@ -133,3 +133,8 @@ def test_lowrank_es_batched_moves_the_weights_as_one_at_a_time_and_by_a_low_rank
     assert torch.equal(thetas[0]["model.norm.weight"], base["model.norm.weight"])  # vectors never move
     with pytest.raises(ThicketsError, match="above 1 only with --noise lowrank"):
         ESConfig(population_batch=2)
+
+
+def test_relative_noise_is_refused_because_es_moves_the_weights_its_scales_are_of():
+    with pytest.raises(ThicketsError, match="ES cannot use --noise relative"):
+        ESConfig(strategy="relative")

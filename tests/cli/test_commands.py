@@ -52,6 +52,12 @@ BAD = {
     # the tiny model's smallest matrix side is 16 (k_proj: 2 key/value heads of 8)
     "rank above a matrix side": ({"--noise": "lowrank", "--rank": "17"}, "rank 17 is above the smaller side of"),
     "lowrank on vllm": ({"--noise": "lowrank", "--rank": "2", "--engine": "vllm"}, "cannot make low-rank experts"),
+    "relative on vllm": ({"--noise": "relative", "--engine": "vllm"}, "vllm engine cannot make relative noise"),
+    "relative with a rank": ({"--noise": "relative", "--rank": "2"}, "--rank is for --noise lowrank"),
+    "relative in a population batch": (
+        {"--noise": "relative", "--population-batch": "4"},
+        "--population-batch needs low-rank candidates",
+    ),
     "unknown noise": ({"--noise": "uniform"}, "invalid choice: 'uniform'"),
 }
 if not torch.cuda.is_available():

@@ -135,14 +135,20 @@ def _curve(store: RunStore, ranked: Sequence[Candidate], positions: list[int]) -
 
 
 def projection(
-    specs: Sequence[PerturbationSpec], names_shapes: Sequence[tuple[str, tuple[int, ...]]], progress: bool = True
+    specs: Sequence[PerturbationSpec],
+    names_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    progress: bool = True,
+    scales: dict[str, float] | None = None,
 ) -> np.ndarray:
     """[N, 2]: each candidate's perturbation sigma * eps projected on two fixed random directions
-    (scaled by 1/sqrt(parameters), so a coordinate is about sigma in size).
+    (scaled by 1/sqrt(parameters), so a coordinate is about sigma in size). Relative noise is
+    sigma * scale * eps, each tensor's scale from `scales` (the engine's tensor_scales()).
 
     Chunk by chunk over every parameter: the two directions' chunk and each candidate's chunk are
     generated, multiplied and summed, then dropped. Cost: (N + 2) noise passes over the model.
     """
+    if scales is None and any(s.strategy == "relative" for s in specs):
+        raise ValueError("relative noise is projected with the base tensors' scales")
     out = np.zeros((len(specs), 2))
     dirs = [PerturbationSpec(PROJECTION_SEED + j, 1.0) for j in range(2)]
     sizes = {n: (int(np.prod(shape)) if shape else 1) for n, shape in names_shapes}
@@ -154,7 +160,8 @@ def projection(
                 hi = min(lo + CHUNK, sizes[name])
                 d = np.stack([standard_noise(spec, name, shape, lo, hi).reshape(-1) for spec in dirs])  # [2, chunk]
                 for i in keep:
-                    out[i] += d @ standard_noise(specs[i], name, shape, lo, hi).reshape(-1)
+                    w = scales[name] if scales is not None and specs[i].strategy == "relative" else 1.0
+                    out[i] += w * (d @ standard_noise(specs[i], name, shape, lo, hi).reshape(-1))
                 update()
     scaled: np.ndarray = out * np.array([s.sigma for s in specs])[:, None] / np.sqrt(total)
     return scaled
@@ -313,7 +320,8 @@ def analyze(
     if projection_map:
         with RunStore.open(run_dir, write=False) as store:
             specs = [store.config.candidate(int(i)) for i in r.idx]
-        xy = projection(specs, _parameter_shapes(run_dir), progress)
+        scales = _tensor_scales(run_dir) if any(s.strategy == "relative" for s in specs) else None
+        xy = projection(specs, _parameter_shapes(run_dir), progress, scales)
         figures["projection"] = plot_projection(r, xy, out / "projection.png")
     summary: dict[str, Any] = {
         "task": r.task,
@@ -329,6 +337,17 @@ def analyze(
     (run_dir / "report.html").write_text(html_report(summary, figures))
     summary["html"] = str(run_dir / "report.html")
     return summary
+
+
+def _tensor_scales(run_dir: Path) -> dict[str, float]:
+    """The relative strategy's scale of each base tensor, as the run's engine makes them (loads the weights)."""
+    from thickets.engines import load_engine
+
+    with RunStore.open(run_dir, write=False) as store:
+        config = store.config
+    engine, _ = load_engine(config.model, dtype=config.dtype)
+    scales: dict[str, float] = engine.tensor_scales()  # type: ignore[attr-defined]  # the transformers engine's
+    return scales
 
 
 def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:

@@ -73,6 +73,8 @@ class ESConfig:
             raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
         if self.strategy == "lowrank" and self.rank < 1:
             raise ThicketsError(f"--noise lowrank needs --rank R of at least 1, got {self.rank}")
+        if self.strategy == "relative":  # its scales are the base's, which ES moves every iteration
+            raise ThicketsError("ES cannot use --noise relative (it moves the weights the scales are of); use gaussian")
         if self.population_batch < 1 or (self.population_batch > 1 and self.strategy != "lowrank"):
             raise ThicketsError("--population-batch must be at least 1, and above 1 only with --noise lowrank")
         self.spec(0, 0)  # the noise settings are checked there, and only there

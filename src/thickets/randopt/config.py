@@ -37,8 +37,9 @@ class SearchConfig:
     exclude: tuple[str, ...] = option((), "parameter name patterns to leave alone", parse=parse_patterns, show=commas)
     strategy: str = option(
         "gaussian",
-        "noise strategy: gaussian (full rank), or lowrank (each 2-D weight moves by sigma * A @ B.T / sqrt(R), "
-        "vectors stay: every expert is a rank-R LoRA adapter)",
+        "noise strategy: gaussian (full rank), lowrank (each 2-D weight moves by sigma * A @ B.T / sqrt(R), "
+        "vectors stay: every expert is a rank-R LoRA adapter), or relative (full rank, each tensor's noise "
+        "sigma times that tensor's RMS: the same size relative to every tensor; experimental)",
         flag="--noise",
         choices=STRATEGIES,
     )
@@ -134,6 +135,8 @@ class SearchConfig:
             raise ThicketsError(f"unknown engine {self.engine!r}; use {' or '.join(ENGINES)}")
         if self.strategy == "lowrank" and self.engine != "transformers":
             raise ThicketsError(f"the {self.engine} engine cannot make low-rank experts yet; use --engine transformers")
+        if self.strategy == "relative" and self.engine != "transformers":
+            raise ThicketsError(f"the {self.engine} engine cannot make relative noise; use --engine transformers")
         if self.device not in DEVICES:
             raise ThicketsError(f"unknown device {self.device!r}; use {' or '.join(DEVICES)}")
         if self.dtype not in DTYPES:
