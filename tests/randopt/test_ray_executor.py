@@ -45,6 +45,26 @@ def ray_session():
     ray.shutdown()
 
 
+def test_sigma_auto_on_ray_workers_gives_the_in_process_run(tmp_path, tiny_model_dir, ray_session):
+    """The pilot chooses sigma after the actors have started: they score what comes after with the choice."""
+    from thickets.randopt.config import AUTO
+    from thickets.randopt.store import read_config
+
+    config = _config(tiny_model_dir, sigmas=AUTO, pilot_grid=(0.01, 0.05), pilot_per_sigma=2, population=7)
+    search(config, tmp_path / "local", progress=False)
+    executor = RayExecutor(config, RayOptions(workers=2, cpus_per_worker=1))
+    try:
+        search(config, tmp_path / "ray", executor=executor, progress=False)
+    finally:
+        executor.close()
+    assert _stored(tmp_path / "ray") == _stored(tmp_path / "local")
+    stored = read_config(tmp_path / "ray")
+    assert stored.calibrated and stored == read_config(tmp_path / "local")
+    with RunStore.open(tmp_path / "ray", write=False) as store:
+        sigmas = [c.sigma for c in store.candidates()]
+    assert sigmas[stored.pilot_size :] == [stored.pilot_chosen[0]] * (7 - stored.pilot_size)
+
+
 def test_two_ray_workers_give_exactly_the_in_process_scores(tmp_path, tiny_model_dir, ray_session):
     config = _config(tiny_model_dir)
     search(config, tmp_path / "local", progress=False)

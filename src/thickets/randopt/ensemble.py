@@ -177,6 +177,16 @@ def _reindex(scores: dict[int, Score], positions: Sequence[int]) -> dict[int, Sc
     return {i: scores[p] for i, p in enumerate(positions) if p in scores}
 
 
+def _sigma_auto(config: SearchConfig) -> dict[str, Any]:
+    """What the pilot of a run with --sigma auto chose (empty lists while it is under way)."""
+    return {
+        "rule": config.pilot_rule,
+        "tried": list(config.pilot_tried),
+        "chosen": list(config.pilot_chosen),
+        "pilot_size": config.pilot_size if config.calibrated else 0,
+    }
+
+
 def _decided(per_expert: Sequence[dict[int, Score]], position: int, k: int, rule: str) -> bool:
     return decided([e[position] for e in per_expert[:k] if position in e], k, rule)
 
@@ -217,7 +227,8 @@ def _report(
         "model": config.model,
         "model_identity": identity,
         "population": len(ranked),
-        "sigmas": list(config.sigmas),
+        "sigmas": list(config.sigmas_in_use()),
+        **({"sigma_auto": _sigma_auto(config)} if config.auto else {}),
         "val_size": config.val_size,
         "test_size": n,
         "base": {

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -49,7 +49,8 @@ EXECUTORS = ("inprocess", "ray")
 class Executor(Protocol):
     def adopt(self, config: SearchConfig) -> None:
         """Score with this config: the search's own, as the run folder decides it (see SearchConfig.resuming).
-        Called before any work."""
+        Called before any work, and again once a pilot has chosen sigma (only the pilot's record and the
+        population differ then)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -170,6 +171,7 @@ class RayExecutor:
                 f"gives each worker at least one); use at most {os.cpu_count()}, or --address a cluster"
             )
         self._ray, self._config, self._options = ray, config, options
+        self._config_dict = config.to_dict()  # sent with every item: a restarted actor has its first config
         self._started = False
         self.actors: list[Any] = []  # Ray actor handles
         self.requeued = 0
@@ -209,9 +211,10 @@ class RayExecutor:
         self._describe: dict[str, Any] = ray.get(self.actors[0].describe.remote())
 
     def adopt(self, config: SearchConfig) -> None:
-        if self.actors and config != self._config:
+        if self.actors and _settled(config) != _settled(self._config):
             raise RuntimeError("the Ray workers were started with another config")
         self._config = config
+        self._config_dict = config.to_dict()
 
     def describe(self) -> dict[str, Any]:
         self._start()
@@ -237,7 +240,7 @@ class RayExecutor:
         while True:
             while idle and (item := take()) is not end:
                 actor = idle.pop()
-                ref = actor.score.remote(item, None if item is None else threshold())
+                ref = actor.score.remote(item, None if item is None else threshold(), self._config_dict)
                 inflight[ref] = (actor, item)
             if not inflight:
                 return
@@ -346,6 +349,7 @@ class _RayWorker:
         torch.set_num_threads(threads)
         os.environ["THICKETS_NOISE_THREADS"] = str(threads)
         self._scorer = _Scorer(SearchConfig.from_dict(config), device=device)
+        self._config: dict[str, Any] = config
 
     def describe(self) -> dict[str, Any]:
         return self._scorer.engine.describe()
@@ -353,8 +357,16 @@ class _RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, item: Item, threshold: float | None) -> Result:
+    def score(self, item: Item, threshold: float | None, config: dict[str, Any] | None = None) -> Result:
+        """Score an item with the driver's config as it stands (a pilot's choice is made after the actors start)."""
+        if config is not None and config != self._config:
+            self._scorer.config, self._config = SearchConfig.from_dict(config), config
         return self._scorer.score(item, threshold)
+
+
+def _settled(config: SearchConfig) -> SearchConfig:
+    """A config without what may change while a search runs: the pilot's choice, and the population."""
+    return replace(config.starting(), population=1)
 
 
 @dataclass(frozen=True)

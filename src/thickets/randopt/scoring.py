@@ -299,12 +299,14 @@ def available_memory() -> int | None:
     return None
 
 
-def prepare(config: SearchConfig, run_dir: Path) -> tuple[SearchConfig, Task, list[Example], ModelIdentity]:
+def prepare(
+    config: SearchConfig, run_dir: Path, pilot_only: bool = False
+) -> tuple[SearchConfig, Task, list[Example], ModelIdentity]:
     """Every check that can fail on bad input, before a model is loaded or the store is written.
-    Returns the config as it applies to this run folder (see SearchConfig.resuming)."""
+    Returns the config as it applies to this run folder (see SearchConfig.resuming and .starting)."""
     old = check_compatible(run_dir, config)
-    if old is not None:
-        config = config.resuming(old)
+    config = config.resuming(old) if old is not None else config.starting()
+    check_pilot_fits(config, pilot_only)
     task = task_for(config)
     val, _ = make_splits(task, config.split_seed, config.val_size)
     task.check(val)  # a user's reward function: fail now, not after the model loads
@@ -315,6 +317,19 @@ def prepare(config: SearchConfig, run_dir: Path) -> tuple[SearchConfig, Task, li
     check_prompts(config, identity, task, val)
     check_weights(config, identity)
     return config, task, val, identity
+
+
+def check_pilot_fits(config: SearchConfig, pilot_only: bool = False) -> None:
+    """With --sigma auto, a population that holds the whole pilot (the grid it may still walk)."""
+    if pilot_only and not config.auto:
+        raise ThicketsError("only a run with --sigma auto has a pilot to calibrate")
+    if config.calibrated or pilot_only or config.population >= config.pilot_size:
+        return
+    raise ThicketsError(
+        f"--population {config.population} is smaller than the pilot of --sigma auto, which may take "
+        f"{len(config.pilot_grid)} sigmas x {config.pilot_per_sigma} = {config.pilot_size} candidates; raise "
+        f"--population, or shorten --pilot-grid or --pilot-per-sigma"
+    )
 
 
 def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:

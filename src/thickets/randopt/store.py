@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from thickets.disk import write_whole
 from thickets.errors import ThicketsError
 from thickets.randopt.config import SearchConfig
 from thickets.tasks.base import Score, ScoredExample
@@ -27,6 +28,7 @@ from thickets.tasks.multi import task_of
 
 DB_NAME = "thickets.sqlite"
 BASE = "base"
+CALIBRATION_FILE = "calibration.json"  # the pilot of a run with --sigma auto: its curve and its choice
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -172,10 +174,14 @@ def check_compatible(run_dir: Path, config: SearchConfig) -> SearchConfig | None
     if old is not None:
         diff = old.differences(config)
         if diff:
-            detail = "; ".join(f"{k}: {getattr(old, k)!r} in the run, {getattr(config, k)!r} now" for k in diff)
+            detail = "; ".join(f"{k}: {_shown(old, k)} in the run, {_shown(config, k)} now" for k in diff)
             raise ThicketsError(f"run folder {run_dir} holds a run with another config ({detail}); use a new --run-dir")
         config.resuming(old)
     return old
+
+
+def _shown(config: SearchConfig, key: str) -> str:
+    return "'auto'" if key == "sigmas" and config.auto else repr(getattr(config, key))
 
 
 class RunStore:
@@ -304,6 +310,11 @@ class RunStore:
         row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    def calibration(self) -> dict[str, Any] | None:
+        """The pilot's record (curve and choice) of a run with --sigma auto once its pilot is done; else None."""
+        record: dict[str, Any] | None = self.meta("calibration")
+        return record
+
     def done_indices(self) -> set[int]:
         return {r[0] for r in self.con.execute("SELECT idx FROM candidates")}
 
@@ -381,12 +392,34 @@ class RunStore:
     def keep_first(self, count: int) -> None:
         """Drop every candidate from index `count` on, with its results: the run as it stood after `count`,
         its config's population included (a search of the folder then adds nothing)."""
+        config = replace(self.config, population=count)
+        undone = config.auto and config.calibrated and count < config.pilot_size
         with self.transaction():
-            self._write_config(replace(self.config, population=count))
+            if undone:  # the pilot loses candidates: its choice no longer stands
+                config = config.starting()
+                self.con.execute("DELETE FROM meta WHERE key='calibration'")
+            self._write_config(config)
             self.con.execute("DELETE FROM candidates WHERE idx >= ?", (count,))
             self.con.execute(
                 "DELETE FROM results WHERE model LIKE 'cand:%' AND CAST(substr(model, 6) AS INTEGER) >= ?", (count,)
             )
+        if undone:
+            (self.run_dir / CALIBRATION_FILE).unlink(missing_ok=True)
+
+    def record_calibration(self, config: SearchConfig, record: dict[str, Any]) -> None:
+        """The pilot is done: its choice (in the config) and its record, in one transaction; then the record
+        as calibration.json, written whole (`write_calibration_file` writes it again if a kill lost it)."""
+        with self.transaction():
+            self._write_config(config)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('calibration', ?)", (json.dumps(record),))
+        self.write_calibration_file(always=True)
+
+    def write_calibration_file(self, always: bool = False) -> None:
+        """calibration.json from the stored record, where the run has one (and the file is missing)."""
+        path = self.run_dir / CALIBRATION_FILE
+        record = self.calibration()
+        if record is not None and (always or not path.exists()):
+            write_whole(path, json.dumps(record, indent=2) + "\n")
 
     def _write_config(self, config: SearchConfig) -> None:
         """The run's config, as every later command reads it back (inside the caller's transaction)."""
