@@ -9,7 +9,6 @@ vector is ever held, let alone N of them.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from thickets.errors import ThicketsError
 from thickets.models import local_folder, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
+from thickets.randopt.pilot import wilson
 from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
 from thickets.randopt.vote import rank, rank_on_task, vote_accuracy
 from thickets.tasks import Score
@@ -61,17 +61,6 @@ class RunScores:
             np.array([c.sigma for c in cands]),
             np.array([c.score for c in cands]),
         )
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson's 95% interval of a share: honest at 0% and 100% and for a few dozen candidates, where the
-    normal interval is not."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def density(r: RunScores, delta: float) -> list[dict[str, Any]]:
@@ -241,6 +230,39 @@ def plot_sigma_curve(r: RunScores, path: Path) -> Path:
     return save(fig, path)
 
 
+def plot_pilot(record: dict[str, Any], path: Path) -> Path:
+    """The pilot of --sigma auto: density (with Wilson intervals) and scores against sigma, log x axis; the
+    chosen sigma marked in green, a collapsed one by a dotted red line, grid points never tried as grey crosses."""
+    plt = pyplot()
+    pts = record["points"]
+    sig = [p["sigma"] for p in pts]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5.6), sharex=True)
+    dens = np.array([p["density"] for p in pts])
+    ci = np.array([p["density_ci95"] for p in pts]).reshape(-1, 2)
+    top.errorbar(sig, dens, yerr=[dens - ci[:, 0], ci[:, 1] - dens], marker="o", capsize=3, label="above base")
+    top.set_ylabel("share above the base")
+    top.set_ylim(-0.02, 1.02)
+    for key, marker in (("mean", "o"), ("median", "s"), ("best", "^")):
+        bottom.plot(sig, [p[key] for p in pts], marker=marker, label=key)
+    bottom.axhline(record["base"], color="black", ls="--", lw=1, label=f"base {record['base']:.3f}")
+    bottom.set_ylabel("validation score")
+    bottom.set_xlabel("sigma")
+    for ax in (top, bottom):
+        for c in record["chosen"]:
+            ax.axvline(c, color="tab:green", lw=2, alpha=0.5)
+        for p in pts:
+            if p["collapsed"]:
+                ax.axvline(p["sigma"], color="tab:red", ls=":", lw=1)
+        ax.set_xscale("log")
+    untried = [x for x in record["grid"] if x not in record["tried"]]
+    if untried:
+        bottom.plot(untried, [record["base"]] * len(untried), "x", color="gray", label="not tried")
+    bottom.legend(fontsize=7)
+    chosen = ", ".join(f"{c:g}" for c in record["chosen"])
+    top.set_title(f"pilot: {record['per_sigma']} candidates per sigma; chosen {chosen} ({record['rule']} rule)")
+    return save(fig, path)
+
+
 def plot_topk(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -311,6 +333,10 @@ def analyze(
         "histogram": plot_histogram(r, out / "histogram.png"),
         "sigma": plot_sigma_curve(r, out / "sigma_curve.png"),
     }
+    with RunStore.open(run_dir, write=False) as store:
+        calibration = store.calibration()
+    if calibration is not None:
+        figures["pilot"] = plot_pilot(calibration, out / "pilot.png")
     curves = topk_curves(run_dir)
     if curves:
         figures["topk"] = plot_topk(curves, out / "topk.png")
@@ -331,6 +357,7 @@ def analyze(
         "density": dens,
         "topk_curves": curves,
         "specialisation": spec,
+        "calibration": calibration,
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

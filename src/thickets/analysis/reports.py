@@ -50,6 +50,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
         f"test {report['test_size']} held-out examples.",
+        *(["", sigma_auto_line(report["sigma_auto"])] if "sigma_auto" in report else []),
         "",
         "| model | K | answers per question | test accuracy | answer extracted | gain vs base, points [95% CI] |",
         "|---|---:|---:|---:|---:|---:|",
@@ -72,6 +73,17 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"{e.get('answered', report['test_size'])} | {e['accuracy']:.1%} | {e['format_rate']:.1%} |"
         )
     return "\n".join(lines)
+
+
+def sigma_auto_line(choice: Mapping[str, Any]) -> str:
+    """One line on what a pilot (--sigma auto) chose, from a report's or a pilot record's fields."""
+    if not choice["chosen"]:
+        return "Sigma auto: the pilot is not done yet."
+    tried = choice["tried"]
+    return (
+        f"Sigma auto: {', '.join(f'{s:g}' for s in choice['chosen'])} chosen by the {choice['rule']} rule from a "
+        f"pilot of {choice['pilot_size']} candidates over sigma {tried[0]:g} to {tried[-1]:g}."
+    )
 
 
 def _asked(row: Mapping[str, Any]) -> str:
@@ -104,6 +116,8 @@ def print_table(report: Mapping[str, Any]) -> None:
             format_gain(r["vs_base"]),
         )
     Console().print(t)
+    if "sigma_auto" in report:
+        print(sigma_auto_line(report["sigma_auto"]))
 
 
 def print_tables(report: Mapping[str, Any]) -> None:
@@ -131,6 +145,64 @@ def print_density(rows: Sequence[Mapping[str, Any]], base: float) -> None:
             f"{d['best']:.3f}",
         )
     Console().print(t)
+
+
+def pilot_rows(record: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The pilot's curve (a pilot record, see randopt.pilot.record) as text cells, one row per sigma tried."""
+    rows = []
+    for p in record["points"]:
+        lo, hi = p["density_ci95"]
+        marks = ["chosen"] if p["sigma"] in record["chosen"] else []
+        marks += ["collapsed"] if p["collapsed"] else []
+        rows.append(
+            {
+                "sigma": f"{p['sigma']:g}",
+                "n": str(p["n"]),
+                "above": f"{p['density']:.0%} [{lo:.0%}, {hi:.0%}]",
+                "mean": f"{p['mean']:.3f}",
+                "median": f"{p['median']:.3f}",
+                "best": f"{p['best']:.3f}",
+                "gain": f"{p['topk_gain']:+.3f}",
+                "marks": ", ".join(marks),
+            }
+        )
+    return rows
+
+
+PILOT_COLUMNS = [
+    ("sigma", "sigma"),
+    ("n", "candidates"),
+    ("above", "above base [95% CI]"),
+    ("mean", "mean"),
+    ("median", "median"),
+    ("best", "best"),
+    ("gain", "best 1/4 - base"),
+    ("marks", ""),
+]
+
+
+def pilot_summary(record: Mapping[str, Any]) -> str:
+    """One line: what the pilot chose, and where it stopped."""
+    line = sigma_auto_line(record)
+    untried = [s for s in record["grid"] if s not in record["tried"]]
+    if record["collapsed_at"] is not None:
+        line += f" It stopped at {record['collapsed_at']:g}, which collapsed"
+        line += f"; {', '.join(f'{s:g}' for s in untried)} never tried." if untried else "."
+    return line + (f" {record['note']}." if record["note"] else "")
+
+
+def print_pilot(record: Mapping[str, Any]) -> None:
+    """The pilot of --sigma auto: its curve, and the choice."""
+    t = Table(
+        title=f"pilot of --sigma auto (base validation score {record['base']:.3f}, rule {record['rule']})",
+        caption=f"collapsed: the median candidate below {record['collapse']:g} x the base; the walk stops there",
+    )
+    for _, label in PILOT_COLUMNS:
+        t.add_column(label, justify="left" if not label else "right")
+    for row in pilot_rows(record):
+        t.add_row(*(row[key] for key, _ in PILOT_COLUMNS))
+    Console(width=max(Console().width, 110)).print(t)
+    print(pilot_summary(record))
 
 
 def _img(path: Path) -> str:
@@ -177,6 +249,14 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
         _img(figures["histogram"]),
         _img(figures["sigma"]),
     ]
+    record = summary.get("calibration")
+    if record is not None:
+        parts += [
+            "<h2>Sigma chosen automatically (the pilot)</h2>",
+            f"<p>{html.escape(pilot_summary(record))}</p>",
+            _table(pilot_rows(record), PILOT_COLUMNS),
+            _img(figures["pilot"]),
+        ]
     if "topk" in figures:
         parts += ["<h2>Top-K vote on the test split</h2>", _img(figures["topk"])]
     else:

@@ -26,6 +26,7 @@ from thickets.analysis.reports import (
     print_compare,
     print_density,
     print_distill,
+    print_pilot,
     print_replay,
     print_tables,
     print_toy,
@@ -42,7 +43,8 @@ from thickets.distill.config import DistillConfig
 from thickets.errors import ThicketsError
 from thickets.noise import ParamFilter, PerturbationSpec
 from thickets.options import commas, option, parse_ints, parse_patterns
-from thickets.randopt.config import SearchConfig
+from thickets.randopt.calibrate import calibrate
+from thickets.randopt.config import AUTO, SearchConfig
 from thickets.randopt.executors import ExecutorOptions, make_executor
 from thickets.randopt.scoring import check_inputs, load_run_config, task_for
 from thickets.randopt.search import SearchResult, search
@@ -182,12 +184,31 @@ def _search(a: Parsed, quiet: bool) -> SearchResult:
 
 def cmd_search(a: Parsed, quiet: bool) -> None:
     result = _search(a, quiet)
+    if result.calibration is not None:
+        print_pilot(result.calibration)
     best = result.ranked[0]
     stopped = sum(not c.complete for c in result.ranked)
     raced = f" ({stopped} stopped early by racing)" if stopped else ""
     print(
         f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
         f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a[RunFolder].run_dir}"
+    )
+
+
+def cmd_calibrate(a: Parsed, quiet: bool) -> None:
+    if a.given[SearchConfig].get("sigmas", AUTO) != AUTO:
+        raise ThicketsError("calibrate chooses sigma itself: leave --sigma out (or give --sigma auto)")
+    config, where, run_dir = a[SearchConfig], a[ExecutorOptions], a[RunFolder].run_dir
+    executor = None if where.executor == "inprocess" else make_executor(where, config)
+    try:
+        record = calibrate(config, run_dir, executor=executor, progress=not quiet)
+    finally:
+        if executor is not None:
+            executor.close()
+    print_pilot(record)
+    print(
+        f"pilot stored in {run_dir} ({run_dir}/calibration.json); go on with the same settings and "
+        f"`thickets search --run-dir {run_dir} --sigma auto --population N`"
     )
 
 
@@ -326,6 +347,8 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
         raise ThicketsError(f"--delta must be a number >= 0, got {x.delta}")
     load_run_config(x.run_dir)  # a clear error when the folder holds no run
     s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet)
+    if s["calibration"] is not None:
+        print_pilot(s["calibration"])
     print_density(s["density"], s["base"])
     print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 
@@ -378,6 +401,12 @@ COMMANDS: dict[str, Command] = {
         "score N random perturbations on the validation split",
         (SearchConfig, ExecutorOptions, RunFolder),
         cmd_search,
+    ),
+    "calibrate": (
+        "--sigma auto's pilot alone: a short search over a log grid of sigma that chooses it (population "
+        "and sigma are not used); `search --sigma auto` of the same folder goes on from it",
+        (SearchConfig, ExecutorOptions, RunFolder),
+        cmd_calibrate,
     ),
     "ensemble": ("top-K majority vote vs base vs best single, on held-out test data", (EnsembleArgs,), cmd_ensemble),
     "distill": (
