@@ -207,6 +207,23 @@ def test_the_topk_rule_and_two_sigmas_kept_make_a_small_grid(tmp_path, tiny_mode
     assert [c[2] for c in _candidates(tmp_path / "run")][20:] == [0.05, 0.1] * 3
 
 
+def test_a_run_cut_back_into_its_pilot_forgets_the_choice_and_walks_again(tmp_path, tiny_model_dir):
+    """RunStore.keep_first (compare's "the run as it stood after N candidates")."""
+    config = _auto(tiny_model_dir, population=24)
+    shares = [0.25, 0.5, 1.0, 0.5, 0.25]
+    first = search(config, tmp_path / "run", engine=SurfaceEngine(config.pilot_grid, 4, shares), progress=False)
+    before = _candidates(tmp_path / "run")
+    with RunStore.open(tmp_path / "run") as store:
+        store.keep_first(22)  # past the pilot: the choice stands
+    assert read_config(tmp_path / "run").pilot_chosen == (0.05,)
+    with RunStore.open(tmp_path / "run") as store:
+        store.keep_first(10)
+        assert store.calibration() is None and store.config.pilot_chosen == () and store.config.population == 10
+    assert not (tmp_path / "run" / CALIBRATION_FILE).exists()
+    again = search(config, tmp_path / "run", engine=SurfaceEngine(config.pilot_grid, 4, shares), progress=False)
+    assert again.calibration == first.calibration and _candidates(tmp_path / "run") == before
+
+
 def test_racing_never_stops_a_pilot_candidate(tmp_path, tiny_model_dir):
     config = _auto(tiny_model_dir, racing="exact", racing_top_k=1, population=28)
     engine = SurfaceEngine(config.pilot_grid, 4, [0.25, 0.5, 1.0, 0.5, 0.25])
