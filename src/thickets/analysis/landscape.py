@@ -248,11 +248,11 @@ def plot_pilot(record: dict[str, Any], path: Path) -> Path:
     bottom.set_ylabel("validation score")
     bottom.set_xlabel("sigma")
     for ax in (top, bottom):
-        for c in record["chosen"]:
-            ax.axvline(c, color="tab:green", lw=2, alpha=0.5)
+        for i, c in enumerate(record["chosen"]):
+            ax.axvline(c, color="tab:green", lw=2, alpha=0.5, label="chosen" if ax is bottom and not i else None)
         for p in pts:
             if p["collapsed"]:
-                ax.axvline(p["sigma"], color="tab:red", ls=":", lw=1)
+                ax.axvline(p["sigma"], color="tab:red", ls=":", lw=1, label="collapsed" if ax is bottom else None)
         ax.set_xscale("log")
     untried = [x for x in record["grid"] if x not in record["tried"]]
     if untried:
