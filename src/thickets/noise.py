@@ -253,9 +253,9 @@ def tensor_scale(array: np.ndarray) -> float:
     A tensor whose values are all zero gets scale 0, and so no noise: relative noise is proportional to
     the tensor, as in the authors' 'frobenius' scaling. No floor: any floor would be a size in the
     weights' own units that this function cannot know, and it would make the scale jump at an arbitrary
-    RMS rather than shrink with it; pretrained models have no all-zero tensors that matter (a bias
-    that stayed exactly zero through pretraining is one the model does not use). To move such a tensor,
-    use the gaussian strategy. A tensor with a non-finite value is refused.
+    RMS rather than shrink with it; and an all-zero tensor in a pretrained model is one pretraining
+    never moved (a bias the architecture does not use, say). To move such a tensor, use the gaussian
+    strategy. A tensor with a non-finite value is refused.
     """
     flat = np.asarray(array).reshape(-1)
     if flat.size == 0:
