@@ -109,7 +109,7 @@ def test_the_perturbation_map_of_relative_noise_scales_each_tensor(tiny_model_di
             spec = config.candidate(idx)
             store.add_candidate(idx, spec.seed, spec.sigma, _rows(3 + idx), 1.0)
     engine, _ = load_engine(str(tiny_model_dir))
-    assert landscape._tensor_scales(run) == engine.tensor_scales()
+    assert landscape._tensor_scales(RunScores.read(run).config) == engine.tensor_scales()
     analyze(run, projection_map=True, progress=False)
     assert (run / "analysis" / "projection.png").stat().st_size > 1000
 

@@ -22,6 +22,7 @@ from thickets.errors import ThicketsError
 from thickets.models import local_folder, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.pilot import wilson
 from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
 from thickets.randopt.vote import rank, rank_on_task, vote_accuracy
@@ -35,13 +36,21 @@ PROJECTION_SEED = 20260  # the two fixed directions of the perturbation map
 class RunScores:
     """What the analysis reads from a run folder."""
 
-    task: str
-    model: str
     base: float
     idx: np.ndarray
     seed: np.ndarray
     sigma: np.ndarray
     score: np.ndarray
+    config: SearchConfig
+    calibration: dict[str, Any] | None  # the pilot of a run with --sigma auto (RunStore.calibration)
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def model(self) -> str:
+        return self.config.model
 
     @classmethod
     def read(cls, run_dir: str | Path) -> RunScores:
@@ -49,17 +58,18 @@ class RunScores:
             config = store.config
             base_scores = store.scores(BASE, "val")
             cands = [c for c in store.candidates() if c.complete]
+            calibration = store.calibration()
         if not base_scores or not cands:
             raise ThicketsError(f"run {run_dir} has no fully scored candidates yet (run `thickets search` first)")
         base = float(np.mean([s.reward for s in base_scores.values()]))
         return cls(
-            config.task,
-            config.model,
             base,
             np.array([c.idx for c in cands]),
             np.array([c.seed for c in cands], dtype=np.uint64),
             np.array([c.sigma for c in cands]),
             np.array([c.score for c in cands]),
+            config,
+            calibration,
         )
 
 
@@ -333,10 +343,8 @@ def analyze(
         "histogram": plot_histogram(r, out / "histogram.png"),
         "sigma": plot_sigma_curve(r, out / "sigma_curve.png"),
     }
-    with RunStore.open(run_dir, write=False) as store:
-        calibration = store.calibration()
-    if calibration is not None:
-        figures["pilot"] = plot_pilot(calibration, out / "pilot.png")
+    if r.calibration is not None:
+        figures["pilot"] = plot_pilot(r.calibration, out / "pilot.png")
     curves = topk_curves(run_dir)
     if curves:
         figures["topk"] = plot_topk(curves, out / "topk.png")
@@ -344,9 +352,8 @@ def analyze(
     if spec is not None:
         figures["specialisation"] = plot_specialisation(spec, out / "specialisation.png")
     if projection_map:
-        with RunStore.open(run_dir, write=False) as store:
-            specs = [store.config.candidate(int(i)) for i in r.idx]
-        scales = _tensor_scales(run_dir) if any(s.strategy == "relative" for s in specs) else None
+        specs = [r.config.candidate(int(i)) for i in r.idx]
+        scales = _tensor_scales(r.config) if any(s.strategy == "relative" for s in specs) else None
         xy = projection(specs, _parameter_shapes(run_dir), progress, scales)
         figures["projection"] = plot_projection(r, xy, out / "projection.png")
     summary: dict[str, Any] = {
@@ -357,7 +364,7 @@ def analyze(
         "density": dens,
         "topk_curves": curves,
         "specialisation": spec,
-        "calibration": calibration,
+        "calibration": r.calibration,
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -366,12 +373,10 @@ def analyze(
     return summary
 
 
-def _tensor_scales(run_dir: Path) -> dict[str, float]:
+def _tensor_scales(config: SearchConfig) -> dict[str, float]:
     """The relative strategy's scale of each base tensor, as the run's engine makes them (loads the weights)."""
     from thickets.engines import load_engine
 
-    with RunStore.open(run_dir, write=False) as store:
-        config = store.config
     engine, _ = load_engine(config.model, dtype=config.dtype)
     scales: dict[str, float] = engine.tensor_scales()  # type: ignore[attr-defined]  # the transformers engine's
     return scales
