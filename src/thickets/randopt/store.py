@@ -411,7 +411,7 @@ class RunStore:
         as calibration.json, written whole (`write_calibration_file` writes it again if a kill lost it)."""
         with self.transaction():
             self._write_config(config)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('calibration', ?)", (json.dumps(record),))
+            self._set_meta("calibration", record)
         self.write_calibration_file(always=True)
 
     def write_calibration_file(self, always: bool = False) -> None:
@@ -423,7 +423,11 @@ class RunStore:
 
     def _write_config(self, config: SearchConfig) -> None:
         """The run's config, as every later command reads it back (inside the caller's transaction)."""
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config.to_dict()),))
+        self._set_meta("config", config.to_dict())
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        """meta[key] = value as JSON, replacing what was there (inside the caller's transaction)."""
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def add_results(self, model: str, split: str, rows: Sequence[ScoredExample]) -> None:
         """Per-example results of the base model, or of an expert on the test split, atomically."""
