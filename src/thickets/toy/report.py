@@ -25,8 +25,13 @@ def group(cell: dict[str, Any]) -> str:
     return "single, in family" if cell["in_family"] else "single, outside"
 
 
+def over_base(row: dict[str, Any], key: str, base: float) -> float:
+    """An error of a cell (or of one point of its sweep) over its base's (a zero base counts as 1e-12)."""
+    return float(row[key]) / max(base, 1e-12)
+
+
 def _ratios(cells: list[dict[str, Any]], key: str) -> list[float]:
-    return [c[key] / max(c["base_mse"], 1e-12) for c in cells]
+    return [over_base(c, key, c["base_mse"]) for c in cells]
 
 
 def summary(result: dict[str, Any], specific_only: bool = False) -> list[dict[str, Any]]:
@@ -63,8 +68,8 @@ def specific_cells(result: dict[str, Any]) -> list[dict[str, Any]]:
             "density": c["density"],
             "density_gain": c["density_gain"],
             "density_level": c["density_level"],
-            "best_over_base": c["best_mse"] / max(c["base_mse"], 1e-12),
-            "topk_over_base": c["topk_mse"] / max(c["base_mse"], 1e-12),
+            "best_over_base": over_base(c, "best_mse", c["base_mse"]),
+            "topk_over_base": over_base(c, "topk_mse", c["base_mse"]),
         }
         for c in result["cells"]
         if not _family(c)
@@ -129,8 +134,7 @@ def sigma_sweep(result: dict[str, Any], path: Path) -> Path:
         cells = [c for c in result["cells"] if c["regime"] == regime]
         sigmas = [s["sigma"] for s in cells[0]["sweep"]]
         best = [
-            np.median([c["sweep"][i]["best_mse"] / max(c["base_mse"], 1e-12) for c in cells])
-            for i in range(len(sigmas))
+            np.median([over_base(c["sweep"][i], "best_mse", c["base_mse"]) for c in cells]) for i in range(len(sigmas))
         ]
         ax.plot(sigmas, best, marker="o", label=regime, ls="-" if regime.startswith("mixed") else "--")
     ax.set_xscale("log")
