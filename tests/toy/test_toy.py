@@ -4,6 +4,7 @@ gives perturbations that cut the error on one fixed signal far more than around 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,6 +98,8 @@ def test_randopt_figures_are_what_they_say():
     assert r["density"] == pytest.approx(float((err < r["base_mse"]).float().mean()))
     assert r["density_gain"] == pytest.approx(float((err <= r["base_mse"] / cfg.gain).float().mean()))
     assert r["density_level"] == pytest.approx(float((err <= cfg.level).float().mean()))
+    at_median = randopt(replace(cfg, level=float(err.sort().values[19])), base, signals, eps, 0.05)
+    assert at_median["density_level"] == 0.5  # 20 of the 40 errors are at most the 20th smallest
     top = torch.argsort(err)[:5]
     mean_rollout = rollout(cfg, base[None] + 0.05 * eps[top], signals).mean(0, keepdim=True)
     assert r["topk_mse"] == pytest.approx(float(mse(mean_rollout, signals)[0]), rel=1e-5)
