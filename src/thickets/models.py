@@ -12,7 +12,9 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,17 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
+#: how a model folder's identity is computed, recorded beside the hash. Records without a scheme
+#: (runs made before it existed) hashed the bytes of config.json and the weight files (`legacy_hash`).
+IDENTITY_SCHEME = "tensors+config-1"
+#: configuration keys that record how and when a folder was saved, not what the model computes: a
+#: re-save with another library release rewrites them (transformers_version), and the weights'
+#: dtype is hashed with the tensors themselves (transformers 5 renamed torch_dtype to dtype)
+SAVE_TIME_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype"})
+#: the configuration files whose content decides a model's outputs (generation_config holds the stop ids)
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What a run records so the exact base weights can be found and checked again."""
@@ -39,7 +52,8 @@ class ModelIdentity:
     name: str  # what the user typed
     kind: str  # "embedded", "gguf" or "hf"
     path: str  # absolute path of the file or folder
-    sha256: str  # content hash of the GGUF file, or of the folder's config and weight files
+    sha256: str  # content hash of the GGUF file, or of the folder's tensors and configuration (`model_hash`)
+    scheme: str = IDENTITY_SCHEME
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,16 +74,14 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a model folder's config and weights; memoised by (path, size, mtime)."""
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json")
-        )
-    )
-    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
+
+
+def _memoised(files: list[Path], scheme: str, compute: Callable[[], str]) -> str:
+    """`compute()`, remembered under the files' (path, size, mtime) and the scheme: hashing gigabytes of
+    weights on every command would cost more than the command."""
+    stamp = [scheme] + [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     memo_file = cache_root() / "hashes.json"
     try:
         memo: dict[str, str] = json.loads(memo_file.read_text())
@@ -79,7 +91,7 @@ def content_hash(path: Path) -> str:
     if key in memo:
         return memo[key]
     try:
-        digest = sha256_of(files, label=lambda f: f.name)
+        digest = compute()
     except OSError as e:
         raise ThicketsError(f"cannot read model file: {e}") from None
     memo[key] = digest
@@ -89,6 +101,110 @@ def content_hash(path: Path) -> str:
     except OSError:
         pass  # the memo is only a speed-up
     return digest
+
+
+def canonical_config(data: Any) -> Any:
+    """A configuration without its save-time keys (at any depth: nested text and vision configs carry them
+    too), so two saves of one model by different library releases compare equal."""
+    if isinstance(data, dict):
+        return {k: canonical_config(v) for k, v in data.items() if k not in SAVE_TIME_KEYS}
+    if isinstance(data, list):
+        return [canonical_config(v) for v in data]
+    return data
+
+
+def _safetensors_manifest(file: Path) -> list[list[Any]]:
+    """[name, dtype, shape, sha256 of its bytes] for every tensor of a safetensors file, read in one pass;
+    the header's metadata and the tensors' order and padding in the file are left out."""
+    with open(file, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        try:
+            header = json.loads(fh.read(size))
+        except ValueError as e:
+            raise ThicketsError(f"cannot read the weights header of {file}: {e}") from None
+        start = 8 + size
+        entries = sorted((v["data_offsets"], k, v) for k, v in header.items() if k != "__metadata__")
+        out = []
+        for (begin, end), name, entry in entries:
+            fh.seek(start + begin)
+            h, left = hashlib.sha256(), end - begin
+            while left > 0:
+                block = fh.read(min(left, 1 << 22))
+                if not block:
+                    raise ThicketsError(f"weights file {file} is truncated (tensor {name})")
+                h.update(block)
+                left -= len(block)
+            out.append([name, entry["dtype"], list(entry["shape"]), h.hexdigest()])
+    return out
+
+
+def model_hash(folder: Path) -> str:
+    """The identity of a model folder: sha256 over its configuration files without save-time keys
+    (`canonical_config`), and each tensor's name, dtype, shape and bytes, whatever file or shard holds it
+    and in what order (weights in other formats than safetensors: each file's bytes). Re-saving the same
+    model with another library release keeps it; a changed weight or architecture field changes it."""
+    configs = {}
+    for name in CONFIG_FILES:
+        if (folder / name).is_file():
+            try:
+                configs[name] = canonical_config(json.loads((folder / name).read_text()))
+            except ValueError as e:
+                raise ThicketsError(f"cannot read {folder / name}: {e}") from None
+    tensors: list[list[Any]] = []
+    files: list[list[str]] = []
+    for f in _weight_files(folder):
+        if f.suffix == ".safetensors":
+            tensors.extend(_safetensors_manifest(f))
+        else:
+            files.append([f.name, sha256_of([f])])
+    tensors.sort()
+    names = [t[0] for t in tensors]
+    if len(set(names)) != len(names):
+        raise ThicketsError(f"model folder {folder} holds a tensor in more than one weights file")
+    manifest = {"scheme": IDENTITY_SCHEME, "config": configs, "tensors": tensors, "files": files}
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """The identity hash of a GGUF file (its bytes) or a model folder (`model_hash`), memoised."""
+    if path.is_file():
+        return _memoised([path], "file", lambda: sha256_of([path]))
+    files = _weight_files(path) + [path / n for n in CONFIG_FILES if (path / n).is_file()]
+    return _memoised(files, IDENTITY_SCHEME, lambda: model_hash(path))
+
+
+def legacy_hash(folder: Path, transformers_version: str | None = None) -> str:
+    """The identity runs recorded before `IDENTITY_SCHEME`: sha256 over the bytes of config.json and the
+    weight files. With `transformers_version` (the release the run recorded), config.json's
+    transformers_version is read as that release wrote it: the one field a re-save by another release
+    changes in a configuration it otherwise writes alike."""
+    config = folder / "config.json"
+    files = sorted(_weight_files(folder) + [config])
+
+    def compute() -> str:
+        instead = None
+        if transformers_version is not None:
+            recorded = json.dumps(transformers_version)
+            text = re.sub(r'("transformers_version":\s*)"[^"]*"', lambda m: m[1] + recorded, config.read_text())
+            instead = {config: text.encode()}
+        return sha256_of(files, label=lambda f: f.name, instead=instead)
+
+    return _memoised(files, f"bytes-transformers-{transformers_version}", compute)
+
+
+def same_model(recorded: Mapping[str, Any], identity: ModelIdentity, transformers_version: str | None = None) -> bool:
+    """Whether `identity` (a model as it is now) is the model of a recorded identity, of this scheme or an
+    earlier one. `transformers_version` is the release the record was made under, where it is known."""
+    scheme = recorded.get("scheme")
+    if scheme == identity.scheme or identity.kind != "hf":  # a GGUF file's hash is its bytes in every scheme
+        return bool(recorded.get("sha256") == identity.sha256)
+    if scheme is None:
+        path = Path(identity.path)
+        return recorded.get("sha256") in {legacy_hash(path), legacy_hash(path, transformers_version)}
+    raise ThicketsError(
+        f"model {identity.name} was recorded with identity scheme {scheme!r}, which this thickets does not "
+        f"know (a newer release made it); upgrade thickets"
+    )
 
 
 def resolve(name: str) -> ModelIdentity:

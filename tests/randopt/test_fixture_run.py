@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from thickets.errors import ThicketsError
 from thickets.noise import NOISE_VERSIONS
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
@@ -120,3 +121,64 @@ def test_an_old_run_exports_the_weights_that_release_exported(fixture_run, tmp_p
     assert h.hexdigest() == expected["tensors_sha256"]
     assert recipe["noise_version"] == NOISE_VERSIONS[version] and spec_from_recipe(recipe).version == version
     assert recipe["strategy"] == "gaussian"
+
+
+def _resave_as_a_later_release(model: Path) -> None:
+    """The model's configuration as another transformers release writes it when it saves the same model
+    again: the same text but for the transformers_version it records."""
+    for name in ("config.json", "generation_config.json"):
+        path = model / name
+        path.write_text(path.read_text().replace('"transformers_version": "5.24.0"', '"transformers_version": "9.9.0"'))
+
+
+def test_an_old_run_resumes_ensembles_and_exports_once_another_release_saved_its_model(fixture_run, tmp_path):
+    old_run, fixture, _ = fixture_run
+    model = old_run.parent / "model"
+    before = (model / "config.json").read_text()
+    _resave_as_a_later_release(model)
+    assert (model / "config.json").read_text() != before
+    expected = json.loads((fixture / "expected.json").read_text())
+    old = read_config(old_run)
+    search(SearchConfig(**{**old.__dict__, "noise_version": 2, "population": 4}), old_run, progress=False)
+    with sqlite3.connect(old_run / DB_NAME) as con:
+        row = con.execute(
+            "SELECT idx, seed, sigma, score, accuracy, format_rate FROM candidates WHERE idx=3"
+        ).fetchone()
+        recorded = json.loads(con.execute("SELECT value FROM meta WHERE key='model_identity'").fetchone()[0])
+    assert list(row) == expected["resumed_candidate"]["row"]
+    assert "scheme" not in recorded  # the run's record is kept as that release wrote it
+    assert ensemble(old_run, [1, 2], 3, progress=False)["ensembles"]
+    out = export_candidate(old_run, 1, tmp_path / "exported")
+    assert json.loads((out / "thickets_recipe.json").read_text())["run"]["index"] == expected["export_rank_1"]["index"]
+
+
+def _change_a_weight(model: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+
+
+def _change_the_architecture(model: Path) -> None:
+    path = model / "config.json"
+    path.write_text(path.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+
+
+@pytest.mark.parametrize("change", [_change_a_weight, _change_the_architecture])
+def test_an_old_run_refuses_its_model_once_a_weight_or_the_architecture_changed(fixture_run, change, tmp_path):
+    old_run = fixture_run[0]
+    model = old_run.parent / "model"
+    _resave_as_a_later_release(model)
+    change(model)
+    before = (old_run / DB_NAME).read_bytes()
+    old = read_config(old_run)
+    with pytest.raises(ThicketsError, match="has changed since run"):
+        search(SearchConfig(**{**old.__dict__, "noise_version": 2, "population": 4}), old_run, progress=False)
+    with pytest.raises(ThicketsError, match="has changed since run"):
+        ensemble(old_run, [1, 2], 3, progress=False)
+    with pytest.raises(ThicketsError, match="has changed since run"):
+        export_candidate(old_run, 1, tmp_path / "exported")
+    assert (old_run / DB_NAME).read_bytes() == before
+    assert not (tmp_path / "exported").exists()

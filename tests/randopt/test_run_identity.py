@@ -97,3 +97,81 @@ def test_the_versions_of_packages_that_make_the_examples_are_recorded_and_checke
         search(SearchConfig(**{**config.__dict__, "population": 3}), run, progress=False)
     with pytest.raises(ThicketsError, match=r"reasoning-gym is .* now but was 0.0.1"):
         ensemble(run, [1], 3, progress=False)
+
+
+def _rewrite_json(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(dict(reversed(list(data.items()))), indent=4))  # other key order, other layout
+
+
+def _resave_as_another_release(model_dir):
+    """What a re-save of the same model by another library release may change: the configuration's
+    save-time keys and its layout, the safetensors metadata, the tensors' order in the file, sharding."""
+    from safetensors.numpy import load_file, save_file
+
+    def release(data):
+        data["transformers_version"] = "9.9.0"
+        data["torch_dtype"] = data.pop("dtype", "float32")  # transformers 4's name for it
+
+    _rewrite_json(model_dir / "config.json", release)
+    _rewrite_json(model_dir / "generation_config.json", lambda d: d.update(transformers_version="9.9.0"))
+    tensors = load_file(model_dir / "model.safetensors")
+    (model_dir / "model.safetensors").unlink()
+    names = sorted(tensors, reverse=True)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, model_dir / shard, {"format": "np"})
+        weight_map.update(dict.fromkeys(part, shard))
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_a_model_keeps_its_identity_when_another_release_saves_it_again(own_model):
+    from thickets.models import IDENTITY_SCHEME, resolve
+
+    before = resolve(str(own_model))
+    _resave_as_another_release(own_model)
+    after = resolve(str(own_model))
+    assert after.sha256 == before.sha256 and after.scheme == before.scheme == IDENTITY_SCHEME
+    assert len(list(own_model.glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: _rewrite_json(m / "config.json", lambda d: d.update(rms_norm_eps=1e-3)),
+        lambda m: _rewrite_json(m / "config.json", lambda d: d.update(architectures=["LlamaForTokenClassification"])),
+        lambda m: _rewrite_json(m / "generation_config.json", lambda d: d.update(eos_token_id=0)),  # stops elsewhere
+        lambda m: change_weights(m),
+    ],
+    ids=["architecture", "class", "stop-token", "weight"],
+)
+def test_a_changed_weight_or_configuration_field_is_another_model(own_model, change):
+    from thickets.models import resolve
+
+    before = resolve(str(own_model)).sha256
+    change(own_model)
+    assert resolve(str(own_model)).sha256 != before
+
+
+def test_a_run_resumes_once_another_release_saved_its_model_and_refuses_a_changed_one(tmp_path, own_model):
+    config, run = small_run(tmp_path, own_model)
+    with sqlite3.connect(run / DB_NAME) as con:
+        recorded = json.loads(con.execute("SELECT value FROM meta WHERE key='model_identity'").fetchone()[0])
+    assert recorded["scheme"] == "tensors+config-1"
+    _resave_as_another_release(own_model)
+    assert len(search(SearchConfig(**{**config.__dict__, "population": 3}), run, progress=False).ranked) == 3
+    _rewrite_json(own_model / "config.json", lambda d: d.update(rms_norm_eps=1e-3))
+    with pytest.raises(ThicketsError, match="has changed since run"):
+        search(SearchConfig(**{**config.__dict__, "population": 4}), run, progress=False)
+
+
+def test_a_record_from_a_newer_identity_scheme_is_refused_in_one_line(tmp_path, own_model):
+    _, run = small_run(tmp_path, own_model)
+    with sqlite3.connect(run / DB_NAME) as con:
+        recorded = json.loads(con.execute("SELECT value FROM meta WHERE key='model_identity'").fetchone()[0])
+        con.execute("UPDATE meta SET value=? WHERE key='model_identity'", (json.dumps({**recorded, "scheme": "x-9"}),))
+    with pytest.raises(ThicketsError, match=r"identity scheme 'x-9', which this thickets does not know"):
+        ensemble(run, [1], 3, progress=False)

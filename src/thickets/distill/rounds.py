@@ -27,7 +27,7 @@ from thickets.distill.traces import Trace, keep, mode_for
 from thickets.distill.train import TrainSettings, fine_tune
 from thickets.engines import count_tokens
 from thickets.errors import ThicketsError
-from thickets.models import load_tokenizer, resolve
+from thickets.models import IDENTITY_SCHEME, load_tokenizer, resolve
 from thickets.noise import derive_seed
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -203,7 +203,7 @@ def _round(
         "tokens_trained": trained.tokens_trained,
         "train_losses": trained.losses,
         "train_seconds": trained.seconds,
-        "model": {"path": str(trained.model_dir), "sha256": trained.sha256},
+        "model": {"path": str(trained.model_dir), "sha256": trained.sha256, "scheme": IDENTITY_SCHEME},
         "config": asdict(cfg),
         "test": report,
     }

@@ -22,7 +22,7 @@ from thickets.engines import (
     uses_chat_template,
 )
 from thickets.errors import SpecError, ThicketsError
-from thickets.models import ModelIdentity, load_tokenizer, model_limits, parameter_shapes, resolve
+from thickets.models import ModelIdentity, load_tokenizer, model_limits, parameter_shapes, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, PerturbationSpec, check_rank
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.racing import Race
@@ -172,7 +172,8 @@ def check_unchanged(
     """Refuse to go on with a run whose model, data file, reward function, scoring packages or
     validation examples have changed since it began."""
     recorded = store.meta("model_identity")
-    if identity is not None and recorded and recorded["sha256"] != identity.sha256:
+    made_under = (store.meta("versions") or {}).get("transformers")
+    if identity is not None and recorded and not same_model(recorded, identity, made_under):
         raise ThicketsError(
             f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
             f"use the model the run was made with, or a new run folder"

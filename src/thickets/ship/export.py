@@ -19,7 +19,7 @@ import numpy as np
 from thickets.disk import written_whole
 from thickets.engines import load_engine
 from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, resolve
+from thickets.models import ModelIdentity, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
 from thickets.randopt.scoring import load_run_config
 from thickets.randopt.store import RunStore
@@ -140,11 +140,12 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
     with RunStore.open(run_dir, write=False) as store:
         ranked = rank_candidates(store.candidates())
         recorded = store.meta("model_identity") or {}
+        made_under = (store.meta("versions") or {}).get("transformers")
     if not 1 <= rank <= len(ranked):
         raise ThicketsError(f"rank must be between 1 and {len(ranked)} (the candidates in {run_dir}), got {rank}")
     _check_out(Path(out))
     identity = resolve(config.model)
-    if recorded.get("sha256") and identity.sha256 != recorded["sha256"]:
+    if recorded.get("sha256") and not same_model(recorded, identity, made_under):
         raise ThicketsError(
             f"model {config.model} has changed since run {run_dir} was made (content hash differs); "
             f"exporting would not give the run's candidate"
@@ -176,7 +177,7 @@ def export_round(run_dir: str | Path, round_: int, out: str | Path) -> Path:
     out = Path(out)
     _check_out(out)
     source = Path(record["model"]["path"])
-    if resolve(str(source)).sha256 != record["model"]["sha256"]:
+    if not same_model(record["model"], resolve(str(source))):
         raise ThicketsError(f"round {round_}'s model in {source} has changed since the round recorded it")
     with written_whole(out) as tmp:
         for f in source.iterdir():
@@ -209,7 +210,7 @@ def rebuild(recipe_path: str | Path, model: str | None = None) -> tuple[Any, Any
     base = data["base_model"]
     name = model or base["name"]
     identity = resolve(name)
-    if identity.sha256 != base["sha256"]:
+    if not same_model(base, identity, data.get("versions", {}).get("transformers")):
         raise ThicketsError(f"base model {name} is not the one the recipe was made from (content hash differs)")
     m, tok, _ = build(name, spec_from_recipe(data), data.get("dtype", "float32"))
     return m, tok
