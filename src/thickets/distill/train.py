@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, TrainerCallback
-
 from thickets.disk import written_whole
 from thickets.engines import render_prompt
 from thickets.errors import ThicketsError
@@ -59,6 +57,7 @@ def fine_tune(
     try:
         from datasets import Dataset
         from datasets.utils.logging import disable_progress_bar
+        from transformers import PrinterCallback
         from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them lazily
     except ImportError:
         raise ThicketsError("distillation needs TRL: pip install 'thickets[baselines]'") from None
@@ -103,7 +102,7 @@ def fine_tune(
     steps = math.ceil(len(rows) / settings.batch_size) * math.ceil(settings.epochs)
     t0 = time.perf_counter()
     with scratch, bar(f"{label}fine-tune ({'LoRA' if settings.lora else 'full'})", steps, progress) as update:
-        trainer.add_callback(_Progress(update))
+        trainer.add_callback(_progress(update))
         trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict: our bar shows the loss
         trainer.train()
     seconds = time.perf_counter() - t0
@@ -117,15 +116,17 @@ def fine_tune(
     return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
 
 
-class _Progress(TrainerCallback):
-    """Feeds the trainer's steps and loss to our progress bar."""
+def _progress(update: Any) -> Any:
+    """A trainer callback that feeds the trainer's steps and loss to our progress bar (transformers is
+    imported here, not with the module: only fine-tuning needs it)."""
+    from transformers import TrainerCallback
 
-    def __init__(self, update: Any):
-        self.update = update
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                update(advance=1, loss=f"{logs['loss']:.3f}")
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-        if logs and "loss" in logs:
-            self.update(advance=1, loss=f"{logs['loss']:.3f}")
+    return Progress()
 
 
 def _cuda() -> bool:
