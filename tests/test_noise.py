@@ -122,7 +122,10 @@ def test_bad_specs_are_refused():
 PINNED = {
     1: "cd52bdd0ebea44dc27d55e5f0c176d1128c48d83cf4e94a555db70b22ff60b81",
     2: "77f86da4f55fc001ea2fef78e5114b4271087a170422dba20b60b4c4bd754f6b",
+    3: "77f86da4f55fc001ea2fef78e5114b4271087a170422dba20b60b4c4bd754f6b",  # version 2's gaussian stream
 }
+#: version 3's low-rank map, the same bits on every machine (version 2's depends on the BLAS, so is not pinned)
+PINNED_LOWRANK = "343dec513b3f71dd78090500362f7634598d7c0b8f01429129016e8f3c411db2"
 
 
 @VERSIONS
@@ -162,6 +165,26 @@ def test_lowrank_noise_is_exactly_a_rank_r_product_of_stream_factors_with_unit_v
     assert _rank(x) == 4
     big = standard_noise(PerturbationSpec(7, 1.0, "lowrank", rank=16), "w", (2000, 1000))
     assert abs(big.var() - 1) < 0.05  # the full-rank stream's per-entry variance
+
+
+def test_lowrank_products_are_the_same_bits_whatever_the_piece_and_the_blas():
+    from thickets.noise import lowrank_factors, lowrank_product
+
+    spec = PerturbationSpec(5, 1.0, "lowrank", rank=7)
+    name, shape = "model.layers.0.mlp.up_proj.weight", (300, 170)
+    x = standard_noise(spec, name, shape)
+    assert hashlib.sha256(x.tobytes()).hexdigest() == PINNED_LOWRANK
+    a, b = lowrank_factors(5, name, 300, 170, 7)
+    # each entry: the float64 sum of its products in rank order, rounded once (a float64 matmul may reorder)
+    reference = np.zeros((300, 170))
+    for r in range(7):
+        reference += np.outer(a[:, r].astype(np.float64), b[:, r].astype(np.float64))
+    np.testing.assert_array_equal(lowrank_product(a, b), reference.astype(np.float32))
+    for lo, hi in ((0, 1), (3, 5), (17, 300)):  # rows made alone are the rows of the whole
+        np.testing.assert_array_equal(lowrank_product(a[lo:hi], b), lowrank_product(a, b)[lo:hi])
+    # version 2's runs keep their float32 matmul: the same matrix up to its rounding
+    old = standard_noise(PerturbationSpec(5, 1.0, "lowrank", version=2, rank=7), name, shape)
+    np.testing.assert_allclose(old, x, rtol=1e-5, atol=1e-5)
 
 
 def test_lowrank_leaves_vectors_alone_and_slices_like_the_rest():
@@ -312,4 +335,4 @@ def test_relative_specs_are_checked():
         PerturbationSpec(1, 1e-3, "relative", rank=2)
     with pytest.raises(ValueError, match="unknown noise strategy 'relative' for noise version 1"):
         PerturbationSpec(1, 1e-3, "relative", version=1)
-    assert "relative" in STRATEGIES and NOISE_VERSIONS.keys() == {1, 2}  # a strategy, not a version
+    assert "relative" in STRATEGIES and PerturbationSpec(1, 1e-3, "relative", version=2)  # a strategy within 2

@@ -15,6 +15,11 @@ makes only its piece). Two versions of the map exist; a run records which it was
    share a table the same way; keying every 4096-element window (not one offset per perturbation)
    keeps streams apart: two windows coincide in part with probability about 2^-12 per pair.
 
+3. Version 2's gaussian and relative maps unchanged; the low-rank product A @ B.T made the same on
+   every machine (lowrank_product): version 2 took it from a float32 matrix multiply, whose blocking
+   and use of fused multiply-adds depend on the BLAS, the CPU and the shape of the piece made, so two
+   machines (or two piece sizes on one) could give an expert weights a rounding apart.
+
 Strategies are maps within a version: (2, "gaussian") is the one above; (2, "lowrank") multiplies
 two slices of the same stream; (2, "relative") scales the gaussian stream of each tensor by that
 tensor's RMS (tensor_scale). Adding a strategy changes no existing (version, strategy) map, so it
@@ -45,9 +50,10 @@ from thickets.errors import SpecError
 NOISE_VERSIONS = {
     1: "thickets-noise-1 (philox4x64 per name, 2^20-element chunks, numpy ziggurat float32)",
     2: "thickets-noise-2 (keyed 4096-element windows of one 2^25-entry float32 normal table)",
+    3: "thickets-noise-3 (version 2's table; low-rank products summed in float64 in rank order, rounded once)",
 }
 #: what new runs use
-NOISE_VERSION = 2
+NOISE_VERSION = 3
 CHUNK = 1 << 20  # version 1's chunk; also the unit add_noise_ hands to a thread
 WINDOW = 1 << 12
 TABLE_SIZE = 1 << 25
@@ -215,8 +221,20 @@ def lowrank_factors(seed: int, name: str, rows: int, cols: int, rank: int) -> tu
     return a, b
 
 
+def lowrank_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b.T in float32, the same bits on every machine and library: each product of two float32s is
+    exact in float64, the products are summed in float64 in rank order, and the sum is rounded once.
+    (A float32 matmul's order of summation and fused multiply-adds depend on the BLAS and the shape.)"""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    acc = a64[:, :1] * b64[:, 0]
+    for r in range(1, a.shape[1]):
+        acc += a64[:, r : r + 1] * b64[:, r]
+    return acc.astype(np.float32)
+
+
 def _lowrank(spec: PerturbationSpec, name: str, shape: Sequence[int], start: int, stop: int, out: np.ndarray) -> None:
-    """A @ B.T / sqrt(rank): every entry has unit variance, as in the full-rank stream; vectors get zero."""
+    """A @ B.T / sqrt(rank): every entry has unit variance, as in the full-rank stream; vectors get zero.
+    Version 2 multiplies in float32 by the BLAS; later versions by lowrank_product."""
     mat = matrix_shape(shape)
     if mat is None:
         out[:] = 0
@@ -225,7 +243,8 @@ def _lowrank(spec: PerturbationSpec, name: str, shape: Sequence[int], start: int
     rows, cols = mat
     a, b = lowrank_factors(spec.seed, name, rows, cols, spec.rank)
     r0, r1 = start // cols, -(-stop // cols)
-    block = (a[r0:r1] @ b.T) * np.float32(1 / np.sqrt(spec.rank))
+    product = a[r0:r1] @ b.T if spec.version == 2 else lowrank_product(a[r0:r1], b)
+    block = product * np.float32(1 / np.sqrt(spec.rank))
     out[:] = block.reshape(-1)[start - r0 * cols : stop - r0 * cols]
 
 
@@ -236,6 +255,9 @@ _FILLERS: dict[tuple[int, str], Filler] = {
     (2, "gaussian"): _table_gaussian,
     (2, "lowrank"): _lowrank,
     (2, "relative"): _table_gaussian,  # the gaussian stream; noise_factor() carries the tensor's scale
+    (3, "gaussian"): _table_gaussian,
+    (3, "lowrank"): _lowrank,
+    (3, "relative"): _table_gaussian,
 }
 #: the strategies new runs can choose
 STRATEGIES = tuple(s for v, s in _FILLERS if v == NOISE_VERSION)

@@ -65,13 +65,13 @@ def test_lowrank_weights_on_the_device_are_the_host_noise_and_a_true_rank_r_chan
     for device in DEVICES:
         out = torch.empty_like(base, device=device)
         perturbed_into_(out, base.to(device), spec, "w")
-        np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(out.cpu().numpy(), expected)  # the host's bits, on any device
         s = torch.linalg.svdvals((out.cpu() - base).double())
         assert int((s > 1e-3 * s[0]).sum()) == 3  # rank 3, up to the rounding of base + delta
 
 
 def test_lowrank_pieces_of_rows_change_nothing(monkeypatch):
-    spec = PerturbationSpec(12, 1e-2, "lowrank", rank=2)
+    spec = PerturbationSpec(12, 1e-2, "lowrank", rank=5)
     base = torch.randn(64, 40)
     whole = torch.empty_like(base)
     perturbed_into_(whole, base, spec, "w")

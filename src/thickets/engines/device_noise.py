@@ -89,7 +89,7 @@ def lowrank_factors_on(spec: PerturbationSpec, name: str, shape: Sequence[int], 
     r = spec.rank
     a = stream_on(spec.seed, name, 0, rows * r, device).view(rows, r)
     b = stream_on(spec.seed, name, rows * r, (rows + cols) * r, device).view(cols, r)
-    return LowRank(a, b, float(np.float32(1 / np.sqrt(r))), spec.sigma)
+    return LowRank(a, b, float(np.float32(1 / np.sqrt(r))), spec.sigma, exact=spec.version >= 3)
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,22 @@ class LowRank:
     b: torch.Tensor
     inv_sqrt_rank: float
     sigma: float
+    exact: bool = True  #: the product as noise.lowrank_product makes it (version 3 on), else a float32 matmul
 
     def to(self, dtype: torch.dtype) -> LowRank:
-        return LowRank(self.a.to(dtype), self.b.to(dtype), self.inv_sqrt_rank, self.sigma)
+        return LowRank(self.a.to(dtype), self.b.to(dtype), self.inv_sqrt_rank, self.sigma, self.exact)
 
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi of delta, float32, in the order of operations noise.noise uses."""
-        block = self.a[lo:hi] @ self.b.T
+        a = self.a[lo:hi]
+        if not self.exact:
+            block = a @ self.b.T
+        else:  # noise.lowrank_product: exact float64 products, summed in rank order, rounded once
+            a64, b64 = a.double(), self.b.double()
+            acc = a64[:, :1] * b64[:, 0]
+            for r in range(1, a.shape[1]):
+                acc.addcmul_(a64[:, r : r + 1], b64[:, r])  # fused or not, the same: the product is exact
+            block = acc.float()
         return block.mul_(self.inv_sqrt_rank).mul_(self.sigma)
 
 
