@@ -5,7 +5,8 @@ maximises) and correctness (what accuracy and the ensemble count) are kept apart
 some tasks give partial credit or a format bonus that must never count as "correct".
 
 `Task` names every hook the rest of thickets may use, each with a default, so no caller
-probes a task for attributes. `extract` is the gold-free half of `score`: the answer and vote key
+probes a task for attributes. `duplicate_key` says which examples are one question, so the train
+split holds no near-copy of a held-out one. `extract` is the gold-free half of `score`: the answer and vote key
 of a completion to a prompt that has no reference answer (a user's own prompt, answered by a vote
 of several models); wherever the key does not depend on the example, a task's `extract` gives what
 its `score` does. A task written without the base class (any object with `name`,
@@ -14,6 +15,8 @@ its `score` does. A task written without the base class (any object with `name`,
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,7 +27,7 @@ from thickets.tasks.extract import last_tag, normalise
 
 @dataclass(frozen=True)
 class Example:
-    """One task instance. `id` is stable across runs and used to keep splits disjoint."""
+    """One task instance. `id` is stable across runs and names the example in the run store."""
 
     id: str
     prompt: str
@@ -92,6 +95,12 @@ class Task:
         """Extract, check and reward one completion. Must be fast on adversarial text."""
         raise NotImplementedError
 
+    def duplicate_key(self, example: Example) -> str:
+        """Equal for examples that are one question asked twice, so the train split can leave out every
+        near-copy of a validation or test question. The default: the prompt as `duplicate_text` reads
+        it; a task with other equivalences (numbers that commute) overrides this."""
+        return duplicate_text(example.prompt)
+
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         """(answer, vote key) of a completion, with no gold answer to judge it by: what a vote of
         answers to a user's own prompt needs. (None, None) when nothing can be extracted.
@@ -141,6 +150,11 @@ class _Adapted(Task):
         result: Score = self.inner.score(example, completion)
         return result
 
+    def duplicate_key(self, example: Example) -> str:
+        if hasattr(self.inner, "duplicate_key"):
+            return str(self.inner.duplicate_key(example))
+        return super().duplicate_key(example)
+
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         if hasattr(self.inner, "extract"):
             answer, key = self.inner.extract(completion)
@@ -161,6 +175,16 @@ class _Adapted(Task):
             result: Example = self.inner.example_from_row(row)
             return result
         return super().example_from_row(row)
+
+
+#: sentence punctuation; a '.', ',' or ':' between two digits is part of a number and stays
+_PUNCTUATION = re.compile(r"[!?;\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb\u2026\u00bf\u00a1]|(?<!\d)[.,:]|[.,:](?!\d)")
+
+
+def duplicate_text(text: str) -> str:
+    """A text as a duplicate key: Unicode forms, case, whitespace and sentence punctuation do not make
+    two questions different; operators, brackets and the digits of a number do."""
+    return normalise(_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text)))
 
 
 def tagged_answer(completion: str) -> tuple[str | None, str | None]:

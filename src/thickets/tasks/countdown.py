@@ -85,6 +85,10 @@ class CountdownTask(Task):
                 data={"numbers": numbers, "target": target},
             )
 
+    def duplicate_key(self, example: Example) -> str:
+        """The sorted numbers and the target: the same puzzle whatever order the numbers are shown in."""
+        return f"{','.join(map(str, sorted(example.data['numbers'])))}->{example.data['target']}"
+
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         """The last <answer> and, when it is an equation, its key "sorted numbers=value".
 

@@ -36,8 +36,10 @@ class GymNumberTask(Task):
     system_prompt: str | None = None
     packages = ("reasoning-gym",)  # generates the examples
 
-    def __init__(self, name: str, dataset: str, description: str, **config: Any):
+    def __init__(self, name: str, dataset: str, description: str, *, commutes: bool = False, **config: Any):
+        """`commutes`: the question is its numbers in any order (a product), so "8 * 2" repeats "2 * 8"."""
         self.name, self.dataset, self.description, self.config = name, dataset, description, config
+        self.commutes = commutes
 
     def examples(self, seed: int) -> Iterator[Example]:
         import reasoning_gym
@@ -50,6 +52,12 @@ class GymNumberTask(Task):
                 prompt=entry["question"],
                 data={"answer": str(entry["answer"]).strip()},
             )
+
+    def duplicate_key(self, example: Example) -> str:
+        """The sorted numbers of the question when they commute, else the default."""
+        if not self.commutes:
+            return super().duplicate_key(example)
+        return "*".join(map(str, sorted(int(n) for n in _NUMBER.findall(example.prompt))))
 
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         """The extracted number, which is its own vote key."""
@@ -70,6 +78,7 @@ def products() -> GymNumberTask:
         "products",
         "products",
         "multiply two 1-2 digit numbers (reasoning-gym products); exact match of the number given",
+        commutes=True,
         min_digits=1,
         max_digits=2,
     )
