@@ -198,3 +198,45 @@ def test_kill_9_during_a_round_then_the_same_command_finishes_it_with_the_same_t
         assert (round_dir / name).read_text() == (twin / "distill" / "round-1" / name).read_text()
     assert resumed["model"]["sha256"] == whole["model"]["sha256"]
     assert resumed["test"] == whole["test"]
+
+
+@pytest.mark.parametrize(
+    "round_2",
+    [("banana", "blueberry", "blackberry"), ("banana", "banana", "blueberry"), ("", "", "")],
+    # as-many-new-as-old: dropping round 1's traces for round 2's left the count unchanged, once taken for none
+    ids=["new-outvote-old", "as-many-new-as-old", "nothing-new"],
+)
+def test_vote_mode_keeps_earlier_rounds_traces_whatever_later_experts_vote(run, monkeypatch, round_2):
+    """Round 2's experts answer b to every question (or nothing), against the a that round 1's experts agreed
+    on: round 1's traces stay in round 2's training set, and round 2 keeps (and counts) its own b traces
+    beside them; with none, it trains on round 1's alone."""
+    from thickets.distill import rounds
+    from thickets.noise import derive_seed
+
+    script = {1: ("apple", "avocado", "cherry"), 2: round_2}  # each expert's answer (the vote key: its first letter)
+    expert = {derive_seed(b"distill", 0, r, k): (r, k) for r in script for k in (1, 2, 3)}
+
+    def answers(engine, task, train, config, cfg, seed):  # instead of the perturbed tiny model's answers
+        r, k = expert[seed]
+        text = script[r][k - 1]
+        return [(ex.id, 0, text, s) for ex, s in zip(train, task.score_batch(train, [text] * len(train)))]
+
+    trained: list[list[str]] = []
+    fine_tune = rounds.fine_tune
+
+    def spy(model, pairs, *args, **kwargs):
+        trained.append(sorted(completion for _, completion, _ in pairs))
+        return fine_tune(model, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(rounds, "_answers", answers)
+    monkeypatch.setattr(rounds, "fine_tune", spy)
+    cfg = DistillConfig(rounds=2, filter="vote", **dict(SMALL, top_k=3))
+    first, second = distill(run, cfg, progress=False)
+    n = cfg.train_size
+    assert first["mode"] == "vote" and trained[0] == sorted(["apple", "avocado"] * n)
+    new = sorted({text for text in round_2 if text})
+    assert trained[1] == sorted(["apple", "avocado", *new] * n)
+    kept = [json.loads(line) for line in (run / "distill" / "round-2" / "kept.jsonl").open()]
+    assert sorted(k["completion"] for k in kept) == trained[1]
+    assert second["kept_this_round"] == len(new) * n and second["kept_total"] == len(trained[1])
+    assert second["share_kept"] == len(new) / 3

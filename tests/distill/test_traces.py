@@ -53,3 +53,19 @@ def test_modes_follow_what_the_task_can_check():
         mode_for(prompts_only, "gold")
     with pytest.raises(ThicketsError, match="gives no vote keys"):
         keep([T("q", 1, None)], "vote", 8)
+
+
+def test_traces_kept_in_earlier_rounds_stay_do_not_vote_and_count_towards_the_cap_and_the_texts():
+    earlier = [T("q1", 0, "4", text="four"), T("q1", 0, "4", text="4"), T("q2", 0, "7")]
+    new = [
+        T("q1", 1, "5", text="four"),  # this round's experts vote 5 on q1, against the two earlier 4s;
+        T("q1", 2, "5"),  # an earlier text is not kept twice, and the earlier two leave room for one
+        T("q1", 3, "5"),
+        T("q2", 1, "8"),
+        T("q2", 2, "8"),
+        T("q3", 1, None),  # no key among the new traces of q3; the earlier traces have keys
+    ]
+    kept = keep(new, "vote", max_per_question=3, earlier=earlier)
+    assert [(t.example_id, t.expert_rank) for t in kept] == [("q1", 2), ("q2", 1), ("q2", 2)]
+    assert keep(new, "gold", max_per_question=8, earlier=earlier) == []  # none correct; the earlier stay all the same
+    assert keep([T("q3", 1, None)], "vote", 8, earlier=earlier) == []

@@ -6,7 +6,8 @@ at any point goes on from its last finished piece when the same command runs aga
 
     search/          the round's search (round 1: the run folder itself), around the previous round's model
     traces-K.jsonl   expert K's answers to the train split, scored (one file per expert)
-    kept.jsonl       the traces trained on: this round's and the earlier rounds' kept, at most M a question
+    kept.jsonl       the traces trained on: the earlier rounds' kept (expert rank 0), which stay, then this
+                     round's new ones, judged by this round's experts alone; at most M a question
     model/           the fine-tuned model (merged), a plain Hugging Face folder
     round.json       the round's record: traces, share kept, tokens generated and trained, the model's
                      path and hash, and the test report (original base, the round's top-K vote, the model)
@@ -41,7 +42,8 @@ from thickets.tasks.splits import make_splits, make_train_split
 
 
 class NothingKept(ThicketsError):
-    """A round whose experts wrote no trace worth keeping: it stops before training on nothing."""
+    """A round with nothing to train on: its experts wrote no trace worth keeping and no earlier round kept
+    one (so round 1, in practice). A later round without new traces still trains on the earlier rounds'."""
 
     def __init__(self, message: str, traces: int, tokens_generated: int):
         super().__init__(message)
@@ -83,7 +85,7 @@ def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -
         else:
             record = _round(r, folder, run_dir, config, model, task, train, mode, cfg, kept_before, progress)
         records.append(record)
-        # earlier rounds' traces come first when a question has more than M (rank 0: before every expert)
+        # traces kept so far: they stay in every later round (rank 0: kept in an earlier round)
         kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
         model = record["model"]["path"]
     plot_rounds(records, run_dir / "distill" / "accuracy_by_round.png")
@@ -154,9 +156,10 @@ def _round(
             update(traces=len(traces))
     del engine  # the fine-tune loads the model again, for training
 
-    # 3. keep the good ones (earlier rounds' first), at most M a question
-    kept = keep(kept_before + traces, mode, cfg.max_traces)
-    if len(kept) == len(kept_before):
+    # 3. keep this round's good ones besides the earlier rounds', which stay, at most M a question
+    new = keep(traces, mode, cfg.max_traces, earlier=kept_before)
+    kept = kept_before + new
+    if not kept:
         good = "correct" if mode == "gold" else "agreeing with the vote"
         raise NothingKept(
             f"round {r} kept no new traces ({len(traces)} generated, none {good}); nothing was trained",
@@ -195,9 +198,9 @@ def _round(
         "search_dir": str(search_dir),
         "experts": [c.idx for c in experts],
         "traces": len(traces),
-        "kept_this_round": len(kept) - len(kept_before),
+        "kept_this_round": len(new),
         "kept_total": len(kept),
-        "share_kept": (len(kept) - len(kept_before)) / max(1, len(traces)),
+        "share_kept": len(new) / max(1, len(traces)),
         "questions_covered": len({t.example_id for t in kept}),
         "tokens_generated": tokens_generated,
         "tokens_trained": trained.tokens_trained,

@@ -6,6 +6,9 @@ cannot (a prompts-only task scored by a user's reward: "vote" mode), when its an
 top-K experts' majority vote on that question (their greedy answers, or all their samples). Either
 way at most `max_per_question` traces of a question are kept, the best-ranked experts' first, and a
 question's traces never repeat the same text: the fine-tune would only weigh it twice.
+
+Across rounds, a trace once kept stays kept: each round judges only its own experts' traces (in vote
+mode, by their vote alone), so a later round adds traces but never drops what an earlier one kept.
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ def vote_keys(traces: Iterable[Trace]) -> dict[str, str]:
     return winners
 
 
-def keep(traces: Sequence[Trace], mode: str, max_per_question: int) -> list[Trace]:
-    """The traces to train on, grouped by question in first-seen order, best-ranked expert first."""
+def keep(traces: Sequence[Trace], mode: str, max_per_question: int, earlier: Sequence[Trace] = ()) -> list[Trace]:
+    """The traces to train on besides `earlier` (those kept in earlier rounds, which stay whatever these
+    experts answer, do not vote, and count towards a question's M and its texts), grouped by question in
+    first-seen order, best-ranked expert first."""
     if mode == "vote":
         winners = vote_keys(traces)
-        if not winners and traces:
+        if traces and not any(t.score.vote_key is not None for t in [*earlier, *traces]):
             raise ThicketsError("no trace has an answer that can vote: the task gives no vote keys; use gold mode")
 
         def good(t: Trace) -> bool:
@@ -74,6 +79,8 @@ def keep(traces: Sequence[Trace], mode: str, max_per_question: int) -> list[Trac
     order = {q: i for i, q in enumerate(dict.fromkeys(t.example_id for t in traces))}
     kept: list[Trace] = []
     per_question: dict[str, set[str]] = {}
+    for t in earlier:
+        per_question.setdefault(t.example_id, set()).add(t.completion)
     for t in sorted(traces, key=lambda t: (order[t.example_id], t.expert_rank, t.sample)):
         texts = per_question.setdefault(t.example_id, set())
         if good(t) and len(texts) < max_per_question and t.completion not in texts:
