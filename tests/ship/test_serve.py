@@ -192,6 +192,31 @@ def test_bad_flags_are_refused_before_the_model_loads(run, tmp_path):
         ServeConfig(run_dir=str(run), base=True, rank=2)
 
 
+def test_serve_on_a_port_in_use_or_a_host_that_does_not_resolve_is_refused_in_one_line_before_the_model_loads(
+    run, monkeypatch, capsys
+):
+    import socket
+
+    import thickets.ship.serve.server as serving
+    from thickets.cli.commands import main
+
+    def no_model(*_: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(serving, "engine_for", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run-dir", str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"thickets: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert main(["serve", "--run-dir", str(run), "--host", "no-such-host.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thickets: error: cannot listen on no-such-host.invalid:8000: the host does not resolve")
+    assert err.count("\n") == 1
+
+
 def test_one_expert_or_the_base_alone_answer_as_they_would_by_themselves(run):
     for config, name in (
         (ServeConfig(run_dir=str(run), rank=2), "run-rank2"),

@@ -5,11 +5,13 @@ Bodies are read and checked here (size, JSON, fields) so every bad request gets 
 error shape with one clear message; the vote itself runs on the batcher's worker thread. Answers
 are greedy (a vote of sampled answers would be another method), so sampling fields are accepted and
 ignored, as the response's `thickets` field says. A streamed answer starts once the vote is decided:
-the chosen completion, in pieces, then a last chunk with the vote.
+the chosen completion, in pieces, then a last chunk with the vote; so a vote that fails, or a server
+that stops first, is answered with a 503 in OpenAI's error shape, streamed or not, never an empty 200.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -163,12 +165,26 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             )
         return Settings(max_tokens, tuple(dict.fromkeys(served.task_stop + stops)), special), prompt_tokens
 
-    async def vote(prompt: str, s: Settings) -> Verdict:
+    async def vote(request: Request, prompt: str, s: Settings) -> Verdict:
+        """The verdict, or a 503. A client that hangs up while its request waits cancels it, and the worker
+        leaves cancelled requests out: a request nobody waits for is never generated."""
+        batcher: Batcher = app.state.batcher
+        future = batcher.submit(prompt, s)
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_hung_up(request))
         try:
-            batcher: Batcher = app.state.batcher
-            return await batcher.submit(prompt, s)
+            await asyncio.wait([future, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            unanswered = future.cancel()  # the client left, or this handler was cancelled
+        if unanswered:
+            raise BadRequest(499, "the client closed the connection")  # read by no one
+        try:
+            return future.result()
         except ShuttingDown as e:
-            raise BadRequest(503, str(e)) from None
+            raise BadRequest(503, str(e), code="shutting_down") from None
+        except Exception as e:  # the worker's error: this request's, the server goes on
+            message = " ".join(f"the vote failed: {type(e).__name__}: {e}".split())
+            raise BadRequest(503, message, code="vote_failed") from None
 
     def finish(v: Verdict, s: Settings, user_stops: tuple[str, ...]) -> tuple[str, str, int]:
         """(text without a user's stop string, finish reason, completion tokens)."""
@@ -210,24 +226,20 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": served.name}
-        if req.stream:
-            future = vote(prompt, s)
-
-            async def events() -> AsyncIterator[str]:
-                v = await future
-                text, reason, _ = finish(v, s, req.stops())
-                chunk = {**head, "object": "chat.completion.chunk"}
-                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-                for piece in _pieces(text):
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                yield _sse(
-                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}], "thickets": fields(v)}
-                )
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        v = await vote(prompt, s)
+        v = await vote(request, prompt, s)
         text, reason, tokens = finish(v, s, req.stops())
+        if req.stream:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            return _stream(
+                [
+                    {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
+                    *(
+                        {**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                        for piece in _pieces(text)
+                    ),
+                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}], "thickets": fields(v)},
+                ]
+            )
         return {
             **head,
             "object": "chat.completion",
@@ -252,28 +264,22 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
         s, prompt_tokens = settings(prompt, req.max_tokens, req.stops(), True)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+        v = await vote(request, prompt, s)
+        text, reason, tokens = finish(v, s, req.stops())
         if req.stream:
-            future = vote(prompt, s)
-
-            async def events() -> AsyncIterator[str]:
-                v = await future
-                text, reason, _ = finish(v, s, req.stops())
-                for piece in _pieces(text):
-                    yield _sse(
+            return _stream(
+                [
+                    *(
                         {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
-                    )
-                yield _sse(
+                        for piece in _pieces(text)
+                    ),
                     {
                         **head,
                         "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}],
                         "thickets": fields(v),
-                    }
-                )
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        v = await vote(prompt, s)
-        text, reason, tokens = finish(v, s, req.stops())
+                    },
+                ]
+            )
         return {
             **head,
             "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
@@ -296,5 +302,19 @@ def _pieces(text: str) -> list[str]:
     return _PIECE.findall(text) or [""]
 
 
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
+async def _hung_up(request: Request) -> None:
+    """Returns once the client has gone: after the body, its hang-up is the only message left to receive.
+    (Not `request.is_disconnected()`: under an `http` middleware its cancelled read loses the message.)"""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _stream(chunks: list[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events: each chunk, then [DONE]. Made after the vote, so nothing can fail mid-stream."""
+
+    async def events() -> AsyncIterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -3,8 +3,8 @@ whatever the queue holds (up to max_batch, waiting a few milliseconds for more a
 groups it by generation settings, and answers each group with one Voter call.
 
 The HTTP side awaits an asyncio future per request; a client that goes away cancels its future, and
-the worker leaves cancelled requests out of the next batch. Closing stops taking new work, lets the
-batch in hand finish, and fails whatever is still queued: nothing waits forever.
+the worker leaves cancelled requests out when it comes to them. Closing stops taking new work, gives
+the requests held a grace period, and fails whatever is still waiting then: nothing waits forever.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Job:
 
 
 class ShuttingDown(Exception):
-    """The server is stopping and this request was never started."""
+    """The server is stopping and this request was not answered within the grace period."""
 
 
 _STOP = object()
@@ -63,6 +63,7 @@ class Batcher:
         self.queue: queue.Queue[Any] = queue.Queue()
         self.closed = False
         self.batches = 0
+        self.in_hand: list[Job] = []  # the batch the worker is answering
         self.thread = threading.Thread(target=self._run, name="thickets-voter", daemon=True)
         self.thread.start()
 
@@ -79,17 +80,23 @@ class Batcher:
         return self.queue.qsize()
 
     def close(self, timeout_s: float) -> None:
-        """Stop taking work; the batch in hand finishes (up to timeout_s), queued jobs fail."""
+        """Stop taking work; the jobs held get up to timeout_s to be answered, and those still waiting then
+        (the batch in hand too) fail with ShuttingDown. Closing again does nothing."""
+        if self.closed:
+            return
         self.closed = True
         self.queue.put(_STOP)
         self.thread.join(timeout_s)
+        waiting = list(self.in_hand)
         while True:
             try:
-                item = self.queue.get_nowait()
+                waiting.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-            if isinstance(item, Job):
-                item.settle(ShuttingDown("the server is shutting down"))
+        for job in waiting:
+            if isinstance(job, Job):
+                job.settle(ShuttingDown("the server is shutting down"))
+        self.queue.put(_STOP)  # a worker still busy ends after its batch
 
     def _take(self) -> tuple[list[Job], bool]:
         first = self.queue.get()
@@ -110,11 +117,14 @@ class Batcher:
         stopping = False
         while not stopping:
             batch, stopping = self._take()
-            live = [j for j in batch if not j.future.cancelled()]
+            self.in_hand = batch
             groups: dict[Settings, list[Job]] = {}
-            for j in live:
+            for j in batch:
                 groups.setdefault(j.settings, []).append(j)
-            for settings, jobs in groups.items():
+            for settings, group in groups.items():
+                jobs = [j for j in group if not j.future.cancelled()]  # their clients are gone
+                if not jobs:
+                    continue
                 try:
                     verdicts = self.answer([j.prompt for j in jobs], settings)
                 except Exception as e:  # one bad batch fails its requests, never the worker
@@ -124,3 +134,4 @@ class Batcher:
                 self.batches += 1
                 for j, v in zip(jobs, verdicts):
                     j.settle(v)
+            self.in_hand = []

@@ -1,12 +1,15 @@
 """`thickets serve`: a run folder's experts behind an OpenAI-compatible endpoint.
 
-Everything a bad flag can break (the run, K, the rank, the model's identity) is checked before the
-model loads; then the engine loads once and uvicorn serves until stopped (Ctrl-C or SIGTERM), giving
-in-flight requests `graceful_shutdown_s` to finish.
+Everything a bad flag can break (the address, the run, K, the rank, the model's identity) is checked
+before the model loads; then the engine loads once and uvicorn serves until stopped (Ctrl-C or
+SIGTERM), giving in-flight requests `graceful_shutdown_s` to finish.
 """
 
 from __future__ import annotations
 
+import math
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,30 +80,56 @@ def build(config: ServeConfig) -> FastAPI:
     return make_app(served, config, answer)
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse in one line an address uvicorn could not listen on (it would log a traceback and exit 3):
+    each of the host's addresses is bound as asyncio would bind it, then let go."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ThicketsError(f"cannot listen on {host}:{port}: the host does not resolve ({e})") from None
+    for family, kind, proto, _, address in found:
+        try:
+            s = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks: asyncio skips it too
+            continue
+        with s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does: TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(address)
+            except OSError as e:
+                raise ThicketsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def _uvicorn(app: FastAPI, config: ServeConfig, host: str, port: int, log_level: str) -> Any:
+    """uvicorn's server, closing the batcher as soon as shutdown starts (the lifespan's shutdown comes only
+    once every connection has ended): requests still waiting after `graceful_shutdown_s` get a 503, a few
+    seconds before uvicorn's own limit would cut them off."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            close = app.state.batcher.close
+            threading.Thread(target=close, args=(config.graceful_shutdown_s,), daemon=True).start()
+            await super().shutdown(sockets)
+
+    limit = math.ceil(config.graceful_shutdown_s) + 5
+    return Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=limit))
+
+
 class InThread:
     """The server in a thread of this process, on a free loopback port (notebooks, load tests, tests);
-    `stop()` shuts it down as Ctrl-C would."""
+    `stop()` shuts it down as Ctrl-C would. `app`: one made by `make_app` (tests serve a scripted vote)."""
 
-    def __init__(self, config: ServeConfig, start_timeout_s: float = 120.0):
-        import socket
-        import threading
+    def __init__(self, config: ServeConfig, start_timeout_s: float = 120.0, app: FastAPI | None = None):
         import time
 
-        import uvicorn
-
-        self.app = build(config)
+        self.app = app or build(config)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                timeout_graceful_shutdown=int(config.graceful_shutdown_s),
-            )
-        )
+        self.server = _uvicorn(self.app, config, "127.0.0.1", self.port, "warning")
         self.thread = threading.Thread(target=self.server.run, name="thickets-serve", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + start_timeout_s
@@ -119,13 +148,8 @@ class InThread:
 
 
 def serve(config: ServeConfig) -> None:
-    import uvicorn
-
-    app = build(config)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        timeout_graceful_shutdown=int(config.graceful_shutdown_s),
-        log_level="info",
-    )
+    check_address(config.host, config.port)
+    server = _uvicorn(build(config), config, config.host, config.port, "info")
+    server.run()
+    if not server.started:
+        raise ThicketsError(f"the server did not start on {config.host}:{config.port} (uvicorn's log above says why)")
