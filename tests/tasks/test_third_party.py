@@ -84,7 +84,7 @@ MODES = ["namespace", "process"] if isolation() == "namespace" else ["process"]
 def sandbox(request):
     from thickets.tasks.code.sandbox import ScorerSandbox
 
-    box = ScorerSandbox(timeout_s=2.0, mode=request.param)
+    box = ScorerSandbox(cpu_s=2, mode=request.param)
     yield box
     box.close()
 

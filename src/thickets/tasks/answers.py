@@ -9,6 +9,7 @@ runs in C and no timeout can interrupt it.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from fractions import Fraction
@@ -170,13 +171,22 @@ def latex_is_safe(s: str) -> bool:
 
 def parse_latex(answer: str) -> list[Any] | None:
     """math-verify's parse of a reference answer (trusted text from the user's data), or None if
-    unparsable or unsafe. Model answers never go through this: they are parsed in the scorer sandbox."""
+    unparsable or unsafe. Model answers never go through this: they are parsed in the scorer sandbox.
+
+    Without math-verify's timeout: it is a wall clock (SIGALRM), so a busy machine or a cold first
+    parse refused good references; the guard above is what bounds the work."""
     if not answer or not latex_is_safe(answer):
         return None
     from math_verify import parse
 
-    parsed = parse("\\boxed{" + answer + "}", parsing_timeout=1)
+    logging.getLogger("math_verify.parser").addFilter(_timeout_off)  # once: the same filter is not added twice
+    parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
     return parsed or None
+
+
+def _timeout_off(record: logging.LogRecord) -> bool:
+    """Drop math-verify's warning that its timeout is off: off on purpose (parse_latex)."""
+    return not record.getMessage().startswith("Timeout is disabled")
 
 
 # -- multiple choice ---------------------------------------------------------------------------

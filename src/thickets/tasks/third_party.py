@@ -4,18 +4,25 @@ reasoning-gym's scorers for several tasks call eval() on the answer (string_inse
 spiral_matrix, binary_matrix, n_queens, ...) and others hang on `9**9**9**9` (countdown,
 puzzle24); math-verify hands some answers to sympy's parse_expr, which is eval() too. The
 functions below are what a child of `sandbox.ScorerSandbox` runs: each call in a fresh fork,
-with CPU, memory and wall-clock limits. Their inputs from our side (datasets, entries, gold
-answers) are trusted; the answer is not. They return plain JSON values.
+with CPU and memory limits (the wall clock only a backstop). Their inputs from our side (datasets,
+entries, gold answers) are trusted; the answer is not. They return plain JSON values.
+
+A verdict is a function of the task, the example and the answer alone: the `*_warm` functions do in
+the zygote, before any limit, all that a first call does once (imports, caches), so no child pays
+for it inside its CPU limit, and math-verify's own wall-clock timeouts are off everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 from typing import Any
 
 from thickets.tasks.code.sandbox import Outcome, scorer_sandbox
 
+log = logging.getLogger(__name__)
 _GYM: dict[tuple[str, str], Any] = {}
 
 
@@ -29,8 +36,11 @@ def _gym_dataset(dataset: str, config_json: str) -> Any:
 
 
 def gym_warm(dataset: str, config_json: str) -> None:
-    """In the zygote: import reasoning-gym and build the scorer once, for every child to inherit."""
-    _gym_dataset(dataset, config_json)
+    """In the zygote: import reasoning-gym, build the scorer and score a blank answer once (what a
+    scorer imports or caches on its first call), for every child to inherit."""
+    ds = _gym_dataset(dataset, config_json)
+    with contextlib.suppress(Exception):  # a scorer that refuses a blank answer has still warmed up
+        ds.score_answer("", ds[0])
 
 
 def gym_score(dataset: str, config_json: str, answer: str, entry: dict[str, Any]) -> float:
@@ -38,9 +48,11 @@ def gym_score(dataset: str, config_json: str, answer: str, entry: dict[str, Any]
 
 
 def math_warm() -> None:
-    """In the zygote: import math-verify and sympy once, for every child to inherit."""
+    """In the zygote: import math-verify and sympy and score one answer (math-verify's first parse
+    imports more and builds its grammar and patterns), for every child to inherit."""
     for module in ("math_verify", "sympy"):
         importlib.import_module(module)
+    math_score("\\frac{1}{2}", "0.5")
 
 
 def math_score(gold: str, answer: str) -> dict[str, Any]:
@@ -83,7 +95,13 @@ def math_key(expr: Any) -> str:
 
 def sandboxed(target: str, calls: list[tuple[Any, ...]]) -> list[Outcome]:
     """Run `thickets.tasks.third_party:<target>` on each args tuple in the shared scorer sandbox."""
-    return scorer_sandbox().call_many(f"{__name__}:{target}", calls)
+    outcomes = scorer_sandbox().call_many(f"{__name__}:{target}", calls)
+    for out in outcomes:
+        if not out.ok and str(out.error).startswith("crashed"):
+            log.warning(
+                "scorer %s crashed twice on one answer (%s): the answer counts as unreadable", target, out.error
+            )
+    return outcomes
 
 
 def warm(target: str, *args: Any) -> None:

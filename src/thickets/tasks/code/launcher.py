@@ -14,8 +14,10 @@ after the script returns normally, so a program that exits early (``sys.exit(0)`
 "server": a scorer zygote. It imports the modules it is asked to warm, then for each request
 forks a child that runs one call of a third-party scorer on model output with CPU, memory and
 process limits, stdin/stdout closed, and answers over a pipe of its own. The zygote waits with a
-wall clock, kills a child that runs over, and sends the parent one JSON line per call. Each call
-runs in a fresh fork, so nothing one answer does (monkeypatching the scorer, say) reaches the next.
+wall-clock backstop, kills a child that runs past it, and sends the parent one JSON line per call.
+Each call runs in a fresh fork, so nothing one answer does (monkeypatching the scorer, say) reaches
+the next. A child that dies without an answer and without using up its CPU time (killed from outside:
+the OOM killer, say) is run once more before its crash is reported.
 """
 
 from __future__ import annotations
@@ -243,8 +245,8 @@ def _call_in_child(
     return pid, r
 
 
-def _wait_child(pid: int, r: int, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
+def _wait_child(pid: int, r: int, wall_s: float, cpu_s: int) -> dict[str, Any]:
+    deadline = time.monotonic() + wall_s
     data: list[bytes] = []
     timed_out = False
     while True:
@@ -263,9 +265,11 @@ def _wait_child(pid: int, r: int, timeout_s: float) -> dict[str, Any]:
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)):
-        return {"ok": False, "error": "timeout"}
+    _, status, usage = os.wait4(pid, 0)
+    signalled = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+    spent = usage.ru_utime + usage.ru_stime
+    if timed_out or signalled == signal.SIGXCPU or (signalled == signal.SIGKILL and spent >= cpu_s):
+        return {"ok": False, "error": "timeout"}  # SIGKILL at the hard CPU limit, when SIGXCPU was caught
     try:
         out = json.loads(b"".join(data))
     except ValueError:
@@ -314,11 +318,14 @@ def _serve(config: dict[str, Any], no_network: bool) -> NoReturn:
             except Exception as e:
                 reply({"ok": False, "error": "warm-up failed: %r" % (e,)})
             continue
-        timeout_s, cpu_s, memory_mb, calls = payload
+        wall_s, cpu_s, memory_mb, calls = payload
         results = []
         for args in calls:
-            pid, r = _call_in_child(fn, args, cpu_s, memory_mb, no_network)
-            results.append(_wait_child(pid, r, timeout_s))
+            for _ in range(2):  # a crash that is no verdict on the answer gets one more try
+                out = _wait_child(*_call_in_child(fn, args, cpu_s, memory_mb, no_network), wall_s, cpu_s)
+                if not str(out.get("error", "")).startswith("crashed"):
+                    break
+            results.append(out)
         reply({"ok": True, "value": results})
 
 

@@ -35,7 +35,11 @@ returned normally. Exit status 0 alone proves nothing (`sys.exit(0)` before the 
 
 `ScorerSandbox` runs third-party scorers (reasoning-gym, math-verify) on model output the same
 way: a zygote process in the same jail (with the Python packages bound read-only) forks one
-child per answer, with CPU, memory and wall-clock limits, and answers in JSON.
+child per answer, with CPU and memory limits, and answers in JSON.
+
+A verdict must not depend on how busy the machine is: the limits that stop a hostile answer count
+CPU time, and the wall clock is only a backstop (`wall_backstop`) far enough past the CPU limit that
+only a program that sleeps or blocks meets it, whatever the load.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from thickets.errors import ThicketsError
 from thickets.tasks.code.pipes import end, import_root, read_line, send
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ _SETUP_FAILED = 125  # the launcher's exit status when it could not build the sa
 _SCRATCH_MB = 64  # size of the tmpfs the child may write to (namespace mode)
 _UNSHARE = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--propagation", "private")
 _LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+_WARM_S = 600.0  # a hang guard on trusted set-up (cold imports on a busy machine), no limit on answers
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,12 @@ class SandboxResult:
     returncode: int | None
     stdout: str
     stderr: str
+
+
+def wall_backstop(cpu_s: float) -> float:
+    """The wall clock that ends a run whose CPU time stays under `cpu_s` (it sleeps or blocks): a busy
+    machine, four runs to a core, still finishes a run that needs all of its CPU time well before it."""
+    return 10.0 + 4.0 * cpu_s
 
 
 def _read_capped(path: Path, max_output: int) -> str:
@@ -264,33 +276,42 @@ def run_python(
 
 @dataclass(frozen=True)
 class Outcome:
-    """One sandboxed call: `value` when `ok`, else `error` ("timeout", "memory", "raised ...", "crashed ...")."""
+    """One sandboxed call: `value` when `ok`, else `error` ("timeout", "memory", "raised ...", "crashed ...").
+
+    "timeout" is the CPU limit (or the wall backstop: the call slept or blocked); a call that crashed for
+    any other reason (killed from outside, say) was already run a second time."""
 
     ok: bool
     value: Any = None
     error: str | None = None
 
 
-class ScorerSandboxError(RuntimeError):
-    """The scorer sandbox itself failed (not a verdict on an answer)."""
+class ScorerSandboxError(ThicketsError):
+    """The scorer sandbox itself failed: an error in one line, never a verdict on an answer."""
 
 
 def _import_roots() -> list[str]:
-    """The folders the zygote imports from: the folder holding thickets and this interpreter's path."""
-    here = import_root()
-    return [here] + [p for p in sys.path if p and os.path.isdir(p) and p != here]
+    """The folders the zygote imports from: the folder holding thickets and this interpreter's path, each by
+    its real path, the one the jail binds (a virtual environment reached through a link is not there under
+    the link's name)."""
+    roots = [import_root()]
+    for p in sys.path:
+        if p and os.path.isdir(p) and (real := os.path.realpath(p)) not in roots:
+            roots.append(real)
+    return roots
 
 
 class ScorerSandbox:
     """A zygote in the sandbox that runs `module:function` on untrusted input, one fork per call.
 
-    `call_many(target, [args, ...])` returns one Outcome per args; a call that hangs costs at most
-    `timeout_s` and is reported as a timeout. `warm(target, args)` runs a trusted set-up function in
-    the zygote itself (imports, building a dataset), so every later child starts from it.
+    `call_many(target, [args, ...])` returns one Outcome per args; a call gets `cpu_s` of CPU time and
+    ends as a timeout past it, or past `wall_backstop(cpu_s)` of wall clock. `warm(target, args)` runs a
+    trusted set-up function in the zygote itself (imports, building a dataset, a first call that fills
+    the caches), before any limit, so every later child starts from it.
     """
 
-    def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 2048, mode: str | None = None):
-        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+    def __init__(self, *, cpu_s: int = 5, memory_mb: int = 2048, mode: str | None = None):
+        self.cpu_s, self.wall_s, self.memory_mb = cpu_s, wall_backstop(cpu_s), memory_mb
         self.mode = mode or isolation()
         self._proc: subprocess.Popen[bytes] | None = None
         self._run_dir: Path | None = None
@@ -323,7 +344,7 @@ class ScorerSandbox:
             close_fds=True,
         )
         for target, args in self._warmed:
-            self._request("warm", target, args, 120.0)
+            self._request("warm", target, args, _WARM_S)
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -349,7 +370,7 @@ class ScorerSandbox:
             raise ScorerSandboxError("the scorer sandbox did not answer")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise ScorerSandboxError(reply.get("error", "the scorer sandbox failed"))
+            raise ScorerSandboxError(f"the scorer sandbox failed: {reply.get('error', 'no reason given')}")
         return reply["value"]
 
     def warm(self, target: str, args: Sequence[Any] = ()) -> None:
@@ -360,19 +381,20 @@ class ScorerSandbox:
                 return
             self._warmed.append(key)
             if self._proc is not None:
-                self._request("warm", target, tuple(args), 120.0)
+                self._request("warm", target, tuple(args), _WARM_S)
 
     def call_many(self, target: str, calls: Sequence[Sequence[Any]]) -> list[Outcome]:
         if not calls:
             return []
-        payload = (self.timeout_s, max(1, int(self.timeout_s + 0.999)), self.memory_mb, [tuple(a) for a in calls])
+        payload = (self.wall_s, self.cpu_s, self.memory_mb, [tuple(a) for a in calls])
+        deadline_s = 60.0 + 2 * len(calls) * (self.wall_s + 1)  # every call at its backstop, twice
         with self._lock:
             for attempt in (0, 1):
                 if self._proc is None or self._proc.poll() is not None:
                     self._stop()
                     self._start()
                 try:
-                    raw = self._request("call", target, payload, 30.0 + len(calls) * (self.timeout_s + 1))
+                    raw = self._request("call", target, payload, deadline_s)
                     break
                 except ScorerSandboxError:
                     self._stop()

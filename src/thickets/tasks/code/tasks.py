@@ -21,7 +21,7 @@ from pathlib import Path
 
 from thickets.errors import ThicketsError
 from thickets.tasks.base import Example, Score, Task
-from thickets.tasks.code.sandbox import run_python
+from thickets.tasks.code.sandbox import run_python, wall_backstop
 from thickets.tasks.registry import task
 
 MAX_CODE_CHARS = 20_000  # an answer longer than this is not run (generation is bounded anyway)
@@ -66,12 +66,20 @@ def extract_program(completion: str) -> tuple[str | None, str | None]:
 
 def score_program(extracted: tuple[str | None, str | None], program: str, timeout_s: float, memory_mb: int) -> Score:
     """The score of an answer `extracted` by `extract_program`: 1.0 when `program` (built around it) runs
-    without error in the sandbox."""
+    without error in the sandbox.
+
+    `timeout_s` is CPU time (the wall clock only a backstop), so a busy machine changes no verdict. A
+    sandbox that could not run the program is tried once more, then an error: never a verdict."""
     answer, key = extracted
     if answer is None:
         return Score(None, None, 0.0, False)
-    result = run_python(program, timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb)
-    return Score(answer, key, 1.0 if result.ok else 0.0, result.ok)
+    cpu_s = max(1, int(timeout_s + 0.999))
+    for _ in range(2):
+        result = run_python(program, timeout_s=wall_backstop(cpu_s), cpu_s=cpu_s, memory_mb=memory_mb)
+        if result.status != "error":
+            return Score(answer, key, 1.0 if result.ok else 0.0, result.ok)
+    reason = result.stderr.strip().rpartition("\n")[2][:200]
+    raise ThicketsError(f"the code sandbox cannot run programs: {reason or 'no reason given'}")
 
 
 _HUMANEVAL_PROMPT = (
