@@ -13,7 +13,7 @@ from thickets.ship.export import RECIPE_NAME, export_candidate, export_spec, reb
 
 
 def _equal_to_perturbed(folder_model, engine, spec):
-    engine.perturb(spec)
+    engine.perturb(spec, merge=True)
     try:
         want = {n: p.detach().clone() for n, p in canonical_parameters(engine.model).items()}
     finally:
@@ -68,10 +68,17 @@ def test_a_lowrank_expert_exports_as_a_peft_adapter_whose_merge_is_the_perturbed
     assert json.loads((out / RECIPE_NAME).read_text())["rank"] == 4
 
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out / "adapter").eval()
-    if family == "qwen2":  # untied: the adapter unmerged answers as the perturbed model does
-        ids = torch.tensor([[5, 17, 42, 9, 33]])
+    ids = torch.tensor([[5, 17, 42, 9, 33]])
+    engine.perturb(spec)  # the expert as thickets scores it: the adapter applied unmerged
+    try:
         with torch.no_grad():
-            torch.testing.assert_close(peft_model(ids).logits, merged_folder(ids).logits, rtol=0, atol=1e-4)
+            scored = engine.model(ids).logits
+    finally:
+        engine.restore()
+    with torch.no_grad():
+        torch.testing.assert_close(scored, merged_folder(ids).logits, rtol=0, atol=1e-4)
+        if family == "qwen2":  # untied: peft's adapter unmerged is the expert thickets scores
+            torch.testing.assert_close(peft_model(ids).logits, scored, rtol=0, atol=1e-5)
     merged = canonical_parameters(peft_model.merge_and_unload())
     want = canonical_parameters(merged_folder)
     base = canonical_parameters(AutoModelForCausalLM.from_pretrained(base_dir))

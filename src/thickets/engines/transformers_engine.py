@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
+from thickets.engines.lowrank_sites import unmerged
 from thickets.engines.population import PopulationBatch
 from thickets.noise import PerturbationSpec, add_noise_, derive_seed, tensor_scale
 
@@ -73,7 +74,8 @@ class TransformersEngine:
     mapped by transformers), never written. The first perturb() allocates one working tensor per
     parameter; every perturb() writes base + sigma * noise into it in one pass and points the
     model's parameters at it; restore() points them back at the base. Two copies of the weights in
-    memory, never three, and no copy-back pass.
+    memory, never three, and no copy-back pass. A low-rank expert (noise version 3 on) writes nothing:
+    its adapter is applied unmerged through forward hooks, which restore() removes.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, fast: bool = True):
@@ -91,6 +93,7 @@ class TransformersEngine:
         self._base = {n: p.data for n, p in self.params.items()}
         self._work: dict[str, torch.Tensor] = {}
         self._touched: list[str] = []
+        self._adapter: PopulationBatch | None = None  # a low-rank expert applied unmerged
         self._scales: dict[str, float] | None = None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -107,9 +110,15 @@ class TransformersEngine:
             }
         return self._scales
 
-    def perturb(self, spec: PerturbationSpec) -> None:
-        if self._touched:
+    def perturb(self, spec: PerturbationSpec, *, merge: bool = False) -> None:
+        """The expert `spec` defines: base + sigma * noise written into the working copy, or, for a low-rank
+        expert of noise version 3 on, its adapter applied unmerged (population.py; nothing is copied).
+        `merge=True` writes the merged weights in any case (an export of the low-rank expert's weights)."""
+        if self._touched or self._adapter is not None:
             raise RuntimeError("perturb() called twice without restore()")
+        if unmerged(spec) and not merge:
+            self._adapter = PopulationBatch(self.model, self.params, [spec])
+            return
         scales = self.tensor_scales() if spec.strategy == "relative" else {}
         names = [
             n
@@ -145,7 +154,7 @@ class TransformersEngine:
         from what was loaded, which may be the model file's pages). ES moves them between
         iterations, and every later perturb() and restore() is relative to where they are. A second
         call is refused: its caller would take moved weights for the loaded ones."""
-        if self._touched:
+        if self._touched or self._adapter is not None:
             raise RuntimeError("own_base() while perturbed")
         if getattr(self, "_owned", False):
             raise RuntimeError("the base weights were already handed to ES; load a fresh engine")
@@ -162,17 +171,22 @@ class TransformersEngine:
         """Hand the current perturbation's weights to the caller, who keeps them (a server's working copy
         of an expert): the next perturb() writes into new buffers, and use() swaps these back in without
         making the noise again. The weights stay perturbed until restore()."""
+        if self._adapter is not None:
+            raise ValueError("a low-rank expert is applied unmerged: it has no weights to hold")
         return {n: self._work.pop(n) for n in self._touched}
 
     def use(self, held: dict[str, torch.Tensor]) -> None:
         """Swap in weights hold() gave out (no copy); restore() brings the base back, as after perturb()."""
-        if self._touched:
+        if self._touched or self._adapter is not None:
             raise RuntimeError("use() called while perturbed")
         for n, t in held.items():
             self.params[n].data = t
         self._touched = list(held)
 
     def restore(self) -> None:
+        if self._adapter is not None:
+            self._adapter.close()
+            self._adapter = None
         for n in self._touched:
             self.params[n].data = self._base[n]
         self._touched = []
@@ -198,7 +212,7 @@ class TransformersEngine:
         """Every expert's greedy completions, out[expert][prompt]: each batch of prompts (batch_size,
         longest first, as generate() cuts them) is one batch of len(specs) x prompts rows through the
         engine's decoder, every row adding its own expert's low-rank products to the shared base ones."""
-        if self._touched:
+        if self._touched or self._adapter is not None:
             raise RuntimeError("generate_population() while perturbed")
         if self.decoder == "generate":
             raise ValueError(f"{type(self.model).__name__} takes transformers' generate, which cannot batch experts")

@@ -22,7 +22,15 @@ from thickets.engines import (
     uses_chat_template,
 )
 from thickets.errors import SpecError, ThicketsError
-from thickets.models import ModelIdentity, load_tokenizer, model_limits, parameter_shapes, resolve, same_model
+from thickets.models import (
+    ModelIdentity,
+    load_tokenizer,
+    local_folder,
+    model_limits,
+    parameter_shapes,
+    resolve,
+    same_model,
+)
 from thickets.noise import NOISE_VERSIONS, PerturbationSpec, check_rank
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.racing import Race
@@ -349,3 +357,7 @@ def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
                     check_rank(spec, name, shape)
                 except SpecError as e:
                     raise ThicketsError(str(e)) from None
+        if spec.version >= 3 and config.engine == "transformers":  # an adapter applied unmerged
+            from thickets.engines.lowrank_sites import check_sites
+
+            check_sites(local_folder(identity), spec.filter.keeps)

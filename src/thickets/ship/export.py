@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-
 from thickets.disk import written_whole
 from thickets.engines import load_engine
 from thickets.errors import ThicketsError
@@ -64,7 +62,7 @@ def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[A
 
     loaded, identity = load_engine(model, dtype=dtype)
     engine = cast("TransformersEngine", loaded)  # load_engine's default engine
-    engine.perturb(spec)  # never restored: this model is the perturbed one
+    engine.perturb(spec, merge=True)  # never restored: this model is the perturbed one, merged
     return engine.model, engine.tokenizer, identity
 
 
@@ -77,6 +75,11 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
     out = Path(out)
     _check_out(out)
     m, tok, identity = build(model, spec, dtype)
+    if spec.strategy == "lowrank":  # every kept matrix has a site, or one line before a byte is written
+        from thickets.engines.lowrank_sites import lowrank_sites
+        from thickets.engines.transformers_engine import canonical_parameters
+
+        lowrank_sites(m, canonical_parameters(m), spec.filter.keeps)
     with written_whole(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -88,37 +91,47 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
 
 def write_adapter(model: Any, spec: PerturbationSpec, out: Path, base_name: str) -> None:
     """The low-rank expert as a peft LoRA adapter: r = rank, lora_alpha = rank (scaling 1), sigma / sqrt(R)
-    folded into A; every kept 2-D weight of a Linear or an Embedding (vectors are never perturbed).
+    folded into A (lowrank_sites.adapter_scale); a site of every kept matrix, as the engine applies it
+    (Linear, GPT-2's Conv1D with fan_in_fan_out, token embeddings), anything else refused before a byte
+    is written.
 
-    Merged (merge_and_unload) it is the exported model. With tied embeddings, peft applies an embedding's
-    adapter unmerged to the input side only; tying it to the head too (ensure_weight_tying) would make a
-    merge add the change twice to the shared tensor (peft issue 2777): merge the adapter of a tied model."""
+    Applied unmerged by peft it is the expert thickets scores (up to the float32 rounding of the adapter's
+    product), except with tied embeddings: peft applies an embedding's adapter to the input side only, and
+    tying it to the head too (ensure_weight_tying) would make a merge add the change twice to the shared
+    tensor (peft issue 2777); merge the adapter of a tied model. Merged (merge_and_unload) it is the
+    exported model."""
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    from thickets.engines.lowrank_sites import adapter_scale, lowrank_sites
     from thickets.engines.transformers_engine import canonical_parameters
 
     tensors: dict[str, torch.Tensor] = {}
     targets: list[str] = []
-    scale = np.float32(1 / np.sqrt(spec.rank)) * np.float32(spec.sigma)
-    for name, p in canonical_parameters(model).items():
-        if not spec.filter.keeps(name) or matrix_shape(p.shape) is None:
+    fan_in_fan_out = False
+    scale = adapter_scale(spec)
+    params = canonical_parameters(model)
+    for site in lowrank_sites(model, params, spec.filter.keeps):
+        path = next(n for n, m in model.named_modules() if m is site.module)
+        if path in targets:
             continue
-        path, _, leaf = name.rpartition(".")
-        module = model.get_submodule(path)
-        rows, cols = matrix_shape(p.shape) or (0, 0)
-        a, b = lowrank_factors(spec.seed, name, rows, cols, spec.rank)
+        if site.kind == "linear" and path != site.name.rpartition(".")[0]:
+            continue  # a head tied to its embedding: the shared tensor's change is the embedding's adapter
+        rows, cols = matrix_shape(params[site.name].shape) or (0, 0)
+        a, b = lowrank_factors(spec.seed, site.name, rows, cols, spec.rank)
         a_scaled = torch.from_numpy(a * scale)
         prefix = f"base_model.model.{path}"
-        if isinstance(module, torch.nn.Embedding) and leaf == "weight":  # delta.T = lora_B @ lora_A
+        if site.kind == "embedding":  # delta.T = lora_B @ lora_A
             tensors[f"{prefix}.lora_embedding_A"] = a_scaled.T.contiguous()
             tensors[f"{prefix}.lora_embedding_B"] = torch.from_numpy(b.copy())
-        elif isinstance(module, torch.nn.Linear) and leaf == "weight":  # delta = lora_B @ lora_A
+        elif site.kind == "linear":  # delta = lora_B @ lora_A
             tensors[f"{prefix}.lora_A.weight"] = torch.from_numpy(b.T.copy())
             tensors[f"{prefix}.lora_B.weight"] = a_scaled.contiguous()
-        else:
-            raise ThicketsError(f"{name} belongs to a {type(module).__name__}, which a LoRA adapter cannot hold")
+        else:  # Conv1D holds W as [in, out]: delta.T = lora_B @ lora_A
+            tensors[f"{prefix}.lora_A.weight"] = a_scaled.T.contiguous()
+            tensors[f"{prefix}.lora_B.weight"] = torch.from_numpy(b.copy())
+            fan_in_fan_out = True
         targets.append(path)
     out.mkdir(parents=True)
     LoraConfig(
@@ -127,6 +140,7 @@ def write_adapter(model: Any, spec: PerturbationSpec, out: Path, base_name: str)
         target_modules=targets,
         lora_dropout=0.0,
         bias="none",
+        fan_in_fan_out=fan_in_fan_out,
         base_model_name_or_path=base_name,
     ).save_pretrained(str(out))
     save_file(tensors, str(out / "adapter_model.safetensors"))

@@ -67,6 +67,8 @@ class Voter:
 
     def _copies_fit(self) -> bool:
         """K working copies in memory only when they take at most half of what is free now."""
+        if any(e is not None and e.strategy == "lowrank" and e.version >= 3 for e in self.experts):
+            return False  # an adapter applied unmerged: nothing to copy, and nothing to make again
         if self.lowrank or not hasattr(self.engine, "hold"):
             return False
         params = getattr(self.engine, "params", {})
