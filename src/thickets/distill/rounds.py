@@ -156,7 +156,12 @@ def _round(
             update(traces=len(traces))
     del engine  # the fine-tune loads the model again, for training
 
-    # 3. keep this round's good ones besides the earlier rounds', which stay, at most M a question
+    # 3. keep this round's good ones besides the earlier rounds', which stay, at most M a question; a
+    # trace of a question the train split no longer holds (a near-copy of a held-out one, left out since
+    # noise version 3's release) is not trained on
+    train_ids = {ex.id for ex in train}
+    kept_before = [t for t in kept_before if t.example_id in train_ids]
+    traces = [t for t in traces if t.example_id in train_ids]
     new = keep(traces, mode, cfg.max_traces, earlier=kept_before)
     kept = kept_before + new
     if not kept:
