@@ -27,6 +27,17 @@ FAMILIES = {
 }
 
 
+def random_model(cls, config):
+    """A tiny random model, seeded, with weights large enough that rows end and differ."""
+    torch.manual_seed(3)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(5.0)
+    return model
+
+
 def _tiny(family: str):
     config_name, model_name, extra = FAMILIES[family]
     if not hasattr(transformers, model_name):
@@ -46,12 +57,7 @@ def _tiny(family: str):
         pad_token_id=tok.pad_token_id,
         **extra,
     )
-    torch.manual_seed(3)
-    model = getattr(transformers, model_name)(config).eval()
-    with torch.no_grad():  # weights large enough that rows end and differ
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(5.0)
+    model = random_model(getattr(transformers, model_name), config)
     return model, tok
 
 

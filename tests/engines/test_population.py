@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.engines.test_hf_decode import _tiny
+from tests.engines.test_hf_decode import _tiny, random_model
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.models import load
 from thickets.noise import ParamFilter, PerturbationSpec
@@ -92,12 +92,7 @@ def _other(family: str, dtype: torch.dtype = torch.float32) -> TransformersEngin
     tok = make_tiny_tokenizer()
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = getattr(transformers, config_name)(vocab_size=len(tok), max_position_embeddings=512, **ids, **extra)
-    torch.manual_seed(3)
-    model = getattr(transformers, model_name)(config).eval()
-    with torch.no_grad():  # weights large enough that rows end and differ
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(5.0)
+    model = random_model(getattr(transformers, model_name), config)
     return TransformersEngine(model.to(dtype), tok, batch_size=3)
 
 
