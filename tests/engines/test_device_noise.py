@@ -106,3 +106,32 @@ def test_relative_half_precision_weights_are_perturbed_in_float32_then_rounded_o
     perturbed_into_(out, base, spec, "w", scale)
     expected = (base.float() + torch.from_numpy(noise(spec, "w", (64, 96), scale))).to(torch.bfloat16)
     assert torch.equal(out, expected) and not torch.equal(out, base)
+
+
+def test_threads_perturbing_at_once_each_get_their_own_noise(monkeypatch):
+    """Each thread gathers into its own scratch buffer: with one buffer a process, two threads wrote into
+    each other's noise."""
+    import threading
+
+    monkeypatch.setattr(device_noise, "PIECE", WINDOW)  # many gathers, so the threads interleave
+    base = torch.zeros(64, 3 * WINDOW)
+    specs = [PerturbationSpec(s, 1.0) for s in range(8)]
+    want = []
+    for spec in specs:
+        out = torch.empty_like(base)
+        perturbed_into_(out, base, spec, "w")
+        want.append(out)
+    wrong = []
+
+    def work(spec, expected):
+        for _ in range(5):
+            out = torch.empty_like(base)
+            perturbed_into_(out, base, spec, "w")
+            wrong.append(not torch.equal(out, expected))
+
+    threads = [threading.Thread(target=work, args=(s, w)) for s, w in zip(specs, want)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wrong) == 40 and not any(wrong)
