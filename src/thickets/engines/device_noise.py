@@ -108,9 +108,6 @@ class LowRank:
     sigma: float
     exact: bool = True  #: the product as noise.lowrank_product makes it (version 3 on), else a float32 matmul
 
-    def to(self, dtype: torch.dtype) -> LowRank:
-        return LowRank(self.a.to(dtype), self.b.to(dtype), self.inv_sqrt_rank, self.sigma, self.exact)
-
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi of delta, float32, in the order of operations noise.noise uses."""
         a = self.a[lo:hi]

@@ -25,6 +25,7 @@ from thickets.randopt.vote import rank as rank_candidates
 from thickets.version import __version__
 
 if TYPE_CHECKING:
+    from thickets.engines.lowrank_sites import Site
     from thickets.engines.transformers_engine import TransformersEngine
 
 RECIPE_NAME = "thickets_recipe.json"
@@ -75,21 +76,24 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
     out = Path(out)
     _check_out(out)
     m, tok, identity = build(model, spec, dtype)
+    sites = None
     if spec.strategy == "lowrank":  # every kept matrix has a site, or one line before a byte is written
         from thickets.engines.lowrank_sites import lowrank_sites
         from thickets.engines.transformers_engine import canonical_parameters
 
-        lowrank_sites(m, canonical_parameters(m), spec.filter.keeps)
+        sites = lowrank_sites(m, canonical_parameters(m), spec.filter.keeps)
     with written_whole(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
         if spec.strategy == "lowrank":
-            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=identity.name)
+            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=identity.name, sites=sites)
     return out
 
 
-def write_adapter(model: Any, spec: PerturbationSpec, out: Path, base_name: str) -> None:
+def write_adapter(
+    model: Any, spec: PerturbationSpec, out: Path, base_name: str, sites: list[Site] | None = None
+) -> None:
     """The low-rank expert as a peft LoRA adapter: r = rank, lora_alpha = rank (scaling 1), sigma / sqrt(R)
     folded into A (lowrank_sites.adapter_scale); a site of every kept matrix, as the engine applies it
     (Linear, GPT-2's Conv1D with fan_in_fan_out, token embeddings), anything else refused before a byte
@@ -112,8 +116,9 @@ def write_adapter(model: Any, spec: PerturbationSpec, out: Path, base_name: str)
     fan_in_fan_out = False
     scale = adapter_scale(spec)
     params = canonical_parameters(model)
-    for site in lowrank_sites(model, params, spec.filter.keeps):
-        path = next(n for n, m in model.named_modules() if m is site.module)
+    paths = {id(m): n for n, m in model.named_modules()}
+    for site in lowrank_sites(model, params, spec.filter.keeps) if sites is None else sites:
+        path = paths[id(site.module)]
         if path in targets:
             continue
         if site.kind == "linear" and path != site.name.rpartition(".")[0]:
