@@ -163,3 +163,24 @@ def test_in_bfloat16_batched_alone_and_served_experts_are_one_model_and_keep_the
     engine.perturb(specs[0])
     assert torch.equal(engine.params[name], before)
     engine.restore()
+
+
+def test_a_half_precision_output_gets_the_float32_change_rounded_once():
+    """(x @ B) @ (s A).T made in float32 and added to the bf16 output in float32, rounded once: adding it in
+    bf16 would round twice, and a small change would mostly vanish."""
+    from thickets.engines.device_noise import lowrank_factors_on
+    from thickets.engines.lowrank_sites import adapter_scale
+    from thickets.engines.population import PopulationBatch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False)).to(torch.bfloat16)
+    params = dict(model.named_parameters())
+    spec = PerturbationSpec(3, 2e-3, "lowrank", rank=4)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        base = model(x)
+        f = lowrank_factors_on(spec, "0.weight", (48, 64), x.device)
+        want = (base.float() + (x.float() @ f.b) @ (f.a * float(adapter_scale(spec))).T).to(torch.bfloat16)
+        with PopulationBatch(model, params, [spec]):
+            got = model(x)
+    assert torch.equal(got, want) and not torch.equal(got, base)
