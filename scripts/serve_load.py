@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import httpx
 
-from thickets.randopt.scoring import load_run_config, task_for
+from thickets.randopt.preflight import load_run_config
+from thickets.randopt.scoring import task_for
 from thickets.ship.serve.config import ServeConfig
 from thickets.ship.serve.server import InThread
 from thickets.tasks.splits import make_splits

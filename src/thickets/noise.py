@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from thickets.errors import SpecError
+from thickets.seeds import derive_seed
 
 #: every map from spec to noise thickets has made, by the number a run records; add one, never change one
 NOISE_VERSIONS = {
@@ -100,13 +101,6 @@ class PerturbationSpec:
             raise SpecError(f"a rank ({self.rank}) is for the lowrank strategy, not {self.strategy!r}")
         if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63):
             raise SpecError(f"seed must be an integer in [0, 2**63), got {self.seed}")
-
-
-def derive_seed(purpose: bytes, *parts: int) -> int:
-    """A 62-bit seed from integers, for one purpose: unrelated seeds for other parts or another purpose.
-    Every seed thickets derives (a candidate's, an ES perturbation's) comes from here."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8, person=purpose).digest()
-    return int.from_bytes(digest, "little") >> 2
 
 
 def candidate_seed(run_seed: int, index: int) -> int:

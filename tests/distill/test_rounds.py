@@ -211,7 +211,7 @@ def test_vote_mode_keeps_earlier_rounds_traces_whatever_later_experts_vote(run, 
     on: round 1's traces stay in round 2's training set, and round 2 keeps (and counts) its own b traces
     beside them; with none, it trains on round 1's alone."""
     from thickets.distill import rounds
-    from thickets.noise import derive_seed
+    from thickets.seeds import derive_seed
 
     script = {1: ("apple", "avocado", "cherry"), 2: round_2}  # each expert's answer (the vote key: its first letter)
     expert = {derive_seed(b"distill", 0, r, k): (r, k) for r in script for k in (1, 2, 3)}

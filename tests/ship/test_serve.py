@@ -16,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 
 from thickets.engines import load_engine  # noqa: E402
 from thickets.randopt.config import SearchConfig  # noqa: E402
-from thickets.randopt.scoring import load_run_config  # noqa: E402
+from thickets.randopt.preflight import load_run_config  # noqa: E402
 from thickets.randopt.search import search  # noqa: E402
 from thickets.ship.serve.config import ServeConfig  # noqa: E402
 from thickets.ship.serve.server import InThread, build, experts_of  # noqa: E402

@@ -22,11 +22,12 @@ import numpy as np
 from thickets.disk import write_whole
 from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.noise import NOISE_VERSION, STRATEGIES, PerturbationSpec, add_noise_, derive_seed
+from thickets.noise import NOISE_VERSION, STRATEGIES, PerturbationSpec, add_noise_
 from thickets.options import option
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import evaluate, evaluate_population, task_for
+from thickets.seeds import derive_seed
 from thickets.tasks.splits import make_splits
 
 if TYPE_CHECKING:

@@ -46,7 +46,8 @@ from thickets.options import commas, option, parse_ints, parse_patterns
 from thickets.randopt.calibrate import calibrate
 from thickets.randopt.config import AUTO, SearchConfig
 from thickets.randopt.executors import ExecutorOptions, make_executor
-from thickets.randopt.scoring import check_inputs, load_run_config, task_for
+from thickets.randopt.preflight import check_inputs, load_run_config
+from thickets.randopt.scoring import task_for
 from thickets.randopt.search import SearchResult, search
 from thickets.randopt.vote import ADAPTIVE_RULES
 from thickets.ship.export import export_candidate, export_round, export_spec

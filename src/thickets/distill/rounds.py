@@ -29,14 +29,15 @@ from thickets.distill.train import TrainSettings, fine_tune
 from thickets.engines import count_tokens
 from thickets.errors import ThicketsError
 from thickets.models import IDENTITY_SCHEME, load_tokenizer, resolve
-from thickets.noise import derive_seed
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import StoredAnswers
-from thickets.randopt.scoring import engine_for, evaluate, generate, load_run_config, render_prompts, task_for
+from thickets.randopt.preflight import load_run_config
+from thickets.randopt.scoring import engine_for, evaluate, generate, render_prompts, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
 from thickets.randopt.vote import fully_scored, paired_gain, vote_outcomes
+from thickets.seeds import derive_seed
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits, make_train_split
 

@@ -22,7 +22,8 @@ from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
 from thickets.engines.lowrank_sites import unmerged
 from thickets.engines.population import PopulationBatch
-from thickets.noise import PerturbationSpec, add_noise_, derive_seed, tensor_scale
+from thickets.noise import PerturbationSpec, add_noise_, tensor_scale
+from thickets.seeds import derive_seed
 
 
 def canonical_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -20,16 +20,8 @@ from thickets.models import resolve
 from thickets.noise import PerturbationSpec
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig, check_split_size
-from thickets.randopt.scoring import (
-    check_prompts,
-    check_unchanged,
-    engine_for,
-    evaluate,
-    evaluate_population,
-    load_run_config,
-    population_batch_for,
-    task_for,
-)
+from thickets.randopt.preflight import check_prompts, check_unchanged, load_run_config, population_batch_for
+from thickets.randopt.scoring import engine_for, evaluate, evaluate_population, task_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import ADAPTIVE_RULES, adaptive_vote, decided, fully_scored, paired_gain, rank_on_task
 from thickets.tasks import Example, Score, Task

@@ -30,14 +30,8 @@ from thickets.engines import Engine
 from thickets.errors import ThicketsError
 from thickets.options import option
 from thickets.randopt.config import SearchConfig
-from thickets.randopt.scoring import (
-    engine_for,
-    evaluate,
-    evaluate_population,
-    population_batch_for,
-    race_for,
-    task_for,
-)
+from thickets.randopt.preflight import population_batch_for
+from thickets.randopt.scoring import engine_for, evaluate, evaluate_population, race_for, task_for
 from thickets.tasks import Example, ScoredExample, Task
 from thickets.tasks.splits import make_splits
 

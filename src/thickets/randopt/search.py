@@ -23,7 +23,8 @@ from thickets.progress import bar
 from thickets.randopt import pilot
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.executors import Executor, InProcessExecutor, Item
-from thickets.randopt.scoring import prepare, race_for, run_record
+from thickets.randopt.preflight import prepare, run_record
+from thickets.randopt.scoring import race_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary
 from thickets.randopt.vote import rank
 

@@ -19,7 +19,7 @@ from thickets.engines import load_engine
 from thickets.errors import ThicketsError
 from thickets.models import ModelIdentity, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
-from thickets.randopt.scoring import load_run_config
+from thickets.randopt.preflight import load_run_config
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import rank as rank_candidates
 from thickets.version import __version__

@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Callable, Iterator
 
 from thickets.errors import ThicketsError
-from thickets.noise import derive_seed
+from thickets.seeds import derive_seed
 from thickets.tasks.base import Example, Task
 
 #: how many repeats in a row end a stream of a procedural task with a small example space

@@ -19,7 +19,8 @@ from thickets.engines import uses_chat_template
 from thickets.errors import ThicketsError
 from thickets.models import model_limits, resolve
 from thickets.noise import PerturbationSpec
-from thickets.randopt.scoring import check_unchanged, engine_for, load_run_config, task_for
+from thickets.randopt.preflight import check_unchanged, load_run_config
+from thickets.randopt.scoring import engine_for, task_for
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import fully_scored
 from thickets.ship.serve.app import Served, make_app

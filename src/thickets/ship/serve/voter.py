@@ -16,7 +16,7 @@ from typing import Any
 
 from thickets.engines import Engine
 from thickets.noise import PerturbationSpec
-from thickets.randopt.scoring import available_memory
+from thickets.randopt.preflight import available_memory
 from thickets.randopt.vote import adaptive_vote, decided
 from thickets.tasks import Score, Task
 
