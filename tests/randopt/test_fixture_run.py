@@ -182,3 +182,18 @@ def test_an_old_run_refuses_its_model_once_a_weight_or_the_architecture_changed(
         export_candidate(old_run, 1, tmp_path / "exported")
     assert (old_run / DB_NAME).read_bytes() == before
     assert not (tmp_path / "exported").exists()
+
+
+def test_an_old_run_has_every_verdict_and_gains_the_unscored_column_with_new_rows(old_run):
+    """Results made before unscored rows existed read as scored, before and after new rows add the column."""
+    from thickets.randopt.store import BASE, RunStore
+    from thickets.tasks.base import Example, Score, ScoredExample
+
+    with RunStore.open(old_run, write=False) as store:
+        before = store.scores(BASE, "val")
+        assert before and not any(s.unscored for s in before.values()) and store.unscored() == {}
+    failed = ScoredExample(99, Example("q", "q?"), "c", Score(None, None, 0.0, False, unscored=True))
+    with RunStore.open(old_run) as store:
+        store.add_results("cand:0", "test", [failed])
+    with RunStore.open(old_run, write=False) as store:
+        assert store.scores(BASE, "val") == before and store.unscored() == {"test": 1}

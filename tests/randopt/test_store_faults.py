@@ -76,7 +76,11 @@ with RunStore.open(sys.argv[1]) as store:
     store.con.execute("PRAGMA cache_size=1")  # spill every page to the file before the commit
     store.con.execute("BEGIN IMMEDIATE")
     for i in range(5000):
-        store.con.execute("INSERT INTO results VALUES ('cand:99', 'val', ?, 'x', ?, NULL, NULL, 0, 0)", (i, 'y' * 200))
+        store.con.execute(
+            "INSERT INTO results (model, split, example, example_id, completion, answer, vote_key, reward, correct) "
+            "VALUES ('cand:99', 'val', ?, 'x', ?, NULL, NULL, 0, 0)",
+            (i, 'y' * 200),
+        )
     os.kill(os.getpid(), signal.SIGKILL)
 """
 

@@ -183,3 +183,44 @@ def test_a_code_sandbox_that_cannot_run_is_an_error_not_a_verdict(monkeypatch):
     with pytest.raises(ThicketsError, match=r"code sandbox cannot run programs: .*no memory"):
         task.score(ex, "```python\ndef one():\n    return 1\n```")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stalled_scorer_is_run_once_more_then_unscored(mode):
+    """A call past the wall backstop with its CPU time to spare (blocked, or starved by a busy machine) is
+    no verdict on the answer: it runs once more, and failing again it is unscored, never a timeout."""
+    once = "import os, time\nif not os.path.exists('stalled'):\n    open('stalled', 'w').close()\n    time.sleep(30)"
+    box = ScorerSandbox(cpu_s=2, mode=mode)
+    box.wall_s = 1.0  # the backstop of a machine too busy to give a call any time
+    try:
+        retried, always = box.call_many("builtins:exec", [(once,), ("import time; time.sleep(30)",)])
+    finally:
+        box.close()
+    assert retried.ok, retried.error
+    assert always.error.startswith("stalled") and always.unscored
+
+
+def test_a_scorer_that_fails_twice_leaves_the_answer_unscored(tmp_path, monkeypatch):
+    """Unscored, not wrong: the row says so, and a summary of the model leaves it out of every mean."""
+    from thickets.randopt.store import Summary
+    from thickets.tasks import third_party
+    from thickets.tasks.code.sandbox import Outcome
+    from thickets.tasks.files import kinds
+
+    task = math_task(tmp_path)
+    examples = [task.example_from_row({"problem": f"q{i}", "answer": g}) for i, (g, _, _) in enumerate(MATH)]
+    completions = [c for _, c, _ in MATH]
+    real = third_party.sandboxed
+
+    def first_crashes(target, calls):
+        out = real(target, calls)
+        return [Outcome(False, error="crashed (exit status 9)")] + out[1:] if target == "math_score" else out
+
+    monkeypatch.setattr(kinds, "sandboxed", first_crashes)
+    scores = task.score_batch(examples, completions)
+    assert scores[0].unscored and not scores[0].correct
+    assert [s.unscored for s in scores[1:]] == [False] * (len(MATH) - 1)
+    assert [s.correct for s in scores[1:]] == [c for _, _, c in MATH[1:]]
+    summary = Summary.of(scores)
+    assert summary.unscored == 1 and summary.n == len(MATH)
+    assert summary.accuracy == pytest.approx(sum(c for _, _, c in MATH[1:]) / (len(MATH) - 1))

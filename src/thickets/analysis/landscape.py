@@ -24,7 +24,7 @@ from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.pilot import wilson
-from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
+from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import rank, rank_on_task, vote_accuracy
 from thickets.tasks import Score
 from thickets.tasks.multi import task_names, task_of
@@ -43,6 +43,7 @@ class RunScores:
     score: np.ndarray
     config: SearchConfig
     calibration: dict[str, Any] | None  # the pilot of a run with --sigma auto (RunStore.calibration)
+    unscored: dict[str, int]  # rows without a verdict, per split (RunStore.unscored)
 
     @property
     def task(self) -> str:
@@ -59,9 +60,10 @@ class RunScores:
             base_scores = store.scores(BASE, "val")
             cands = [c for c in store.candidates() if c.complete]
             calibration = store.calibration()
+            unscored = store.unscored()
         if not base_scores or not cands:
             raise ThicketsError(f"run {run_dir} has no fully scored candidates yet (run `thickets search` first)")
-        base = float(np.mean([s.reward for s in base_scores.values()]))
+        base = Summary.of(list(base_scores.values())).score
         return cls(
             base,
             np.array([c.idx for c in cands]),
@@ -70,6 +72,7 @@ class RunScores:
             np.array([c.score for c in cands]),
             config,
             calibration,
+            unscored,
         )
 
 
@@ -365,6 +368,7 @@ def analyze(
         "topk_curves": curves,
         "specialisation": spec,
         "calibration": r.calibration,
+        "unscored": r.unscored,
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -51,6 +51,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"Population {report['population']}, sigmas {report['sigmas']}, validation {report['val_size']} examples, "
         f"test {report['test_size']} held-out examples.",
         *(["", sigma_auto_line(report["sigma_auto"])] if "sigma_auto" in report else []),
+        *(["", unscored_line(report["unscored"])] if any(report.get("unscored", {}).values()) else []),
         "",
         "| model | K | answers per question | test accuracy | answer extracted | gain vs base, points [95% CI] |",
         "|---|---:|---:|---:|---:|---:|",
@@ -73,6 +74,15 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"{e.get('answered', report['test_size'])} | {e['accuracy']:.1%} | {e['format_rate']:.1%} |"
         )
     return "\n".join(lines)
+
+
+def unscored_line(unscored: Mapping[str, int]) -> str:
+    """The rows a scorer could not judge (RunStore.unscored), as a warning a person reads."""
+    counts = ", ".join(f"{n} {split}" for split, n in sorted(unscored.items()))
+    return (
+        f"warning: {counts} answers unscored (the task's scorer crashed or stalled twice on them); they count "
+        f"in no model's mean (a vote counts them as not correct), and a rerun does not score them again"
+    )
 
 
 def sigma_auto_line(choice: Mapping[str, Any]) -> str:
@@ -234,6 +244,7 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
     parts = [
         f"<h1>thickets: {html.escape(summary['task'])} on {html.escape(summary['model'])}</h1>",
         f"<p>{summary['candidates']} candidates; base validation score {summary['base']:.3f}.</p>",
+        *([f"<p>{html.escape(unscored_line(summary['unscored']))}</p>"] if summary.get("unscored") else []),
         "<h2>Density of improving perturbations</h2>",
         _table(
             dens_rows,

@@ -31,6 +31,7 @@ from thickets.analysis.reports import (
     print_tables,
     print_toy,
     print_vote_replay,
+    unscored_line,
 )
 from thickets.analysis.vote_replay import vote_replay
 from thickets.baselines.compare import CompareConfig, compare
@@ -194,6 +195,8 @@ def cmd_search(a: Parsed, quiet: bool) -> None:
         f"base validation score {result.base.score:.3f}; best of {len(result.ranked)} candidates{raced} "
         f"{best.score:.3f} (seed {best.seed}, sigma {best.sigma:g}); run stored in {a[RunFolder].run_dir}"
     )
+    if result.unscored:
+        print(unscored_line(result.unscored))
 
 
 def cmd_calibrate(a: Parsed, quiet: bool) -> None:

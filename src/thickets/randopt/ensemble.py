@@ -223,6 +223,9 @@ def _report(
         **({"sigma_auto": _sigma_auto(config)} if config.auto else {}),
         "val_size": config.val_size,
         "test_size": n,
+        # test rows without a verdict (the scorer failed twice): out of every single model's means; in a
+        # vote they count as not correct
+        "unscored": {"test": sum(s.unscored for e in [base, *per_expert] for s in e.values())},
         "base": {
             "accuracy": rows[0].accuracy,
             "format_rate": rows[0].format_rate,

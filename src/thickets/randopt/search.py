@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SearchResult:
     base: Summary  # the unperturbed model on the validation split
     ranked: list[Candidate]  # every finished candidate, best first
     calibration: dict[str, Any] | None = None  # --sigma auto: the pilot's curve and choice (pilot.record)
+    unscored: dict[str, int] = field(default_factory=dict)  # rows without a verdict, per split (RunStore.unscored)
 
 
 def search(
@@ -144,7 +145,7 @@ def search(
                     score(items, threshold)
             # 7. Rank everything the run folder holds.
             assert base is not None
-            return SearchResult(run_dir, base, rank(store.candidates()), store.calibration())
+            return SearchResult(run_dir, base, rank(store.candidates()), store.calibration(), store.unscored())
     finally:
         if own:
             executor.close()

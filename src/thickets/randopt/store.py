@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS results (
     vote_key TEXT,
     reward REAL NOT NULL,
     correct INTEGER NOT NULL,
+    unscored INTEGER NOT NULL DEFAULT 0,  -- 1: the scorer failed twice, no verdict (0 in runs made before it)
     PRIMARY KEY (model, split, example)
 );
 """
@@ -76,23 +77,27 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean reward, accuracy and extractable fraction over some examples."""
+    """Mean reward, accuracy and extractable fraction over some examples: over those with a verdict,
+    so a scorer that failed (an unscored row) counts neither for nor against a model."""
 
     n: int
     score: float
     accuracy: float
     format_rate: float
+    unscored: int = 0  # rows of the n without a verdict, left out of the means
 
     @classmethod
     def of(cls, scores: Sequence[Score]) -> Summary:
-        n = len(scores)
-        if n == 0:
-            return cls(0, 0.0, 0.0, 0.0)
+        judged = [s for s in scores if not s.unscored]
+        m = len(judged)
+        if m == 0:
+            return cls(len(scores), 0.0, 0.0, 0.0, len(scores))
         return cls(
-            n,
-            sum(s.reward for s in scores) / n,
-            sum(s.correct for s in scores) / n,
-            sum(s.extracted for s in scores) / n,
+            len(scores),
+            sum(s.reward for s in judged) / m,
+            sum(s.correct for s in judged) / m,
+            sum(s.extracted for s in judged) / m,
+            len(scores) - m,
         )
 
 
@@ -330,10 +335,25 @@ class RunStore:
     def scores(self, model: str, split: str) -> dict[int, Score]:
         """Stored per-example scores of one model on one split, by example position."""
         rows = self.con.execute(
-            "SELECT example, answer, vote_key, reward, correct FROM results WHERE model=? AND split=?",
+            f"SELECT example, answer, vote_key, reward, correct, {self._unscored_column()} FROM results "
+            "WHERE model=? AND split=?",
             (model, split),
         )
-        return {ex: Score(answer, key, reward, bool(correct)) for ex, answer, key, reward, correct in rows}
+        return {
+            ex: Score(answer, key, reward, bool(correct), bool(unscored))
+            for ex, answer, key, reward, correct, unscored in rows
+        }
+
+    def _unscored_column(self) -> str:
+        """The results' unscored column, or 0 in a read-only open of a folder made before it existed."""
+        return "unscored" if "unscored" in {r[1] for r in self.con.execute("PRAGMA table_info(results)")} else "0"
+
+    def unscored(self) -> dict[str, int]:
+        """Rows without a verdict (the scorer failed twice), per split; empty when every row has one."""
+        rows = self.con.execute(
+            f"SELECT split, count(*) FROM results WHERE {self._unscored_column()} != 0 GROUP BY split"
+        )
+        return dict(rows.fetchall())
 
     def example_ids(self, split: str, model: str | None = None) -> dict[int, str]:
         """The id of every stored example position of a split (of one model's results, or any model's)."""
@@ -347,7 +367,10 @@ class RunStore:
         """Mean validation reward of every model (base and candidates) on each task of a multi-task run,
         {model: {task: mean}}, in one pass over the stored results."""
         sums: dict[str, dict[str, list[float]]] = {}
-        for model, ex_id, reward in self.con.execute("SELECT model, example_id, reward FROM results WHERE split='val'"):
+        rows = self.con.execute(
+            f"SELECT model, example_id, reward FROM results WHERE split='val' AND {self._unscored_column()} = 0"
+        )
+        for model, ex_id, reward in rows:
             sums.setdefault(model, {}).setdefault(task_of(ex_id), []).append(reward)
         return {m: {t: sum(v) / len(v) for t, v in per.items()} for m, per in sums.items()}
 
@@ -358,11 +381,25 @@ class RunStore:
     # -- writing -------------------------------------------------------------------------------
 
     def _insert_results(self, model: str, split: str, rows: Iterable[ScoredExample]) -> None:
+        if self._unscored_column() == "0":  # an older folder gains the column with its first new rows, not on open
+            self.con.execute("ALTER TABLE results ADD COLUMN unscored INTEGER NOT NULL DEFAULT 0")
         self.con.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO results (model, split, example, example_id, completion, answer, vote_key, reward, correct,"
+            " unscored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (model, split, pos, ex.id, comp, s.answer, s.vote_key, float(s.reward), int(bool(s.correct)))
-                for pos, ex, comp, s in rows
+                (
+                    model,
+                    split,
+                    pos,
+                    ex.id,
+                    c,
+                    s.answer,
+                    s.vote_key,
+                    float(s.reward),
+                    int(bool(s.correct)),
+                    int(s.unscored),
+                )
+                for pos, ex, c, s in rows
             ],
         )
 

@@ -40,12 +40,16 @@ class Score:
 
     `answer` is None when nothing could be extracted; such answers never vote.
     `vote_key` is the normalised answer: answers with the same key vote together.
+    `unscored`: the scorer failed twice for a reason that is not the answer's (it crashed, or stalled on a
+    busy machine), so there is no verdict; reward and correct are then 0 and False but mean nothing, and
+    means over examples (Summary) leave the row out.
     """
 
     answer: str | None
     vote_key: str | None
     reward: float
     correct: bool
+    unscored: bool = False
 
     @property
     def extracted(self) -> bool:

@@ -92,17 +92,22 @@ class GymTask(Task):
         answers = [gym_answer(c, _is_integer(ex.data["entry"].get("answer"))) for ex, c in zip(examples, completions)]
         todo = [i for i, a in enumerate(answers) if a is not None]
         rewards = [0.0] * len(answers)
+        unscored: set[int] = set()
         if todo:
             warm("gym_warm", self.dataset, self.config_json)
             outcomes = sandboxed(
                 "gym_score", [(self.dataset, self.config_json, answers[i], examples[i].data["entry"]) for i in todo]
             )
             for i, out in zip(todo, outcomes):
+                if out.unscored:
+                    unscored.add(i)
                 value = out.value if out.ok and isinstance(out.value, (int, float)) else 0.0
                 rewards[i] = min(1.0, max(0.0, float(value)))
         return [
-            Score(None, None, 0.0, False) if a is None else Score(a, normalise(a), r, r >= 1.0)
-            for a, r in zip(answers, rewards)
+            Score(None, None, 0.0, False)
+            if a is None
+            else Score(a, normalise(a), r, r >= 1.0 and i not in unscored, unscored=i in unscored)
+            for i, (a, r) in enumerate(zip(answers, rewards))
         ]
 
     def score(self, example: Example, completion: str) -> Score:

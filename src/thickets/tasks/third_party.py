@@ -97,10 +97,8 @@ def sandboxed(target: str, calls: list[tuple[Any, ...]]) -> list[Outcome]:
     """Run `thickets.tasks.third_party:<target>` on each args tuple in the shared scorer sandbox."""
     outcomes = scorer_sandbox().call_many(f"{__name__}:{target}", calls)
     for out in outcomes:
-        if not out.ok and str(out.error).startswith("crashed"):
-            log.warning(
-                "scorer %s crashed twice on one answer (%s): the answer counts as unreadable", target, out.error
-            )
+        if out.unscored:
+            log.warning("scorer %s failed twice on one answer (%s): recorded as unscored", target, out.error)
     return outcomes
 
 

@@ -268,8 +268,10 @@ def _wait_child(pid: int, r: int, wall_s: float, cpu_s: int) -> dict[str, Any]:
     _, status, usage = os.wait4(pid, 0)
     signalled = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
     spent = usage.ru_utime + usage.ru_stime
-    if timed_out or signalled == signal.SIGXCPU or (signalled == signal.SIGKILL and spent >= cpu_s):
+    if signalled == signal.SIGXCPU or (signalled == signal.SIGKILL and spent >= cpu_s):
         return {"ok": False, "error": "timeout"}  # SIGKILL at the hard CPU limit, when SIGXCPU was caught
+    if timed_out:  # the wall backstop with CPU to spare: it blocked, or the machine gave it no time
+        return {"ok": False, "error": "stalled (%.1f s of CPU in %.0f s)" % (spent, wall_s)}
     try:
         out = json.loads(b"".join(data))
     except ValueError:
@@ -321,9 +323,9 @@ def _serve(config: dict[str, Any], no_network: bool) -> NoReturn:
         wall_s, cpu_s, memory_mb, calls = payload
         results = []
         for args in calls:
-            for _ in range(2):  # a crash that is no verdict on the answer gets one more try
+            for _ in range(2):  # a crash or stall that is no verdict on the answer gets one more try
                 out = _wait_child(*_call_in_child(fn, args, cpu_s, memory_mb, no_network), wall_s, cpu_s)
-                if not str(out.get("error", "")).startswith("crashed"):
+                if not str(out.get("error", "")).startswith(("crashed", "stalled")):
                     break
             results.append(out)
         reply({"ok": True, "value": results})

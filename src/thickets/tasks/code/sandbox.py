@@ -276,14 +276,21 @@ def run_python(
 
 @dataclass(frozen=True)
 class Outcome:
-    """One sandboxed call: `value` when `ok`, else `error` ("timeout", "memory", "raised ...", "crashed ...").
+    """One sandboxed call: `value` when `ok`, else `error` ("timeout", "memory", "raised ...", "crashed ...",
+    "stalled ...").
 
-    "timeout" is the CPU limit (or the wall backstop: the call slept or blocked); a call that crashed for
-    any other reason (killed from outside, say) was already run a second time."""
+    "timeout" is the CPU limit: a verdict on the answer. A call that crashed for a reason of its own
+    (killed from outside, say) or stalled (the wall backstop with CPU to spare: it blocked, or a busy machine
+    gave it no time) was already run a second time; if it failed again it is `unscored`: no verdict."""
 
     ok: bool
     value: Any = None
     error: str | None = None
+
+    @property
+    def unscored(self) -> bool:
+        """Failed for a reason that is not the answer's, twice: to be recorded as unscored, never as wrong."""
+        return not self.ok and str(self.error).startswith(("crashed", "stalled"))
 
 
 class ScorerSandboxError(ThicketsError):

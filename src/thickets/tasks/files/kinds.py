@@ -114,29 +114,38 @@ class MathTask(RowTask):
 
     def score_batch(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         verdicts = _math_verdicts([ex.data["answer"] for ex in examples], completions)
-        return [Score(answer, key, float(correct), correct) for answer, key, correct in verdicts]
+        return [
+            Score(answer, key, float(correct is True), correct is True, unscored=correct is None)
+            for answer, key, correct in verdicts
+        ]
 
     def score(self, example: Example, completion: str) -> Score:
         return self.score_batch([example], [completion])[0]
 
 
-def _math_verdicts(golds: Sequence[str], completions: Sequence[str]) -> list[tuple[str | None, str | None, bool]]:
+def _math_verdicts(
+    golds: Sequence[str], completions: Sequence[str]
+) -> list[tuple[str | None, str | None, bool | None]]:
     """(the last boxed answer, math-verify's vote key, whether it equals the gold) of each completion, from
     math-verify in the scorer sandbox. The key is None when the answer is unreadable, unsafe, or its
-    scoring failed; a blank gold judges nothing (never correct) but still gives the key."""
+    scoring failed; a blank gold judges nothing (never correct) but still gives the key. The verdict is
+    None (unscored) where the scorer crashed or stalled twice: no verdict, not a wrong answer."""
     answers = [last_boxed(c) for c in completions]
     todo = [i for i, a in enumerate(answers) if a is not None and latex_is_safe(a)]
     verdicts: dict[int, dict[str, Any]] = {}
+    unscored: set[int] = set()
     if todo:
         warm("math_warm")
         for i, out in zip(todo, sandboxed("math_score", [(golds[i], answers[i]) for i in todo])):
             if out.ok and isinstance(out.value, dict) and out.value.get("parsed"):
                 verdicts[i] = out.value
-    results: list[tuple[str | None, str | None, bool]] = []
+            elif out.unscored:
+                unscored.add(i)
+    results: list[tuple[str | None, str | None, bool | None]] = []
     for i, answer in enumerate(answers):
         v = verdicts.get(i)
         if answer is None or v is None:  # none, or unreadable, unsafe, or its scoring failed
-            results.append((answer, None, False))
+            results.append((answer, None, None if i in unscored else False))
         else:
             key = v.get("key")
             results.append((answer, key if isinstance(key, str) else None, v.get("correct") is True))
