@@ -190,3 +190,20 @@ def test_population_batching_is_refused_where_it_cannot_apply(tiny_model_dir):
         _config(tiny_model_dir, population_batch=4)
     with pytest.raises(ThicketsError, match="cannot race them"):
         _config(tiny_model_dir, strategy="lowrank", rank=2, population_batch=4, racing="exact")
+
+
+def test_a_new_run_draws_no_question_twice_and_an_old_config_keeps_its_splits(tiny_model_dir, tmp_path):
+    """Split scheme 2 for new runs (no commuted twin of a validation question among test or train); a stored
+    config without the field is a run made before it, and keeps scheme 1's examples."""
+    from thickets.randopt.preflight import prepare
+    from thickets.tasks import get_task
+    from thickets.tasks.splits import make_splits
+
+    config = _config(tiny_model_dir, task="products", val_size=48)
+    assert config.split_scheme == 2
+    _, _, val, _ = prepare(config, tmp_path / "run")
+    assert val == make_splits(get_task("products"), 0, 48, scheme=2)[0]
+    old = {k: v for k, v in config.to_dict().items() if k != "split_scheme"}
+    assert SearchConfig.from_dict(old).split_scheme == 1
+    assert SearchConfig.from_dict(config.to_dict()).split_scheme == 2
+    assert "split_scheme" in SearchConfig.INHERITED  # a later call cannot change which examples a run holds

@@ -1,6 +1,7 @@
 """The splits a run reads are disjoint, and fixed by the task and the split seed."""
 
 import hashlib
+import itertools
 import random
 import re
 from types import SimpleNamespace
@@ -109,9 +110,9 @@ def test_the_train_split_leaves_out_near_copies_of_held_out_text():
 
 @pytest.mark.parametrize(("name", "digest"), [("products", "ddf9e3b0f7b7f5c8"), ("countdown", "dc85c56da1b804bf")])
 def test_the_recorded_splits_of_existing_runs_do_not_move(name, digest):
-    # runs record their validation and test examples and refuse others: scheme 1 (the default) is
-    # what every run so far drew, and must keep drawing it (the demo's splits, pinned)
-    val, test = make_splits(get_task(name), 0, 48, 150)
+    # runs record their validation and test examples and refuse others: scheme 1 is what every run
+    # before 0.2 drew, and must keep drawing it (the demo's splits then, pinned)
+    val, test = make_splits(get_task(name), 0, 48, 150, scheme=1)
     assert hashlib.sha256("\n".join(ex.id for ex in val + test).encode()).hexdigest()[:16] == digest
 
 
@@ -126,3 +127,18 @@ def test_split_scheme_2_keeps_every_question_in_one_split_once():
     assert make_splits(task, 0, 48, 100, scheme=2)[1] == test[:100]  # a larger test split extends a smaller one
     with pytest.raises(ThicketsError, match="split scheme 3 is not one of 1, 2"):
         make_splits(task, 0, 48, 150, scheme=3)
+
+
+def test_a_multi_task_run_judges_near_copies_by_each_task():
+    task = get_task("products,countdown")
+    by_task = {"products": get_task("products"), "countdown": get_task("countdown")}
+    examples = list(itertools.islice(task.examples(0), 40))
+    for ex in examples:
+        inner = ex.data["example"]
+        assert task.duplicate_key(ex) == f"{ex.data['task']}|{by_task[ex.data['task']].duplicate_key(inner)}"
+    q = "Solve the following multiplication: {}. Give only the result as your final answer."
+    twin = [
+        Example(f"products|{i}", q.format(f), {"task": "products", "example": Example(str(i), q.format(f))})
+        for i, f in enumerate(("2 * 8", "8 * 2"))
+    ]
+    assert task.duplicate_key(twin[0]) == task.duplicate_key(twin[1])

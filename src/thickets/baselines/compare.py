@@ -33,7 +33,7 @@ from thickets.randopt.config import SearchConfig
 from thickets.randopt.ensemble import ensemble
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
-from thickets.randopt.store import RunStore, candidate_model
+from thickets.randopt.store import RunStore, candidate_model, read_config
 from thickets.randopt.vote import fully_scored
 from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits, train_examples
@@ -188,7 +188,11 @@ def run_distilled(
     answer_tokens = sum(written) / (len(experts) * cfg.val_size)
     settings = DistillConfig(rounds=1, top_k=k, test_size=cfg.test_size, seed=cfg.seed)
     wanted = train_questions(cfg.budget - searched, k, answer_tokens, settings)
-    available = len(train_examples(task, search_cfg.split_seed, cfg.val_size, cfg.test_size, max(1, wanted)))
+    available = len(
+        train_examples(
+            task, search_cfg.split_seed, cfg.val_size, cfg.test_size, max(1, wanted), scheme=search_cfg.split_scheme
+        )
+    )
     row: dict[str, Any] = {
         "method": f"distilled RandOpt (top-{k})",
         "candidates": count,
@@ -253,6 +257,7 @@ def run_es_method(
         max_new_tokens=cfg.max_new_tokens,
         batch_size=search_cfg.batch_size,
         seed=cfg.seed,
+        split_scheme=search_cfg.split_scheme,
     )
     log = run_es(es_cfg, out / "es", engine=engine, budget_tokens=cfg.budget, progress=False)
     spent, it = sum(r["tokens"] for r in log["iterations"]), len(log["iterations"])
@@ -287,6 +292,7 @@ def run_grpo_method(
             max_new_tokens=cfg.max_new_tokens,
             val_size=cfg.val_size,
             seed=cfg.seed,
+            split_scheme=search_cfg.split_scheme,
         ),
         out / "grpo",
         progress=False,
@@ -318,8 +324,11 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
     )
+    earlier = read_config(out / "randopt")  # a comparison begun before keeps the examples it began with
+    if earlier is not None:
+        search_cfg = replace(search_cfg, split_scheme=earlier.split_scheme)
     task = task_for(search_cfg)
-    _, test = make_splits(task, search_cfg.split_seed, cfg.val_size, cfg.test_size)
+    _, test = make_splits(task, search_cfg.split_seed, cfg.val_size, cfg.test_size, scheme=search_cfg.split_scheme)
     engine, _ = load_engine(cfg.model, batch_size=search_cfg.batch_size)
     base_acc, base_tokens = _accuracy(engine, task, test, search_cfg)
     rows: list[dict[str, Any]] = [

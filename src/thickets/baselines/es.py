@@ -28,7 +28,7 @@ from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import evaluate, evaluate_population, task_for
 from thickets.seeds import derive_seed
-from thickets.tasks.splits import make_splits
+from thickets.tasks.splits import SPLIT_SCHEME, make_splits
 
 if TYPE_CHECKING:
     from thickets.engines.transformers_engine import TransformersEngine
@@ -60,9 +60,12 @@ class ESConfig:
     noise_version: int = option(
         NOISE_VERSION, "the map from seed to noise, fixed by the run folder (version 1 before 0.2)", cli=False
     )
+    split_scheme: int = option(
+        SPLIT_SCHEME, "how the validation examples are drawn, fixed by the run folder (scheme 1 before 0.2)", cli=False
+    )
     #: what a log written before a field existed meant by it
     OLD_LOGS: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"noise_version": 1, "strategy": "gaussian", "rank": 0, "population_batch": 1}
+        {"noise_version": 1, "split_scheme": 1, "strategy": "gaussian", "rank": 0, "population_batch": 1}
     )
     #: fields a resumed run may change
     CHANGEABLE: ClassVar[tuple[str, ...]] = ("iterations", "population_batch")
@@ -152,7 +155,8 @@ def run_es(
         }
 
     log["config"] = {**ESConfig.OLD_LOGS, **log["config"]}  # a log from before a field existed
-    cfg = replace(cfg, noise_version=log["config"]["noise_version"])  # the folder decides its noise
+    # the folder decides its noise and its examples
+    cfg = replace(cfg, noise_version=log["config"]["noise_version"], split_scheme=log["config"]["split_scheme"])
     if not same(log["config"], asdict(cfg)):
         raise ThicketsError(
             f"{run_dir} holds an ES run with another config (only --iterations may change); use a new folder"
@@ -165,9 +169,10 @@ def run_es(
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         split_seed=cfg.split_seed,
+        split_scheme=cfg.split_scheme,
     )
     task = task_for(search_cfg)
-    val, _ = make_splits(task, cfg.split_seed, cfg.val_size)
+    val, _ = make_splits(task, cfg.split_seed, cfg.val_size, scheme=cfg.split_scheme)
     if engine is None:
         loaded, _ = load_engine(cfg.model, batch_size=cfg.batch_size)
         engine = cast("TransformersEngine", loaded)  # load_engine's default engine

@@ -20,7 +20,7 @@ from thickets.options import option
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import task_for
 from thickets.tasks import Example, Task
-from thickets.tasks.splits import make_splits
+from thickets.tasks.splits import SPLIT_SCHEME, make_splits
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class GRPOSettings:
     lora_r: int = option(8, "LoRA rank")
     seed: int = option(0, "training seed")
     split_seed: int = option(0, "seed of the validation/test splits")
+    split_scheme: int = option(SPLIT_SCHEME, "how the validation examples are drawn (thickets.tasks.splits)", cli=False)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.num_generations < 2 or self.prompts_per_step < 1:
@@ -68,7 +69,7 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
 
     out_dir = Path(out_dir)
     task = task_for(SearchConfig(model=cfg.model, task=cfg.task))
-    train, _ = make_splits(task, cfg.split_seed, cfg.val_size)
+    train, _ = make_splits(task, cfg.split_seed, cfg.val_size, scheme=cfg.split_scheme)
     model, tok, identity = load(cfg.model)
     model.requires_grad_(True)
     model.train()

@@ -58,8 +58,10 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     mode = mode_for(task, cfg.filter)
     if cfg.top_k > config.population:
         raise ThicketsError(f"top-k {cfg.top_k} is more than the run's population of {config.population}")
-    make_splits(task, config.split_seed, config.val_size, cfg.test_size)
-    train = make_train_split(task, config.split_seed, config.val_size, cfg.test_size, cfg.train_size)
+    make_splits(task, config.split_seed, config.val_size, cfg.test_size, scheme=config.split_scheme)
+    train = make_train_split(
+        task, config.split_seed, config.val_size, cfg.test_size, cfg.train_size, scheme=config.split_scheme
+    )
     if mode == "vote":
         with RunStore.open(run_dir, write=False) as store:  # the base's answers, or any candidate's
             models = [BASE] + [candidate_model(c.idx) for c in store.candidates()]
@@ -264,7 +266,7 @@ def _report(
     """Test accuracy of the original base, the round's top-K vote and the distilled model, on the same
     questions, with paired intervals against the base. The base's and the experts' answers are stored
     in their run folders (as `ensemble` stores them), so a resumed report generates nothing twice."""
-    _, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size)
+    _, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size, scheme=config.split_scheme)
     positions = list(range(len(test)))
     with bar("test answers", len(experts) + 2, progress) as update:
         with RunStore.open(run_dir) as store:

@@ -17,6 +17,7 @@ from thickets.noise import NOISE_VERSION, STRATEGIES, ParamFilter, PerturbationS
 from thickets.options import commas, option, parse_floats, parse_patterns
 from thickets.randopt.pilot import DEFAULT_GRID, RULES, pilot_sigma
 from thickets.randopt.racing import MODES, Race
+from thickets.tasks.splits import SPLIT_SCHEME
 
 #: `sigmas` of a run that chooses its sigma itself (`--sigma auto`): a pilot over `pilot_grid` first
 AUTO: tuple[float, ...] = ()
@@ -108,6 +109,12 @@ class SearchConfig:
         "new runs take the newest; runs made before 0.2 keep version 1",
         cli=False,
     )
+    split_scheme: int = option(
+        SPLIT_SCHEME,
+        "how the validation and test examples are drawn (thickets.tasks.splits), fixed by the run folder: new "
+        "runs take the newest (no question twice, across splits); runs made before 0.2 keep scheme 1",
+        cli=False,
+    )
     pilot_grid: tuple[float, ...] = option(
         DEFAULT_GRID,
         "--sigma auto: the sigmas the pilot walks, ascending, stopping after the first that collapses",
@@ -135,7 +142,7 @@ class SearchConfig:
     EXTENDABLE = ("population", "reward_timeout", "device", "population_batch")
     #: fields an existing run folder decides, whatever a later call says (the pilot's choice: once it is made
     #: there; a new run folder starts without one, see `starting`)
-    INHERITED = ("batching", "noise_version", "pilot_tried", "pilot_chosen")
+    INHERITED = ("batching", "noise_version", "split_scheme", "pilot_tried", "pilot_chosen")
     #: the pilot's settings, which matter only to a run with --sigma auto
     PILOT = ("pilot_grid", "pilot_per_sigma", "pilot_rule", "pilot_keep", "pilot_collapse")
 
@@ -286,7 +293,7 @@ class SearchConfig:
         unknown = set(d) - known
         if unknown:
             raise ThicketsError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
-        values = {"batching": "split", "noise_version": 1, **d}
+        values = {"batching": "split", "noise_version": 1, "split_scheme": 1, **d}
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**kwargs)
 

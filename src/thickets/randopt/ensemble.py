@@ -106,7 +106,7 @@ def ensemble(
     if not top_k or any(k < 1 for k in top_k):
         raise ThicketsError(f"top-k values must be at least 1, got {list(top_k)}")
     task = task_for(config)
-    val, test = make_splits(task, config.split_seed, config.val_size, test_size)
+    val, test = make_splits(task, config.split_seed, config.val_size, test_size, scheme=config.split_scheme)
     parts: list[str | None] = list(task.parts or [None])
     reports: dict[str | None, dict[str, Any]] = {}
     identity_now = resolve(config.model) if engine is None else None

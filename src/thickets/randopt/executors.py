@@ -72,7 +72,9 @@ class _Scorer:
     ):
         self.config = config
         self.task = task_for(config) if task is None else task  # a worker builds its own; search() passes its
-        self.val = make_splits(self.task, config.split_seed, config.val_size)[0] if val is None else val
+        if val is None:
+            val = make_splits(self.task, config.split_seed, config.val_size, scheme=config.split_scheme)[0]
+        self.val = val
         self.race = race_for(config, self.task)
         self.engine = engine_for(config, device) if engine is None else engine
 

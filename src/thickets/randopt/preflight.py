@@ -43,7 +43,7 @@ def prepare(
     config = config.resuming(old) if old is not None else config.starting()
     check_pilot_fits(config, pilot_only)
     task = task_for(config)
-    val, _ = make_splits(task, config.split_seed, config.val_size)
+    val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
     task.check(val)  # a user's reward function: fail now, not after the model loads
     identity = resolve(config.model)
     if old is not None:

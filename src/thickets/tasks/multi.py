@@ -50,6 +50,12 @@ class MultiTask(Task):
     def score(self, example: Example, completion: str) -> Score:
         return self.parts[example.data["task"]].score(example.data["example"], completion)
 
+    def duplicate_key(self, example: Example) -> str:
+        """The part's own key, within that part: products' "2 * 8" repeats "8 * 2", and no question of one task
+        is a copy of another task's."""
+        name = example.data["task"]
+        return f"{name}{SEP}{self.parts[name].duplicate_key(example.data['example'])}"
+
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         """The first part's extraction. A user's prompt belongs to no part, so no part can be chosen
         by the example as `score` chooses; where the parts extract alike (all gsm8k files, all

@@ -8,9 +8,9 @@ question (`Task.duplicate_key`: "8 * 2" repeats "2 * 8") with an example of the 
 of the test split as large as the caller will ever evaluate on.
 
 Which examples validation and test hold is recorded in every run and checked when it goes on, so
-how they are drawn is a scheme a run keeps: 1, distinct by id (every run made so far, whose test
+how they are drawn is a scheme a run keeps: 1, distinct by id (every run made before 0.2, whose test
 split may hold a commuted twin of a validation question); 2, distinct by duplicate key, so that no
-two examples of any split, or of two splits, are one question.
+two examples of any split, or of two splits, are one question (every run begun since).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from thickets.tasks.base import Example, Task
 
 #: how many repeats in a row end a stream of a procedural task with a small example space
 _MAX_REPEATS = 10_000
-#: the ways of drawing splits (see above); a run keeps the one it began with
+#: the ways of drawing splits (see above); a run keeps the one it began with, a new one takes the newest
 SPLIT_SCHEMES = (1, 2)
+SPLIT_SCHEME = SPLIT_SCHEMES[-1]
 
 
 def _same(task: Task, scheme: int) -> Callable[[Example], str]:
@@ -50,7 +51,7 @@ def _distinct(task: Task, seed: int, same: Callable[[Example], str]) -> Iterator
 
 
 def make_splits(
-    task: Task, seed: int, val_size: int, test_size: int = 0, *, scheme: int = 1
+    task: Task, seed: int, val_size: int, test_size: int = 0, *, scheme: int = SPLIT_SCHEME
 ) -> tuple[list[Example], list[Example]]:
     """(validation, test) lists; raises when the task cannot supply that many distinct examples."""
     stream = _distinct(task, seed, _same(task, scheme))
@@ -73,7 +74,7 @@ def make_splits(
 
 
 def make_train_split(
-    task: Task, seed: int, val_size: int, test_size: int, train_size: int, *, scheme: int = 1
+    task: Task, seed: int, val_size: int, test_size: int, train_size: int, *, scheme: int = SPLIT_SCHEME
 ) -> list[Example]:
     """`train_size` distinct examples, none of them a question of the validation split or of a test split
     of up to `test_size` examples (a procedural task draws them from another stream; a data file's rows
@@ -90,7 +91,7 @@ def make_train_split(
 
 
 def train_examples(
-    task: Task, seed: int, val_size: int, test_size: int, at_most: int, *, scheme: int = 1
+    task: Task, seed: int, val_size: int, test_size: int, at_most: int, *, scheme: int = SPLIT_SCHEME
 ) -> list[Example]:
     """The train split's first `at_most` examples, or all a finite task has outside validation and test.
     Held out by duplicate key in every scheme: a commuted twin of a test question, trained on, would
