@@ -44,6 +44,7 @@ class RunScores:
     config: SearchConfig
     calibration: dict[str, Any] | None  # the pilot of a run with --sigma auto (RunStore.calibration)
     unscored: dict[str, int]  # rows without a verdict, per split (RunStore.unscored)
+    rounding: dict[str, Any] | None  # bf16/fp16: what rounding leaves of each sigma's perturbation (engines/rounding)
 
     @property
     def task(self) -> str:
@@ -61,6 +62,7 @@ class RunScores:
             cands = [c for c in store.candidates() if c.complete]
             calibration = store.calibration()
             unscored = store.unscored()
+            rounding = store.meta("rounding")
         if not base_scores or not cands:
             raise ThicketsError(f"run {run_dir} has no fully scored candidates yet (run `thickets search` first)")
         base = Summary.of(list(base_scores.values())).score
@@ -73,6 +75,7 @@ class RunScores:
             config,
             calibration,
             unscored,
+            rounding,
         )
 
 
@@ -369,6 +372,7 @@ def analyze(
         "specialisation": spec,
         "calibration": r.calibration,
         "unscored": r.unscored,
+        "rounding": r.rounding,
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -215,6 +215,21 @@ def print_pilot(record: Mapping[str, Any]) -> None:
     print(pilot_summary(record))
 
 
+def print_rounding(rounding: Mapping[str, Any]) -> None:
+    """What half-precision rounding leaves of each sigma's perturbation, per tensor group."""
+    t = Table(
+        title=f"{rounding['dtype']}: share of the perturbation the rounded weights keep (entries moved)",
+        caption=f"candidate 0's noise on the first {rounding['sample']:,} entries of each tensor",
+    )
+    names = _sigma_names(rounding)
+    t.add_column("tensor group", justify="left")
+    for n in names:
+        t.add_column(n, justify="right")
+    for row in rounding_rows(rounding):
+        t.add_row(row["group"], *(row[n] for n in names))
+    Console(width=max(Console().width, 110)).print(t)
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
@@ -226,6 +241,26 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: list[tuple[str, str]]) ->
         "<tr>" + "".join(f"<td>{html.escape(str(row[key]))}</td>" for key, _ in columns) + "</tr>" for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _sigma_names(rounding: Mapping[str, Any]) -> list[str]:
+    return [f"sigma {row['sigma']:g}" for row in rounding["sigmas"]]
+
+
+def rounding_rows(rounding: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per tensor group: kept energy (entries moved) at each sigma (engines/rounding.py)."""
+    names = _sigma_names(rounding)
+    groups = sorted({g for row in rounding["sigmas"] for g in row["groups"]})
+    return [
+        {
+            "group": g,
+            **{
+                n: f"{row['groups'][g]['kept']:.0%} ({row['groups'][g]['changed']:.0%})" if g in row["groups"] else "-"
+                for n, row in zip(names, rounding["sigmas"])
+            },
+        }
+        for g in groups
+    ]
 
 
 def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
@@ -260,6 +295,15 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
         _img(figures["histogram"]),
         _img(figures["sigma"]),
     ]
+    rounding = summary.get("rounding")
+    if rounding:
+        parts += [
+            f"<h2>What {html.escape(rounding['dtype'])} rounding leaves of the perturbation</h2>",
+            f"<p>Share of each group's perturbation energy the rounded weights carry (and of its entries that "
+            f"moved at all), candidate 0's noise on the first {rounding['sample']:,} entries of each tensor. "
+            f"Below 50%, most of the perturbation is rounded away.</p>",
+            _table(rounding_rows(rounding), [("group", "tensor group")] + [(s, s) for s in _sigma_names(rounding)]),
+        ]
     record = summary.get("calibration")
     if record is not None:
         parts += [

@@ -28,6 +28,7 @@ from thickets.analysis.reports import (
     print_distill,
     print_pilot,
     print_replay,
+    print_rounding,
     print_tables,
     print_toy,
     print_vote_replay,
@@ -353,6 +354,10 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
     s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet)
     if s["calibration"] is not None:
         print_pilot(s["calibration"])
+    if s["rounding"]:
+        print_rounding(s["rounding"])
+    if s["unscored"]:
+        print(unscored_line(s["unscored"]))
     print_density(s["density"], s["base"])
     print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from thickets.engines import prompt_token_ids, uses_chat_template
+from thickets.engines.rounding import rounding_record
 from thickets.errors import SpecError, ThicketsError
 from thickets.models import (
     ModelIdentity,
@@ -222,8 +224,11 @@ def task_packages(task: Task) -> dict[str, str]:
 
 
 def run_record(config: SearchConfig, identity: ModelIdentity, engine: dict[str, Any], task: Task) -> dict[str, Any]:
-    """What, besides the config, is needed to reproduce the run."""
+    """What, besides the config, is needed to reproduce the run; in half precision, what rounding leaves of
+    each sigma's perturbation (engines/rounding.py)."""
+    specs = [replace(config.candidate(0), sigma=s) for s in config.sigmas_in_use()]
     return {
+        "rounding": rounding_record(local_folder(identity), specs, config.dtype),
         "model_identity": identity.to_dict(),
         "engine": engine,
         "task_description": task.description,

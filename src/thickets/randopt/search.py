@@ -13,12 +13,14 @@ and the rest of the population takes the chosen sigma. The pilot's candidates st
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from thickets.engines import Engine
+from thickets.engines.rounding import rounding_warning
 from thickets.progress import bar
 from thickets.randopt import pilot
 from thickets.randopt.config import SearchConfig
@@ -27,6 +29,8 @@ from thickets.randopt.preflight import prepare, run_record
 from thickets.randopt.scoring import race_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary
 from thickets.randopt.vote import rank
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ def search(
     executor.adopt(config)
     try:
         with RunStore.open(run_dir, config, meta=run_record(config, identity, executor.describe(), task)) as store:
+            if warning := rounding_warning(store.meta("rounding")):
+                log.warning(warning)
             # 2. What the store holds: the base (scored once, first), and the candidates' scores.
             done = store.candidates()
             scores = {c.idx: c.score for c in done}
