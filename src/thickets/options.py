@@ -7,8 +7,9 @@ dataclass is the single place a setting, its default and its documentation are w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import field
+from dataclasses import field, fields
 from typing import Any
 
 from thickets.errors import ThicketsError
@@ -23,14 +24,43 @@ def option(
     choices: Sequence[str] | None = None,
     show: Callable[[Any], str] | None = None,
     cli: bool = True,
+    bounds: tuple[float, float] | None = None,
 ) -> Any:
-    """A dataclass field with what the command line needs; `...` as default: required."""
-    metadata = {"help": help, "flag": flag, "parse": parse, "choices": choices, "show": show, "cli": cli}
+    """A dataclass field with what the command line needs; `...` as default: required. `bounds` (lo, hi):
+    the finite range a number must lie in, checked by `check_bounds`."""
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "parse": parse,
+        "choices": choices,
+        "show": show,
+        "cli": cli,
+        "bounds": bounds,
+    }
     if default is ...:
         return field(metadata=metadata)
     if isinstance(default, (list, dict, set)):
         raise TypeError("give mutable defaults as tuples")
     return field(default=default, metadata=metadata)
+
+
+def flag_name(f: Any) -> str:
+    """The command-line spelling of a dataclass field."""
+    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+
+
+def check_bounds(config: Any) -> None:
+    """Every field with `bounds` holds a finite number within them, or one line naming the flag: inf, nan,
+    1e9 epochs and a seed of -1 are refused before anything runs or is written."""
+    for f in fields(config):
+        bounds = f.metadata.get("bounds")
+        if bounds is None:
+            continue
+        lo, hi = bounds
+        value = getattr(config, f.name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and lo <= value <= hi):
+            raise ThicketsError(f"{flag_name(f)} must be a number from {lo:,g} to {hi:,g}, got {value!r}")
 
 
 def parse_floats(text: str, what: str = "value") -> tuple[float, ...]:
@@ -54,3 +84,9 @@ def parse_patterns(text: str, what: str = "value") -> tuple[str, ...]:
 def commas(value: Any) -> str:
     """How a list default is shown and written back: comma-separated."""
     return ",".join(map(str, value))
+
+
+#: the range of every seed thickets takes: derive_seed mixes it as text, numpy's generators take 64 bits
+SEEDS = (0, 2**62 - 1)
+#: the largest learning rate or step size any command takes: far above any that trains
+MAX_RATE = 10.0

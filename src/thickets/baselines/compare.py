@@ -11,6 +11,7 @@ methods rather than hidden.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,9 @@ from thickets.distill.config import DistillConfig
 from thickets.distill.rounds import NothingKept, distill
 from thickets.engines import Engine, count_tokens, load_engine
 from thickets.errors import ThicketsError
-from thickets.options import commas, option, parse_floats, parse_patterns
+from thickets.options import MAX_RATE, SEEDS, check_bounds, commas, option, parse_floats, parse_patterns
 from thickets.progress import console
-from thickets.randopt.config import SearchConfig
+from thickets.randopt.config import MAX_NEW_TOKENS, MAX_POPULATION, MAX_SPLIT, SearchConfig
 from thickets.randopt.ensemble import ensemble
 from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
@@ -54,28 +55,33 @@ class CompareConfig:
         METHODS, f"methods to run, of {','.join(METHODS)}", parse=parse_patterns, show=commas
     )
     task: str = option("products", "task name (see `thickets tasks`)")
-    budget: int = option(100_000, "generated tokens per method")
-    val_size: int = option(32, "validation (training) examples")
-    test_size: int = option(100, "held-out test examples")
-    max_new_tokens: int = option(32, "tokens generated at most per answer")
+    budget: int = option(100_000, "generated tokens per method", bounds=(1, 10**12))
+    val_size: int = option(32, "validation (training) examples", bounds=(1, MAX_SPLIT))
+    test_size: int = option(100, "held-out test examples", bounds=(1, MAX_SPLIT))
+    max_new_tokens: int = option(32, "tokens generated at most per answer", bounds=(1, MAX_NEW_TOKENS))
     sigmas: tuple[float, ...] = option(
         (1e-3, 2e-3), "RandOpt's sigma grid", flag="--sigma", parse=parse_floats, show=commas
     )
-    top_k: int = option(5, "RandOpt's K")
+    top_k: int = option(5, "RandOpt's K", bounds=(1, 10_000))
     distill_search_share: float = option(
-        0.5, "share of the budget distilled RandOpt spends on its search; the rest on traces and training"
+        0.5,
+        "share of the budget distilled RandOpt spends on its search; the rest on traces and training",
+        bounds=(0, 1),
     )
-    es_population: int = option(8, "ES perturbations per iteration")
-    es_sigma: float = option(1e-3, "ES noise scale")
-    es_alpha: float = option(5e-4, "ES step size")
-    grpo_learning_rate: float = option(1e-5, "GRPO learning rate")
-    grpo_num_generations: int = option(4, "GRPO completions per prompt")
-    grpo_prompts_per_step: int = option(2, "GRPO prompts per step")
-    seed: int = option(0, "seed of all three methods")
+    es_population: int = option(8, "ES perturbations per iteration", bounds=(2, MAX_POPULATION))
+    es_sigma: float = option(1e-3, "ES noise scale", bounds=(0, 10))
+    es_alpha: float = option(5e-4, "ES step size", bounds=(0, MAX_RATE))
+    grpo_learning_rate: float = option(1e-5, "GRPO learning rate", bounds=(0, MAX_RATE))
+    grpo_num_generations: int = option(4, "GRPO completions per prompt", bounds=(2, 1024))
+    grpo_prompts_per_step: int = option(2, "GRPO prompts per step", bounds=(1, 65_536))
+    seed: int = option(0, "seed of all three methods", bounds=SEEDS)
 
     def __post_init__(self) -> None:
-        if self.budget < 1 or self.val_size < 1 or self.test_size < 1 or self.top_k < 1:
-            raise ThicketsError("budget, val-size, test-size and top-k must be at least 1")
+        check_bounds(self)
+        if not all(x > 0 for x in (self.es_sigma, self.es_alpha, self.grpo_learning_rate)):
+            raise ThicketsError("--es-sigma, --es-alpha and --grpo-learning-rate must be above 0")
+        if any(not (s > 0 and math.isfinite(s)) for s in self.sigmas):
+            raise ThicketsError(f"--sigma must be positive numbers, got {commas(self.sigmas)}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ThicketsError(f"unknown method {unknown[0] if unknown else ''!r}; use some of {', '.join(METHODS)}")

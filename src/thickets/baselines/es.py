@@ -23,9 +23,9 @@ from thickets.disk import write_whole
 from thickets.engines import count_tokens, load_engine
 from thickets.errors import ThicketsError
 from thickets.noise import NOISE_VERSION, STRATEGIES, PerturbationSpec, add_noise_
-from thickets.options import option
+from thickets.options import MAX_RATE, SEEDS, check_bounds, option
 from thickets.progress import bar
-from thickets.randopt.config import SearchConfig
+from thickets.randopt.config import MAX_BATCH, MAX_NEW_TOKENS, MAX_POPULATION, MAX_SPLIT, SearchConfig
 from thickets.randopt.scoring import evaluate, evaluate_population, task_for
 from thickets.seeds import derive_seed
 from thickets.tasks.splits import SPLIT_SCHEME, make_splits
@@ -40,23 +40,25 @@ class ESConfig:
 
     model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
     task: str = option("countdown", "task name (see `thickets tasks`)")
-    iterations: int = option(10, "updates of the weights")
-    population: int = option(30, "perturbations per iteration")
-    sigma: float = option(1e-3, "noise scale of the perturbations")
-    alpha: float = option(5e-4, "step size of the update")
-    val_size: int = option(32, "examples each perturbation is scored on (the training signal)")
-    max_new_tokens: int = option(256, "tokens generated at most per answer")
-    batch_size: int = option(32, "prompts generated together")
-    seed: int = option(0, "seed of the perturbations")
-    split_seed: int = option(0, "seed of the validation/test splits")
+    iterations: int = option(10, "updates of the weights", bounds=(1, 1_000_000))
+    population: int = option(30, "perturbations per iteration", bounds=(2, MAX_POPULATION))
+    sigma: float = option(1e-3, "noise scale of the perturbations", bounds=(0, 10))
+    alpha: float = option(5e-4, "step size of the update", bounds=(0, MAX_RATE))
+    val_size: int = option(32, "examples each perturbation is scored on (the training signal)", bounds=(1, MAX_SPLIT))
+    max_new_tokens: int = option(256, "tokens generated at most per answer", bounds=(1, MAX_NEW_TOKENS))
+    batch_size: int = option(32, "prompts generated together", bounds=(1, MAX_BATCH))
+    seed: int = option(0, "seed of the perturbations", bounds=SEEDS)
+    split_seed: int = option(0, "seed of the validation/test splits", bounds=SEEDS)
     strategy: str = option(
         "gaussian",
         "gaussian, or lowrank (EGGROLL: rank-R perturbations, so the update is low-rank too)",
         flag="--noise",
         choices=STRATEGIES,
     )
-    rank: int = option(0, "the lowrank strategy's rank R")
-    population_batch: int = option(1, "low-rank perturbations scored together in one batched forward pass")
+    rank: int = option(0, "the lowrank strategy's rank R", bounds=(0, 65_536))
+    population_batch: int = option(
+        1, "low-rank perturbations scored together in one batched forward pass", bounds=(1, MAX_BATCH)
+    )
     noise_version: int = option(
         NOISE_VERSION, "the map from seed to noise, fixed by the run folder (version 1 before 0.2)", cli=False
     )
@@ -71,8 +73,7 @@ class ESConfig:
     CHANGEABLE: ClassVar[tuple[str, ...]] = ("iterations", "population_batch")
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.population < 2:
-            raise ThicketsError("ES needs at least 1 iteration and a population of at least 2")
+        check_bounds(self)
         if not (self.sigma > 0 and self.alpha > 0):
             raise ThicketsError(f"sigma and alpha must be positive, got {self.sigma} and {self.alpha}")
         if self.strategy == "lowrank" and self.rank < 1:

@@ -16,8 +16,8 @@ from typing import Any
 from thickets.engines.base import cut_at_stop
 from thickets.errors import ThicketsError
 from thickets.models import load
-from thickets.options import option
-from thickets.randopt.config import SearchConfig
+from thickets.options import MAX_RATE, SEEDS, check_bounds, option
+from thickets.randopt.config import MAX_NEW_TOKENS, MAX_SPLIT, SearchConfig
 from thickets.randopt.scoring import task_for
 from thickets.tasks import Example, Task
 from thickets.tasks.splits import SPLIT_SCHEME, make_splits
@@ -29,21 +29,22 @@ class GRPOSettings:
 
     model: str = option("smollm2-135m", "HF model folder, .gguf file, or smollm2-135m")
     task: str = option("countdown", "task name (see `thickets tasks`)")
-    steps: int = option(10, "optimizer steps")
-    num_generations: int = option(4, "completions per prompt (the group GRPO normalises within)")
-    prompts_per_step: int = option(2, "prompts per step")
-    learning_rate: float = option(1e-5, "learning rate")
-    max_new_tokens: int = option(128, "tokens generated at most per completion")
-    val_size: int = option(32, "training prompts: the validation split")
+    steps: int = option(10, "optimizer steps", bounds=(1, 1_000_000))
+    num_generations: int = option(4, "completions per prompt (the group GRPO normalises within)", bounds=(2, 1024))
+    prompts_per_step: int = option(2, "prompts per step", bounds=(1, 65_536))
+    learning_rate: float = option(1e-5, "learning rate", bounds=(0, MAX_RATE))
+    max_new_tokens: int = option(128, "tokens generated at most per completion", bounds=(1, MAX_NEW_TOKENS))
+    val_size: int = option(32, "training prompts: the validation split", bounds=(1, MAX_SPLIT))
     lora: bool = option(False, "train LoRA adapters (peft), merged when saved")
-    lora_r: int = option(8, "LoRA rank")
-    seed: int = option(0, "training seed")
-    split_seed: int = option(0, "seed of the validation/test splits")
+    lora_r: int = option(8, "LoRA rank", bounds=(1, 65_536))
+    seed: int = option(0, "training seed", bounds=SEEDS)
+    split_seed: int = option(0, "seed of the validation/test splits", bounds=SEEDS)
     split_scheme: int = option(SPLIT_SCHEME, "how the validation examples are drawn (thickets.tasks.splits)", cli=False)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.num_generations < 2 or self.prompts_per_step < 1:
-            raise ThicketsError("GRPO needs steps >= 1, num-generations >= 2 and prompts-per-step >= 1")
+        check_bounds(self)
+        if not self.learning_rate > 0:
+            raise ThicketsError(f"--learning-rate must be above 0, got {self.learning_rate}")
 
 
 def task_reward(task: Task, examples: Sequence[Example]) -> Callable[..., list[float | None]]:

@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from thickets.errors import ThicketsError
-
-
-def flag_of(f: dataclasses.Field[Any]) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+from thickets.options import flag_name as flag_of
 
 
 def _cli_fields(cls: type) -> list[dataclasses.Field[Any]]:

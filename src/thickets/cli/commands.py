@@ -94,6 +94,7 @@ class ExportArgs:
     run_dir: str | None = option(None, "export from this run (with --rank)")
     rank: int = option(1, "1 = best candidate on validation")
     round: int | None = option(None, "export distillation round N's model instead (with --run-dir)")
+    distillation: str = option("distill", "with --round: the distillation it is of (distill's --distillation)")
     model: str = option("smollm2-135m", "base model (with --seed and --sigma)")
     seed: int | None = option(None, "noise seed (without --run-dir)")
     sigma: float | None = option(None, "noise scale (without --run-dir)")
@@ -234,13 +235,13 @@ def cmd_distill(a: Parsed, quiet: bool) -> None:
     run_dir = Path(a[DistillRun].run_dir)
     records = distill(run_dir, a[DistillConfig], progress=not quiet)
     print_distill(records)
-    print(f"rounds recorded in {run_dir / 'distill'}/round-N/round.json")
+    print(f"rounds recorded in {run_dir / a[DistillConfig].name}/round-N/round.json")
 
 
 def cmd_export(a: Parsed, quiet: bool) -> None:
     e = a[ExportArgs]
     if e.run_dir and e.round is not None:
-        out = export_round(e.run_dir, e.round, e.out)
+        out = export_round(e.run_dir, e.round, e.out, e.distillation)
     elif e.run_dir:
         out = export_candidate(e.run_dir, e.rank, e.out)
     else:

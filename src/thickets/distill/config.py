@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from thickets.distill.traces import MODES
 from thickets.errors import ThicketsError
-from thickets.options import option
+from thickets.options import MAX_RATE, SEEDS, check_bounds, option
 from thickets.randopt.config import MAX_SPLIT
 
 
@@ -16,40 +17,55 @@ class DistillConfig:
     """Iterative RandOpt (Gan & Isola's later branch): search, keep the top-K experts' good traces on a
     train split, fine-tune one model on them, search again around it."""
 
-    rounds: int = option(2, "search + traces + fine-tune rounds; round 1 uses the run's own search")
-    top_k: int = option(8, "experts whose answers become traces")
-    samples: int = option(0, "answers per expert and question: 0 for one greedy answer, S for S samples")
-    temperature: float = option(1.0, "sampling temperature with --samples")
-    max_traces: int = option(8, "traces kept per question at most, across rounds")
+    rounds: int = option(2, "search + traces + fine-tune rounds; round 1 uses the run's own search", bounds=(1, 100))
+    top_k: int = option(8, "experts whose answers become traces", bounds=(1, 10_000))
+    samples: int = option(
+        0, "answers per expert and question: 0 for one greedy answer, S for S samples", bounds=(0, 1024)
+    )
+    temperature: float = option(1.0, "sampling temperature with --samples", bounds=(0, 100))
+    max_traces: int = option(8, "traces kept per question at most, across rounds", bounds=(1, 100_000))
     train_size: int = option(
         256,
         "train questions, disjoint from validation and test: as many as the paper's top-8 are scored on, "
         "enough to teach the format and answers without costing more than a few searches' generation",
+        bounds=(1, MAX_SPLIT),
     )
-    test_size: int = option(150, "test questions of each round's report (the train split never holds them)")
+    test_size: int = option(
+        150, "test questions of each round's report (the train split never holds them)", bounds=(1, MAX_SPLIT)
+    )
     filter: str = option(
         "auto",
         "keep traces that are correct (gold), or agree with the vote (vote); auto: gold if the task checks answers",
         choices=MODES,
     )
     full: bool = option(False, "full fine-tuning instead of LoRA (merged on save)")
-    lora_r: int = option(64, "LoRA rank")
-    learning_rate: float = option(1e-4, "fine-tuning learning rate")
-    epochs: float = option(2.0, "passes over the kept traces")
-    train_batch_size: int = option(8, "traces per optimiser step")
-    seed: int = option(0, "seed of the samples and of the fine-tune")
+    lora_r: int = option(64, "LoRA rank", bounds=(1, 65_536))
+    learning_rate: float = option(1e-4, "fine-tuning learning rate", bounds=(0, MAX_RATE))
+    epochs: float = option(2.0, "passes over the kept traces", bounds=(0, 1000))
+    train_batch_size: int = option(8, "traces per optimiser step", bounds=(1, 65_536))
+    seed: int = option(0, "seed of the samples and of the fine-tune", bounds=SEEDS)
+    name: str = option(
+        "distill",
+        "the distillation's folder in the run folder: another name starts a distillation beside the others, "
+        "so rounds made with other settings never mix",
+        flag="--distillation",
+    )
+    #: fields that do not change what a round makes: how many rounds, and where they live
+    NOT_ROUND_SETTINGS: ClassVar[tuple[str, ...]] = ("rounds", "name")
 
     def __post_init__(self) -> None:
-        if not 1 <= self.rounds <= 100:
-            raise ThicketsError(f"rounds must be between 1 and 100, got {self.rounds}")
-        if self.top_k < 1:
-            raise ThicketsError(f"top-k must be at least 1, got {self.top_k}")
-        if self.samples < 0 or (self.samples and not (self.temperature > 0 and math.isfinite(self.temperature))):
-            raise ThicketsError("--samples must be >= 0, and sampling needs a positive --temperature")
-        if self.max_traces < 1:
-            raise ThicketsError(f"max-traces must be at least 1, got {self.max_traces}")
-        for what, n in (("train-size", self.train_size), ("test-size", self.test_size)):
-            if not 1 <= n <= MAX_SPLIT:
-                raise ThicketsError(f"{what} must be between 1 and {MAX_SPLIT:,}, got {n}")
-        if self.lora_r < 1 or not self.learning_rate > 0 or not self.epochs > 0 or self.train_batch_size < 1:
-            raise ThicketsError("lora-r, learning-rate, epochs and train-batch-size must be positive")
+        check_bounds(self)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
+            raise ThicketsError(
+                f"--distillation must be a folder name of letters, digits, '.', '_' and '-', got {self.name!r}"
+            )
+        if self.samples and not self.temperature > 0:
+            raise ThicketsError("sampling (--samples) needs a positive --temperature")
+        if not (self.learning_rate > 0 and self.epochs > 0):
+            raise ThicketsError(
+                f"--learning-rate and --epochs must be above 0, got {self.learning_rate} and {self.epochs}"
+            )
+
+    def round_settings(self) -> dict[str, Any]:
+        """What a round is made with (every field but NOT_ROUND_SETTINGS), as its record keeps it."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_ROUND_SETTINGS}

@@ -1,8 +1,12 @@
 """Iterative RandOpt: search, the top-K experts answer a train split, keep the good traces, fine-tune one
 model on them, and search again around that model.
 
-Everything a round makes lives in `RUN/distill/round-N/`, each file written whole, so a round killed
-at any point goes on from its last finished piece when the same command runs again:
+Everything a round makes lives in `RUN/distill/round-N/` (`RUN/NAME/round-N/` with `--distillation NAME`),
+each file written whole, so a round killed at any point goes on from its last finished piece when the
+same command runs again:
+
+    settings.json    what the round is made with (DistillConfig.round_settings), written before anything
+                     else: a later call with other settings is refused, naming the fields
 
     search/          the round's search (round 1: the run folder itself), around the previous round's model
     traces-K.jsonl   expert K's answers to the train split, scored (one file per expert)
@@ -62,6 +66,7 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     train = make_train_split(
         task, config.split_seed, config.val_size, cfg.test_size, cfg.train_size, scheme=config.split_scheme
     )
+    check_settings(run_dir / cfg.name, cfg)
     if mode == "vote":
         with RunStore.open(run_dir, write=False) as store:  # the base's answers, or any candidate's
             models = [BASE] + [candidate_model(c.idx) for c in store.candidates()]
@@ -73,6 +78,38 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     return config, task, train, mode
 
 
+def recorded_settings(folder: Path) -> dict[str, Any] | None:
+    """What a round was made with: its settings.json, or the config a finished round recorded (rounds made
+    before settings.json existed); None for a folder with neither (nothing of the round was written)."""
+    for path, key in ((folder / "settings.json", None), (folder / "round.json", "config")):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            found = data if key is None else data.get(key)
+            return found if isinstance(found, dict) else None
+    return None
+
+
+def check_settings(distillation: Path, cfg: DistillConfig) -> None:
+    """Refuse, in one line naming the fields, a call whose settings differ from those a round of this
+    distillation was made with: its rounds would mix, and its records would report the wrong settings."""
+    wanted = cfg.round_settings()
+    rounds = sorted(
+        distillation.glob("round-*"), key=lambda p: int(p.name.split("-")[1]) if p.name[6:].isdigit() else 0
+    )
+    for folder in rounds:
+        then = recorded_settings(folder)
+        if then is None:
+            continue
+        changed = [k for k in wanted if k in then and then[k] != wanted[k]]
+        if changed:
+            was = ", ".join(f"{k} {then[k]!r}" for k in changed)
+            now = ", ".join(f"{k} {wanted[k]!r}" for k in changed)
+            raise ThicketsError(
+                f"{folder} was made with {was}, and this call asks {now}: give the round's settings to resume or "
+                f"extend it, or --distillation NAME to start another distillation beside it"
+            )
+
+
 def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) cfg.rounds rounds; returns each round's record."""
     run_dir = Path(run_dir)
@@ -81,7 +118,7 @@ def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -
     kept_before: list[Trace] = []
     model = config.model
     for r in range(1, cfg.rounds + 1):
-        folder = run_dir / "distill" / f"round-{r}"
+        folder = run_dir / cfg.name / f"round-{r}"
         done = folder / "round.json"
         if done.exists():
             record = json.loads(done.read_text())
@@ -91,7 +128,7 @@ def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -
         # traces kept so far: they stay in every later round (rank 0: kept in an earlier round)
         kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
         model = record["model"]["path"]
-    plot_rounds(records, run_dir / "distill" / "accuracy_by_round.png")
+    plot_rounds(records, run_dir / cfg.name / "accuracy_by_round.png")
     return records
 
 
@@ -130,6 +167,8 @@ def _round(
     progress: bool,
 ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "settings.json").exists():
+        write_whole(folder / "settings.json", json.dumps(cfg.round_settings(), indent=2) + "\n")
     # 1. the round's search: the run's own in round 1, else a new one around the last round's model
     round_config = config if r == 1 else replace(config, model=model)
     search_dir = run_dir if r == 1 else folder / "search"

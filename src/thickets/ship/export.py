@@ -186,12 +186,14 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
     )
 
 
-def export_round(run_dir: str | Path, round_: int, out: str | Path) -> Path:
+def export_round(run_dir: str | Path, round_: int, out: str | Path, distillation: str = "distill") -> Path:
     """Copy distillation round N's model out of a run folder, with its round record beside it: the model
     is checked against the hash the round recorded, so what is shipped is what the report measured."""
-    record_path = Path(run_dir) / "distill" / f"round-{round_}" / "round.json"
+    record_path = Path(run_dir) / distillation / f"round-{round_}" / "round.json"
     if not record_path.is_file():
-        raise ThicketsError(f"{run_dir} has no finished distillation round {round_} (run `thickets distill` first)")
+        raise ThicketsError(
+            f"{run_dir} has no finished round {round_} of distillation {distillation!r} (run `thickets distill` first)"
+        )
     record = json.loads(record_path.read_text())
     out = Path(out)
     _check_out(out)
