@@ -60,7 +60,8 @@ def check_bounds(config: Any) -> None:
         value = getattr(config, f.name)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (number and math.isfinite(value) and lo <= value <= hi):
-            raise ThicketsError(f"{flag_name(f)} must be a number from {lo:,g} to {hi:,g}, got {value!r}")
+            span = f"{lo:,} to {hi:,}" if isinstance(lo, int) and isinstance(hi, int) else f"{lo:,g} to {hi:,g}"
+            raise ThicketsError(f"{flag_name(f)} must be a number from {span}, got {value!r}")
 
 
 def parse_floats(text: str, what: str = "value") -> tuple[float, ...]:
