@@ -30,15 +30,40 @@ def sha256_of(
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a file made through a private temporary (0600, and 0700 for a folder and all it holds) the
+    permissions the umask gives any new file: a model written for a server running as another user
+    must be readable by it, as a plain `save_pretrained` would leave it."""
+    mask = umask()
+    if path.is_dir():
+        for root, _dirs, files in os.walk(path):
+            os.chmod(root, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def written_whole(out: Path) -> Iterator[Path]:
     """Yields a temporary folder beside `out`; when the block ends without error it becomes `out` (an
-    empty `out` is replaced; if another process made `out` meanwhile, theirs is kept). On error
-    nothing is left behind: a reader never sees a half-written folder."""
+    empty `out` is replaced; if another process made `out` meanwhile, theirs is kept), with the
+    permissions the umask gives. On error nothing is left behind: a reader never sees a half-written
+    folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
+        as_umask_allows(tmp)
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         if out.exists():
@@ -58,6 +83,7 @@ def write_whole(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        as_umask_allows(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

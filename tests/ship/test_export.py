@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -29,7 +30,14 @@ def test_exported_candidate_loads_in_plain_transformers_with_the_perturbed_weigh
         model=str(tiny_model_dir), task="toy", population=3, sigmas=(0.05,), val_size=3, max_new_tokens=4
     )
     result = search(config, tmp_path / "run", engine=tiny_engine, progress=False)
-    out = export_candidate(tmp_path / "run", 1, tmp_path / "best")
+    old = os.umask(0o022)
+    try:
+        out = export_candidate(tmp_path / "run", 1, tmp_path / "best")
+    finally:
+        os.umask(old)
+    # readable by a server running as another user, as a plain save_pretrained leaves it (not 0600 in 0700)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}
+    assert out.stat().st_mode & 0o777 == 0o755
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     best = result.ranked[0]
