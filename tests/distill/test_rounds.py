@@ -56,7 +56,7 @@ def test_two_rounds_record_traces_models_and_a_report_and_never_train_on_held_ou
     out = export_round(run, 2, run.parent / "round-2-model")
     AutoModelForCausalLM.from_pretrained(out)
     assert json.loads((out / "thickets_distill.json").read_text())["model"]["sha256"] == records[1]["model"]["sha256"]
-    with pytest.raises(ThicketsError, match="no finished round 3 of distillation .distill."):
+    with pytest.raises(ThicketsError, match=r"no finished round 3 of distillation .distill."):
         export_round(run, 3, run.parent / "nope")
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,89 @@ def test_a_lowrank_expert_exports_as_a_peft_adapter_whose_merge_is_the_perturbed
             assert torch.equal(merged[name], base[name])
         else:
             assert not torch.equal(want[name], base[name])
+
+
+def _readme_block(after: str) -> str:
+    import re
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", text[text.index(after) :], re.S).group(1)
+
+
+def test_the_readmes_adapter_snippet_runs_as_written(tiny_model_dir, tmp_path, monkeypatch):
+    """AutoPeftModelForCausalLM loads the adapter alone: it names a loadable base and its task type."""
+    from thickets.ship.export import export_base
+
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task="toy",
+        population=2,
+        sigmas=(0.05,),
+        val_size=2,
+        max_new_tokens=4,
+        strategy="lowrank",
+        rank=2,
+    )
+    search(config, tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)
+    export_candidate(tmp_path / "run", 1, "best-model")
+    adapter = json.loads((tmp_path / "best-model" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM" and (Path(adapter["base_model_name_or_path"]) / "config.json").is_file()
+    scope: dict = {}
+    exec(_readme_block("also writes `adapter/`, a peft LoRA adapter"), scope)
+    want = canonical_parameters(AutoModelForCausalLM.from_pretrained("best-model"))
+    got = canonical_parameters(scope["model"])
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5)
+    # shipped elsewhere: the base written as a folder, and the adapter naming it
+    export_base(str(tiny_model_dir), "base-model")
+    export_candidate(tmp_path / "run", 1, "shipped", adapter_base="base-model")
+    named = json.loads((tmp_path / "shipped" / "adapter" / "adapter_config.json").read_text())
+    assert named["base_model_name_or_path"] == "base-model"
+    base = canonical_parameters(AutoModelForCausalLM.from_pretrained("base-model"))
+    original = canonical_parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert all(torch.equal(base[n], original[n]) for n in original)
+
+
+def test_exports_carry_the_keys_transformers_4_reads_and_how_the_run_prompted(tiny_model_dir, tmp_path):
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=2, sigmas=(0.05,), val_size=2, max_new_tokens=5
+    )
+    search(config, tmp_path / "run", progress=False)
+    out = export_candidate(tmp_path / "run", 1, tmp_path / "best")
+    written = json.loads((out / "config.json").read_text())
+    rope = written.get("rope_parameters") or {}
+    assert written["rope_theta"] == rope.get("rope_theta", written["rope_theta"])  # 4.x reads this one
+    assert written["torch_dtype"] == written.get("dtype", written["torch_dtype"])
+    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer.get("tokenizer_class") in (None, "PreTrainedTokenizerFast")
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["do_sample"] is False and generation["max_new_tokens"] == 5
+    prompt = json.loads((out / "thickets_prompt.json").read_text())
+    from thickets.randopt.scoring import task_for
+
+    task = task_for(config)
+    assert prompt["stop"] == list(task.stop) and prompt["system_prompt"] == task.system_prompt
+    assert prompt["max_new_tokens"] == 5 and isinstance(prompt["chat_template"], bool)
+
+
+def test_legacy_keys_for_every_rope_layout():
+    from thickets.ship.portable import legacy_config_keys
+
+    assert legacy_config_keys({"rope_parameters": {"rope_theta": 1e5, "rope_type": "default"}}) == {"rope_theta": 1e5}
+    scaled = {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}
+    assert legacy_config_keys({"rope_parameters": scaled}) == {
+        "rope_theta": 5e5,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+    }
+    gemma3 = {
+        "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+        "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
+    }
+    assert legacy_config_keys({"rope_parameters": gemma3, "dtype": "bfloat16"}) == {
+        "rope_theta": 1e6,
+        "rope_local_base_freq": 1e4,
+        "torch_dtype": "bfloat16",
+    }
+    assert legacy_config_keys({"rope_parameters": {"rope_theta": 1e5}, "rope_theta": 7.0}) == {}  # never overwritten

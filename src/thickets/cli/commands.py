@@ -52,7 +52,7 @@ from thickets.randopt.preflight import check_inputs, load_run_config
 from thickets.randopt.scoring import task_for
 from thickets.randopt.search import SearchResult, search
 from thickets.randopt.vote import ADAPTIVE_RULES
-from thickets.ship.export import export_candidate, export_round, export_spec
+from thickets.ship.export import export_base, export_candidate, export_round, export_spec, run_prompting
 from thickets.ship.serve.config import ServeConfig
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
@@ -95,6 +95,10 @@ class ExportArgs:
     rank: int = option(1, "1 = best candidate on validation")
     round: int | None = option(None, "export distillation round N's model instead (with --run-dir)")
     distillation: str = option("distill", "with --round: the distillation it is of (distill's --distillation)")
+    base: bool = option(False, "export the unperturbed base model (the run's with --run-dir, else --model)")
+    adapter_base: str | None = option(
+        None, "the base folder a low-rank expert's adapter names (default: the base model's folder here)"
+    )
     model: str = option("smollm2-135m", "base model (with --seed and --sigma)")
     seed: int | None = option(None, "noise seed (without --run-dir)")
     sigma: float | None = option(None, "noise scale (without --run-dir)")
@@ -240,10 +244,20 @@ def cmd_distill(a: Parsed, quiet: bool) -> None:
 
 def cmd_export(a: Parsed, quiet: bool) -> None:
     e = a[ExportArgs]
-    if e.run_dir and e.round is not None:
+    if e.base:
+        if e.round is not None or e.seed is not None or e.sigma is not None:
+            raise ThicketsError("--base exports the unperturbed model: give it without --round, --seed or --sigma")
+        config = load_run_config(e.run_dir) if e.run_dir else None
+        out = export_base(
+            config.model if config else e.model,
+            e.out,
+            dtype=config.dtype if config else "float32",
+            prompting=run_prompting(config) if config else None,
+        )
+    elif e.run_dir and e.round is not None:
         out = export_round(e.run_dir, e.round, e.out, e.distillation)
     elif e.run_dir:
-        out = export_candidate(e.run_dir, e.rank, e.out)
+        out = export_candidate(e.run_dir, e.rank, e.out, adapter_base=e.adapter_base)
     else:
         if e.seed is None or e.sigma is None:
             raise ThicketsError("export needs --run-dir D [--rank R], or --model M --seed X --sigma S")

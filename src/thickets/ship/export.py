@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from thickets.disk import written_whole
-from thickets.engines import load_engine
+from thickets.engines import load_engine, uses_chat_template
 from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, resolve, same_model
+from thickets.models import ModelIdentity, load_tokenizer, local_folder, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
+from thickets.randopt.config import SearchConfig
 from thickets.randopt.preflight import load_run_config
+from thickets.randopt.scoring import task_for
 from thickets.randopt.store import RunStore
 from thickets.randopt.vote import rank as rank_candidates
+from thickets.ship.portable import make_portable, prompting_of
 from thickets.version import __version__
 
 if TYPE_CHECKING:
@@ -70,11 +73,24 @@ def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[A
 ADAPTER_DIR = "adapter"
 
 
-def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: str = "float32", **extra: Any) -> Path:
+def export_spec(
+    model: str,
+    spec: PerturbationSpec,
+    out: str | Path,
+    *,
+    dtype: str = "float32",
+    prompting: dict[str, Any] | None = None,
+    adapter_base: str | None = None,
+    **extra: Any,
+) -> Path:
     """Write base + sigma * noise(spec) as a Hugging Face folder with its recipe (and, for a low-rank
-    expert, its LoRA adapter in `adapter/`)."""
+    expert, its LoRA adapter in `adapter/`, naming `adapter_base` as its base: by default the base model's
+    folder on this machine), readable by transformers 4.5x and 5.x (portable.py), with the run's
+    `prompting` beside it when given."""
     out = Path(out)
     _check_out(out)
+    if adapter_base is not None and not (Path(adapter_base) / "config.json").is_file():
+        raise ThicketsError(f"--adapter-base {adapter_base} is not a model folder (no config.json)")
     m, tok, identity = build(model, spec, dtype)
     sites = None
     if spec.strategy == "lowrank":  # every kept matrix has a site, or one line before a byte is written
@@ -85,9 +101,46 @@ def export_spec(model: str, spec: PerturbationSpec, out: str | Path, *, dtype: s
     with written_whole(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        make_portable(tmp, prompting)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
         if spec.strategy == "lowrank":
-            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=identity.name, sites=sites)
+            base = adapter_base or str(local_folder(identity).resolve())
+            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=base, sites=sites)
+    return out
+
+
+BASE_NAME = "thickets_base.json"
+
+
+def export_base(
+    model: str, out: str | Path, *, dtype: str = "float32", prompting: dict[str, Any] | None = None
+) -> Path:
+    """The unperturbed model as a plain folder (what thickets starts from: for the embedded default, the
+    dequantized GGUF, which no hub model is), readable by transformers 4.5x and 5.x: the base an exported
+    adapter can name, and the baseline a harness compares against. Its identity is written beside it."""
+    out = Path(out)
+    _check_out(out)
+    loaded, identity = load_engine(model, dtype=dtype)
+    engine = cast("TransformersEngine", loaded)
+    with written_whole(out) as tmp:
+        engine.model.save_pretrained(tmp)
+        engine.tokenizer.save_pretrained(tmp)
+        make_portable(tmp, prompting)
+        record = {"thickets_version": __version__, "base_model": identity.to_dict(), "dtype": dtype}
+        (tmp / BASE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def run_prompting(config: SearchConfig) -> dict[str, Any]:
+    """How a run prompted its model (portable.prompting_of), per task in a multi-task run."""
+    task = task_for(config)
+    tokenizer = load_tokenizer(resolve(config.model))
+    used = uses_chat_template(tokenizer, config.chat_template)
+    parts = task.parts or {task.name: task}
+    first = next(iter(parts.values()))
+    out = prompting_of(used, first.system_prompt, first.stop, config.max_new_tokens)
+    if task.parts:
+        out["per_task"] = {n: {"system_prompt": t.system_prompt, "stop": list(t.stop)} for n, t in parts.items()}
     return out
 
 
@@ -115,6 +168,7 @@ def write_adapter(
     targets: list[str] = []
     fan_in_fan_out = False
     scale = adapter_scale(spec)
+    # peft's Auto classes need the task type, and load the base the config names
     params = canonical_parameters(model)
     paths = {id(m): n for n, m in model.named_modules()}
     for site in lowrank_sites(model, params, spec.filter.keeps) if sites is None else sites:
@@ -147,11 +201,12 @@ def write_adapter(
         bias="none",
         fan_in_fan_out=fan_in_fan_out,
         base_model_name_or_path=base_name,
+        task_type="CAUSAL_LM",
     ).save_pretrained(str(out))
     save_file(tensors, str(out / "adapter_model.safetensors"))
 
 
-def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
+def export_candidate(run_dir: str | Path, rank: int, out: str | Path, adapter_base: str | None = None) -> Path:
     """Export the candidate at `rank` (1 = best on validation) of a run. The base model must be the one
     the run was made with (its content hash), or the export would be another model."""
 
@@ -176,6 +231,8 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path) -> Path:
         spec,
         out,
         dtype=config.dtype,
+        prompting=run_prompting(config),
+        adapter_base=adapter_base,
         run={
             "run_dir": str(Path(run_dir).resolve()),
             "rank": rank,
@@ -204,6 +261,7 @@ def export_round(run_dir: str | Path, round_: int, out: str | Path, distillation
         for f in source.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        make_portable(tmp, run_prompting(load_run_config(run_dir)))
         (tmp / "thickets_distill.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
