@@ -85,6 +85,34 @@ def test_chat_and_completion_requests_are_answered_by_the_vote(server, run):
     assert done.choices[0].finish_reason in ("stop", "length")
 
 
+def test_completions_take_token_ids_and_several_prompts_as_openais_api_does(server):
+    """lm-eval's local-completions sends token ids (and several prompts at once) and asks the server's
+    tokenizer routes: each prompt gets its own choice, the one a text prompt of the same tokens gets."""
+    c = client(server)
+    h = httpx.Client(base_url=server.url, timeout=60)
+    texts = ["Item 4.", "Write something about item 2-9.", "Item 7."]
+    alone = [c.completions.create(model="run-top5", prompt=t, max_tokens=5) for t in texts]
+    ids = [h.post("/tokenize", json={"prompt": t}).json()["tokens"] for t in texts]
+    tok = server.app.state.served.tokenizer
+    assert ids == [tok(t).input_ids for t in texts]  # with the special tokens a text prompt gets
+    for prompt in (texts, ids):
+        together = c.completions.create(model="run-top5", prompt=prompt, max_tokens=5)
+        assert [ch.index for ch in together.choices] == [0, 1, 2]
+        assert [ch.text for ch in together.choices] == [a.choices[0].text for a in alone]
+        assert together.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+        assert len(together.model_extra["thickets"]) == 3
+    one = c.completions.create(model="run-top5", prompt=ids[1], max_tokens=5)
+    assert one.choices[0].text == alone[1].choices[0].text and one.model_extra["thickets"]["k"] == 5
+    streamed = list(c.completions.create(model="run-top5", prompt=ids, max_tokens=5, stream=True))
+    for i, a in enumerate(alone):
+        assert "".join(p.choices[0].text for p in streamed if p.choices[0].index == i) == a.choices[0].text
+    # what lm-eval's remote tokenizer asks, answered here: nothing is downloaded
+    info = h.get("/tokenizer_info").json()
+    assert info["eos_token"] == tok.eos_token and info["model_max_length"] > 0
+    assert h.post("/detokenize", json={"tokens": ids[0]}).json()["prompt"] == tok.decode(ids[0])
+    assert h.post("/tokenize", json={"prompt": "Item", "model": "gpt-4"}).status_code == 404
+
+
 def test_streaming_sends_the_chosen_completion_then_the_vote(server):
     c = client(server)
     kw = dict(model="run-top5", messages=[{"role": "user", "content": "Write something about item 2-9."}], max_tokens=6)
@@ -132,7 +160,10 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
         (h.post(chat, json={**ok, "messages": [{"role": "wizard", "content": "hi"}]}), 400, "role"),
         (h.post(chat, json=[1, 2]), 400, "must be a JSON object"),
         (h.post(chat, json={**ok, "messages": [{"role": "user", "content": "x" * 5000}]}), 413, "over the limit"),
-        (h.post("/v1/completions", json={"model": "run-top5", "prompt": ["a", "b"]}), 400, "one prompt per request"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": []}), 400, "no prompt given"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": ["a"] * 129}), 400, "at most 128 prompts"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": [10**9]}), 400, "token ids must be"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": ["a", " "]}), 400, "prompt.1: the prompt"),
     ]
     for reply, status, message in cases:
         assert reply.status_code == status, reply.text

@@ -75,7 +75,7 @@ class _Common(BaseModel):
         return tuple(s for s in given if s)
 
 
-R = TypeVar("R", bound=_Common)
+B = TypeVar("B", bound=BaseModel)
 
 
 class ChatRequest(_Common):
@@ -83,8 +83,26 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
+#: prompts one completion request may hold (OpenAI's limit for a list of prompts)
+MAX_PROMPTS = 128
+
+
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    # a string, a list of strings, token ids, or a list of lists of token ids, as OpenAI's API takes
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize, which lm-eval's remote tokenizer calls (the model field is optional)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: list[int]
 
 
 class BadRequest(Exception):
@@ -120,7 +138,7 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
         response: Response = await call_next(request)
         return response
 
-    async def read(request: Request, model: type[R]) -> R:
+    async def read(request: Request, model: type[B]) -> B:
         body = b""
         async for chunk in request.stream():  # a body without a length is counted as it arrives
             body += chunk
@@ -138,10 +156,11 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise BadRequest(400, f"{where}: {first['msg']}", param=where) from None
-        if req.model != served.name:
+        asked_for = getattr(req, "model", None)  # required of completions; the tokenizer routes may leave it out
+        if asked_for is not None and asked_for != served.name:
             raise BadRequest(
                 404,
-                f"model {req.model!r} is not served here; this server has {served.name!r}",
+                f"model {asked_for!r} is not served here; this server has {served.name!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -252,44 +271,106 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             "thickets": fields(v),
         }
 
+    def texts_of(prompt: str | list[str] | list[int] | list[list[int]]) -> list[tuple[str, bool]]:
+        """(text, add special tokens) of each prompt: text gets the tokenizer's special tokens, as a raw
+        prompt does in a search; token ids are the model's input as given, so they are decoded to the text
+        that tokenizes back to them (and refused where no text does)."""
+        if isinstance(prompt, str):
+            prompts: list[Any] = [prompt]
+        elif prompt and all(isinstance(p, int) for p in prompt):
+            prompts = [prompt]
+        else:
+            prompts = list(prompt)
+        if not prompts:
+            raise BadRequest(400, "prompt: no prompt given", "prompt")
+        if len(prompts) > MAX_PROMPTS:
+            raise BadRequest(400, f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", "prompt")
+        out = []
+        for i, p in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt.{i}"
+            if isinstance(p, str):
+                if not p.strip():
+                    raise BadRequest(400, f"{where}: the prompt is empty", where)
+                out.append((p, True))
+                continue
+            vocab = len(served.tokenizer)
+            if not p or any(not 0 <= t < vocab for t in p):
+                raise BadRequest(400, f"{where}: token ids must be a non-empty list in [0, {vocab})", where)
+            text = served.tokenizer.decode(p, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if served.tokenizer(text, add_special_tokens=False).input_ids != list(p):
+                raise BadRequest(
+                    400, f"{where}: these token ids are not what any text tokenizes to; send the text instead", where
+                )
+            out.append((text, False))
+        return out
+
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response | dict[str, Any]:
         req: CompletionRequest = await read(request, CompletionRequest)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if len(prompts) != 1:
-            raise BadRequest(400, f"prompt: one prompt per request, got {len(prompts)}", "prompt")
-        prompt = prompts[0]
-        if not prompt.strip():
-            raise BadRequest(400, "prompt: the prompt is empty", "prompt")
-        s, prompt_tokens = settings(prompt, req.max_tokens, req.stops(), True)
+        prompts = texts_of(req.prompt)
+        asked = [settings(text, req.max_tokens, req.stops(), special) for text, special in prompts]
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
-        v = await vote(request, prompt, s)
-        text, reason, tokens = finish(v, s, req.stops())
+        verdicts = await asyncio.gather(*(vote(request, text, s) for (text, _), (s, _) in zip(prompts, asked)))
+        done = [finish(v, s, req.stops()) for v, (s, _) in zip(verdicts, asked)]
+        # one prompt: the vote as `thickets`, as ever; several: a list, one per choice
+        votes: Any = fields(verdicts[0]) if len(verdicts) == 1 else [fields(v) for v in verdicts]
         if req.stream:
-            return _stream(
-                [
-                    *(
-                        {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
-                        for piece in _pieces(text)
-                    ),
-                    {
-                        **head,
-                        "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}],
-                        "thickets": fields(v),
-                    },
-                ]
-            )
+            chunks = [
+                {**head, "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}]}
+                for i, (text, _, _) in enumerate(done)
+                for piece in _pieces(text)
+            ]
+            chunks += [
+                {**head, "choices": [{"index": i, "text": "", "finish_reason": reason, "logprobs": None}]}
+                for i, (_, reason, _) in enumerate(done)
+            ]
+            chunks[-1]["thickets"] = votes
+            return _stream(chunks)
+        prompt_tokens = sum(n for _, n in asked)
+        tokens = sum(t for _, _, t in done)
         return {
             **head,
-            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
+            "choices": [
+                {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                for i, (text, reason, _) in enumerate(done)
+            ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": tokens,
                 "total_tokens": prompt_tokens + tokens,
             },
-            "thickets": fields(v),
+            "thickets": votes,
         }
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        """What lm-eval's remote tokenizer asks first (as vLLM answers it), so a harness downloads nothing."""
+        tok = served.tokenizer
+        return {
+            "tokenizer_class": type(tok).__name__,
+            "eos_token": tok.eos_token,
+            "bos_token": tok.bos_token,
+            "pad_token": tok.pad_token,
+            "unk_token": getattr(tok, "unk_token", None),
+            "chat_template": getattr(tok, "chat_template", None) if served.chat_template else None,
+            "model_max_length": served.context,
+            "vocab_size": len(tok),
+        }
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        req: TokenizeRequest = await read(request, TokenizeRequest)
+        ids = served.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens).input_ids
+        return {"tokens": list(ids), "count": len(ids), "max_model_len": served.context}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        req: DetokenizeRequest = await read(request, DetokenizeRequest)
+        vocab = len(served.tokenizer)
+        if any(not 0 <= t < vocab for t in req.tokens):
+            raise BadRequest(400, f"tokens: token ids must be in [0, {vocab})", "tokens")
+        return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
     return app
 
