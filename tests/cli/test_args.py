@@ -8,7 +8,7 @@ import json
 import pytest
 
 from thickets.cli.args import flag_of
-from thickets.cli.commands import COMMANDS, _parse, build_parser, main
+from thickets.cli.commands import COMMANDS, RunFolder, _parse, build_parser, main
 from thickets.randopt.config import SearchConfig
 
 
@@ -77,7 +77,7 @@ def test_a_config_file_sets_the_fields_and_flags_override_it(tmp_path, suffix):
     assert config.task == "products" and config.sigmas == (0.001, 0.002) and config.val_size == 48
     assert config.chat_template is False
     assert config.population == 64  # the flag wins
-    assert a[COMMANDS["search"][1][2]].run_dir == "runs/x"
+    assert a[RunFolder].run_dir == "runs/x"
 
 
 @pytest.mark.parametrize(

@@ -196,10 +196,10 @@ def test_bad_distill_input_is_one_line_exit_2_and_the_run_folder_untouched(exist
     before = _snapshot(existing_run)
     d = ["distill", "--run-dir", str(existing_run)]
     cases = [
-        ([*d, "--rounds", "0"], "rounds must be between 1 and 100, got 0"),
+        ([*d, "--rounds", "0"], "--rounds must be a number from 1 to 100, got 0"),
         ([*d, "--top-k", "50"], "top-k 50 is more than the run's population of"),
-        ([*d, "--test-size", "0"], "test-size must be between 1 and"),
-        ([*d, "--samples", "4", "--temperature", "0"], "sampling needs a positive --temperature"),
+        ([*d, "--test-size", "0"], "--test-size must be a number from 1 to"),
+        ([*d, "--samples", "4", "--temperature", "0"], "sampling (--samples) needs a positive --temperature"),
         ([*d, "--filter", "maybe"], "invalid choice: 'maybe'"),
         (["distill", "--run-dir", str(tmp_path / "none")], "no thickets run in"),
     ]

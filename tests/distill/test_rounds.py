@@ -63,11 +63,11 @@ def test_two_rounds_record_traces_models_and_a_report_and_never_train_on_held_ou
 def test_bad_distill_input_is_refused_before_anything_is_written(run):
     for cfg, message in (
         (dict(SMALL, top_k=5), "top-k 5 is more than the run's population of 4"),
-        (dict(SMALL, train_size=10**9), "train-size must be between"),
+        (dict(SMALL, train_size=10**9), "--train-size must be a number from 1 to"),
     ):
         with pytest.raises(ThicketsError, match=message):
             distill(run, DistillConfig(**cfg), progress=False)
-    with pytest.raises(ThicketsError, match="rounds must be between 1 and 100"):
+    with pytest.raises(ThicketsError, match="--rounds must be a number from 1 to 100"):
         DistillConfig(rounds=0)
     assert not (run / "distill").exists()
 

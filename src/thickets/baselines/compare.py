@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from thickets.randopt.store import RunStore, candidate_model, read_config
 from thickets.randopt.vote import fully_scored
 from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits, train_examples
+from thickets.tracking import NO_TRACKER, Tracker
 
 if TYPE_CHECKING:
     from thickets.engines.transformers_engine import TransformersEngine
@@ -317,7 +319,9 @@ def run_grpo_method(
     }
 
 
-def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def compare(
+    cfg: CompareConfig, out: str | Path, progress: bool = True, tracker: Tracker = NO_TRACKER
+) -> dict[str, Any]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +362,9 @@ def compare(cfg: CompareConfig, out: str | Path, progress: bool = True) -> dict[
         if progress:
             console.print(f"compare: {name} with a budget of {cfg.budget} generated tokens")
         rows.append(methods[name]())
+    for row in rows:  # one group of figures per method, as the table has them
+        slug = re.sub(r"[^a-z0-9]+", "_", row["method"].lower()).strip("_")
+        tracker.log({f"compare/{slug}/{k}": v for k, v in row.items()}, 0)
     result = {"config": asdict(cfg), "test_size": len(test), "rows": rows}
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "compare.png")

@@ -29,6 +29,7 @@ from thickets.randopt.config import MAX_BATCH, MAX_NEW_TOKENS, MAX_POPULATION, M
 from thickets.randopt.scoring import evaluate, evaluate_population, task_for
 from thickets.seeds import derive_seed
 from thickets.tasks.splits import SPLIT_SCHEME, make_splits
+from thickets.tracking import NO_TRACKER, Tracker
 
 if TYPE_CHECKING:
     from thickets.engines.transformers_engine import TransformersEngine
@@ -137,6 +138,7 @@ def run_es(
     engine: TransformersEngine | None = None,
     budget_tokens: int | None = None,
     progress: bool = True,
+    tracker: Tracker = NO_TRACKER,
 ) -> dict[str, Any]:
     """ES on a language model; the log in run_dir/es.json makes it resumable (updates replayed from seeds).
 
@@ -205,6 +207,8 @@ def run_es(
             log["iterations"].append(rec)
             write_whole(log_path, json.dumps(log))  # the checkpoint: whole, after every iteration
             update(mean=f"{rec['mean_reward']:.3f}")
+            rewards = rec["rewards"]
+            tracker.log({"es/mean_reward": rec["mean_reward"], "es/best_reward": max(rewards), "es/tokens": tokens}, it)
     final = evaluate(engine, task, val, search_cfg)  # theta itself
     log["final_val_reward"] = float(np.mean([r.score.reward for r in final]))
     return log

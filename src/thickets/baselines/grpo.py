@@ -60,7 +60,9 @@ def task_reward(task: Task, examples: Sequence[Example]) -> Callable[..., list[f
     return reward
 
 
-def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def run_grpo(
+    cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True, report_to: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Train with GRPO; returns the log (steps, rewards, generated tokens, seconds) and saves the model."""
     try:
         from datasets import Dataset
@@ -90,7 +92,7 @@ def run_grpo(cfg: GRPOSettings, out_dir: str | Path, *, progress: bool = True) -
         max_completion_length=cfg.max_new_tokens,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=list(report_to),  # TRL's own integrations, the names thickets' --report-to takes
         use_cpu=True,
         bf16=False,
         fp16=False,

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -57,6 +57,7 @@ from thickets.ship.serve.config import ServeConfig
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
 from thickets.toy.config import ToyConfig
+from thickets.tracking import Tracker, TrackingOptions, check_report_to
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -181,13 +182,14 @@ class Parsed:
 def _search(a: Parsed, quiet: bool) -> SearchResult:
     """search() with the executor the command line asked for."""
     config, where, run_dir = a[SearchConfig], a[ExecutorOptions], a[RunFolder].run_dir
-    if where.executor == "inprocess":
-        return search(config, run_dir, progress=not quiet)
-    executor = make_executor(where, config)
-    try:
-        return search(config, run_dir, executor=executor, progress=not quiet)
-    finally:
-        executor.close()
+    with Tracker(a[TrackingOptions].report_to, run_dir, "search", config.to_dict()) as tracker:
+        if where.executor == "inprocess":
+            return search(config, run_dir, progress=not quiet, tracker=tracker)
+        executor = make_executor(where, config)
+        try:
+            return search(config, run_dir, executor=executor, progress=not quiet, tracker=tracker)
+        finally:
+            executor.close()
 
 
 def cmd_search(a: Parsed, quiet: bool) -> None:
@@ -211,7 +213,8 @@ def cmd_calibrate(a: Parsed, quiet: bool) -> None:
     config, where, run_dir = a[SearchConfig], a[ExecutorOptions], a[RunFolder].run_dir
     executor = None if where.executor == "inprocess" else make_executor(where, config)
     try:
-        record = calibrate(config, run_dir, executor=executor, progress=not quiet)
+        with Tracker(a[TrackingOptions].report_to, run_dir, "calibrate", config.to_dict()) as tracker:
+            record = calibrate(config, run_dir, executor=executor, progress=not quiet, tracker=tracker)
     finally:
         if executor is not None:
             executor.close()
@@ -236,8 +239,9 @@ class DistillRun:
 def cmd_distill(a: Parsed, quiet: bool) -> None:
     from thickets.distill.rounds import distill  # torch, transformers and TRL: only for this command
 
-    run_dir = Path(a[DistillRun].run_dir)
-    records = distill(run_dir, a[DistillConfig], progress=not quiet)
+    run_dir, cfg = Path(a[DistillRun].run_dir), a[DistillConfig]
+    with Tracker(a[TrackingOptions].report_to, run_dir, cfg.name, asdict(cfg)) as tracker:
+        records = distill(run_dir, cfg, progress=not quiet, tracker=tracker)
     print_distill(records)
     print(f"rounds recorded in {run_dir / a[DistillConfig].name}/round-N/round.json")
 
@@ -388,7 +392,8 @@ def cmd_density(a: Parsed, quiet: bool) -> None:
 def cmd_es(a: Parsed, quiet: bool) -> None:
     cfg, run_dir = a[ESConfig], a[RunFolder].run_dir
     check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
-    log = run_es(cfg, run_dir, progress=not quiet)
+    with Tracker(a[TrackingOptions].report_to, run_dir, "es", asdict(cfg)) as tracker:
+        log = run_es(cfg, run_dir, progress=not quiet, tracker=tracker)
     means = " ".join(f"{r['mean_reward']:.3f}" for r in log["iterations"])
     print(
         f"ES: mean population reward per iteration {means}; final weights {log['final_val_reward']:.3f} on "
@@ -399,7 +404,7 @@ def cmd_es(a: Parsed, quiet: bool) -> None:
 def cmd_grpo(a: Parsed, quiet: bool) -> None:
     cfg, out = a[GRPOSettings], a[OutFolder].out
     check_inputs(cfg.task, cfg.model, cfg.split_seed, cfg.val_size)
-    log = run_grpo(cfg, out, progress=not quiet)
+    log = run_grpo(cfg, out, progress=not quiet, report_to=check_report_to(a[TrackingOptions].report_to))
     (Path(out) / "grpo.json").write_text(json.dumps(log, indent=2) + "\n")
     rewards = " ".join(f"{s['reward']:.3f}" for s in log["steps"])
     print(
@@ -411,7 +416,8 @@ def cmd_grpo(a: Parsed, quiet: bool) -> None:
 def cmd_compare(a: Parsed, quiet: bool) -> None:
     cfg, out = a[CompareConfig], a[OutFolder].out
     check_inputs(cfg.task, cfg.model, 0, cfg.val_size, cfg.test_size)
-    result = compare(cfg, out, progress=not quiet)
+    with Tracker(a[TrackingOptions].report_to, out, "compare", asdict(cfg)) as tracker:
+        result = compare(cfg, out, progress=not quiet, tracker=tracker)
     print_compare(
         f"{cfg.task} on {cfg.model}: budget {cfg.budget} generated tokens, {result['test_size']} test questions",
         result["rows"],
@@ -423,19 +429,19 @@ Command = tuple[str, Sequence[type["DataclassInstance"]], Callable[[Parsed, bool
 COMMANDS: dict[str, Command] = {
     "search": (
         "score N random perturbations on the validation split",
-        (SearchConfig, ExecutorOptions, RunFolder),
+        (SearchConfig, ExecutorOptions, TrackingOptions, RunFolder),
         cmd_search,
     ),
     "calibrate": (
         "--sigma auto's pilot alone: a short search over a log grid of sigma that chooses it (population "
         "and sigma are not used); `search --sigma auto` of the same folder goes on from it",
-        (SearchConfig, ExecutorOptions, RunFolder),
+        (SearchConfig, ExecutorOptions, TrackingOptions, RunFolder),
         cmd_calibrate,
     ),
     "ensemble": ("top-K majority vote vs base vs best single, on held-out test data", (EnsembleArgs,), cmd_ensemble),
     "distill": (
         "iterative RandOpt: the top-K experts' good traces on a train split fine-tune one model, then search again",
-        (DistillRun, DistillConfig),
+        (DistillRun, DistillConfig, TrackingOptions),
         cmd_distill,
     ),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
@@ -473,18 +479,22 @@ COMMANDS: dict[str, Command] = {
     ),
     "density": (
         "a search without ensemble, then the density of improving perturbations",
-        (SearchConfig, ExecutorOptions, RunFolder, DensityArgs),
+        (SearchConfig, ExecutorOptions, TrackingOptions, RunFolder, DensityArgs),
         cmd_density,
     ),
-    "es": ("evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline", (ESConfig, RunFolder), cmd_es),
+    "es": (
+        "evolution strategies (Qiu et al. 2025) on the same engine: the ES baseline",
+        (ESConfig, TrackingOptions, RunFolder),
+        cmd_es,
+    ),
     "grpo": (
         "GRPO through TRL's GRPOTrainer on the same task reward: the gradient baseline",
-        (GRPOSettings, OutFolder),
+        (GRPOSettings, TrackingOptions, OutFolder),
         cmd_grpo,
     ),
     "compare": (
         "RandOpt vs ES vs GRPO at an equal budget of generated tokens",
-        (CompareConfig, OutFolder),
+        (CompareConfig, TrackingOptions, OutFolder),
         cmd_compare,
     ),
     "tasks": ("list the tasks", (), cmd_tasks),

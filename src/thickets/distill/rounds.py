@@ -44,6 +44,7 @@ from thickets.randopt.vote import fully_scored, paired_gain, vote_outcomes
 from thickets.seeds import derive_seed
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits, make_train_split
+from thickets.tracking import NO_TRACKER, Tracker
 
 
 class NothingKept(ThicketsError):
@@ -110,7 +111,9 @@ def check_settings(distillation: Path, cfg: DistillConfig) -> None:
             )
 
 
-def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -> list[dict[str, Any]]:
+def distill(
+    run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True, tracker: Tracker = NO_TRACKER
+) -> list[dict[str, Any]]:
     """Run (or resume) cfg.rounds rounds; returns each round's record."""
     run_dir = Path(run_dir)
     config, task, train, mode = check(run_dir, cfg)
@@ -125,6 +128,18 @@ def distill(run_dir: str | Path, cfg: DistillConfig, *, progress: bool = True) -
         else:
             record = _round(r, folder, run_dir, config, model, task, train, mode, cfg, kept_before, progress)
         records.append(record)
+        test = record["test"]
+        tracker.log(
+            {
+                "distill/vote_accuracy": test["ensemble"]["accuracy"],
+                "distill/distilled_accuracy": test["distilled"]["accuracy"],
+                "distill/base_accuracy": test["base"]["accuracy"],
+                "distill/kept_this_round": record["kept_this_round"],
+                "distill/tokens_generated": record["tokens_generated"],
+                "distill/tokens_trained": record["tokens_trained"],
+            },
+            r,
+        )
         # traces kept so far: they stay in every later round (rank 0: kept in an earlier round)
         kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
         model = record["model"]["path"]

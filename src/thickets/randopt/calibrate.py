@@ -18,6 +18,7 @@ from thickets.randopt.config import AUTO, SearchConfig
 from thickets.randopt.executors import Executor
 from thickets.randopt.search import search
 from thickets.randopt.store import read_config
+from thickets.tracking import NO_TRACKER, Tracker
 
 
 def calibrate(
@@ -27,6 +28,7 @@ def calibrate(
     engine: Engine | None = None,
     executor: Executor | None = None,
     progress: bool = True,
+    tracker: Tracker = NO_TRACKER,
 ) -> dict[str, Any]:
     """Walk the pilot of `config` with sigma auto (its sigmas and population are not used) in `run_dir`,
     a new folder or one whose pilot is under way or done; returns the pilot's record (pilot.record)."""
@@ -42,6 +44,7 @@ def calibrate(
         executor=executor,
         progress=progress,
         pilot_only=True,
+        tracker=tracker,
     )
     assert result.calibration is not None
     return result.calibration

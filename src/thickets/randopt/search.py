@@ -29,6 +29,7 @@ from thickets.randopt.preflight import prepare, run_record
 from thickets.randopt.scoring import race_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary
 from thickets.randopt.vote import rank
+from thickets.tracking import NO_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def search(
     executor: Executor | None = None,
     progress: bool = True,
     pilot_only: bool = False,
+    tracker: Tracker = NO_TRACKER,
 ) -> SearchResult:
     """Score candidates 0..population-1 that the run folder does not have yet; returns all of them ranked.
 
@@ -103,6 +105,7 @@ def search(
                             store.add_results(BASE, "val", rows)
                             base = Summary.of([r.score for r in rows])
                             update(advance=0, **shown())
+                            tracker.log({"search/base_score": base.score, "search/base_accuracy": base.accuracy}, 0)
                             continue
                         spec = config.candidate(item)
                         cand = store.add_candidate(item, spec.seed, spec.sigma, rows, seconds)
@@ -112,6 +115,16 @@ def search(
                         else:
                             stopped += 1
                         update(**shown())
+                        tracker.log(
+                            {
+                                "search/score": cand.score,
+                                "search/accuracy": cand.accuracy,
+                                "search/sigma": spec.sigma,
+                                "search/best": max(finished, default=float("nan")),
+                                "search/seconds": seconds,
+                            },
+                            item,
+                        )
 
                 # 5. --sigma auto: the pilot, one grid point at a time (never raced: its scores are the curve).
                 grid, m = config.pilot_grid, config.pilot_per_sigma
@@ -135,6 +148,8 @@ def search(
                         )
                         store.record_calibration(config, record)
                         executor.adopt(config)
+                        for g, point in enumerate(points):
+                            tracker.log({f"pilot/{k}": v for k, v in point.to_dict().items()}, g)
                         break
                     g = len(points)
                     phase = {"pilot": f"{grid[g]:g}({g + 1}/{len(grid)})"}
