@@ -56,28 +56,11 @@ def test_a_small_sigma_is_mostly_rounded_away_and_warned_a_large_one_is_kept(tin
 
 
 def test_a_half_precision_run_records_it_and_analyze_shows_it(tiny_model_dir, tmp_path, capsys, caplog):
+    from tests.support import search_argv
     from thickets.cli.commands import main
 
     run = tmp_path / "run"
-    argv = [
-        "search",
-        "--model",
-        str(tiny_model_dir),
-        "--task",
-        "toy",
-        "--population",
-        "2",
-        "--sigma",
-        "1e-5",
-        "--val-size",
-        "2",
-        "--max-new-tokens",
-        "2",
-        "--dtype",
-        "bfloat16",
-        "--run-dir",
-        str(run),
-    ]
+    argv = search_argv(tiny_model_dir, run, "--dtype", "bfloat16", sigma="1e-5", val_size=2, max_new_tokens=2)
     with caplog.at_level("WARNING"):
         assert main(argv) == 0
     assert any("rounding leaves" in r.getMessage() for r in caplog.records)
