@@ -156,6 +156,8 @@ def test_exports_carry_the_keys_transformers_4_reads_and_how_the_run_prompted(ti
     assert written["torch_dtype"] == written.get("dtype", written["torch_dtype"])
     tokenizer = json.loads((out / "tokenizer_config.json").read_text())
     assert tokenizer.get("tokenizer_class") in (None, "PreTrainedTokenizerFast")
+    if tokenizer.get("tokenizer_class"):  # what 4.x's fast tokenizer would otherwise give generate()
+        assert tokenizer["model_input_names"] == ["input_ids", "attention_mask"]
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["do_sample"] is False and generation["max_new_tokens"] == 5
     prompt = json.loads((out / "thickets_prompt.json").read_text())

@@ -111,6 +111,16 @@ def test_completions_take_token_ids_and_several_prompts_as_openais_api_does(serv
     assert info["eos_token"] == tok.eos_token and info["model_max_length"] > 0
     assert h.post("/detokenize", json={"tokens": ids[0]}).json()["prompt"] == tok.decode(ids[0])
     assert h.post("/tokenize", json={"prompt": "Item", "model": "gpt-4"}).status_code == 404
+    # chat messages, as lm-eval sends them with --apply_chat_template: rendered as the chat route renders them
+    chat = [{"role": "user", "content": texts[0]}]
+    rendered = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    for body in ({"prompt": chat}, {"messages": chat}):
+        assert h.post("/tokenize", json=body).json()["tokens"] == tok(rendered, add_special_tokens=False).input_ids
+    by_ids = c.completions.create(
+        model="run-top5", prompt=tok(rendered, add_special_tokens=False).input_ids, max_tokens=5
+    )
+    by_chat = c.chat.completions.create(model="run-top5", messages=chat, max_tokens=5)
+    assert by_ids.choices[0].text == by_chat.choices[0].message.content
 
 
 def test_streaming_sends_the_chosen_completion_then_the_vote(server):

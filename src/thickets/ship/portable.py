@@ -5,7 +5,8 @@ transformers 5 writes RoPE only as `rope_parameters` and names its tokenizer cla
 transformers 4.5x (what much of the serving stack pins) reads neither: it loads the config silently
 with rope_theta 10000 (another model) and refuses the tokenizer. So every export also carries the
 4.x keys (`rope_theta`, `rope_scaling`, `rope_local_base_freq`, `torch_dtype`) and names the tokenizer
-`PreTrainedTokenizerFast`, which both releases load from tokenizer.json. And a harness user should not
+`PreTrainedTokenizerFast`, which both releases load from tokenizer.json, with 5.x's inputs (4.x's default
+adds token_type_ids, which a Llama's generate() refuses). And a harness user should not
 have to dig the prompt out of a run's config: `generation_config.json` holds the run's decoding (greedy,
 max_new_tokens) and `thickets_prompt.json` the chat template choice, system prompt and stop strings.
 """
@@ -73,6 +74,8 @@ def make_portable(folder: Path, prompting: dict[str, Any] | None = None) -> None
         name = data.get("tokenizer_class")
         if name in _TOKENIZER_CLASSES:
             data["tokenizer_class"] = _TOKENIZER_CLASSES[name]
+            # 5.x's default inputs; 4.x's fast tokenizer would add token_type_ids, which generate() refuses
+            data.setdefault("model_input_names", ["input_ids", "attention_mask"])
         return data
 
     _update_json(folder / "config.json", config)

@@ -93,11 +93,14 @@ class CompletionRequest(_Common):
 
 
 class TokenizeRequest(BaseModel):
-    """vLLM's /tokenize, which lm-eval's remote tokenizer calls (the model field is optional)."""
+    """vLLM's /tokenize, which lm-eval's remote tokenizer calls (the model field is optional): a text prompt,
+    or chat messages (as `messages`, or as the prompt itself, as lm-eval sends them with a chat template),
+    rendered as the chat route renders them."""
 
     model: str | None = None
-    prompt: str
-    add_special_tokens: bool = True
+    prompt: str | list[Message] | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool | None = None  # default: True for text, False for chat (the template has them)
 
 
 class DetokenizeRequest(BaseModel):
@@ -228,18 +231,23 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "thickets"}],
         }
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(request: Request) -> Response | dict[str, Any]:
-        req: ChatRequest = await read(request, ChatRequest)
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
+    def render_chat(given: list[Message]) -> str:
+        """The text a chat request is answered from: the task's system prompt where it has none, through the
+        tokenizer's chat template as the search rendered prompts (or joined, for a run without one)."""
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in given]
         if not any(m["content"].strip() for m in messages):
             raise BadRequest(400, "messages: every message is empty", "messages")
         if served.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": served.system_prompt})
         if served.chat_template:
-            prompt = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = "\n\n".join(m["content"] for m in messages)
+            text: str = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text
+        return "\n\n".join(m["content"] for m in messages)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> Response | dict[str, Any]:
+        req: ChatRequest = await read(request, ChatRequest)
+        prompt = render_chat(req.messages)
         s, prompt_tokens = settings(
             prompt, req.max_completion_tokens or req.max_tokens, req.stops(), not served.chat_template
         )
@@ -361,7 +369,14 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
         req: TokenizeRequest = await read(request, TokenizeRequest)
-        ids = served.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens).input_ids
+        chat = req.messages if req.messages is not None else req.prompt if isinstance(req.prompt, list) else None
+        if chat is not None:
+            text, special = render_chat(chat), bool(req.add_special_tokens)
+        elif isinstance(req.prompt, str):
+            text, special = req.prompt, req.add_special_tokens is not False
+        else:
+            raise BadRequest(400, "give a prompt or messages to tokenize", "prompt")
+        ids = served.tokenizer(text, add_special_tokens=special).input_ids
         return {"tokens": list(ids), "count": len(ids), "max_model_len": served.context}
 
     @app.post("/detokenize")
