@@ -171,3 +171,114 @@ def search_argv(
         str(run_dir),
         *extra,
     ]
+
+
+#: a chat template that places each image part where the message puts it (as the models' own templates do)
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+TINY_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=28, patch_size=14
+)
+
+
+def make_tiny_vlm(out: Path, family: str = "llava") -> Path:
+    """A tiny random vision-language model with a processor built here (nothing downloaded): LLaVA (a CLIP
+    vision tower, a projector, a Llama) or Idefics3 (SmolVLM's architecture), saved as a model folder."""
+    import torch
+    import transformers
+
+    if (out / "config.json").exists():
+        return out
+    tok = make_tiny_tokenizer()
+    if family == "llava":
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+        image_processor = transformers.CLIPImageProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        )
+        processor = transformers.LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            image_token="<image>",
+            num_additional_image_tokens=1,
+            chat_template=VLM_CHAT_TEMPLATE,
+        )
+        vision = transformers.CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=28,
+            patch_size=14,
+        )
+        extra = dict(image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default")
+        config_cls, model_cls = transformers.LlavaConfig, transformers.LlavaForConditionalGeneration
+    else:
+        tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>"]})
+        image_processor = transformers.Idefics3ImageProcessor(
+            size={"longest_edge": 56}, max_image_size={"longest_edge": 28}, do_image_splitting=False
+        )
+        processor = transformers.Idefics3Processor(
+            image_processor=image_processor, tokenizer=tok, image_seq_len=1, chat_template=VLM_CHAT_TEMPLATE
+        )
+        vision = transformers.Idefics3VisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=28,
+            patch_size=14,
+        )
+        extra = dict(image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
+        config_cls, model_cls = transformers.Idefics3Config, transformers.Idefics3ForConditionalGeneration
+    text = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config = config_cls(vision_config=vision, text_config=text, **extra)
+    torch.manual_seed(0)
+    model = model_cls(config)
+    with torch.no_grad():  # larger weights than the default init, so small noise changes outputs
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(5.0)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def make_shapes_data(out: Path, n: int = 12) -> Path:
+    """A small image-question data set: coloured squares, "what colour is the square?", image files beside."""
+    import json
+
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    with open(out / "shapes.jsonl", "w") as f:
+        for i in range(n):
+            colour = names[i % len(names)]
+            img = Image.new("RGB", (40, 40), (255, 255, 255))
+            img.paste(COLOURS[colour], (6 + i % 5, 6 + i % 7, 30 + i % 5, 30 + i % 7))
+            img.save(out / f"img{i}.png")
+            row = {"id": i, "image": f"img{i}.png", "question": "What colour is the square?", "answer": colour}
+            f.write(json.dumps(row) + "\n")
+    return out / "shapes.jsonl"

@@ -359,10 +359,37 @@ def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def is_vision_language(identity: ModelIdentity) -> bool:
+    """A model that reads images beside text (its config has a vision part): loaded as an image-text-to-text
+    model, with its processor."""
+    try:
+        config = json.loads((local_folder(identity) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config.get("vision_config"), dict)
+
+
+def load_processor(identity: ModelIdentity) -> Any:
+    """A vision-language model's processor (its image processor and tokenizer), or None for a text model."""
+    if not is_vision_language(identity):
+        return None
+    from transformers import AutoProcessor
+
+    quiet_transformers()
+    try:
+        return AutoProcessor.from_pretrained(local_folder(identity))  # type: ignore[no-untyped-call]
+    except Exception as e:
+        raise ThicketsError(
+            f"cannot load the processor of model {identity.name}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
 def load(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any, ModelIdentity]:
-    """Load (model, tokenizer, identity). The model is in eval mode with gradients off."""
+    """Load (model, tokenizer, identity). The model is in eval mode with gradients off. A vision-language model
+    loads as transformers' image-text-to-text model (the processor: `load_processor`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     identity = resolve(name)
     folder = local_folder(identity)
@@ -373,7 +400,8 @@ def load(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, A
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # Any: transformers types `.to` through functools.wraps, which mypy does not bind to the model
-        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        auto = AutoModelForImageTextToText if is_vision_language(identity) else AutoModelForCausalLM
+        model: Any = auto.from_pretrained(folder, dtype=torch_dtype)
         model = model.to(device)
     except ThicketsError:
         raise

@@ -18,7 +18,7 @@ from thickets.engines.base import (
     uses_chat_template,
 )
 from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, load, local_folder, resolve
+from thickets.models import ModelIdentity, load, load_processor, local_folder, resolve
 
 Factory = Callable[[str, str, str, int], tuple[Engine, ModelIdentity]]  # (model, dtype, device, batch size)
 
@@ -27,7 +27,7 @@ def _transformers(model: str, dtype: str, device: str, batch_size: int) -> tuple
     from thickets.engines.transformers_engine import TransformersEngine
 
     m, tok, identity = load(model, dtype=dtype, device=device)
-    return TransformersEngine(m, tok, batch_size=batch_size), identity
+    return TransformersEngine(m, tok, batch_size=batch_size, processor=load_processor(identity)), identity
 
 
 def _vllm(model: str, dtype: str, device: str, batch_size: int) -> tuple[Engine, ModelIdentity]:

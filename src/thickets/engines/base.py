@@ -61,11 +61,16 @@ def uses_chat_template(tokenizer: Any, chat_template: bool = True) -> bool:
     return bool(chat_template and getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer: Any, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
-    """The text the model sees: the tokenizer's chat template when it has one (and it is wanted)."""
+def render_prompt(
+    tokenizer: Any, user_text: str, system_prompt: str | None = None, chat_template: bool = True, image: bool = False
+) -> str:
+    """The text the model sees: the tokenizer's chat template when it has one (and it is wanted). With
+    `image`, the user message is an image part then the text, as vision-language chat templates take it
+    (the template writes the model's image placeholder; the processor expands it)."""
     if uses_chat_template(tokenizer, chat_template):
+        content: Any = [{"type": "image"}, {"type": "text", "text": user_text}] if image else user_text
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": user_text}
+            {"role": "user", "content": content}
         ]
         text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text

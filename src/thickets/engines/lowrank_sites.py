@@ -99,9 +99,10 @@ def _owner(model: Any, name: str) -> str:
 def check_sites(folder: Any, keeps: Callable[[str], bool]) -> None:
     """lowrank_sites on the model of a folder built on the meta device (no weights read, nothing
     allocated): the refusal before a run folder is written."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(folder)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        model = auto.from_config(config)  # type: ignore[no-untyped-call]
     lowrank_sites(model, dict(model.named_parameters(remove_duplicate=True)), keeps)

@@ -9,6 +9,7 @@ through transformers' `generate` when built with `fast=False` or for a model nei
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
 from thickets.engines.lowrank_sites import unmerged
 from thickets.engines.population import PopulationBatch
+from thickets.errors import ThicketsError
 from thickets.noise import PerturbationSpec, add_noise_, tensor_scale
 from thickets.seeds import derive_seed
 
@@ -79,14 +81,17 @@ class TransformersEngine:
     its adapter is applied unmerged through forward hooks, which restore() removes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, fast: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, fast: bool = True, processor: Any = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        #: which greedy decoder this model takes: ours where they apply, else transformers' generate
+        #: a vision-language model's processor (images to pixel values, image tokens in the prompt), else None
+        self.processor = processor
+        #: which greedy decoder this model takes: ours where they apply, else transformers' generate (always, for
+        #: a vision-language model: the image enters at prefill)
         self.decoder = (
             ("fast_decode" if fast_decode.supports(model) else "hf_decode" if hf_decode.supports(model) else "generate")
-            if fast
+            if fast and processor is None
             else "generate"
         )
         self.fast = self.decoder != "generate"
@@ -200,6 +205,35 @@ class TransformersEngine:
         """Greedy completions in the order of `prompts`, batch_size at a time, each batch padded to its
         longest prompt (callers decide which prompts share a batch: see search.evaluate)."""
         return self._batches(prompts, max_new_tokens, stop, add_special_tokens)[0]
+
+    @torch.inference_mode()
+    def generate_images(
+        self, prompts: Sequence[str], images: Sequence[bytes], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
+        """Greedy completions of rendered prompts that each hold one image placeholder, with their images
+        (encoded bytes), through the processor and transformers' generate, batch_size at a time in the given
+        order. The prompts' text already holds the chat template's special tokens."""
+        if self.processor is None:
+            raise ThicketsError(f"{type(self.model).__name__} is not a vision-language model: it cannot see images")
+        from PIL import Image
+
+        tok = self.tokenizer
+        device = next(self.model.parameters()).device
+        out: list[str] = []
+        for lo in range(0, len(prompts), self.batch_size):
+            pictures = [Image.open(io.BytesIO(b)).convert("RGB") for b in images[lo : lo + self.batch_size]]
+            enc = self.processor(
+                text=list(prompts[lo : lo + self.batch_size]),
+                images=pictures,
+                padding=True,
+                add_special_tokens=False,
+                return_tensors="pt",
+            ).to(device)
+            if "pixel_values" in enc:
+                enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+            new = hf_generate_greedy(self.model, tok, enc, max_new_tokens, stop)
+            out += [cut_at_stop(t, stop) for t in tok.batch_decode(new, skip_special_tokens=True)]
+        return out
 
     def generate_population(
         self,

@@ -8,6 +8,7 @@ leave the run folder as it was; scoring.py then does the work.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import platform
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ from thickets.engines.rounding import rounding_record
 from thickets.errors import SpecError, ThicketsError
 from thickets.models import (
     ModelIdentity,
+    is_vision_language,
     load_tokenizer,
     local_folder,
     model_limits,
@@ -48,6 +50,9 @@ def prepare(
     val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
     task.check(val)  # a user's reward function: fail now, not after the model loads
     identity = resolve(config.model)
+    check_vision(config, identity, task)
+    if old is None:
+        config = language_only(config, identity)
     if old is not None:
         with RunStore.open(run_dir, write=False) as store:
             check_unchanged(store, task, identity, val)
@@ -144,6 +149,47 @@ def check_prompts(
                 f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
                 f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens"
             )
+
+
+#: where vision-language models keep their vision tower and projector (transformers' names)
+VISION_PARTS = (
+    "*vision_tower*",
+    "*vision_model*",
+    "*.visual.*",
+    "*multi_modal_projector*",
+    "*mm_projector*",
+    "*.connector.*",
+    "*image_newline*",
+)
+
+
+def language_only(config: SearchConfig, identity: ModelIdentity) -> SearchConfig:
+    """A new run on a vision-language model with the default filter perturbs its language model only, as
+    the paper's GQA runs do: the vision tower's and projector's patterns that name some of its tensors are
+    written into the run's --exclude, so the record says what was left alone. An --include or --exclude of
+    the user's own is kept as given (`--include '*,*vision_tower*'` perturbs the tower too)."""
+    if config.include != ("*",) or config.exclude or not is_vision_language(identity):
+        return config
+    names = list(parameter_shapes(identity))
+    parts = tuple(p for p in VISION_PARTS if any(fnmatch.fnmatchcase(n, p) for n in names))
+    return replace(config, exclude=parts)
+
+
+def check_vision(config: SearchConfig, identity: ModelIdentity, task: Task) -> None:
+    """A task about images needs a vision-language model on the transformers engine, one expert at a time."""
+    if not task.images:
+        return
+    if not is_vision_language(identity):
+        raise ThicketsError(
+            f"task {task.name} asks about images, and {identity.name} reads text only: give a vision-language "
+            f"model (an image-text-to-text folder with its processor)"
+        )
+    if config.engine != "transformers":
+        raise ThicketsError(f"the {config.engine} engine cannot take images; use --engine transformers")
+    if config.strategy == "lowrank" and config.population_batch != 1:
+        raise ThicketsError("population batching does not take images yet: give --population-batch 1")
+    if not config.chat_template:
+        raise ThicketsError("a task about images places each image through the chat template: leave it on")
 
 
 def check_pilot_fits(config: SearchConfig, pilot_only: bool = False) -> None:

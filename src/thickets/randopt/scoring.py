@@ -90,7 +90,9 @@ def render_prompts(tokenizer: Any, task: Task, examples: Sequence[Example], conf
     return per_task(
         task,
         examples,
-        lambda t, exs: [render_prompt(tokenizer, ex.prompt, t.system_prompt, config.chat_template) for ex in exs],
+        lambda t, exs: [
+            render_prompt(tokenizer, ex.prompt, t.system_prompt, config.chat_template, image=t.images) for ex in exs
+        ],
     )
 
 
@@ -100,6 +102,10 @@ def generate(engine: Engine, task: Task, examples: Sequence[Example], config: Se
 
     def one_task(t: Task, exs: list[Example]) -> list[str]:
         prompts = render_prompts(engine.tokenizer, t, exs, config)
+        if t.images:  # a vision-language engine (preflight.check_vision made sure)
+            images = [t.image_of(ex) or b"" for ex in exs]
+            texts: list[str] = engine.generate_images(prompts, images, config.max_new_tokens, t.stop)  # type: ignore[attr-defined]
+            return texts
         return engine.generate(prompts, config.max_new_tokens, t.stop, add_special_tokens=special)
 
     return per_task(task, examples, one_task)

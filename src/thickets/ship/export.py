@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from thickets.disk import written_whole
 from thickets.engines import load_engine, uses_chat_template
 from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, load_tokenizer, local_folder, resolve, same_model
+from thickets.models import ModelIdentity, load_processor, load_tokenizer, local_folder, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.preflight import load_run_config
@@ -101,6 +101,8 @@ def export_spec(
     with written_whole(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if (processor := load_processor(identity)) is not None:  # a vision-language model's image side too
+            processor.save_pretrained(tmp)
         make_portable(tmp, prompting)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
         if spec.strategy == "lowrank":
@@ -125,6 +127,8 @@ def export_base(
     with written_whole(out) as tmp:
         engine.model.save_pretrained(tmp)
         engine.tokenizer.save_pretrained(tmp)
+        if engine.processor is not None:
+            engine.processor.save_pretrained(tmp)
         make_portable(tmp, prompting)
         record = {"thickets_version": __version__, "base_model": identity.to_dict(), "dtype": dtype}
         (tmp / BASE_NAME).write_text(json.dumps(record, indent=2) + "\n")

@@ -90,6 +90,8 @@ class Task:
     needs_reward: bool = False
     #: for several tasks in one run: {name: task}; None for a single task
     parts: Mapping[str, Task] | None = None
+    #: True when each example comes with an image (`image_of`) a vision-language model must see
+    images: bool = False
 
     def examples(self, seed: int) -> Iterator[Example]:
         """A deterministic stream of examples for this seed (finite or endless)."""
@@ -104,6 +106,10 @@ class Task:
         near-copy of a validation or test question. The default: the prompt as `duplicate_text` reads
         it; a task with other equivalences (numbers that commute) overrides this."""
         return duplicate_text(example.prompt)
+
+    def image_of(self, example: Example) -> bytes | None:
+        """The encoded image (PNG, JPEG, ...) an example asks about, for a task with `images`; else None."""
+        return None
 
     def extract(self, completion: str) -> tuple[str | None, str | None]:
         """(answer, vote key) of a completion, with no gold answer to judge it by: what a vote of
@@ -143,6 +149,7 @@ class _Adapted(Task):
             "sources",
             "packages",
             "needs_reward",
+            "images",
         ):
             if hasattr(inner, hook):
                 setattr(self, hook, getattr(inner, hook))
@@ -173,6 +180,12 @@ class _Adapted(Task):
     def check(self, examples: Sequence[Example]) -> None:
         if hasattr(self.inner, "check"):
             self.inner.check(examples)
+
+    def image_of(self, example: Example) -> bytes | None:
+        if hasattr(self.inner, "image_of"):
+            image: bytes | None = self.inner.image_of(example)
+            return image
+        return None
 
     def example_from_row(self, row: Mapping[str, Any]) -> Example:
         if hasattr(self.inner, "example_from_row"):

@@ -33,6 +33,7 @@ class MultiTask(Task):
         self.reward_range = None if None in ranges else (min(r[0] for r in ranges if r), max(r[1] for r in ranges if r))
         self.packages = tuple(dict.fromkeys(p for t in parts.values() for p in t.packages))
         self.sources = {f"{n}:{role}": src for n, t in parts.items() for role, src in t.sources.items()}
+        self.images = any(t.images for t in parts.values())
 
     def examples(self, seed: int) -> Iterator[Example]:
         streams = {n: iter(t.examples(seed)) for n, t in self.parts.items()}
@@ -49,6 +50,9 @@ class MultiTask(Task):
 
     def score(self, example: Example, completion: str) -> Score:
         return self.parts[example.data["task"]].score(example.data["example"], completion)
+
+    def image_of(self, example: Example) -> bytes | None:
+        return self.parts[example.data["task"]].image_of(example.data["example"])
 
     def duplicate_key(self, example: Example) -> str:
         """The part's own key, within that part: products' "2 * 8" repeats "8 * 2", and no question of one task

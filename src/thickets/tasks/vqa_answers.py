@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 _NUMBERS = {
     w: str(i)
-    for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
+    for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
 }
 _ARTICLES = frozenset({"a", "an", "the"})
 _CONTRACTIONS = {

@@ -50,6 +50,11 @@ def build(config: ServeConfig) -> FastAPI:
     """The app, with its model loaded: what `serve` runs, and what tests drive in-process."""
     run = load_run_config(config.run_dir)
     task = task_for(run)
+    if task.images:
+        raise ThicketsError(
+            f"run {config.run_dir} asks about images, and serving image requests is not built yet (issue 28); "
+            f"export an expert (thickets export) and serve it with a vision-language server"
+        )
     specs, described = experts_of(config)
     identity = resolve(run.model)
     with RunStore.open(config.run_dir, write=False) as store:

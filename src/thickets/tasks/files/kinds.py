@@ -34,6 +34,7 @@ from thickets.tasks.extract import MAX_ANSWER_CHARS, last_tag, normalise
 from thickets.tasks.files.data import fingerprint, load_rows
 from thickets.tasks.files.mbpp import MBPPTask
 from thickets.tasks.files.rows import RowTask
+from thickets.tasks.files.vqa import VQATask
 from thickets.tasks.third_party import sandboxed, warm
 
 
@@ -336,6 +337,7 @@ KINDS: dict[str, type[RowTask]] = {
     "ordering": OrderingTask,
     "mbpp": MBPPTask,
     "prompts": PromptTask,
+    "vqa": VQATask,
 }
 
 

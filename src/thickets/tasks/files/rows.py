@@ -44,7 +44,8 @@ class RowTask(Task):
         fields = self.fields(row, where)
         ident = row.get("id", row.get("task_id"))
         if ident is None:
-            ident = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
+            named = sorted((k, v) for k, v in fields.items() if not isinstance(v, bytes))  # bytes have a hash field
+            ident = hashlib.sha256(repr(named).encode()).hexdigest()[:16]
         return Example(id=f"{self.name}:{ident}", prompt=self.prompt(fields), data={**fields, "row": row})
 
     def get(self, row: Mapping[str, Any], where: str, *names: str) -> Any:

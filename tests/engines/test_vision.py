@@ -1,0 +1,143 @@
+"""Vision-language models (issue 28): tiny random LLaVA and Idefics3 models with processors built here, and
+a small image-question data set of coloured squares; from loading to search, ensemble and export."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import make_shapes_data, make_tiny_vlm, search_argv
+from thickets.cli.commands import main
+from thickets.engines import load_engine
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.preflight import VISION_PARTS, prepare
+from thickets.randopt.scoring import generate, task_for
+from thickets.randopt.store import RunStore, candidate_model
+from thickets.tasks.splits import make_splits
+
+FAMILIES = ["llava", "idefics3"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_data(tmp_path_factory.mktemp("shapes"), n=12)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def vlm(request, tmp_path_factory) -> Path:
+    return make_tiny_vlm(tmp_path_factory.mktemp(request.param) / "model", request.param)
+
+
+def _config(model: Path, shapes: Path, **kw) -> SearchConfig:
+    base = dict(model=str(model), task=f"vqa:{shapes}", population=3, sigmas=(0.05,), val_size=4, max_new_tokens=4)
+    return SearchConfig(**{**base, **kw})
+
+
+def test_a_vision_language_model_answers_each_image_alike_alone_and_in_a_batch(vlm, shapes):
+    engine, _ = load_engine(str(vlm), batch_size=4)
+    assert engine.processor is not None and engine.decoder == "generate"
+    config = _config(vlm, shapes)
+    task = task_for(config)
+    val, _ = make_splits(task, 0, 4)
+    together = generate(engine, task, val, config)
+    engine.batch_size = 1
+    assert generate(engine, task, val, config) == together
+    # the answer depends on the image: the same question about other squares is answered otherwise somewhere
+    other = [
+        type(ex)(ex.id, ex.prompt, {**ex.data, "image": val[(i + 1) % 4].data["image"]}) for i, ex in enumerate(val)
+    ]
+    assert generate(engine, task, other, config) != together
+
+
+def test_a_new_run_perturbs_the_language_model_only_and_restores_it_bitwise(vlm, shapes, tmp_path):
+    config, _, _, _ = prepare(_config(vlm, shapes), tmp_path / "run")
+    assert config.exclude and set(config.exclude) <= set(VISION_PARTS)
+    engine, _ = load_engine(str(vlm))
+    before = {n: p.detach().clone() for n, p in engine.params.items()}
+    spec = config.candidate(0)
+    engine.perturb(spec)
+    moved = {n for n, p in engine.params.items() if not torch.equal(p, before[n])}
+    engine.restore()
+    assert all(torch.equal(p, before[n]) for n, p in engine.params.items())
+    vision = {n for n in before if not spec.filter.keeps(n)}
+    assert vision and any("vision" in n for n in vision)  # the tower is there, and left alone
+    assert moved and not moved & vision and any("lm_head" in n or "embed_tokens" in n for n in moved)
+    # asked for, the tower moves too
+    wide = SearchConfig(**{**config.to_dict(), "include": ("*",), "exclude": ()}).candidate(0)
+    engine.perturb(wide)
+    assert any(not torch.equal(engine.params[n], before[n]) for n in vision if before[n].dim() > 1)
+    engine.restore()
+
+
+def test_search_ensemble_and_export_of_a_run_about_images(shapes, tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = make_tiny_vlm(tmp_path / "llava", "llava")
+    run = tmp_path / "run"
+    argv = search_argv(model, run, task=f"vqa:{shapes}", population=3, val_size=4, max_new_tokens=4)
+    assert main(argv) == 0
+    assert main(["ensemble", "--run-dir", str(run), "--top-k", "1,3", "--test-size", "4"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["test_size"] == 4 and len(report["ensembles"]) == 2
+    with RunStore.open(run, write=False) as store:
+        config = store.config
+        best = sorted(store.candidates(), key=lambda c: (-c.score, -c.accuracy, c.idx))[0]
+        stored = store.completions(candidate_model(best.idx), "val")
+    assert any("vision" in p for p in config.exclude)  # the record says what was left alone
+    capsys.readouterr()
+    assert main(["export", "--run-dir", str(run), "--rank", "1", "--out", str(tmp_path / "best")]) == 0
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "best")
+    AutoProcessor.from_pretrained(tmp_path / "best")
+    exported, _ = load_engine(str(tmp_path / "best"))
+    task = task_for(config)
+    val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
+    assert generate(exported, task, val, config) == [stored[i] for i in range(len(val))]
+
+
+def _one_line(capsys, *contains: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for text in contains:
+        assert text in err, err
+
+
+def test_what_cannot_be_done_is_refused_in_one_line_before_anything_is_written(
+    vlm, shapes, tiny_model_dir, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main(search_argv(tiny_model_dir, run, task=f"vqa:{shapes}")) == 2
+    _one_line(capsys, "asks about images", "reads text only")
+    lowrank = ("--noise", "lowrank", "--rank", "2", "--population-batch", "2")
+    assert main(search_argv(vlm, run, *lowrank, task=f"vqa:{shapes}")) == 2
+    _one_line(capsys, "population batching does not take images")
+    rows = {
+        "missing": {"image": "nowhere.png", "question": "Q?", "answer": "red"},
+        "garbage": {"image": "junk.png", "question": "Q?", "answer": "red"},
+        "two": {"image": ["img0.png", "img1.png"], "question": "Q?", "answer": "red"},
+        "remote": {"image": "https://example.com/a.png", "question": "Q?", "answer": "red"},
+    }
+    (shapes.parent / "junk.png").write_bytes(b"not an image")
+    messages = {"missing": "cannot read image", "garbage": "not one PIL can read", "two": "2 images in one row",
+                "remote": "is a URL"}  # fmt: skip
+    for name, row in rows.items():
+        bad = shapes.parent / f"{name}.jsonl"
+        bad.write_text(json.dumps(row) + "\n")
+        assert main(search_argv(vlm, run, task=f"vqa:{bad}")) == 2
+        _one_line(capsys, messages[name])
+    assert not run.exists()
+
+
+def test_serving_and_distilling_a_run_about_images_are_refused_in_one_line(shapes, tmp_path, capsys):
+    model = make_tiny_vlm(tmp_path / "llava", "llava")
+    run = tmp_path / "run"
+    assert main(search_argv(model, run, task=f"vqa:{shapes}", population=2, val_size=2, max_new_tokens=2)) == 0
+    capsys.readouterr()
+    assert main(["serve", "--run-dir", str(run)]) == 2
+    _one_line(capsys, "serving image requests is not built yet")
+    assert main(["distill", "--run-dir", str(run), "--top-k", "1", "--train-size", "2", "--test-size", "2"]) == 2
+    _one_line(capsys, "distilling a run about images is not built yet")
+    assert not (run / "distill").exists() and os.listdir(run)
