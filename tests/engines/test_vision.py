@@ -131,13 +131,78 @@ def test_what_cannot_be_done_is_refused_in_one_line_before_anything_is_written(
     assert not run.exists()
 
 
-def test_serving_and_distilling_a_run_about_images_are_refused_in_one_line(shapes, tmp_path, capsys):
+def _data_url(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_served_vote_answers_chat_messages_with_an_image(shapes, tiny_model_dir, tmp_path, capsys):
+    """image_url parts as base64 data URLs, answered by the vote of experts that each see the image; a remote
+    URL, two images, or an image for a text model are one 400 each."""
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    from thickets.ship.serve.config import ServeConfig
+    from thickets.ship.serve.server import InThread, experts_of
+
+    model = make_tiny_vlm(tmp_path / "llava", "llava")
+    run = tmp_path / "run"
+    assert main(search_argv(model, run, task=f"vqa:{shapes}", population=3, val_size=4, max_new_tokens=4)) == 0
+    server = InThread(ServeConfig(run_dir=str(run), top_k=2, adaptive="off"))
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        image = shapes.parent / "img1.png"
+        question = "What colour is the square?\nAnswer the question using a single word or phrase."
+        content = [{"type": "image_url", "image_url": {"url": _data_url(image)}}, {"type": "text", "text": question}]
+        reply = client.chat.completions.create(
+            model="run-top2", messages=[{"role": "user", "content": content}], max_tokens=4
+        )
+        vote = reply.model_extra["thickets"]
+        assert vote["k"] == 2 and vote["experts_asked"] == 2
+        # each expert alone on the same rendered prompt and image: the reply is one of theirs
+        engine, _ = load_engine(str(model))
+        tok = engine.tokenizer
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        specs, _ = experts_of(ServeConfig(run_dir=str(run), top_k=2))
+        alone = []
+        for spec in specs:
+            engine.perturb(spec)
+            alone += engine.generate_images([rendered], [image.read_bytes()], 4, ())
+            engine.restore()
+        assert reply.choices[0].message.content == alone[vote["returned_expert"] - 1]
+        h = httpx.Client(base_url=server.url, timeout=60)
+        ok = {"model": "run-top2", "max_tokens": 2}
+        remote = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+        two = [content[0], content[0], content[1]]
+        for parts, message in ((remote, "fetches nothing"), (two, "one image a request")):
+            bad = h.post("/v1/chat/completions", json={**ok, "messages": [{"role": "user", "content": parts}]})
+            assert bad.status_code == 400 and message in bad.json()["error"]["message"]
+    finally:
+        server.stop()
+    text_run = tmp_path / "text"
+    assert main(search_argv(tiny_model_dir, text_run, population=2)) == 0
+    text_server = InThread(ServeConfig(run_dir=str(text_run), top_k=1))
+    try:
+        bad = httpx.post(
+            f"{text_server.url}/v1/chat/completions",
+            json={"model": "text-top1", "messages": [{"role": "user", "content": content}], "max_tokens": 2},
+            timeout=60,
+        )
+        assert bad.status_code == 400 and "reads text only" in bad.json()["error"]["message"]
+    finally:
+        text_server.stop()
+
+
+def test_distilling_a_run_about_images_is_refused_in_one_line(shapes, tmp_path, capsys):
     model = make_tiny_vlm(tmp_path / "llava", "llava")
     run = tmp_path / "run"
     assert main(search_argv(model, run, task=f"vqa:{shapes}", population=2, val_size=2, max_new_tokens=2)) == 0
     capsys.readouterr()
-    assert main(["serve", "--run-dir", str(run)]) == 2
-    _one_line(capsys, "serving image requests is not built yet")
     assert main(["distill", "--run-dir", str(run), "--top-k", "1", "--train-size", "2", "--test-size", "2"]) == 2
     _one_line(capsys, "distilling a run about images is not built yet")
     assert not (run / "distill").exists() and os.listdir(run)

@@ -39,7 +39,7 @@ class Scripted:
         self.go = threading.Event()
         self.go.set()
 
-    def __call__(self, prompts: list[str], s: Settings) -> list[Verdict]:
+    def __call__(self, prompts: list[str], s: Settings, images: list[bytes] | None = None) -> list[Verdict]:
         self.asked.append(list(prompts))
         self.go.wait(60)
         if "boom" in prompts:

@@ -55,7 +55,7 @@ def test_experts_are_asked_only_while_a_prompt_is_undecided():
 def test_a_request_cancelled_while_its_batch_gathers_is_left_out():
     seen: list[list[str]] = []
 
-    def answer(prompts, settings):
+    def answer(prompts, settings, images):
         seen.append(list(prompts))
         return [f"answer to {p}" for p in prompts]
 

@@ -12,13 +12,16 @@ that stops first, is answered with a 503 in OpenAI's error shape, streamed or no
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import io
 import json
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
@@ -26,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thickets.engines import count_tokens
-from thickets.ship.serve.batcher import Batcher, Settings, ShuttingDown
+from thickets.ship.serve.batcher import Answer, Batcher, Settings, ShuttingDown
 from thickets.ship.serve.config import ServeConfig
 from thickets.ship.serve.voter import Verdict
 
@@ -43,18 +46,23 @@ class Served:
     default_max_tokens: int
     context: int
     describe: dict[str, Any]
+    vision: bool = False  # a vision-language model: chat messages may carry one image (image_url parts)
 
 
-class _Text(BaseModel):
+class _Part(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
     text: str = ""
+    image_url: dict[str, Any] | str | None = None
+
+    def url(self) -> str:
+        return self.image_url.get("url", "") if isinstance(self.image_url, dict) else self.image_url or ""
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_Text] | None = None
+    content: str | list[_Part] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -119,7 +127,28 @@ def error(status: int, message: str, param: str | None = None, code: str | None 
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], Settings], list[Verdict]]) -> FastAPI:
+def image_bytes(url: str, where: str) -> bytes:
+    """The bytes of an image sent as a base64 data URL; the server fetches nothing, so any other URL is refused."""
+    if not url.startswith("data:"):
+        raise BadRequest(400, f"{where}: send the image as a base64 data URL; this server fetches nothing", where)
+    head, _, body = url.partition(",")
+    if ";base64" not in head:
+        raise BadRequest(400, f"{where}: the data URL must be base64-encoded", where)
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(400, f"{where}: the data URL is not valid base64", where) from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise BadRequest(400, f"{where}: the image is not one PIL can read", where) from None
+    return data
+
+
+def make_app(served: Served, config: ServeConfig, answer: Answer) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = Batcher(answer, config.max_batch, config.batch_window_ms / 1000)
@@ -187,11 +216,11 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             )
         return Settings(max_tokens, tuple(dict.fromkeys(served.task_stop + stops)), special), prompt_tokens
 
-    async def vote(request: Request, prompt: str, s: Settings) -> Verdict:
+    async def vote(request: Request, prompt: str, s: Settings, image: bytes | None = None) -> Verdict:
         """The verdict, or a 503. A client that hangs up while its request waits cancels it, and the worker
         leaves cancelled requests out: a request nobody waits for is never generated."""
         batcher: Batcher = app.state.batcher
-        future = batcher.submit(prompt, s)
+        future = batcher.submit(prompt, s, image)
         gone: asyncio.Future[Any] = asyncio.ensure_future(_hung_up(request))
         try:
             await asyncio.wait([future, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -231,29 +260,51 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
             "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "thickets"}],
         }
 
-    def render_chat(given: list[Message]) -> str:
-        """The text a chat request is answered from: the task's system prompt where it has none, through the
-        tokenizer's chat template as the search rendered prompts (or joined, for a run without one)."""
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in given]
-        if not any(m["content"].strip() for m in messages):
+    def render_chat(given: list[Message]) -> tuple[str, bytes | None]:
+        """The text a chat request is answered from, and its image: the task's system prompt where it has
+        none, through the tokenizer's chat template as the search rendered prompts (or joined, for a run
+        without one), an image part where the message puts it."""
+        messages: list[dict[str, Any]] = []
+        images: list[bytes] = []
+        for i, m in enumerate(given):
+            role = m.role if m.role != "developer" else "system"
+            if not isinstance(m.content, list) or all(p.type == "text" for p in m.content):
+                messages.append({"role": role, "content": m.text()})
+                continue
+            parts: list[dict[str, Any]] = []
+            for j, p in enumerate(m.content):
+                if p.type == "text":
+                    parts.append({"type": "text", "text": p.text})
+                elif p.type == "image_url":
+                    images.append(image_bytes(p.url(), f"messages.{i}.content.{j}.image_url"))
+                    parts.append({"type": "image"})
+                else:
+                    raise BadRequest(400, f"messages.{i}.content.{j}: a {p.type!r} part is not taken", "messages")
+            messages.append({"role": role, "content": parts})
+        if images and not served.vision:
+            raise BadRequest(400, "messages: this model reads text only; send no image", "messages")
+        if len(images) > 1:
+            raise BadRequest(400, f"messages: one image a request, got {len(images)}", "messages")
+        if not images and not any(str(m["content"]).strip() for m in messages):
             raise BadRequest(400, "messages: every message is empty", "messages")
         if served.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": served.system_prompt})
         if served.chat_template:
             text: str = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text
-        return "\n\n".join(m["content"] for m in messages)
+            return text, images[0] if images else None
+        return "\n\n".join(str(m["content"]) for m in messages), None
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> Response | dict[str, Any]:
         req: ChatRequest = await read(request, ChatRequest)
-        prompt = render_chat(req.messages)
+        prompt, image = render_chat(req.messages)
         s, prompt_tokens = settings(
             prompt, req.max_completion_tokens or req.max_tokens, req.stops(), not served.chat_template
         )
+        s = replace(s, images=image is not None)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": served.name}
-        v = await vote(request, prompt, s)
+        v = await vote(request, prompt, s, image)
         text, reason, tokens = finish(v, s, req.stops())
         if req.stream:
             chunk = {**head, "object": "chat.completion.chunk"}
@@ -371,7 +422,7 @@ def make_app(served: Served, config: ServeConfig, answer: Callable[[list[str], S
         req: TokenizeRequest = await read(request, TokenizeRequest)
         chat = req.messages if req.messages is not None else req.prompt if isinstance(req.prompt, list) else None
         if chat is not None:
-            text, special = render_chat(chat), bool(req.add_special_tokens)
+            text, special = render_chat(chat)[0], bool(req.add_special_tokens)
         elif isinstance(req.prompt, str):
             text, special = req.prompt, req.add_special_tokens is not False
         else:

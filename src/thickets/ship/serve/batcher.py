@@ -28,6 +28,10 @@ class Settings:
     max_new_tokens: int
     stop: tuple[str, ...]
     add_special_tokens: bool
+    images: bool = False  # each prompt comes with one image (a vision-language model's request)
+
+
+Answer = Callable[[list[str], Settings, list[bytes] | None], list[Verdict]]
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Job:
     settings: Settings
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Verdict] = field(repr=False)
+    image: bytes | None = None
 
     def settle(self, value: Verdict | BaseException) -> None:
         def put() -> None:
@@ -58,7 +63,7 @@ _STOP = object()
 
 
 class Batcher:
-    def __init__(self, answer: Callable[[list[str], Settings], list[Verdict]], max_batch: int, window_s: float):
+    def __init__(self, answer: Answer, max_batch: int, window_s: float):
         self.answer, self.max_batch, self.window_s = answer, max_batch, window_s
         self.queue: queue.Queue[Any] = queue.Queue()
         self.closed = False
@@ -67,9 +72,9 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="thickets-voter", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt: str, settings: Settings) -> asyncio.Future[Verdict]:
+    def submit(self, prompt: str, settings: Settings, image: bytes | None = None) -> asyncio.Future[Verdict]:
         loop = asyncio.get_running_loop()
-        job = Job(prompt, settings, loop, loop.create_future())
+        job = Job(prompt, settings, loop, loop.create_future(), image)
         if self.closed:
             job.future.set_exception(ShuttingDown("the server is shutting down"))
         else:
@@ -126,7 +131,8 @@ class Batcher:
                 if not jobs:
                     continue
                 try:
-                    verdicts = self.answer([j.prompt for j in jobs], settings)
+                    images = [j.image or b"" for j in jobs] if settings.images else None
+                    verdicts = self.answer([j.prompt for j in jobs], settings, images)
                 except Exception as e:  # one bad batch fails its requests, never the worker
                     for j in jobs:
                         j.settle(e)

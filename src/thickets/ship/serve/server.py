@@ -50,11 +50,6 @@ def build(config: ServeConfig) -> FastAPI:
     """The app, with its model loaded: what `serve` runs, and what tests drive in-process."""
     run = load_run_config(config.run_dir)
     task = task_for(run)
-    if task.images:
-        raise ThicketsError(
-            f"run {config.run_dir} asks about images, and serving image requests is not built yet (issue 28); "
-            f"export an expert (thickets export) and serve it with a vision-language server"
-        )
     specs, described = experts_of(config)
     identity = resolve(run.model)
     with RunStore.open(config.run_dir, write=False) as store:
@@ -63,14 +58,15 @@ def build(config: ServeConfig) -> FastAPI:
     voter = Voter(engine, specs, task, adaptive=config.adaptive if len(specs) > 1 else "off")
     name = config.name or f"{Path(config.run_dir).resolve().name}-{config.experts}"
 
-    def answer(prompts: list[str], s: Settings) -> list[Verdict]:
-        return voter.answer(prompts, s.max_new_tokens, s.stop, add_special_tokens=s.add_special_tokens)
+    def answer(prompts: list[str], s: Settings, images: list[bytes] | None) -> list[Verdict]:
+        return voter.answer(prompts, s.max_new_tokens, s.stop, add_special_tokens=s.add_special_tokens, images=images)
 
     served = Served(
         name=name,
         tokenizer=engine.tokenizer,
         chat_template=uses_chat_template(engine.tokenizer, run.chat_template),
         system_prompt=task.system_prompt,
+        vision=getattr(engine, "processor", None) is not None,
         task_stop=tuple(task.stop),
         default_max_tokens=min(run.max_new_tokens, config.max_tokens_limit),
         context=model_limits(identity).context,

@@ -88,16 +88,31 @@ class Voter:
             self._held[r] = self.engine.hold()  # type: ignore[attr-defined]
 
     def _one_expert(
-        self, r: int, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], special: bool
+        self,
+        r: int,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        special: bool,
+        images: Sequence[bytes] | None,
     ) -> list[str]:
         self._swap_in(r)
         try:
+            if images is not None:  # a vision-language engine (the server checked)
+                texts: list[str] = self.engine.generate_images(prompts, images, max_new_tokens, stop)  # type: ignore[attr-defined]
+                return texts
             return self.engine.generate(prompts, max_new_tokens, stop, add_special_tokens=special)
         finally:
             self.engine.restore()
 
     def answer(
-        self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (), *, add_special_tokens: bool = False
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        add_special_tokens: bool = False,
+        images: Sequence[bytes] | None = None,
     ) -> list[Verdict]:
         """Each prompt's verdict; with an adaptive rule, a prompt leaves the batch once its vote is decided."""
         k = len(self.experts)
@@ -109,7 +124,7 @@ class Voter:
             texts[i].append(text)
             scores[i].append(Score(answer, key, 0.0, False))
 
-        if self.lowrank:
+        if self.lowrank and images is None:
             specs = [e for e in self.experts if e is not None]
             per_expert = self.engine.generate_population(
                 specs, prompts, max_new_tokens, stop, add_special_tokens=add_special_tokens
@@ -122,7 +137,10 @@ class Voter:
             for r in range(k):
                 if not asking:
                     break
-                out = self._one_expert(r, [prompts[i] for i in asking], max_new_tokens, stop, add_special_tokens)
+                pictures = None if images is None else [images[i] for i in asking]
+                out = self._one_expert(
+                    r, [prompts[i] for i in asking], max_new_tokens, stop, add_special_tokens, pictures
+                )
                 for i, text in zip(asking, out):
                     record(i, text)
                 asking = [i for i in asking if not decided(scores[i], k, self.adaptive)]
