@@ -385,6 +385,18 @@ def load_processor(identity: ModelIdentity) -> Any:
         ) from None
 
 
+def meta_model(folder: Path) -> Any:
+    """The model of a folder built on the meta device (no weights read, nothing allocated): its modules and
+    parameter names and shapes, for checks and maps that need no values. A vision-language model as itself."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(folder)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)  # type: ignore[no-untyped-call]  # unannotated in transformers
+
+
 def load(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any, ModelIdentity]:
     """Load (model, tokenizer, identity). The model is in eval mode with gradients off. A vision-language model
     loads as transformers' image-text-to-text model (the processor: `load_processor`)."""

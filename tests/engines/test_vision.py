@@ -81,6 +81,7 @@ def test_search_ensemble_and_export_of_a_run_about_images(shapes, tmp_path, caps
     argv = search_argv(model, run, task=f"vqa:{shapes}", population=3, val_size=4, max_new_tokens=4)
     assert main(argv) == 0
     assert main(["ensemble", "--run-dir", str(run), "--top-k", "1,3", "--test-size", "4"]) == 0
+    assert main(["analyze", "--run-dir", str(run)]) == 0 and (run / "report.html").exists()
     report = json.loads((run / "report.json").read_text())
     assert report["test_size"] == 4 and len(report["ensembles"]) == 2
     with RunStore.open(run, write=False) as store:

@@ -19,7 +19,7 @@ import numpy as np
 from thickets.analysis.plots import pyplot, save
 from thickets.analysis.reports import html_report
 from thickets.errors import ThicketsError
-from thickets.models import local_folder, resolve
+from thickets.models import local_folder, meta_model, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -395,12 +395,7 @@ def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
 
     with RunStore.open(run_dir, write=False) as store:
         model = store.config.model
-    folder = local_folder(resolve(model))
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from thickets.engines.transformers_engine import canonical_parameters
 
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))  # type: ignore[no-untyped-call]  # unannotated in transformers
+    m = meta_model(local_folder(resolve(model)))
     return [(n, tuple(p.shape)) for n, p in canonical_parameters(m).items()]

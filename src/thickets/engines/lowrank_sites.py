@@ -99,10 +99,7 @@ def _owner(model: Any, name: str) -> str:
 def check_sites(folder: Any, keeps: Callable[[str], bool]) -> None:
     """lowrank_sites on the model of a folder built on the meta device (no weights read, nothing
     allocated): the refusal before a run folder is written."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from thickets.models import meta_model
 
-    config = AutoConfig.from_pretrained(folder)
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto.from_config(config)  # type: ignore[no-untyped-call]
+    model = meta_model(folder)
     lowrank_sites(model, dict(model.named_parameters(remove_duplicate=True)), keeps)
