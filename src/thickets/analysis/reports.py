@@ -539,3 +539,18 @@ def print_distill(records: Sequence[Mapping[str, Any]]) -> None:
                 f"{100 * gain['gain']:+.1f} [{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}]",
             )
     Console().print(t)
+
+
+def print_merge(report: Mapping[str, Any]) -> None:
+    """The merged model beside the base, the best single expert and the top-K vote, on the gate's questions."""
+    tried = ", ".join(f"{t['scale']:g}: {t['val_score']:.3f}" for t in report["scales_tried"])
+    t = Table(
+        title=f"merge of the top {report['top_k']} ({report['method']}): {report['gate_size']} held-out questions",
+        caption=f"validation score by scale {tried}; chosen {report['scale']:g}",
+    )
+    for label in ("model", "answers/question", "accuracy", "vs base, pts [95% CI]"):
+        t.add_column(label, justify="left" if label == "model" else "right")
+    for r in report["rows"]:
+        t.add_row(r["label"], str(r["answers_per_question"]), f"{r['accuracy']:.1%}", format_gain(r["vs_base"]))
+    Console(width=max(Console().width, 110)).print(t)
+    print(f"merged vs the top-{report['top_k']} vote: {format_gain(report['merged_vs_vote'])} points")

@@ -26,6 +26,7 @@ from thickets.analysis.reports import (
     print_compare,
     print_density,
     print_distill,
+    print_merge,
     print_pilot,
     print_replay,
     print_rounding,
@@ -53,6 +54,7 @@ from thickets.randopt.scoring import task_for
 from thickets.randopt.search import SearchResult, search
 from thickets.randopt.vote import ADAPTIVE_RULES
 from thickets.ship.export import export_base, export_candidate, export_round, export_spec, run_prompting
+from thickets.ship.merge_config import MergeConfig
 from thickets.ship.serve.config import ServeConfig
 from thickets.tasks import describe_tasks, get_task, score_one
 from thickets.tasks.files.data import parse_columns
@@ -244,6 +246,15 @@ def cmd_distill(a: Parsed, quiet: bool) -> None:
         records = distill(run_dir, cfg, progress=not quiet, tracker=tracker)
     print_distill(records)
     print(f"rounds recorded in {run_dir / a[DistillConfig].name}/round-N/round.json")
+
+
+def cmd_merge(a: Parsed, quiet: bool) -> None:
+    from thickets.ship.merge import merge  # torch and transformers: only for this command
+
+    cfg = a[MergeConfig]
+    report = merge(cfg, progress=not quiet)
+    print_merge(report)
+    print(f"merged model in {cfg.out} (its recipe: {cfg.out}/thickets_merge.json)")
 
 
 def cmd_export(a: Parsed, quiet: bool) -> None:
@@ -445,6 +456,11 @@ COMMANDS: dict[str, Command] = {
         cmd_distill,
     ),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
+    "merge": (
+        "one model without gradients: the top-K experts' perturbations summed, scaled on validation, gated on test",
+        (MergeConfig,),
+        cmd_merge,
+    ),
     "serve": (
         "an OpenAI-compatible server answering by the vote of a run's top-K experts",
         (ServeConfig,),

@@ -126,13 +126,7 @@ class TransformersEngine:
             self._adapter = PopulationBatch(self.model, self.params, [spec])
             return
         scales = self.tensor_scales() if spec.strategy == "relative" else {}
-        names = [
-            n
-            for n in self.params
-            if spec.filter.keeps(n)
-            and (spec.strategy != "lowrank" or self._base[n].dim() >= 2)
-            and scales.get(n) != 0  # a relative tensor of scale 0 gets no noise: it stays the base
-        ]
+        names = self._moved(spec, scales)
         for n in names:
             if n not in self._work:
                 self._work[n] = torch.empty_like(self._base[n])
@@ -152,6 +146,42 @@ class TransformersEngine:
             for n in on_device:
                 perturbed_into_(self._work[n], self._base[n], spec, n, scales.get(n))
             for n in names:
+                self.params[n].data = self._work[n]
+        self._touched = names
+
+    def _moved(self, spec: PerturbationSpec, scales: dict[str, float]) -> list[str]:
+        """The parameters `spec` moves: those its filter keeps, matrices only for a low-rank expert, and no
+        relative tensor of scale 0 (it gets no noise: it stays the base)."""
+        return [
+            n
+            for n in self.params
+            if spec.filter.keeps(n) and (spec.strategy != "lowrank" or self._base[n].dim() >= 2) and scales.get(n) != 0
+        ]
+
+    def perturb_sum(self, terms: Sequence[tuple[PerturbationSpec, float]]) -> None:
+        """base + sum_i w_i * delta_i, one weighted sum of several experts' perturbations (a merge): each
+        parameter's deltas (the float32 values perturb() adds, merged for low-rank experts), each times its
+        weight in float32, summed in the order of `terms`, added to the base and rounded once, tensor by
+        tensor; restore() as ever."""
+        if self._touched or self._adapter is not None:
+            raise RuntimeError("perturb_sum() while perturbed")
+        relative = any(spec.strategy == "relative" for spec, _ in terms)
+        scales = self.tensor_scales() if relative else {}
+        moved = [set(self._moved(spec, scales if spec.strategy == "relative" else {})) for spec, _ in terms]
+        names = [n for n in self.params if any(n in m for m in moved)]
+        with torch.no_grad():
+            for n in names:
+                base = self._base[n]
+                acc = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
+                delta = torch.empty_like(acc)
+                zero = torch.zeros_like(acc)
+                for (spec, weight), m in zip(terms, moved):
+                    if n in m:
+                        perturbed_into_(delta, zero, spec, n, scales.get(n))  # 0 + delta: the delta, exactly
+                        acc.add_(delta.mul_(weight))  # two roundings, never fused: the same bits anywhere
+                if n not in self._work:
+                    self._work[n] = torch.empty_like(base)
+                self._work[n].copy_(base.float() + acc)  # a new sum: .float() of a float32 base is the base itself
                 self.params[n].data = self._work[n]
         self._touched = names
 

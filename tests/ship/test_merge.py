@@ -1,0 +1,95 @@
+"""`thickets merge` (issue 29): the top-K experts' perturbations summed into one model, the scale chosen on
+validation, gated on held-out questions, written with a recipe that rebuilds it bitwise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from thickets.cli.commands import main
+from thickets.engines import load_engine
+from thickets.engines.transformers_engine import canonical_parameters
+from thickets.noise import ParamFilter, PerturbationSpec
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.search import search
+
+
+def test_a_weighted_sum_is_the_experts_deltas_summed_directly(tiny_model_dir):
+    engine, _ = load_engine(str(tiny_model_dir))
+    base = {n: p.detach().clone() for n, p in engine.params.items()}
+    a, b = PerturbationSpec(3, 0.05), PerturbationSpec(9, 0.02, filter=ParamFilter(include=("*mlp*",)))
+    deltas = []
+    for spec in (a, b):  # each expert's own delta, as perturb() makes it
+        engine.perturb(spec)
+        deltas.append({n: p.detach().float() - base[n].float() for n, p in engine.params.items()})
+        engine.restore()
+    engine.perturb(a)
+    alone = {n: p.detach().clone() for n, p in engine.params.items()}
+    engine.restore()
+    engine.perturb_sum([(a, 1.0)])
+    assert all(torch.equal(engine.params[n], alone[n]) for n in alone)  # one term of weight 1: the expert
+    engine.restore()
+    engine.perturb_sum([(a, 0.5), (b, 0.25)])
+    for n, p in engine.params.items():
+        want = base[n].float() + (deltas[0][n] * 0.5 + deltas[1][n] * 0.25)
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-6)
+        if "mlp" not in n:  # only a's delta here
+            torch.testing.assert_close(p.detach(), base[n] + deltas[0][n] * 0.5, rtol=0, atol=1e-6)
+    engine.restore()
+    assert all(torch.equal(p, base[n]) for n, p in engine.params.items())
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    config = SearchConfig(
+        model=str(tiny_model_dir), task="toy", population=6, sigmas=(0.05,), val_size=6, max_new_tokens=4
+    )
+    run_dir = tmp_path_factory.mktemp("merge") / "run"
+    search(config, run_dir, progress=False)
+    return run_dir
+
+
+def test_merge_writes_a_gated_model_that_its_recipe_rebuilds_bitwise(run, tmp_path, capsys):
+    from thickets.ship.merge import rebuild
+
+    out = tmp_path / "merged"
+    argv = ["merge", "--run-dir", str(run), "--out", str(out), "--top-k", "3", "--scale", "1,2", "--gate-size", "5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "merged top-3 (mean" in printed and "top-3 vote" in printed
+    recipe = json.loads((out / "thickets_merge.json").read_text())
+    gate = recipe["gate"]
+    assert [r["label"].split(" (")[0] for r in gate["rows"]] == [
+        "base",
+        "best single expert",
+        "top-3 vote",
+        "merged top-3",
+    ]
+    assert gate["gate_size"] == 5 and len(gate["scales_tried"]) == 2 and gate["scale"] in (1.0, 2.0)
+    assert all(r["vs_base"] is None or len(r["vs_base"]["ci95"]) == 2 for r in gate["rows"])
+    assert len(recipe["terms"]) == 3 and sum(t["weight"] for t in recipe["terms"]) == pytest.approx(gate["scale"])
+    written = canonical_parameters(AutoModelForCausalLM.from_pretrained(out))
+    rebuilt = canonical_parameters(rebuild(out / "thickets_merge.json").model)
+    assert set(written) == set(rebuilt)
+    assert all(torch.equal(written[n], rebuilt[n]) for n in written)
+    base = canonical_parameters(AutoModelForCausalLM.from_pretrained(run.parent.parent / "tiny0" / "model"))
+    assert any(not torch.equal(written[n], base[n]) for n in written if n in base)
+
+
+def test_refusals_are_one_line_and_write_nothing(run, tmp_path, capsys):
+    out = tmp_path / "merged"
+    cases = [
+        (["--top-k", "99"], "more than the 6 fully scored candidates"),
+        (["--method", "median"], "invalid choice"),
+        (["--scale", "0"], "--scale must be numbers in (0, 100]"),
+        (["--gate-size", "1000000"], "--gate-size must be a number from 1 to"),
+        (["--top-k", "0"], "--top-k must be a number from 1"),
+    ]
+    for flags, message in cases:
+        assert main(["merge", "--run-dir", str(run), "--out", str(out), *flags]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (flags, err)
+    assert not out.exists()
