@@ -93,3 +93,30 @@ def test_refusals_are_one_line_and_write_nothing(run, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (flags, err)
     assert not out.exists()
+
+
+def test_low_rank_experts_merge_into_weights_the_recipe_rebuilds(tiny_model_dir, tmp_path):
+    """Each low-rank expert's delta is its merged product (what export writes); their sum is a merged model."""
+    from thickets.ship.merge import MergeConfig, merge, rebuild
+
+    config = SearchConfig(
+        model=str(tiny_model_dir),
+        task="toy",
+        population=3,
+        sigmas=(0.05,),
+        val_size=3,
+        max_new_tokens=3,
+        strategy="lowrank",
+        rank=2,
+    )
+    search(config, tmp_path / "run", progress=False)
+    report = merge(
+        MergeConfig(run_dir=str(tmp_path / "run"), out=str(tmp_path / "m"), top_k=2, scales=(1.0,), gate_size=3)
+    )
+    assert report["scale"] == 1.0 and len(report["rows"]) == 4
+    written = canonical_parameters(AutoModelForCausalLM.from_pretrained(tmp_path / "m"))
+    rebuilt = canonical_parameters(rebuild(tmp_path / "m" / "thickets_merge.json").model)
+    assert all(torch.equal(written[n], rebuilt[n]) for n in written)
+    base = canonical_parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    vectors = [n for n in written if written[n].dim() == 1]
+    assert vectors and all(torch.equal(written[n], base[n]) for n in vectors)  # low-rank experts move matrices only

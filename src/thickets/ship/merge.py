@@ -58,8 +58,6 @@ def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float]:
     """Everything bad input can break, before a model loads or anything is written."""
     config = load_run_config(cfg.run_dir)
     _check_out(Path(cfg.out))
-    if config.strategy == "lowrank":
-        raise ThicketsError("merging low-rank experts into one adapter is not built yet; merge a dense run")
     if config.noise_version == 1:
         raise ThicketsError("runs made with noise version 1 cannot be merged; merge a run made since 0.2")
     task = task_for(config)
