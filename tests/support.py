@@ -116,19 +116,7 @@ def make_tiny_model(out: Path, family: str = "llama", tokenizer=None) -> Path:
         return out
     tok = tokenizer or make_tiny_tokenizer()
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
-    config = config_cls(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=family == "llama",
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = config_cls(**tiny_text(tok), tie_word_embeddings=family == "llama")
     torch.manual_seed(0 if family == "llama" else 1)
     model = model_cls(config)
     with torch.no_grad():  # larger weights than the default init, so small noise changes outputs
@@ -182,6 +170,23 @@ VLM_CHAT_TEMPLATE = (
 )
 
 
+def tiny_text(tok) -> dict:
+    """The size of every tiny language model the tests build (a decoder of 2 layers, width 32), with the
+    tiny tokenizer's vocabulary and special tokens."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
 TINY_VISION = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=28, patch_size=14
 )
@@ -210,14 +215,7 @@ def make_tiny_vlm(out: Path, family: str = "llava") -> Path:
             num_additional_image_tokens=1,
             chat_template=VLM_CHAT_TEMPLATE,
         )
-        vision = transformers.CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=14,
-        )
+        vision = transformers.CLIPVisionConfig(**TINY_VISION)
         extra = dict(image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default")
         config_cls, model_cls = transformers.LlavaConfig, transformers.LlavaForConditionalGeneration
     else:
@@ -228,28 +226,10 @@ def make_tiny_vlm(out: Path, family: str = "llava") -> Path:
         processor = transformers.Idefics3Processor(
             image_processor=image_processor, tokenizer=tok, image_seq_len=1, chat_template=VLM_CHAT_TEMPLATE
         )
-        vision = transformers.Idefics3VisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=14,
-        )
+        vision = transformers.Idefics3VisionConfig(**TINY_VISION)
         extra = dict(image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
         config_cls, model_cls = transformers.Idefics3Config, transformers.Idefics3ForConditionalGeneration
-    text = transformers.LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    text = transformers.LlamaConfig(**tiny_text(tok))
     config = config_cls(vision_config=vision, text_config=text, **extra)
     torch.manual_seed(0)
     model = model_cls(config)

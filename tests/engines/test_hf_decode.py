@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from tests.support import make_tiny_tokenizer
+from tests.support import make_tiny_tokenizer, tiny_text
 from thickets.engines import hf_decode
 from thickets.engines.transformers_engine import hf_generate_greedy
 
@@ -44,19 +44,7 @@ def _tiny(family: str):
         pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
     tok = make_tiny_tokenizer()
     tok.padding_side = "left"
-    config = getattr(transformers, config_name)(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **extra,
-    )
+    config = getattr(transformers, config_name)(**tiny_text(tok), **extra)
     model = random_model(getattr(transformers, model_name), config)
     return model, tok
 
