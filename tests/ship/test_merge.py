@@ -120,3 +120,35 @@ def test_low_rank_experts_merge_into_weights_the_recipe_rebuilds(tiny_model_dir,
     base = canonical_parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     vectors = [n for n in written if written[n].dim() == 1]
     assert vectors and all(torch.equal(written[n], base[n]) for n in vectors)  # low-rank experts move matrices only
+
+
+def test_the_gram_of_the_experts_deltas_and_corps_weights(tiny_model_dir):
+    """<delta_i, delta_j> from one streamed pass equals the inner products of the deltas perturb() makes;
+    CoRP weights a rewarded expert by its agreement with the rewarded direction."""
+    from thickets.ship.merge import compatibility
+
+    engine, _ = load_engine(str(tiny_model_dir))
+    base = {n: p.detach().clone() for n, p in engine.params.items()}
+    specs = [PerturbationSpec(s, 0.05) for s in (1, 2)] + [PerturbationSpec(3, 0.05, "lowrank", rank=2)]
+    flat = []
+    for spec in specs:
+        engine.perturb(spec, merge=True)
+        flat.append(torch.cat([(p.detach().double() - base[n].double()).reshape(-1) for n, p in engine.params.items()]))
+        engine.restore()
+    want = torch.stack(flat) @ torch.stack(flat).T
+    got = torch.from_numpy(engine.delta_gram(specs))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # two experts along one direction and one against it: the one against gets no weight
+    gram = [[1.0, 0.9, -0.8], [0.9, 1.0, -0.7], [-0.8, -0.7, 1.0]]
+    c = compatibility(gram, [1.0, 1.0, 0.5])
+    assert c[0] > 0 and c[1] > 0 and c[2] < 0
+    assert compatibility([[1.0, 0.0], [0.0, 1.0]], [1.0, 1.0]) == pytest.approx([2**-0.5, 2**-0.5])
+
+
+def test_merge_by_corp_records_its_weights_and_compatibility(run, tmp_path):
+    from thickets.ship.merge import MergeConfig, merge
+
+    cfg = MergeConfig(run_dir=str(run), out=str(tmp_path / "m"), top_k=3, method="corp", scales=(1.0,), gate_size=3)
+    report = merge(cfg)  # the fixture's top three beat the base on validation (0.1 against 0.067)
+    assert sum(report["weights"]) == pytest.approx(1.0) and len(report["compatibility"]) == 3
+    assert all(w == 0 or c > 0 for w, c in zip(report["weights"], report["compatibility"]))

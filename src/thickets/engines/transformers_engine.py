@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy
 import torch
-
-if TYPE_CHECKING:
-    import numpy
 
 from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
@@ -158,6 +156,39 @@ class TransformersEngine:
             if spec.filter.keeps(n) and (spec.strategy != "lowrank" or self._base[n].dim() >= 2) and scales.get(n) != 0
         ]
 
+    def _deltas(self, specs: Sequence[PerturbationSpec]) -> Iterator[tuple[str, Iterator[tuple[int, torch.Tensor]]]]:
+        """Per parameter any spec moves: (name, its deltas), each delta (i, spec i's float32 delta, the values
+        perturb() adds, merged for low-rank experts) made on the weight's device into one buffer that the
+        next delta of the same parameter overwrites: a tensor's K deltas are never held at once."""
+        relative = any(spec.strategy == "relative" for spec in specs)
+        scales = self.tensor_scales() if relative else {}
+        moved = [set(self._moved(spec, scales if spec.strategy == "relative" else {})) for spec in specs]
+
+        def each(n: str, which: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+            base = self._base[n]
+            zero = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
+            delta = torch.empty_like(zero)
+            for i in which:
+                perturbed_into_(delta, zero, specs[i], n, scales.get(n))  # 0 + delta: the delta, exactly
+                yield i, delta
+
+        for n in self.params:
+            which = [i for i, m in enumerate(moved) if n in m]
+            if which:
+                yield n, each(n, which)
+
+    @torch.no_grad()
+    def delta_gram(self, specs: Sequence[PerturbationSpec]) -> numpy.ndarray:
+        """G[i, j] = <delta_i, delta_j> over every parameter, in float64: how the experts' perturbations align
+        (CoRP's compatibility), in one pass over the weights (a tensor's K deltas held at once, as float64)."""
+        gram = numpy.zeros((len(specs), len(specs)))
+        for _, deltas in self._deltas(specs):
+            pairs = [(i, d.reshape(-1).double()) for i, d in deltas]  # .double() copies: the buffer moves on
+            idx = [i for i, _ in pairs]
+            flat = torch.stack([row for _, row in pairs])
+            gram[numpy.ix_(idx, idx)] += (flat @ flat.T).cpu().numpy()
+        return gram
+
     def perturb_sum(self, terms: Sequence[tuple[PerturbationSpec, float]]) -> None:
         """base + sum_i w_i * delta_i, one weighted sum of several experts' perturbations (a merge): each
         parameter's deltas (the float32 values perturb() adds, merged for low-rank experts), each times its
@@ -165,20 +196,14 @@ class TransformersEngine:
         tensor; restore() as ever."""
         if self._touched or self._adapter is not None:
             raise RuntimeError("perturb_sum() while perturbed")
-        relative = any(spec.strategy == "relative" for spec, _ in terms)
-        scales = self.tensor_scales() if relative else {}
-        moved = [set(self._moved(spec, scales if spec.strategy == "relative" else {})) for spec, _ in terms]
-        names = [n for n in self.params if any(n in m for m in moved)]
+        names = []
         with torch.no_grad():
-            for n in names:
+            for n, deltas in self._deltas([spec for spec, _ in terms]):
                 base = self._base[n]
                 acc = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
-                delta = torch.empty_like(acc)
-                zero = torch.zeros_like(acc)
-                for (spec, weight), m in zip(terms, moved):
-                    if n in m:
-                        perturbed_into_(delta, zero, spec, n, scales.get(n))  # 0 + delta: the delta, exactly
-                        acc.add_(delta.mul_(weight))  # two roundings, never fused: the same bits anywhere
+                for i, delta in deltas:
+                    acc.add_(delta.mul_(terms[i][1]))  # two roundings, never fused: the same bits anywhere
+                names.append(n)
                 if n not in self._work:
                     self._work[n] = torch.empty_like(base)
                 self._work[n].copy_(base.float() + acc)  # a new sum: .float() of a float32 base is the base itself

@@ -11,6 +11,7 @@ never holding K perturbations.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,17 +35,38 @@ from thickets.version import __version__
 MERGE_NAME = "thickets_merge.json"
 
 
-def weights(method: str, experts: list[Candidate], base_score: float) -> list[float]:
-    """Each expert's weight, summing to 1: equal, or proportional to its validation gain over the base."""
+def weights(method: str, experts: list[Candidate], base_score: float, gram: Any = None) -> list[float]:
+    """Each expert's weight, summing to 1: equal (mean); proportional to its validation gain over the base
+    (reward); or (corp) its gain times its compatibility, the cosine between its perturbation and the
+    gain-weighted sum of all of them (0 where negative), from `gram`, the perturbations' inner products."""
     if method == "mean":
         return [1.0 / len(experts)] * len(experts)
     gains = [max(0.0, c.score - base_score) for c in experts]
     if not sum(gains):
         raise ThicketsError(
-            "--method reward: no expert of the top K beats the base on validation, so every weight is 0; "
+            f"--method {method}: no expert of the top K beats the base on validation, so every weight is 0; "
             "use --method mean"
         )
+    if method == "corp":
+        if gram is None:
+            return [1.0] * len(experts)  # checked before the model loads: the weights come with the gram
+        c = compatibility(gram, gains)
+        gains = [g * max(0.0, ci) for g, ci in zip(gains, c)]
+        if not sum(gains):
+            raise ThicketsError("--method corp: no rewarded expert agrees with the rewarded direction; use reward")
     return [g / sum(gains) for g in gains]
+
+
+def compatibility(gram: Any, gains: list[float]) -> list[float]:
+    """cos(delta_i, d) for d = sum_j gains_j delta_j, from the inner products gram[i, j] = <delta_i, delta_j>."""
+    import numpy as np
+
+    g = np.asarray(gram, dtype=np.float64)
+    r = np.asarray(gains, dtype=np.float64)
+    along = g @ r  # <delta_i, d>
+    norm_d = math.sqrt(max(float(r @ g @ r), 0.0))
+    norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+    return [float(a / (n * norm_d)) if n > 0 and norm_d > 0 else 0.0 for a, n in zip(along, norms)]
 
 
 def terms_of(specs: list[PerturbationSpec], w: list[float], scale: float) -> list[tuple[PerturbationSpec, float]]:
@@ -80,8 +102,9 @@ def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
     """Choose the scale on validation, gate the merged model on held-out questions, write it; its report."""
     config, task, experts, base_score = _check(cfg)
     specs = [config.candidate(c.idx) for c in experts]
-    w = weights(cfg.method, experts, base_score)
     engine = cast("TransformersEngine", engine_for(config))
+    gram = engine.delta_gram(specs) if cfg.method == "corp" else None
+    w = weights(cfg.method, experts, base_score, gram)
     val, test = make_splits(task, config.split_seed, config.val_size, cfg.gate_size, scheme=config.split_scheme)
     tried = []
     with bar("merge: scales on validation", len(cfg.scales), progress) as update:
@@ -104,6 +127,9 @@ def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
     try:
         merged_rows = evaluate(engine, task, test, config)
         report = _gate(cfg, config, experts, tried, best, base, per_expert, [r.score.correct for r in merged_rows])
+        report["weights"] = w
+        if gram is not None:
+            report["compatibility"] = compatibility(gram, [max(0.0, c.score - base_score) for c in experts])
         _write(cfg, config, engine, specs, w, best["scale"], report)
     finally:
         engine.restore()

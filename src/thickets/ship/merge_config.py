@@ -9,7 +9,7 @@ from thickets.errors import ThicketsError
 from thickets.options import check_bounds, commas, option, parse_floats
 from thickets.randopt.config import MAX_SPLIT
 
-METHODS = ("mean", "reward")
+METHODS = ("mean", "reward", "corp")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class MergeConfig:
     top_k: int = option(5, "experts merged: the best K on validation", bounds=(1, 10_000))
     method: str = option(
         "mean",
-        "mean: equal weights (the authors' average); reward: each expert weighted by its validation gain over the base",
+        "mean: equal weights (the authors' average); reward: each expert weighted by its validation gain over "
+        "the base; corp: the gain times the expert's agreement with the gain-weighted direction (CoRP)",
         choices=METHODS,
     )
     scales: tuple[float, ...] = option(
