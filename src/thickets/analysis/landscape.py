@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from thickets.analysis.plots import pyplot, save
+from thickets.analysis.reliability import split_half
 from thickets.analysis.reports import html_report
 from thickets.errors import ThicketsError
 from thickets.models import local_folder, meta_model, resolve
@@ -373,6 +374,7 @@ def analyze(
         "calibration": r.calibration,
         "unscored": r.unscored,
         "rounding": r.rounding,
+        "reliability": split_half(run_dir),
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

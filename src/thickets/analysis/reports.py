@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from thickets.analysis.reliability import reliability_line
 from thickets.engines import Engine
 from thickets.randopt.ensemble import ensemble as ensemble_data
 
@@ -280,6 +281,7 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
         f"<h1>thickets: {html.escape(summary['task'])} on {html.escape(summary['model'])}</h1>",
         f"<p>{summary['candidates']} candidates; base validation score {summary['base']:.3f}.</p>",
         *([f"<p>{html.escape(unscored_line(summary['unscored']))}</p>"] if summary.get("unscored") else []),
+        *([f"<p>{html.escape(reliability_line(summary['reliability']))}.</p>"] if "reliability" in summary else []),
         "<h2>Density of improving perturbations</h2>",
         _table(
             dens_rows,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from thickets.analysis.landscape import RunScores, analyze, density
 from thickets.analysis.racing_replay import replay_run
+from thickets.analysis.reliability import reliability_line, split_half
 from thickets.analysis.reports import (
     ensemble,
     print_bench,
@@ -207,6 +208,7 @@ def cmd_search(a: Parsed, quiet: bool) -> None:
     )
     if result.unscored:
         print(unscored_line(result.unscored))
+    print(reliability_line(split_half(result.run_dir)))
 
 
 def cmd_calibrate(a: Parsed, quiet: bool) -> None:
@@ -388,6 +390,7 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
         print_rounding(s["rounding"])
     if s["unscored"]:
         print(unscored_line(s["unscored"]))
+    print(reliability_line(s["reliability"]))
     print_density(s["density"], s["base"])
     print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 
