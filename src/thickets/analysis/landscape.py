@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from thickets.analysis.plots import pyplot, save
+from thickets.analysis.population import plot_population, population_curve, what_to_run
 from thickets.analysis.reliability import split_half
 from thickets.analysis.reports import html_report
 from thickets.errors import ThicketsError
@@ -355,6 +356,9 @@ def analyze(
     curves = topk_curves(run_dir)
     if curves:
         figures["topk"] = plot_topk(curves, out / "topk.png")
+    population = population_curve(run_dir)
+    if population is not None:
+        figures["population"] = plot_population(population, out / "population.png")
     spec = specialisation(run_dir)
     if spec is not None:
         figures["specialisation"] = plot_specialisation(spec, out / "specialisation.png")
@@ -375,6 +379,8 @@ def analyze(
         "unscored": r.unscored,
         "rounding": r.rounding,
         "reliability": split_half(run_dir),
+        "population_curve": population,
+        "population_note": what_to_run(population, run_dir) if population is not None else None,
         "figures": {k: str(v) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -335,6 +335,15 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
             "<p>Correlation of the candidates' gains between tasks:</p>",
             _table(corr_rows, [("task", "")] + [(t, t) for t in tasks]),
         ]
+    if "population" in figures:
+        note = summary.get("population_note")
+        parts += [
+            "<h2>What the population buys</h2>",
+            "<p>The best validation score of the first N candidates and of resampled populations of N, and the "
+            "top-K vote's test accuracy from the first N, all from stored results.</p>",
+            *([f"<p>{html.escape(note)}</p>"] if note else []),
+            _img(figures["population"]),
+        ]
     if "projection" in figures:
         parts += ["<h2>Perturbation directions</h2>", _img(figures["projection"])]
     style = (

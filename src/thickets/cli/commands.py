@@ -391,6 +391,8 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
     if s["unscored"]:
         print(unscored_line(s["unscored"]))
     print(reliability_line(s["reliability"]))
+    if s["population_note"]:
+        print(s["population_note"])
     print_density(s["density"], s["base"])
     print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 

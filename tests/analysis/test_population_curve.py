@@ -1,0 +1,59 @@
+"""What the population buys (issue 30): best validation score and top-K vote test accuracy against N, from a
+run's stored results only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thickets.analysis.population import grid, plot_population, population_curve, what_to_run
+from thickets.randopt.config import SearchConfig
+from thickets.randopt.store import BASE, RunStore, candidate_model
+from thickets.randopt.vote import vote_accuracy
+from thickets.tasks.base import Example, Score, ScoredExample
+
+
+def _rows(values: list[float]) -> list[ScoredExample]:
+    return [
+        ScoredExample(p, Example(f"q{p}", "?"), "c", Score(str(int(v)), str(int(v)), v, v >= 1))
+        for p, v in enumerate(values)
+    ]
+
+
+def _run(tmp_path, val: list[float], with_test: set[int]):
+    """Candidate i scores val[i] on every one of 4 validation questions; test answers of those in with_test:
+    right on question p exactly when i > p (so the vote's accuracy is a known function of who votes)."""
+    config = SearchConfig(task="products", model="m", population=len(val), val_size=4, sigmas=(0.001,))
+    with RunStore.open(tmp_path, config) as store:
+        for i, v in enumerate(val):
+            store.add_candidate(i, 100 + i, 0.001, _rows([v] * 4), 1.0)
+        store.add_results(BASE, "test", _rows([0.0] * 6))
+        for i in with_test:
+            store.add_results(candidate_model(i), "test", _rows([float(i > p) for p in range(6)]))
+    return tmp_path
+
+
+def test_the_curves_are_the_running_best_and_the_vote_of_each_prefixs_top_k(tmp_path):
+    val = [0.1, 0.5, 0.2, 0.9, 0.3, 0.4, 0.8, 0.6]
+    curve = population_curve(_run(tmp_path, val, set(range(8))), top_k=3)
+    assert [r["n"] for r in curve["rows"]] == grid(8) == [4, 8]
+    assert [r["best_val_prefix"] for r in curve["rows"]] == [max(val[:4]), max(val)]
+    for r in curve["rows"]:  # the bootstrap best lies within the population's scores, its band around its mean
+        lo, hi = r["best_val_boot_90"]
+        assert min(val) <= lo <= r["best_val_boot_mean"] <= hi <= max(val)
+    # each prefix's top 3 by validation score vote; candidate i is right on question p exactly when i > p
+    for r in curve["rows"]:
+        top = sorted(range(r["n"]), key=lambda i: -val[i])[:3]
+        experts = [{p: Score(str(int(i > p)), str(int(i > p)), float(i > p), i > p) for p in range(6)} for i in top]
+        assert r["test_vote"] == pytest.approx(vote_accuracy(experts, 6)[0])
+    assert curve["base_test"] == 0.0 and what_to_run(curve, tmp_path) is None
+    assert plot_population(curve, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_where_test_answers_are_missing_the_curve_stops_and_says_what_to_run(tmp_path):
+    val = [0.1, 0.5, 0.2, 0.9, 0.3, 0.4, 0.8, 0.95]
+    curve = population_curve(_run(tmp_path, val, {0, 1, 2, 3}), top_k=3)
+    assert curve["rows"][0]["test_vote"] is not None and curve["rows"][1]["test_vote"] is None
+    assert curve["missing"] == {"n": 8, "candidates": [7, 6]}
+    assert "candidates 7, 6 have no stored test answers" in what_to_run(curve, tmp_path)
+    assert np.isfinite(curve["rows"][1]["best_val_boot_mean"])
