@@ -20,6 +20,7 @@ from thickets.analysis.plots import pyplot, save
 from thickets.analysis.population import plot_population, population_curve, what_to_run
 from thickets.analysis.reliability import split_half
 from thickets.analysis.reports import html_report
+from thickets.analysis.transfer import plot_transfer, read_transfer
 from thickets.errors import ThicketsError
 from thickets.models import local_folder, meta_model, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
@@ -356,6 +357,9 @@ def analyze(
     curves = topk_curves(run_dir)
     if curves:
         figures["topk"] = plot_topk(curves, out / "topk.png")
+    moved = read_transfer(run_dir)
+    if moved is not None:
+        figures["transfer"] = plot_transfer(moved, out / "transfer.png")
     population = population_curve(run_dir)
     if population is not None:
         figures["population"] = plot_population(population, out / "population.png")
@@ -380,6 +384,7 @@ def analyze(
         "rounding": r.rounding,
         "reliability": split_half(run_dir),
         "population_curve": population,
+        "transfer": moved,
         "population_note": what_to_run(population, run_dir) if population is not None else None,
         "figures": {k: str(v) for k, v in figures.items()},
     }

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thickets.analysis.reliability import reliability_line
+from thickets.analysis.transfer import transfer_lines
 from thickets.engines import Engine
 from thickets.randopt.ensemble import ensemble as ensemble_data
 
@@ -334,6 +335,12 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
             _img(figures["specialisation"]),
             "<p>Correlation of the candidates' gains between tasks:</p>",
             _table(corr_rows, [("task", "")] + [(t, t) for t in tasks]),
+        ]
+    if "transfer" in figures:
+        parts += [
+            "<h2>Does the selection transfer?</h2>",
+            *(f"<p>{html.escape(line)}.</p>" for line in transfer_lines(summary["transfer"])),
+            _img(figures["transfer"]),
         ]
     if "population" in figures:
         note = summary.get("population_note")

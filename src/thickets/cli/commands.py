@@ -36,6 +36,7 @@ from thickets.analysis.reports import (
     print_vote_replay,
     unscored_line,
 )
+from thickets.analysis.transfer import TransferConfig, transfer_lines
 from thickets.analysis.vote_replay import vote_replay
 from thickets.baselines.compare import CompareConfig, compare
 from thickets.baselines.es import ESConfig, run_es
@@ -250,6 +251,17 @@ def cmd_distill(a: Parsed, quiet: bool) -> None:
     print(f"rounds recorded in {run_dir / a[DistillConfig].name}/round-N/round.json")
 
 
+def cmd_transfer(a: Parsed, quiet: bool) -> None:
+    from thickets.analysis.transfer import transfer
+
+    cfg = a[TransferConfig]
+    load_run_config(cfg.run_dir)  # a clear error when the folder holds no run
+    report = transfer(cfg, progress=not quiet)
+    for line in transfer_lines(report):
+        print(line)
+    print(f"written: {cfg.run_dir}/transfer.json (thickets analyze plots it)")
+
+
 def cmd_merge(a: Parsed, quiet: bool) -> None:
     from thickets.ship.merge import merge  # torch and transformers: only for this command
 
@@ -391,6 +403,8 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
     if s["unscored"]:
         print(unscored_line(s["unscored"]))
     print(reliability_line(s["reliability"]))
+    for line in transfer_lines(s["transfer"]) if s["transfer"] else []:
+        print(line)
     if s["population_note"]:
         print(s["population_note"])
     print_density(s["density"], s["base"])
@@ -461,6 +475,12 @@ COMMANDS: dict[str, Command] = {
         cmd_distill,
     ),
     "export": ("write a candidate as a standalone Hugging Face model folder", (ExportArgs,), cmd_export),
+    "transfer": (
+        "does the selection transfer? a random sample besides the top K answers the test split: rank correlations, "
+        "the winner's curse",
+        (TransferConfig,),
+        cmd_transfer,
+    ),
     "merge": (
         "one model without gradients: the top-K experts' perturbations summed, scaled on validation, gated on test",
         (MergeConfig,),
