@@ -340,7 +340,11 @@ def plot_specialisation(spec: dict[str, Any], path: Path) -> Path:
 
 
 def analyze(
-    run_dir: str | Path, delta: float = 0.02, projection_map: bool = True, progress: bool = True
+    run_dir: str | Path,
+    delta: float = 0.02,
+    projection_map: bool = True,
+    progress: bool = True,
+    harm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Figures, a summary and one self-contained report.html in the run folder."""
     run_dir = Path(run_dir)
@@ -385,6 +389,7 @@ def analyze(
         "reliability": split_half(run_dir),
         "population_curve": population,
         "transfer": moved,
+        "harm": harm,
         "population_note": what_to_run(population, run_dir) if population is not None else None,
         "figures": {k: str(v) for k, v in figures.items()},
     }

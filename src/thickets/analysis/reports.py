@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from thickets.analysis.harm import harm_line
 from thickets.analysis.reliability import reliability_line
 from thickets.analysis.transfer import transfer_lines
 from thickets.engines import Engine
@@ -54,6 +55,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"test {report['test_size']} held-out examples.",
         *(["", sigma_auto_line(report["sigma_auto"])] if "sigma_auto" in report else []),
         *(["", unscored_line(report["unscored"])] if any(report.get("unscored", {}).values()) else []),
+        *(["", harm_line(report["harm"]) + "."] if report.get("harm") else []),
         "",
         "| model | K | answers per question | test accuracy | answer extracted | gain vs base, points [95% CI] |",
         "|---|---:|---:|---:|---:|---:|",
@@ -336,6 +338,8 @@ def html_report(summary: Mapping[str, Any], figures: dict[str, Path]) -> str:
             "<p>Correlation of the candidates' gains between tasks:</p>",
             _table(corr_rows, [("task", "")] + [(t, t) for t in tasks]),
         ]
+    if summary.get("harm"):
+        parts += ["<h2>Do no harm: a held-out text</h2>", f"<p>{html.escape(harm_line(summary['harm']))}.</p>"]
     if "transfer" in figures:
         parts += [
             "<h2>Does the selection transfer?</h2>",

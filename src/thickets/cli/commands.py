@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from thickets.analysis.harm import harm_line, harm_report, read_text
 from thickets.analysis.landscape import RunScores, analyze, density
 from thickets.analysis.racing_replay import replay_run
 from thickets.analysis.reliability import reliability_line, split_half
@@ -35,6 +36,7 @@ from thickets.analysis.reports import (
     print_toy,
     print_vote_replay,
     unscored_line,
+    write_report_files,
 )
 from thickets.analysis.transfer import TransferConfig, transfer_lines
 from thickets.analysis.vote_replay import vote_replay
@@ -47,7 +49,7 @@ from thickets.cli.demo import demo
 from thickets.distill.config import DistillConfig
 from thickets.errors import ThicketsError
 from thickets.noise import ParamFilter, PerturbationSpec
-from thickets.options import commas, option, parse_ints, parse_patterns
+from thickets.options import check_bounds, commas, option, parse_ints, parse_patterns
 from thickets.randopt.calibrate import calibrate
 from thickets.randopt.config import AUTO, SearchConfig
 from thickets.randopt.executors import ExecutorOptions, make_executor
@@ -84,6 +86,9 @@ class EnsembleArgs:
         "ask experts in rank order and stop once the vote is decided: exact (never changes the answer) "
         "or beta (stops at a 95 percent Beta posterior lead; may change it)",
         choices=ADAPTIVE_RULES,
+    )
+    harm_text: str | None = option(
+        None, "a plain text held out from the task: bits per byte of the base and the top K on it (do no harm)"
     )
 
 
@@ -152,6 +157,13 @@ class AnalyzeArgs:
     run_dir: str = option(..., "the run folder")
     delta: float = option(0.02, "also count candidates above base + delta")
     map: bool = option(True, "the perturbation map (N+2 noise passes; --no-map skips it)")
+    harm_text: str | None = option(
+        None, "a plain text held out from the task: bits per byte of the base and the top K on it (do no harm)"
+    )
+    harm_top_k: int = option(5, "with --harm-text: the experts scored on it", bounds=(1, 10_000))
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,14 @@ def cmd_calibrate(a: Parsed, quiet: bool) -> None:
 
 def cmd_ensemble(a: Parsed, quiet: bool) -> None:
     e = a[EnsembleArgs]
-    print_tables(ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet, adaptive=e.adaptive))
+    if e.harm_text is not None:
+        read_text(e.harm_text)  # a bad text: one line, before anything is written
+    report = ensemble(e.run_dir, e.top_k, e.test_size, progress=not quiet, adaptive=e.adaptive)
+    print_tables(report)
+    if e.harm_text is not None:
+        report["harm"] = harm_report(e.run_dir, e.harm_text, max(e.top_k), progress=not quiet)
+        write_report_files(Path(e.run_dir), report)
+        print(harm_line(report["harm"]))
     print(f"report written to {Path(e.run_dir) / 'report.json'} and report.md")
 
 
@@ -395,7 +414,11 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
     if not x.delta >= 0:
         raise ThicketsError(f"--delta must be a number >= 0, got {x.delta}")
     load_run_config(x.run_dir)  # a clear error when the folder holds no run
-    s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet)
+    harm = None
+    if x.harm_text is not None:
+        read_text(x.harm_text)  # a bad text: one line, before anything is written
+        harm = harm_report(x.run_dir, x.harm_text, x.harm_top_k, progress=not quiet)
+    s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet, harm=harm)
     if s["calibration"] is not None:
         print_pilot(s["calibration"])
     if s["rounding"]:
@@ -407,6 +430,8 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
         print(line)
     if s["population_note"]:
         print(s["population_note"])
+    if harm is not None:
+        print(harm_line(harm))
     print_density(s["density"], s["base"])
     print(f"report: {s['html']} (figures in {Path(x.run_dir) / 'analysis'})")
 
