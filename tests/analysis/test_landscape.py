@@ -60,8 +60,9 @@ def test_analyze_writes_figures_summary_and_a_self_contained_report(known_run):
     # test answers "1" everywhere, correct on the first c questions: votes agree, so top-K = best expert
     assert curve["k"] == [1, 2, 3, 4] and curve["accuracy"][0] == pytest.approx(1.0) and curve["base"] == 0.5
     html = (known_run / "report.html").read_text()
-    assert html.count('<img src="data:image/png;base64,') == 4 and "http" not in html
-    for name in ("histogram", "sigma_curve", "topk", "projection"):
+    assert html.count('<img src="data:image/png;base64,') == 5 and "http" not in html
+    assert "What the population buys" in html and "split-half reliability" in html
+    for name in ("histogram", "sigma_curve", "topk", "population", "projection"):
         assert (known_run / "analysis" / f"{name}.png").stat().st_size > 1000
 
 
@@ -139,7 +140,7 @@ def test_the_report_renders_in_headless_chromium_with_every_image_loaded(known_r
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-500:]
-    assert "<title>loaded 3 of 3</title>" in out.stdout
+    assert "<title>loaded 4 of 4</title>" in out.stdout  # histogram, sigma curve, top-K and population curves
 
 
 def _task_rows(per_task: dict[str, int], n: int = 4):
