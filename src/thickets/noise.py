@@ -103,6 +103,13 @@ class PerturbationSpec:
             raise SpecError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
 
+def unmerged(spec: PerturbationSpec) -> bool:
+    """Whether the expert is its adapter applied unmerged (low-rank, noise version 3 on), not merged weights;
+    version 2's low-rank experts were merged into the weights, and runs made with it keep that. Unmerged,
+    the change is made and added in float32, so no rounding of the weights loses any of it."""
+    return spec.strategy == "lowrank" and spec.version >= 3
+
+
 def candidate_seed(run_seed: int, index: int) -> int:
     """The seed of candidate `index` of a run: different run seeds give unrelated populations."""
     return derive_seed(b"thickets-cand", run_seed, index)

@@ -33,12 +33,6 @@ class Site:
     embed_scale: float = 1.0
 
 
-def unmerged(spec: PerturbationSpec) -> bool:
-    """Whether the expert is its adapter applied unmerged (low-rank, noise version 3 on), not merged weights;
-    version 2's low-rank experts were merged into the weights, and runs made with it keep that."""
-    return spec.strategy == "lowrank" and spec.version >= 3
-
-
 def adapter_scale(spec: PerturbationSpec) -> np.float32:
     """sigma / sqrt(R) as the adapter holds it: float32(1 / sqrt(R)) * float32(sigma), folded into A."""
     return np.float32(1 / np.sqrt(spec.rank)) * np.float32(spec.sigma)

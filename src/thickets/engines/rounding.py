@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from thickets.noise import PerturbationSpec, noise_factor, standard_noise, tensor_scale
+from thickets.noise import PerturbationSpec, noise_factor, standard_noise, tensor_scale, unmerged
 
 #: entries of each tensor the measurement reads (its first ones): enough for a share to +-0.5%
 SAMPLE = 1 << 16
@@ -36,11 +36,6 @@ HALF = ("bfloat16", "float16")
 def group_of(name: str) -> str:
     """A parameter name with its layer (and expert) numbers as `*`: one group for every layer's copy."""
     return re.sub(r"\.\d+\.", ".*.", re.sub(r"\.\d+\.", ".*.", name))
-
-
-def unmerged(spec: PerturbationSpec) -> bool:
-    """A low-rank expert applied as an adapter in float32, whole in any dtype (noise version 3 on)."""
-    return spec.strategy == "lowrank" and spec.version >= 3
 
 
 def _samples(folder: Path, keeps: Any, sample: int) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -19,10 +19,9 @@ import torch
 from thickets.engines import fast_decode, hf_decode
 from thickets.engines.base import cut_at_stop, prompt_token_ids
 from thickets.engines.device_noise import perturbed_into_
-from thickets.engines.lowrank_sites import unmerged
 from thickets.engines.population import PopulationBatch
 from thickets.errors import ThicketsError
-from thickets.noise import PerturbationSpec, add_noise_, tensor_scale
+from thickets.noise import PerturbationSpec, add_noise_, tensor_scale, unmerged
 from thickets.seeds import derive_seed
 
 

@@ -29,7 +29,7 @@ from thickets.models import (
     resolve,
     same_model,
 )
-from thickets.noise import NOISE_VERSIONS, check_rank
+from thickets.noise import NOISE_VERSIONS, check_rank, unmerged
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.scoring import render_prompts, task_for
 from thickets.randopt.store import RunStore, check_compatible, read_config
@@ -221,7 +221,7 @@ def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
                     check_rank(spec, name, shape)
                 except SpecError as e:
                     raise ThicketsError(str(e)) from None
-        if spec.version >= 3 and config.engine == "transformers":  # an adapter applied unmerged
+        if unmerged(spec) and config.engine == "transformers":
             from thickets.engines.lowrank_sites import check_sites
 
             check_sites(local_folder(identity), spec.filter.keeps)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thickets.engines import Engine
-from thickets.noise import PerturbationSpec
+from thickets.noise import PerturbationSpec, unmerged
 from thickets.randopt.preflight import available_memory
 from thickets.randopt.vote import adaptive_vote, decided
 from thickets.tasks import Score, Task
@@ -67,7 +67,7 @@ class Voter:
 
     def _copies_fit(self) -> bool:
         """K working copies in memory only when they take at most half of what is free now."""
-        if any(e is not None and e.strategy == "lowrank" and e.version >= 3 for e in self.experts):
+        if any(e is not None and unmerged(e) for e in self.experts):
             return False  # an adapter applied unmerged: nothing to copy, and nothing to make again
         if self.lowrank or not hasattr(self.engine, "hold"):
             return False
