@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from thickets.disk import written_whole
 from thickets.engines import load_engine, uses_chat_template
 from thickets.errors import ThicketsError
-from thickets.models import ModelIdentity, load_processor, load_tokenizer, local_folder, resolve, same_model
+from thickets.models import ModelIdentity, load_tokenizer, local_folder, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, ParamFilter, PerturbationSpec, lowrank_factors, matrix_shape
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.preflight import load_run_config
@@ -50,7 +50,7 @@ def recipe(identity: dict[str, Any], spec: PerturbationSpec, dtype: str, **extra
     }
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Refuse an --out that cannot become a new model folder, before any model is loaded."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ThicketsError(f"output {out} already exists and is not an empty folder; choose another --out")
@@ -61,13 +61,24 @@ def _check_out(out: Path) -> None:
         raise ThicketsError(f"output {out} cannot be made: {parent} is not writable")
 
 
-def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[Any, Any, ModelIdentity]:
-    """(model, tokenizer, identity) with the perturbation applied for good."""
+def build(model: str, spec: PerturbationSpec, dtype: str = "float32") -> tuple[TransformersEngine, ModelIdentity]:
+    """(engine, identity): the engine holding the model with the perturbation applied for good."""
 
     loaded, identity = load_engine(model, dtype=dtype)
     engine = cast("TransformersEngine", loaded)  # load_engine's default engine
     engine.perturb(spec, merge=True)  # never restored: this model is the perturbed one, merged
-    return engine.model, engine.tokenizer, identity
+    return engine, identity
+
+
+def save_model(folder: Path, engine: TransformersEngine, prompting: dict[str, Any] | None) -> None:
+    """The engine's model as it stands as a plain model folder: weights, tokenizer, a vision-language
+    model's processor, the keys transformers 4.x reads and, given, how the run prompted it (portable.py).
+    What every command that ships a model writes."""
+    engine.model.save_pretrained(folder)
+    engine.tokenizer.save_pretrained(folder)
+    if engine.processor is not None:
+        engine.processor.save_pretrained(folder)
+    make_portable(folder, prompting)
 
 
 ADAPTER_DIR = "adapter"
@@ -88,10 +99,11 @@ def export_spec(
     folder on this machine), readable by transformers 4.5x and 5.x (portable.py), with the run's
     `prompting` beside it when given."""
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     if adapter_base is not None and not (Path(adapter_base) / "config.json").is_file():
         raise ThicketsError(f"--adapter-base {adapter_base} is not a model folder (no config.json)")
-    m, tok, identity = build(model, spec, dtype)
+    engine, identity = build(model, spec, dtype)
+    m = engine.model
     sites = None
     if spec.strategy == "lowrank":  # every kept matrix has a site, or one line before a byte is written
         from thickets.engines.lowrank_sites import lowrank_sites
@@ -99,11 +111,7 @@ def export_spec(
 
         sites = lowrank_sites(m, canonical_parameters(m), spec.filter.keeps)
     with written_whole(out) as tmp:
-        m.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if (processor := load_processor(identity)) is not None:  # a vision-language model's image side too
-            processor.save_pretrained(tmp)
-        make_portable(tmp, prompting)
+        save_model(tmp, engine, prompting)
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
         if spec.strategy == "lowrank":
             base = adapter_base or str(local_folder(identity).resolve())
@@ -121,15 +129,11 @@ def export_base(
     dequantized GGUF, which no hub model is), readable by transformers 4.5x and 5.x: the base an exported
     adapter can name, and the baseline a harness compares against. Its identity is written beside it."""
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     loaded, identity = load_engine(model, dtype=dtype)
     engine = cast("TransformersEngine", loaded)
     with written_whole(out) as tmp:
-        engine.model.save_pretrained(tmp)
-        engine.tokenizer.save_pretrained(tmp)
-        if engine.processor is not None:
-            engine.processor.save_pretrained(tmp)
-        make_portable(tmp, prompting)
+        save_model(tmp, engine, prompting)
         record = {"thickets_version": __version__, "base_model": identity.to_dict(), "dtype": dtype}
         (tmp / BASE_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return out
@@ -172,7 +176,6 @@ def write_adapter(
     targets: list[str] = []
     fan_in_fan_out = False
     scale = adapter_scale(spec)
-    # peft's Auto classes need the task type, and load the base the config names
     params = canonical_parameters(model)
     paths = {id(m): n for n, m in model.named_modules()}
     for site in lowrank_sites(model, params, spec.filter.keeps) if sites is None else sites:
@@ -204,8 +207,8 @@ def write_adapter(
         lora_dropout=0.0,
         bias="none",
         fan_in_fan_out=fan_in_fan_out,
-        base_model_name_or_path=base_name,
-        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name,  # peft's Auto classes load the base the config names
+        task_type="CAUSAL_LM",  # and need the task type
     ).save_pretrained(str(out))
     save_file(tensors, str(out / "adapter_model.safetensors"))
 
@@ -221,7 +224,7 @@ def export_candidate(run_dir: str | Path, rank: int, out: str | Path, adapter_ba
         made_under = (store.meta("versions") or {}).get("transformers")
     if not 1 <= rank <= len(ranked):
         raise ThicketsError(f"rank must be between 1 and {len(ranked)} (the candidates in {run_dir}), got {rank}")
-    _check_out(Path(out))
+    check_out(Path(out))
     identity = resolve(config.model)
     if recorded.get("sha256") and not same_model(recorded, identity, made_under):
         raise ThicketsError(
@@ -257,7 +260,7 @@ def export_round(run_dir: str | Path, round_: int, out: str | Path, distillation
         )
     record = json.loads(record_path.read_text())
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     source = Path(record["model"]["path"])
     if not same_model(record["model"], resolve(str(source))):
         raise ThicketsError(f"round {round_}'s model in {source} has changed since the round recorded it")
@@ -295,5 +298,5 @@ def rebuild(recipe_path: str | Path, model: str | None = None) -> tuple[Any, Any
     identity = resolve(name)
     if not same_model(base, identity, data.get("versions", {}).get("transformers")):
         raise ThicketsError(f"base model {name} is not the one the recipe was made from (content hash differs)")
-    m, tok, _ = build(name, spec_from_recipe(data), data.get("dtype", "float32"))
-    return m, tok
+    engine, _ = build(name, spec_from_recipe(data), data.get("dtype", "float32"))
+    return engine.model, engine.tokenizer

@@ -18,7 +18,7 @@ from typing import Any, cast
 from thickets.disk import written_whole
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.errors import ThicketsError
-from thickets.models import load_processor, resolve, same_model
+from thickets.models import resolve, same_model
 from thickets.noise import NOISE_VERSIONS, PerturbationSpec
 from thickets.progress import bar
 from thickets.randopt.ensemble import StoredAnswers
@@ -26,9 +26,8 @@ from thickets.randopt.preflight import load_run_config
 from thickets.randopt.scoring import engine_for, evaluate, task_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import fully_scored, paired_gain, rank, vote_outcomes
-from thickets.ship.export import _check_out, run_prompting, spec_from_recipe
+from thickets.ship.export import check_out, run_prompting, save_model, spec_from_recipe
 from thickets.ship.merge_config import MergeConfig
-from thickets.ship.portable import make_portable
 from thickets.tasks.splits import make_splits
 from thickets.version import __version__
 
@@ -79,7 +78,7 @@ def terms_of(specs: list[PerturbationSpec], w: list[float], scale: float) -> lis
 def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float]:
     """Everything bad input can break, before a model loads or anything is written."""
     config = load_run_config(cfg.run_dir)
-    _check_out(Path(cfg.out))
+    check_out(Path(cfg.out))
     if config.noise_version == 1:
         raise ThicketsError("runs made with noise version 1 cannot be merged; merge a run made since 0.2")
     task = task_for(config)
@@ -211,11 +210,7 @@ def _write(
         "gate": report,
     }
     with written_whole(Path(cfg.out)) as tmp:
-        engine.model.save_pretrained(tmp)
-        engine.tokenizer.save_pretrained(tmp)
-        if (processor := load_processor(identity)) is not None:
-            processor.save_pretrained(tmp)
-        make_portable(tmp, run_prompting(config))
+        save_model(tmp, engine, run_prompting(config))
         (tmp / MERGE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
