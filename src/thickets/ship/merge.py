@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+
 from thickets.disk import written_whole
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.errors import ThicketsError
@@ -34,13 +36,18 @@ from thickets.version import __version__
 MERGE_NAME = "thickets_merge.json"
 
 
+def gains_over(experts: list[Candidate], base_score: float) -> list[float]:
+    """Each expert's validation gain over the base, 0 where it has none."""
+    return [max(0.0, c.score - base_score) for c in experts]
+
+
 def weights(method: str, experts: list[Candidate], base_score: float, gram: Any = None) -> list[float]:
     """Each expert's weight, summing to 1: equal (mean); proportional to its validation gain over the base
     (reward); or (corp) its gain times its compatibility, the cosine between its perturbation and the
     gain-weighted sum of all of them (0 where negative), from `gram`, the perturbations' inner products."""
     if method == "mean":
         return [1.0 / len(experts)] * len(experts)
-    gains = [max(0.0, c.score - base_score) for c in experts]
+    gains = gains_over(experts, base_score)
     if not sum(gains):
         raise ThicketsError(
             f"--method {method}: no expert of the top K beats the base on validation, so every weight is 0; "
@@ -58,8 +65,6 @@ def weights(method: str, experts: list[Candidate], base_score: float, gram: Any 
 
 def compatibility(gram: Any, gains: list[float]) -> list[float]:
     """cos(delta_i, d) for d = sum_j gains_j delta_j, from the inner products gram[i, j] = <delta_i, delta_j>."""
-    import numpy as np
-
     g = np.asarray(gram, dtype=np.float64)
     r = np.asarray(gains, dtype=np.float64)
     along = g @ r  # <delta_i, d>
@@ -70,13 +75,12 @@ def compatibility(gram: Any, gains: list[float]) -> list[float]:
 
 def terms_of(specs: list[PerturbationSpec], w: list[float], scale: float) -> list[tuple[PerturbationSpec, float]]:
     """The weighted sum's terms at an overall scale: weights rounded to float32 once, as perturb_sum uses them."""
-    import numpy as np
-
     return [(spec, float(np.float32(scale * wi))) for spec, wi in zip(specs, w)]
 
 
-def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float]:
-    """Everything bad input can break, before a model loads or anything is written."""
+def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float, list[Any], list[Any]]:
+    """Everything bad input can break, before a model loads or anything is written; (run config, task,
+    experts, the base's validation score, validation, the gate's questions)."""
     config = load_run_config(cfg.run_dir)
     check_out(Path(cfg.out))
     if config.noise_version == 1:
@@ -84,7 +88,7 @@ def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float]:
     task = task_for(config)
     if task.images:
         raise ThicketsError("merging a run about images is not built yet")
-    make_splits(task, config.split_seed, config.val_size, cfg.gate_size, scheme=config.split_scheme)
+    val, test = make_splits(task, config.split_seed, config.val_size, cfg.gate_size, scheme=config.split_scheme)
     with RunStore.open(cfg.run_dir, write=False) as store:
         ranked = fully_scored(rank(store.candidates()))
         base = Summary.of(list(store.scores(BASE, "val").values()))
@@ -94,17 +98,16 @@ def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float]:
         )
     experts = ranked[: cfg.top_k]
     weights(cfg.method, experts, base.score)  # refused now, not after the model loads
-    return config, task, experts, base.score
+    return config, task, experts, base.score, val, test
 
 
 def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
     """Choose the scale on validation, gate the merged model on held-out questions, write it; its report."""
-    config, task, experts, base_score = _check(cfg)
+    config, task, experts, base_score, val, test = _check(cfg)
     specs = [config.candidate(c.idx) for c in experts]
     engine = cast("TransformersEngine", engine_for(config))
     gram = engine.delta_gram(specs) if cfg.method == "corp" else None
     w = weights(cfg.method, experts, base_score, gram)
-    val, test = make_splits(task, config.split_seed, config.val_size, cfg.gate_size, scheme=config.split_scheme)
     tried = []
     with bar("merge: scales on validation", len(cfg.scales), progress) as update:
         for scale in cfg.scales:
@@ -128,7 +131,7 @@ def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
         report = _gate(cfg, config, experts, tried, best, base, per_expert, [r.score.correct for r in merged_rows])
         report["weights"] = w
         if gram is not None:
-            report["compatibility"] = compatibility(gram, [max(0.0, c.score - base_score) for c in experts])
+            report["compatibility"] = compatibility(gram, gains_over(experts, base_score))
         _write(cfg, config, engine, specs, w, best["scale"], report)
     finally:
         engine.restore()
