@@ -69,7 +69,6 @@ class _Trackio:
     def __init__(self, folder: Path, name: str, config: Mapping[str, Any]):
         import trackio
 
-        self.trackio = trackio
         self.run = trackio.init(project="thickets", name=f"{folder.name}-{name}", config=dict(config))
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:

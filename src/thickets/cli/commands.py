@@ -415,8 +415,7 @@ def cmd_analyze(a: Parsed, quiet: bool) -> None:
         raise ThicketsError(f"--delta must be a number >= 0, got {x.delta}")
     load_run_config(x.run_dir)  # a clear error when the folder holds no run
     harm = None
-    if x.harm_text is not None:
-        read_text(x.harm_text)  # a bad text: one line, before anything is written
+    if x.harm_text is not None:  # the text is checked first thing, before the model loads or analyze writes
         harm = harm_report(x.run_dir, x.harm_text, x.harm_top_k, progress=not quiet)
     s = analyze(x.run_dir, x.delta, projection_map=x.map, progress=not quiet, harm=harm)
     if s["calibration"] is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import re
 import time
@@ -32,6 +31,7 @@ from thickets.engines import count_tokens
 from thickets.ship.serve.batcher import Answer, Batcher, Settings, ShuttingDown
 from thickets.ship.serve.config import ServeConfig
 from thickets.ship.serve.voter import Verdict
+from thickets.tasks.files.vqa import unreadable
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,8 @@ def image_bytes(url: str, where: str) -> bytes:
         data = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(400, f"{where}: the data URL is not valid base64", where) from None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise BadRequest(400, f"{where}: the image is not one PIL can read", where) from None
+    if unreadable(data) is not None:
+        raise BadRequest(400, f"{where}: the image is not one PIL can read", where)
     return data
 
 

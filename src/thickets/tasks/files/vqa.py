@@ -47,18 +47,22 @@ def _image_bytes(value: Any, folder: Path, where: str) -> bytes:
             raise ThicketsError(f"{where}: cannot read image {path}: {e.strerror or e}") from None
     else:
         raise ThicketsError(f"{where}: the image must be a path, bytes or an Image value, got {value!r:.60}")
-    _check_image(data, where)
+    if (problem := unreadable(data)) is not None:
+        raise ThicketsError(f"{where}: the image is not one PIL can read ({problem})")
     return data
 
 
-def _check_image(data: bytes, where: str) -> None:
+def unreadable(data: bytes) -> str | None:
+    """Why PIL cannot read an encoded image (the error's name), or None when it can: the one check a data
+    file's images and a served request's image both pass."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ThicketsError(f"{where}: the image is not one PIL can read ({type(e).__name__})") from None
+        return type(e).__name__
+    return None
 
 
 def answer_of(completion: str) -> str | None:
