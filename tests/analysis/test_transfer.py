@@ -47,6 +47,9 @@ def test_each_statistic_is_what_the_construction_makes_it(tmp_path):
     assert report["slope"] == pytest.approx(0.5)
     assert report["top1_test"] == pytest.approx(0.55) and report["base_test"] == pytest.approx(0.05)
     assert report["topk_test_mean"] == pytest.approx((0.55 + 0.5 + 0.45) / 3)
+    # a random candidate: the drawn ones only (candidate i is right on i + 2 of 20), never the top K
+    assert all(i < 7 for i in report["sampled"])
+    assert report["random_test"] == pytest.approx(np.mean([(i + 2) / 20 for i in report["sampled"]]))
     assert report["top1_val_gain"] == pytest.approx(0.9 - 0.05)
     assert report["surviving_share"] == pytest.approx(0.5 / 0.85)
     assert json.loads((tmp_path / "transfer.json").read_text())["slope"] == pytest.approx(0.5)

@@ -92,10 +92,18 @@ def _interval(stat: Any, x: np.ndarray, y: np.ndarray, rng: np.random.Generator)
 
 
 def transfer_stats(
-    val: list[float], test: list[float], top_k: int, base_val: float, base_test: float, seed: int = 0
+    val: list[float],
+    test: list[float],
+    drawn: list[bool],
+    top_k: int,
+    base_val: float,
+    base_test: float,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """What validation says about test, over candidates with both scores; `val` best first is not assumed."""
+    """What validation says about test, over candidates with both scores (`drawn`: which of them are the
+    random sample, whose mean is what a candidate picked at random scores); `val` best first is not assumed."""
     x, y = np.asarray(val, dtype=float), np.asarray(test, dtype=float)
+    sample = y[np.asarray(drawn, dtype=bool)]
     rng = np.random.default_rng(seed)
     order = np.argsort(-x, kind="mergesort")
     slope = float(np.polyfit(x, y, 1)[0]) if x.std() > 0 else float("nan")
@@ -111,7 +119,7 @@ def transfer_stats(
         "slope": slope,
         "top1_test": float(y[order[0]]),
         "topk_test_mean": float(y[order[:top_k]].mean()),
-        "mean_test": float(y.mean()),
+        "random_test": float(sample.mean()) if len(sample) else float("nan"),
         "base_test": base_test,
         "top1_val_gain": val_gain,
         "top1_expected_test_gain": expected_top1 - base_test,
@@ -155,7 +163,15 @@ def transfer(cfg: TransferConfig, *, progress: bool = True) -> dict[str, Any]:
             for i, (c, t) in enumerate(zip(chosen, tests))
         ],
         "base_val": base_val,
-        **transfer_stats([c.score for c in chosen], tests, min(cfg.top_k, len(top)), base_val, base_test, cfg.seed),
+        **transfer_stats(
+            [c.score for c in chosen],
+            tests,
+            [i >= len(top) for i in range(len(chosen))],
+            min(cfg.top_k, len(top)),
+            base_val,
+            base_test,
+            cfg.seed,
+        ),
     }
     write_whole(Path(cfg.run_dir) / TRANSFER_FILE, json.dumps(report, indent=2) + "\n")
     return report
@@ -193,7 +209,8 @@ def transfer_lines(report: dict[str, Any]) -> list[str]:
         f"Spearman {report['spearman']:.2f} [{lo:.2f}, {hi:.2f}], "
         f"Kendall {report['kendall']:.2f} [{klo:.2f}, {khi:.2f}]",
         f"test accuracy: top-1 {report['top1_test']:.1%}, top-{report['top_k']} each "
-        f"{report['topk_test_mean']:.1%} on average, a random candidate {report['mean_test']:.1%}, "
+        f"{report['topk_test_mean']:.1%} on average, a random candidate {report['random_test']:.1%} "
+        f"(the mean of the {len(report['sampled'])} drawn), "
         f"the base {report['base_test']:.1%}",
         f"winner's curse: the top-1 gained {report['top1_val_gain']:+.3f} on validation; the regression of test on "
         f"validation expects {report['top1_expected_test_gain']:+.3f} on test "
