@@ -218,6 +218,8 @@ def make_tiny_vlm(out: Path, family: str = "llava") -> Path:
         vision = transformers.CLIPVisionConfig(**TINY_VISION)
         extra = dict(image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default")
         config_cls, model_cls = transformers.LlavaConfig, transformers.LlavaForConditionalGeneration
+    elif family == "qwen2_vl":
+        return _make_tiny_qwen2_vl(out, tok)
     else:
         tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>"]})
         image_processor = transformers.Idefics3ImageProcessor(
@@ -240,6 +242,71 @@ def make_tiny_vlm(out: Path, family: str = "llava") -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def fill_weights(model, seed: int, std: float = 0.1) -> None:
+    """Every matrix drawn from torch's generator by name order, so a test's model does not depend on how a
+    transformers release initialises it (norms and biases keep their constant init)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+QWEN2_VL_CHAT_TEMPLATE = VLM_CHAT_TEMPLATE.replace("<image>\n", "<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def _make_tiny_qwen2_vl(out: Path, tok) -> Path:
+    """Qwen2-VL (a vision transformer with 2x2 patch merging, M-RoPE over time, height and width): the model
+    with its tokenizer and image processor. Its full processor also needs a video processor, which needs
+    torchvision, which this machine cannot install: `qwen2_vl_processor` builds one without video."""
+    import torch
+    import transformers
+
+    tok.add_special_tokens({"additional_special_tokens": list(_QWEN2_VL_TOKENS)})
+    config = transformers.Qwen2VLConfig(
+        text_config=dict(tiny_text(tok), rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),  # fmt: skip
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+    )
+    model = transformers.Qwen2VLForConditionalGeneration(config)
+    fill_weights(model, seed=2)
+    model.save_pretrained(out)
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    _qwen2_vl_image_processor().save_pretrained(out)
+    return out
+
+
+_QWEN2_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _qwen2_vl_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2)
+
+
+def qwen2_vl_processor(folder: Path):
+    """Qwen2-VL's processor for images only (what `AutoProcessor` builds where torchvision is installed)."""
+    import transformers
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImagesOnly(transformers.Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    return ImagesOnly(_qwen2_vl_image_processor(), tok, chat_template=QWEN2_VL_CHAT_TEMPLATE)
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}

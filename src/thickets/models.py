@@ -320,20 +320,13 @@ def model_limits(identity: ModelIdentity) -> ModelLimits:
 
 
 def parameter_shapes(identity: ModelIdentity) -> dict[str, tuple[int, ...]]:
-    """Every stored tensor's name and shape, from the safetensors headers (no weights read): what checks
-    on shapes need before a model loads. Tied weights stored once appear once."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in sorted(local_folder(identity).glob("*.safetensors")):
-        try:
-            with open(file, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(size))
-        except (OSError, ValueError) as e:
-            raise ThicketsError(f"cannot read the weights header of {file}: {e}") from None
-        for name, entry in header.items():
-            if name != "__metadata__":
-                shapes[name] = tuple(int(d) for d in entry["shape"])
-    return shapes
+    """Every parameter's name and shape as the loaded model names it (no weights read): what checks on names
+    and shapes need before a model loads. Not the weights files' names: transformers renames some stored
+    checkpoints as it loads them (Qwen2-VL stores `visual.*` and `model.layers.*`, and loads them as
+    `model.visual.*` and `model.language_model.layers.*`), and noise and filters go by the loaded names.
+    Tied weights appear once, under their first name."""
+    model = meta_model(local_folder(identity))
+    return {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=True)}
 
 
 def load_tokenizer(identity: ModelIdentity) -> Any:
@@ -359,6 +352,19 @@ def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+# The parameter and module names of vision-language models' vision towers and projectors (LLaVA,
+# Idefics3/SmolVLM, Qwen2-VL, Gemma 3, ...): what a search leaves alone by default.
+VISION_PARTS = (
+    "*vision_tower*",
+    "*vision_model*",
+    "*.visual.*",
+    "*multi_modal_projector*",
+    "*mm_projector*",
+    "*.connector.*",
+    "*image_newline*",
+)
+
+
 def is_vision_language(identity: ModelIdentity) -> bool:
     """A model that reads images beside text (its config has a vision part): loaded as an image-text-to-text
     model, with its processor."""
@@ -379,10 +385,12 @@ def load_processor(identity: ModelIdentity) -> Any:
     try:
         return AutoProcessor.from_pretrained(local_folder(identity))  # type: ignore[no-untyped-call]
     except Exception as e:
-        raise ThicketsError(
-            f"cannot load the processor of model {identity.name}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+        import importlib.util
+
+        why = type(e).__name__ + (f": {str(e).splitlines()[0]}" if str(e).strip() else "")
+        if importlib.util.find_spec("torchvision") is None:  # Qwen2-VL's and others' video processors need it
+            why += " (torchvision is not installed, and this processor may need it: pip install torchvision)"
+        raise ThicketsError(f"cannot load the processor of model {identity.name}: {why}") from None
 
 
 def meta_model(folder: Path) -> Any:

@@ -60,8 +60,6 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     """Everything bad input can break, before anything is written: (run config, task, train split, mode)."""
     config = load_run_config(run_dir)
     task = task_for(config)
-    if task.images:
-        raise ThicketsError(f"distilling a run about images is not built yet (issue 28): {run_dir} asks {task.name}")
     mode = mode_for(task, cfg.filter)
     if cfg.top_k > config.population:
         raise ThicketsError(f"top-k {cfg.top_k} is more than the run's population of {config.population}")
@@ -251,6 +249,7 @@ def _round(
         chat_template=config.chat_template,
         progress=progress,
         label=f"round {r}: ",
+        images=[task.image_of(by_id[t.example_id]) or b"" for t in kept] if task.images else None,
     )
 
     # 5. the report: the original base, the round's top-K vote and the distilled model on one test split

@@ -1,6 +1,10 @@
 """Fine-tune one model on the kept traces with TRL's SFTTrainer: LoRA through peft (merged on save) or
 full fine-tuning, on the prompts exactly as the search rendered them.
 
+A vision-language model trains on its traces with their images, through its processor (TRL's vision
+collator); LoRA then adapts the language model only, as the search perturbed it, and the processor is
+saved with the distilled model.
+
 Each example is a prompt (the task's prompt through the chat template the search used, ending where
 the model starts to answer) and a completion (the trace, then the end-of-sequence token, so the
 distilled model learns to stop where the expert did); the loss is on the completion only.
@@ -8,6 +12,7 @@ distilled model learns to stop where the expert did); the loss is on the complet
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 import time
@@ -19,7 +24,7 @@ from typing import Any
 from thickets.disk import written_whole
 from thickets.engines import render_prompt
 from thickets.errors import ThicketsError
-from thickets.models import load, resolve
+from thickets.models import VISION_PARTS, load, load_processor, resolve
 from thickets.progress import bar
 
 
@@ -51,9 +56,11 @@ def fine_tune(
     chat_template: bool = True,
     progress: bool = True,
     label: str = "",
+    images: Sequence[bytes] | None = None,
 ) -> TrainResult:
-    """Train `model` on (prompt, completion, system prompt) pairs; the merged model is written whole to
-    `out` (a Hugging Face folder plain transformers loads)."""
+    """Train `model` on (prompt, completion, system prompt) pairs (with `images`, one encoded image each, for
+    a vision-language model); the merged model is written whole to `out` (a Hugging Face folder plain
+    transformers loads)."""
     try:
         from datasets import Dataset
         from datasets.utils.logging import disable_progress_bar
@@ -64,13 +71,22 @@ def fine_tune(
     if not pairs:
         raise ThicketsError("no traces to train on")
     disable_progress_bar()  # TRL's dataset preparation: five bars a run, none a user watches
-    m, tok, _ = load(model)
+    m, tok, identity = load(model)
+    processor = load_processor(identity) if images is not None else None
     m.requires_grad_(True)
     m.train()
-    rows = [
-        {"prompt": render_prompt(tok, prompt, system, chat_template), "completion": completion + tok.eos_token}
+    rows: list[dict[str, Any]] = [
+        {
+            "prompt": render_prompt(tok, prompt, system, chat_template, image=images is not None),
+            "completion": completion + tok.eos_token,
+        }
         for prompt, completion, system in pairs
     ]
+    if images is not None:
+        from PIL import Image
+
+        for row, image in zip(rows, images, strict=True):
+            row["images"] = [Image.open(io.BytesIO(image)).convert("RGB")]
     tokens = sum(len(tok(r["completion"], add_special_tokens=False).input_ids) for r in rows)
     scratch = tempfile.TemporaryDirectory(prefix="thickets-sft-")  # TRL's own output; nothing kept there
     args = SFTConfig(
@@ -94,10 +110,18 @@ def fine_tune(
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=settings.lora_r, lora_alpha=2 * settings.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+            r=settings.lora_r,
+            lora_alpha=2 * settings.lora_r,
+            target_modules="all-linear",
+            exclude_modules=_vision_modules() if processor is not None else None,
+            task_type="CAUSAL_LM",
         )
     trainer = SFTTrainer(
-        model=m, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
+        model=m,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor if processor is not None else tok,
+        peft_config=peft_config,
     )
     steps = math.ceil(len(rows) / settings.batch_size) * math.ceil(settings.epochs)
     t0 = time.perf_counter()
@@ -111,9 +135,17 @@ def fine_tune(
         trained = trained.merge_and_unload()
     with written_whole(out) as tmp:
         trained.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        (processor if processor is not None else tok).save_pretrained(tmp)
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+
+
+def _vision_modules() -> str:
+    """The vision tower's and projector's modules (the patterns a search leaves alone) as the one regular
+    expression peft matches module names against."""
+    import fnmatch
+
+    return "|".join(f"(?:{fnmatch.translate(p)})" for p in VISION_PARTS)
 
 
 def _progress(update: Any) -> Any:

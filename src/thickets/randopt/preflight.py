@@ -20,6 +20,7 @@ from thickets.engines import prompt_token_ids, uses_chat_template
 from thickets.engines.rounding import rounding_record
 from thickets.errors import SpecError, ThicketsError
 from thickets.models import (
+    VISION_PARTS,
     ModelIdentity,
     is_vision_language,
     load_tokenizer,
@@ -149,18 +150,6 @@ def check_prompts(
                 f"{need / 2**30:.1f} GiB of KV cache for {longest} + {config.max_new_tokens} tokens, "
                 f"more than the {free / 2**30:.1f} GiB free; lower --batch-size or --max-new-tokens"
             )
-
-
-#: where vision-language models keep their vision tower and projector (transformers' names)
-VISION_PARTS = (
-    "*vision_tower*",
-    "*vision_model*",
-    "*.visual.*",
-    "*multi_modal_projector*",
-    "*mm_projector*",
-    "*.connector.*",
-    "*image_newline*",
-)
 
 
 def language_only(config: SearchConfig, identity: ModelIdentity) -> SearchConfig:
