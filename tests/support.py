@@ -263,14 +263,21 @@ def _make_tiny_qwen2_vl(out: Path, tok) -> Path:
     """Qwen2-VL (a vision transformer with 2x2 patch merging, M-RoPE over time, height and width): the model
     with its tokenizer and image processor. Its full processor also needs a video processor, which needs
     torchvision, which this machine cannot install: `qwen2_vl_processor` builds one without video."""
-    import torch
     import transformers
 
     tok.add_special_tokens({"additional_special_tokens": list(_QWEN2_VL_TOKENS)})
     config = transformers.Qwen2VLConfig(
         text_config=dict(tiny_text(tok), rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),  # fmt: skip
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),

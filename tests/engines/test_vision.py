@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,9 @@ def vlm(request, tmp_path_factory):
     load = thickets.engines.load_processor
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            thickets.engines, "load_processor", lambda i: qwen2_vl_processor(folder) if Path(i.path) == folder.resolve() else load(i)
+            thickets.engines,
+            "load_processor",
+            lambda i: qwen2_vl_processor(folder) if Path(i.path) == folder.resolve() else load(i),
         )
         yield folder
 

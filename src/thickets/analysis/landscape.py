@@ -22,7 +22,7 @@ from thickets.analysis.reliability import split_half
 from thickets.analysis.reports import html_report
 from thickets.analysis.transfer import plot_transfer, read_transfer
 from thickets.errors import ThicketsError
-from thickets.models import local_folder, meta_model, resolve
+from thickets.models import parameter_shapes, resolve
 from thickets.noise import CHUNK, PerturbationSpec, standard_noise
 from thickets.progress import bar
 from thickets.randopt.config import SearchConfig
@@ -409,11 +409,7 @@ def _tensor_scales(config: SearchConfig) -> dict[str, float]:
 
 
 def _parameter_shapes(run_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
-    """The model's canonical parameter names and shapes, from its files, without loading weights."""
-
+    """The run's model's parameter names and shapes, without loading weights."""
     with RunStore.open(run_dir, write=False) as store:
         model = store.config.model
-    from thickets.engines.transformers_engine import canonical_parameters
-
-    m = meta_model(local_folder(resolve(model)))
-    return [(n, tuple(p.shape)) for n, p in canonical_parameters(m).items()]
+    return list(parameter_shapes(resolve(model)).items())

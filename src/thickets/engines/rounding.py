@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from thickets.models import meta_model
 from thickets.noise import PerturbationSpec, noise_factor, standard_noise, tensor_scale, unmerged
 
 #: entries of each tensor the measurement reads (its first ones): enough for a share to +-0.5%
@@ -39,14 +40,17 @@ def group_of(name: str) -> str:
 
 
 def _samples(folder: Path, keeps: Any, sample: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """{name: (shape, the first `sample` entries as a flat torch tensor)} of every tensor the filter keeps."""
+    """{name: (shape, the first `sample` entries as a flat torch tensor)} of every tensor the filter keeps.
+    A stored name the loaded model does not give (a checkpoint transformers renames as it loads, as
+    Qwen2-VL's) is left out: its noise and its filter go by the loaded name, which this cannot know."""
     from safetensors import safe_open
 
+    loaded = {n for n, _ in meta_model(folder).named_parameters()}
     out: dict[str, tuple[tuple[int, ...], Any]] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118  (safe_open has keys(), no __iter__)
-                if not keeps(name):
+                if name not in loaded or not keeps(name):
                     continue
                 piece = f.get_slice(name)
                 shape = tuple(int(d) for d in piece.get_shape())
