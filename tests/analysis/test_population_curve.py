@@ -55,5 +55,32 @@ def test_where_test_answers_are_missing_the_curve_stops_and_says_what_to_run(tmp
     curve = population_curve(_run(tmp_path, val, {0, 1, 2, 3}), top_k=3)
     assert curve["rows"][0]["test_vote"] is not None and curve["rows"][1]["test_vote"] is None
     assert curve["missing"] == {"n": 8, "candidates": [7, 6]}
-    assert "candidates 7, 6 have no stored test answers" in what_to_run(curve, tmp_path)
+    note = what_to_run(curve, tmp_path)
+    assert "candidates 7, 6 have no stored test answers" in note
+    assert f"thickets transfer --run-dir {tmp_path} --sample 8 --test-size 6` answers the other 4" in note
     assert np.isfinite(curve["rows"][1]["best_val_boot_mean"])
+    # the bootstrap would lean towards the answered candidates: given nowhere, even at N = 4
+    assert all(r["test_vote_boot_mean"] is None for r in curve["rows"])
+
+
+def test_the_bootstrap_vote_is_the_expected_vote_of_a_random_subset_of_n(tmp_path):
+    from itertools import combinations
+
+    val = [0.1, 0.5, 0.2, 0.9, 0.3, 0.4, 0.8, 0.6]
+    curve = population_curve(_run(tmp_path, val, set(range(8))), top_k=3)
+
+    def vote(members) -> float:
+        top = sorted(members, key=lambda i: -val[i])[:3]
+        experts = [{p: Score(str(int(i > p)), str(int(i > p)), float(i > p), i > p) for p in range(6)} for i in top]
+        return vote_accuracy(experts, 6)[0]
+
+    four, whole = curve["rows"]
+    exact = [vote(s) for s in combinations(range(8), 4)]  # all 70 subsets of 4, each equally likely
+    assert four["test_vote_boot_mean"] == pytest.approx(np.mean(exact), abs=0.03)
+    lo, hi = four["test_vote_boot_90"]
+    assert min(exact) <= lo <= four["test_vote_boot_mean"] <= hi <= max(exact) and lo < hi
+    # a subset of the whole population is the population: its vote, with no spread
+    assert (
+        whole["test_vote_boot_mean"] == pytest.approx(whole["test_vote"])
+        and whole["test_vote_boot_90"] == [pytest.approx(whole["test_vote"])] * 2
+    )

@@ -95,8 +95,11 @@ def test_refusals_are_one_line_and_write_nothing(run, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_low_rank_experts_merge_into_weights_the_recipe_rebuilds(tiny_model_dir, tmp_path):
-    """Each low-rank expert's delta is its merged product (what export writes); their sum is a merged model."""
+def test_low_rank_experts_merge_into_weights_the_recipe_rebuilds_and_one_adapter_of_rank_k_r(tiny_model_dir, tmp_path):
+    """Each low-rank expert's delta is its merged product (what export writes); their sum is a merged model,
+    and one peft adapter of rank K x R whose merge is those weights."""
+    from peft import PeftConfig, PeftModel
+
     from thickets.ship.merge import MergeConfig, merge, rebuild
 
     config = SearchConfig(
@@ -120,6 +123,13 @@ def test_low_rank_experts_merge_into_weights_the_recipe_rebuilds(tiny_model_dir,
     base = canonical_parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     vectors = [n for n in written if written[n].dim() == 1]
     assert vectors and all(torch.equal(written[n], base[n]) for n in vectors)  # low-rank experts move matrices only
+    assert PeftConfig.from_pretrained(tmp_path / "m" / "adapter").r == 2 * 2
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "m" / "adapter")
+    adapted = canonical_parameters(peft.merge_and_unload())
+    moved = [n for n in written if not torch.equal(written[n], base[n])]
+    assert moved and set(adapted) == set(written)
+    for n in written:  # float32 rounding of another order of products, far below the perturbation
+        torch.testing.assert_close(adapted[n], written[n], rtol=0, atol=1e-5)
 
 
 def test_the_gram_of_the_experts_deltas_and_corps_weights(tiny_model_dir):

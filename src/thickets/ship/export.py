@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
 
 from thickets.disk import written_whole
 from thickets.engines import load_engine, uses_chat_template
@@ -115,7 +118,7 @@ def export_spec(
         (tmp / RECIPE_NAME).write_text(json.dumps(recipe(identity.to_dict(), spec, dtype, **extra), indent=2) + "\n")
         if spec.strategy == "lowrank":
             base = adapter_base or str(local_folder(identity).resolve())
-            write_adapter(m, spec, tmp / ADAPTER_DIR, base_name=base, sites=sites)
+            write_adapter(m, [(spec, 1.0)], tmp / ADAPTER_DIR, base_name=base, sites=sites)
     return out
 
 
@@ -153,18 +156,23 @@ def run_prompting(config: SearchConfig) -> dict[str, Any]:
 
 
 def write_adapter(
-    model: Any, spec: PerturbationSpec, out: Path, base_name: str, sites: list[Site] | None = None
+    model: Any,
+    terms: Sequence[tuple[PerturbationSpec, float]],
+    out: Path,
+    base_name: str,
+    sites: list[Site] | None = None,
 ) -> None:
-    """The low-rank expert as a peft LoRA adapter: r = rank, lora_alpha = rank (scaling 1), sigma / sqrt(R)
-    folded into A (lowrank_sites.adapter_scale); a site of every kept matrix, as the engine applies it
-    (Linear, GPT-2's Conv1D with fan_in_fan_out, token embeddings), anything else refused before a byte
-    is written.
+    """A weighted sum of low-rank experts (one expert: weight 1) as one peft LoRA adapter: each term's factors
+    side by side, so K experts of rank R make an adapter of rank K x R; lora_alpha = its rank (scaling 1),
+    each term's weight times sigma / sqrt(R) folded into its A (lowrank_sites.adapter_scale); a site of every
+    kept matrix, as the engine applies it (Linear, GPT-2's Conv1D with fan_in_fan_out, token embeddings),
+    anything else refused before a byte is written. The terms share a rank and a filter (one run's).
 
-    Applied unmerged by peft it is the expert thickets scores (up to the float32 rounding of the adapter's
-    product), except with tied embeddings: peft applies an embedding's adapter to the input side only, and
-    tying it to the head too (ensure_weight_tying) would make a merge add the change twice to the shared
-    tensor (peft issue 2777); merge the adapter of a tied model. Merged (merge_and_unload) it is the
-    exported model."""
+    Applied unmerged by peft it is the expert (or the merge) thickets scores (up to the float32 rounding of
+    the adapter's product), except with tied embeddings: peft applies an embedding's adapter to the input
+    side only, and tying it to the head too (ensure_weight_tying) would make a merge add the change twice
+    to the shared tensor (peft issue 2777); merge the adapter of a tied model. Merged (merge_and_unload) it
+    is the exported model."""
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -172,10 +180,12 @@ def write_adapter(
     from thickets.engines.lowrank_sites import adapter_scale, lowrank_sites
     from thickets.engines.transformers_engine import canonical_parameters
 
+    spec = terms[0][0]
+    if any(s.strategy != "lowrank" or s.rank != spec.rank or s.filter != spec.filter for s, _ in terms):
+        raise ThicketsError("an adapter sums low-rank experts of one rank and one filter only")
     tensors: dict[str, torch.Tensor] = {}
     targets: list[str] = []
     fan_in_fan_out = False
-    scale = adapter_scale(spec)
     params = canonical_parameters(model)
     paths = {id(m): n for n, m in model.named_modules()}
     for site in lowrank_sites(model, params, spec.filter.keeps) if sites is None else sites:
@@ -185,24 +195,29 @@ def write_adapter(
         if site.kind == "linear" and path != site.name.rpartition(".")[0]:
             continue  # a head tied to its embedding: the shared tensor's change is the embedding's adapter
         rows, cols = matrix_shape(params[site.name].shape) or (0, 0)
-        a, b = lowrank_factors(spec.seed, site.name, rows, cols, spec.rank)
-        a_scaled = torch.from_numpy(a * scale)
+        pieces = []
+        for s, weight in terms:
+            a, b = lowrank_factors(s.seed, site.name, rows, cols, s.rank)
+            scale = adapter_scale(s) if weight == 1.0 else adapter_scale(s) * np.float32(weight)
+            pieces.append((torch.from_numpy(a * scale), torch.from_numpy(b.copy())))
+        a_scaled = torch.cat([a for a, _ in pieces], dim=1)  # [rows, K R]
+        b_all = torch.cat([b for _, b in pieces], dim=1)  # [cols, K R]
         prefix = f"base_model.model.{path}"
         if site.kind == "embedding":  # delta.T = lora_B @ lora_A
             tensors[f"{prefix}.lora_embedding_A"] = a_scaled.T.contiguous()
-            tensors[f"{prefix}.lora_embedding_B"] = torch.from_numpy(b.copy())
+            tensors[f"{prefix}.lora_embedding_B"] = b_all.contiguous()
         elif site.kind == "linear":  # delta = lora_B @ lora_A
-            tensors[f"{prefix}.lora_A.weight"] = torch.from_numpy(b.T.copy())
+            tensors[f"{prefix}.lora_A.weight"] = b_all.T.contiguous()
             tensors[f"{prefix}.lora_B.weight"] = a_scaled.contiguous()
         else:  # Conv1D holds W as [in, out]: delta.T = lora_B @ lora_A
             tensors[f"{prefix}.lora_A.weight"] = a_scaled.T.contiguous()
-            tensors[f"{prefix}.lora_B.weight"] = torch.from_numpy(b.copy())
+            tensors[f"{prefix}.lora_B.weight"] = b_all.contiguous()
             fan_in_fan_out = True
         targets.append(path)
     out.mkdir(parents=True)
     LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.rank,
+        r=spec.rank * len(terms),
+        lora_alpha=spec.rank * len(terms),
         target_modules=targets,
         lora_dropout=0.0,
         bias="none",

@@ -1,6 +1,7 @@
 """One model without gradients: the base plus a weighted sum of the top-K experts' perturbations, with an
 overall scale chosen on validation, gated on held-out questions beside the base, the best single expert
-and the top-K vote, and written as a model folder with a recipe that rebuilds it bitwise from the run.
+and the top-K vote, and written as a model folder with a recipe that rebuilds it bitwise from the run (and,
+for low-rank experts, the merge as one LoRA adapter of rank K x R in `adapter/`).
 
 The authors average the top-K perturbations (`mean`); weighting each by its validation gain over the base
 (`reward`) is the first half of CoRP's aggregate. Every candidate's noise is a pure function of its seed
@@ -20,7 +21,7 @@ import numpy as np
 from thickets.disk import written_whole
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.errors import ThicketsError
-from thickets.models import resolve, same_model
+from thickets.models import local_folder, resolve, same_model
 from thickets.noise import NOISE_VERSIONS, PerturbationSpec
 from thickets.progress import bar
 from thickets.randopt.ensemble import StoredAnswers
@@ -28,7 +29,7 @@ from thickets.randopt.preflight import load_run_config
 from thickets.randopt.scoring import engine_for, evaluate, task_for
 from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import fully_scored, paired_gain, rank, vote_outcomes
-from thickets.ship.export import check_out, run_prompting, save_model, spec_from_recipe
+from thickets.ship.export import ADAPTER_DIR, check_out, run_prompting, save_model, spec_from_recipe, write_adapter
 from thickets.ship.merge_config import MergeConfig
 from thickets.tasks.splits import make_splits
 from thickets.version import __version__
@@ -83,6 +84,8 @@ def _check(cfg: MergeConfig) -> tuple[Any, Any, list[Candidate], float, list[Any
     experts, the base's validation score, validation, the gate's questions)."""
     config = load_run_config(cfg.run_dir)
     check_out(Path(cfg.out))
+    if cfg.adapter_base is not None and not (Path(cfg.adapter_base) / "config.json").is_file():
+        raise ThicketsError(f"--adapter-base {cfg.adapter_base} is not a model folder (no config.json)")
     if config.noise_version == 1:
         raise ThicketsError("runs made with noise version 1 cannot be merged; merge a run made since 0.2")
     task = task_for(config)
@@ -215,6 +218,9 @@ def _write(
     with written_whole(Path(cfg.out)) as tmp:
         save_model(tmp, engine, run_prompting(config))
         (tmp / MERGE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
+        if specs[0].strategy == "lowrank":  # the merge as one adapter of rank K x R
+            base = cfg.adapter_base or str(local_folder(identity).resolve())
+            write_adapter(engine.model, terms_of(specs, w, scale), tmp / ADAPTER_DIR, base_name=base)
 
 
 def rebuild(recipe_path: str | Path, model: str | None = None) -> TransformersEngine:

@@ -33,6 +33,11 @@ class MergeConfig:
         parse=parse_floats,
         show=commas,
     )
+    adapter_base: str | None = option(
+        None,
+        "for low-rank experts, the base model folder the merged adapter names (default: the run's model folder "
+        "on this machine)",
+    )
     gate_size: int = option(
         150, "held-out test questions the merged model is gated on, paired with the base's", bounds=(1, MAX_SPLIT)
     )
