@@ -75,13 +75,13 @@ def written_whole(out: Path) -> Iterator[Path]:
         raise
 
 
-def write_whole(path: Path, text: str) -> None:
-    """Write `text` to `path` through a uniquely named temporary beside it, renamed over it: a reader (or a
+def write_whole(path: Path, text: str | bytes) -> None:
+    """Write `text` (or bytes) to `path` through a uniquely named temporary beside it, renamed over it: a reader (or a
     run resumed after kill -9) sees the old file or the new one, never half of one, and two writers
     never share a temporary."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         as_umask_allows(Path(tmp))
         os.replace(tmp, path)

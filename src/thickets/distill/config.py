@@ -11,6 +11,10 @@ from thickets.errors import ThicketsError
 from thickets.options import MAX_RATE, SEEDS, check_bounds, option
 from thickets.randopt.config import MAX_SPLIT
 
+#: what the student is trained towards: the kept traces' tokens (ce), or the experts' next-token probabilities
+#: on them by forward KL, reverse KL or Jensen-Shannon divergence (teacher.py)
+LOSSES = ("ce", "kd-fkl", "kd-rkl", "kd-jsd")
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -44,6 +48,23 @@ class DistillConfig:
     epochs: float = option(2.0, "passes over the kept traces", bounds=(0, 1000))
     train_batch_size: int = option(8, "traces per optimiser step", bounds=(1, 65_536))
     seed: int = option(0, "seed of the samples and of the fine-tune", bounds=SEEDS)
+    loss: str = option(
+        "ce",
+        "ce: the kept traces' tokens (TRL's SFTTrainer); kd-fkl, kd-rkl, kd-jsd: the agreeing experts' next-token "
+        "probabilities on them, by forward KL, reverse KL or Jensen-Shannon divergence",
+        choices=LOSSES,
+    )
+    top_probs: int = option(20, "with --loss kd-*: next tokens kept per position of a trace", bounds=(1, 1000))
+    on_policy: bool = option(
+        False,
+        "the round's model (the student before this round) answers the train split too; its good answers "
+        "are trained on beside the experts' (taught by the agreeing experts' probabilities with --loss kd-*)",
+    )
+    keep_best: bool = option(
+        False,
+        "score each round's model on validation; each round starts from the best model so far, and the "
+        "distillation names its best round (thickets export --round N)",
+    )
     name: str = option(
         "distill",
         "the distillation's folder in the run folder: another name starts a distillation beside the others, "
@@ -59,6 +80,8 @@ class DistillConfig:
             raise ThicketsError(
                 f"--distillation must be a folder name of letters, digits, '.', '_' and '-', got {self.name!r}"
             )
+        if self.loss not in LOSSES:
+            raise ThicketsError(f"unknown --loss {self.loss!r}; use {', '.join(LOSSES)}")
         if self.samples and not self.temperature > 0:
             raise ThicketsError("sampling (--samples) needs a positive --temperature")
         if not (self.learning_rate > 0 and self.epochs > 0):

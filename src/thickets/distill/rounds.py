@@ -9,9 +9,12 @@ same command runs again:
                      else: a later call with other settings is refused, naming the fields
 
     search/          the round's search (round 1: the run folder itself), around the previous round's model
-    traces-K.jsonl   expert K's answers to the train split, scored (one file per expert)
+    traces-K.jsonl   expert K's answers to the train split, scored (one file per expert); with --on-policy,
+                     traces-student.jsonl: the round's model's own, judged like the experts', never voting
     kept.jsonl       the traces trained on: the earlier rounds' kept (expert rank 0), which stay, then this
                      round's new ones, judged by this round's experts alone; at most M a question
+    teacher-K.safetensors  with --loss kd-*: expert K's top next-token probabilities on the kept traces it
+                     agrees with (teacher.py), one file per expert
     model/           the fine-tuned model (merged), a plain Hugging Face folder
     round.json       the round's record: traces, share kept, tokens generated and trained, the model's
                      path and hash, and the test report (original base, the round's top-K vote, the model)
@@ -21,16 +24,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from thickets.analysis.plots import pyplot, save
 from thickets.disk import write_whole
 from thickets.distill.config import DistillConfig
+from thickets.distill.teacher import agreeing, combine, expert_top, read_expert, trace_tokens, write_expert
 from thickets.distill.traces import Trace, keep, mode_for
-from thickets.distill.train import TrainSettings, fine_tune
-from thickets.engines import count_tokens
+from thickets.distill.train import TrainSettings, fine_tune, fine_tune_kd
+from thickets.engines import count_tokens, uses_chat_template
 from thickets.errors import ThicketsError
 from thickets.models import IDENTITY_SCHEME, load_tokenizer, resolve
 from thickets.progress import bar
@@ -39,12 +43,15 @@ from thickets.randopt.ensemble import StoredAnswers
 from thickets.randopt.preflight import load_run_config
 from thickets.randopt.scoring import engine_for, evaluate, generate, render_prompts, task_for
 from thickets.randopt.search import search
-from thickets.randopt.store import BASE, Candidate, RunStore, candidate_model
+from thickets.randopt.store import BASE, Candidate, RunStore, Summary, candidate_model
 from thickets.randopt.vote import fully_scored, paired_gain, vote_outcomes
 from thickets.seeds import derive_seed
 from thickets.tasks import Example, Score, Task
 from thickets.tasks.splits import make_splits, make_train_split
 from thickets.tracking import NO_TRACKER, Tracker
+
+if TYPE_CHECKING:
+    from thickets.engines.transformers_engine import TransformersEngine
 
 
 class NothingKept(ThicketsError):
@@ -60,6 +67,10 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
     """Everything bad input can break, before anything is written: (run config, task, train split, mode)."""
     config = load_run_config(run_dir)
     task = task_for(config)
+    if cfg.loss != "ce" and task.images:
+        raise ThicketsError(f"--loss {cfg.loss} does not take images yet: distil a run about images with --loss ce")
+    if cfg.loss != "ce" and config.engine != "transformers":
+        raise ThicketsError(f"--loss {cfg.loss} reads the experts' probabilities through the transformers engine only")
     mode = mode_for(task, cfg.filter)
     if cfg.top_k > config.population:
         raise ThicketsError(f"top-k {cfg.top_k} is more than the run's population of {config.population}")
@@ -77,6 +88,9 @@ def check(run_dir: Path, cfg: DistillConfig) -> tuple[SearchConfig, Task, list[E
                     f"validation results): no trace can be judged"
                 )
     return config, task, train, mode
+
+
+DEFAULTS = {f.name: f.default for f in fields(DistillConfig)}
 
 
 def recorded_settings(folder: Path) -> dict[str, Any] | None:
@@ -101,9 +115,10 @@ def check_settings(distillation: Path, cfg: DistillConfig) -> None:
         then = recorded_settings(folder)
         if then is None:
             continue
-        changed = [k for k in wanted if k in then and then[k] != wanted[k]]
+        # a field a round's record lacks did not exist when it was made: the round had its default behaviour
+        changed = [k for k in wanted if then.get(k, DEFAULTS.get(k)) != wanted[k]]
         if changed:
-            was = ", ".join(f"{k} {then[k]!r}" for k in changed)
+            was = ", ".join(f"{k} {then.get(k, DEFAULTS.get(k))!r}" for k in changed)
             now = ", ".join(f"{k} {wanted[k]!r}" for k in changed)
             raise ThicketsError(
                 f"{folder} was made with {was}, and this call asks {now}: give the round's settings to resume or "
@@ -142,9 +157,19 @@ def distill(
         )
         # traces kept so far: they stay in every later round (rank 0: kept in an earlier round)
         kept_before = [replace(t, expert_rank=0) for t in _read_traces(folder / "kept.jsonl")]
-        model = record["model"]["path"]
+        model = (best_round(records) if cfg.keep_best else record)["model"]["path"]
     plot_rounds(records, run_dir / cfg.name / "accuracy_by_round.png")
+    if cfg.keep_best:
+        best = best_round(records)
+        kept = {"round": best["round"], "val_score": best["val_score"], "model": best["model"]}
+        write_whole(run_dir / cfg.name / "best.json", json.dumps(kept, indent=2) + "\n")
     return records
+
+
+def best_round(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose model scores best on validation (the earliest of equals): with --keep-best, the next
+    round starts from its model, and the distillation names it."""
+    return max(records, key=lambda rec: (rec.get("val_score", float("-inf")), -rec["round"]))
 
 
 def plot_rounds(records: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -192,26 +217,31 @@ def _round(
         experts = fully_scored(store.candidates())[: cfg.top_k]
 
     # 2. the experts answer the train split, one file per expert; the model loads only if one is missing
-    missing = [k for k in range(1, len(experts) + 1) if not (folder / f"traces-{k}.jsonl").exists()]
+    # (with --on-policy, the round's model itself answers too: its traces are judged, never vote)
+    student = len(experts) + 1
+    answerers = [*experts, None] if cfg.on_policy else list(experts)
+    missing = [k for k in range(1, len(answerers) + 1) if not (folder / _traces_file(k, student)).exists()]
     engine = engine_for(round_config) if missing else None
     tokenizer = engine.tokenizer if engine is not None else load_tokenizer(resolve(round_config.model))
     traces: list[Trace] = []
+    own: list[Trace] = []
     tokens_generated = 0
-    with bar(f"round {r}: traces", len(experts), progress) as update:  # then "round r: fine-tune"
-        for k, c in enumerate(experts, start=1):
-            path = folder / f"traces-{k}.jsonl"
+    with bar(f"round {r}: traces", len(answerers), progress) as update:  # then "round r: fine-tune"
+        for k, c in enumerate(answerers, start=1):
+            path = folder / _traces_file(k, student)
             if engine is not None and k in missing:
-                engine.perturb(round_config.candidate(c.idx))
+                if c is not None:
+                    engine.perturb(round_config.candidate(c.idx))
                 try:
                     answers = _answers(engine, task, train, round_config, cfg, derive_seed(b"distill", cfg.seed, r, k))
                 finally:
-                    engine.restore()
+                    if c is not None:
+                        engine.restore()
                 _write_traces(path, [Trace(ex_id, k, i, c, sc) for ex_id, i, c, sc in answers])
             mine = _read_traces(path)
-            traces += mine
+            (traces if c is not None else own).extend(mine)
             tokens_generated += count_tokens(tokenizer, [t.completion for t in mine])
-            update(traces=len(traces))
-    del engine  # the fine-tune loads the model again, for training
+            update(traces=len(traces) + len(own))
 
     # 3. keep this round's good ones besides the earlier rounds', which stay, at most M a question; a
     # trace of a question the train split no longer holds (a near-copy of a held-out one, left out since
@@ -219,20 +249,21 @@ def _round(
     train_ids = {ex.id for ex in train}
     kept_before = [t for t in kept_before if t.example_id in train_ids]
     traces = [t for t in traces if t.example_id in train_ids]
-    new = keep(traces, mode, cfg.max_traces, earlier=kept_before)
+    own = [t for t in own if t.example_id in train_ids]
+    new = keep(traces, mode, cfg.max_traces, earlier=kept_before, judged=own)
     kept = kept_before + new
     if not kept:
+        del engine
         good = "correct" if mode == "gold" else "agreeing with the vote"
         raise NothingKept(
-            f"round {r} kept no new traces ({len(traces)} generated, none {good}); nothing was trained",
-            len(traces),
+            f"round {r} kept no new traces ({len(traces) + len(own)} generated, none {good}); nothing was trained",
+            len(traces) + len(own),
             tokens_generated,
         )
     _write_traces(folder / "kept.jsonl", kept)
 
     # 4. fine-tune the round's base on them
     by_id = {ex.id: ex for ex in train}
-    pairs = [(by_id[t.example_id].prompt, t.completion, task.system_prompt) for t in kept]
     settings = TrainSettings(
         lora=not cfg.full,
         lora_r=cfg.lora_r,
@@ -241,19 +272,60 @@ def _round(
         batch_size=cfg.train_batch_size,
         seed=derive_seed(b"distill-train", cfg.seed, r) % 2**32,  # numpy's seeds are 32-bit
     )
-    trained = fine_tune(
-        model,
-        pairs,
-        folder / "model",
-        settings,
-        chat_template=config.chat_template,
-        progress=progress,
-        label=f"round {r}: ",
-        images=[task.image_of(by_id[t.example_id]) or b"" for t in kept] if task.images else None,
-    )
+    if cfg.loss == "ce":
+        del engine  # the fine-tune loads the model again, for training
+        pairs = [(by_id[t.example_id].prompt, t.completion, task.system_prompt) for t in kept]
+        trained = fine_tune(
+            model,
+            pairs,
+            folder / "model",
+            settings,
+            chat_template=config.chat_template,
+            progress=progress,
+            label=f"round {r}: ",
+            images=[task.image_of(by_id[t.example_id]) or b"" for t in kept] if task.images else None,
+        )
+    else:  # the agreeing experts' probabilities on every kept trace, one file per expert, then the loss over them
+        examples = [by_id[t.example_id] for t in kept]
+        special = not uses_chat_template(tokenizer, round_config.chat_template)
+        rows = trace_tokens(
+            tokenizer, render_prompts(tokenizer, task, examples, round_config), [t.completion for t in kept], special
+        )
+        agree = agreeing(kept, traces, mode)
+        keys = [(t.example_id, t.completion) for t in kept]
+        per_expert = {}
+        with bar(f"round {r}: teacher", len(experts), progress) as update:
+            for k, c in enumerate(experts, start=1):
+                path = folder / f"teacher-{k}.safetensors"
+                if not path.exists():
+                    engine = engine if engine is not None else engine_for(round_config)
+                    agrees_at = [j for j, a in enumerate(agree) if k in a]
+                    engine.perturb(round_config.candidate(c.idx))
+                    try:
+                        model_k = cast("TransformersEngine", engine).model
+                        tops = expert_top(model_k, [rows[j] for j in agrees_at], cfg.top_probs, pad_id(tokenizer))
+                    finally:
+                        engine.restore()
+                    write_expert(path, [keys[j] for j in agrees_at], tops)
+                per_expert[k] = read_expert(path)
+                update()
+        del engine
+        teachers = [
+            combine(rows[j][1], [per_expert[k][keys[j]] for k in agree[j]], cfg.top_probs) for j in range(len(kept))
+        ]
+        trained = fine_tune_kd(
+            model, rows, teachers, folder / "model", settings, cfg.loss, progress=progress, label=f"round {r}: "
+        )
 
     # 5. the report: the original base, the round's top-K vote and the distilled model on one test split
     report = _report(run_dir, search_dir, round_config, trained.model_dir, task, cfg, experts, progress)
+    extra = {}
+    if cfg.keep_best:  # the model's validation score: what --keep-best chooses rounds by (never the test's)
+        val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
+        distilled = replace(round_config, model=str(trained.model_dir))
+        extra["val_score"] = Summary.of(
+            [row.score for row in evaluate(engine_for(distilled), task, val, distilled)]
+        ).score
     record = {
         "round": r,
         "mode": mode,
@@ -272,6 +344,7 @@ def _round(
         "model": {"path": str(trained.model_dir), "sha256": trained.sha256, "scheme": IDENTITY_SCHEME},
         "config": asdict(cfg),
         "test": report,
+        **extra,
     }
     write_whole(folder / "round.json", json.dumps(record, indent=2) + "\n")
     return record
@@ -296,6 +369,15 @@ def _answers(
 def _write_traces(path: Path, traces: Sequence[Trace]) -> None:
     """Written whole: a killed round never leaves a partial file to be taken for a finished one."""
     write_whole(path, "".join(json.dumps({**asdict(t), "score": asdict(t.score)}) + "\n" for t in traces))
+
+
+def _traces_file(k: int, student: int) -> str:
+    """Expert K's traces, or (K = student, with --on-policy) the round's model's own."""
+    return "traces-student.jsonl" if k == student else f"traces-{k}.jsonl"
+
+
+def pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0)
 
 
 def _read_traces(path: Path) -> list[Trace]:

@@ -59,10 +59,17 @@ def vote_keys(traces: Iterable[Trace]) -> dict[str, str]:
     return winners
 
 
-def keep(traces: Sequence[Trace], mode: str, max_per_question: int, earlier: Sequence[Trace] = ()) -> list[Trace]:
+def keep(
+    traces: Sequence[Trace],
+    mode: str,
+    max_per_question: int,
+    earlier: Sequence[Trace] = (),
+    judged: Sequence[Trace] = (),
+) -> list[Trace]:
     """The traces to train on besides `earlier` (those kept in earlier rounds, which stay whatever these
     experts answer, do not vote, and count towards a question's M and its texts), grouped by question in
-    first-seen order, best-ranked expert first."""
+    first-seen order, best-ranked expert first. `judged` (the student's own, with --on-policy) are kept by
+    the same rule after the experts' but never vote."""
     if mode == "vote":
         winners = vote_keys(traces)
         if traces and not any(t.score.vote_key is not None for t in [*earlier, *traces]):
@@ -76,12 +83,12 @@ def keep(traces: Sequence[Trace], mode: str, max_per_question: int, earlier: Seq
             return t.score.correct
     else:
         raise ThicketsError(f"unknown trace filter {mode!r}")
-    order = {q: i for i, q in enumerate(dict.fromkeys(t.example_id for t in traces))}
+    order = {q: i for i, q in enumerate(dict.fromkeys(t.example_id for t in [*traces, *judged]))}
     kept: list[Trace] = []
     per_question: dict[str, set[str]] = {}
     for t in earlier:
         per_question.setdefault(t.example_id, set()).add(t.completion)
-    for t in sorted(traces, key=lambda t: (order[t.example_id], t.expert_rank, t.sample)):
+    for t in sorted([*traces, *judged], key=lambda t: (order[t.example_id], t.expert_rank, t.sample)):
         texts = per_question.setdefault(t.example_id, set())
         if good(t) and len(texts) < max_per_question and t.completion not in texts:
             texts.add(t.completion)

@@ -130,14 +130,95 @@ def fine_tune(
         trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict: our bar shows the loss
         trainer.train()
     seconds = time.perf_counter() - t0
-    trained: Any = trainer.model
+    _write_model(trainer.model, settings.lora, processor if processor is not None else tok, out)
+    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+
+
+def fine_tune_kd(
+    model: str,
+    rows: Sequence[tuple[list[int], list[int]]],
+    teachers: Sequence[tuple[Any, Any]],
+    out: Path,
+    settings: TrainSettings,
+    loss: str,
+    *,
+    progress: bool = True,
+    label: str = "",
+) -> TrainResult:
+    """Train `model` towards the experts' next-token probabilities on the kept traces (teacher.py): rows of
+    (prompt ids, completion ids), each with its teacher ([L, top] ids and probabilities), the loss over the
+    completion tokens only. TRL's trainers distil from a live teacher model; ours is a set of stored
+    distributions of an ensemble no single model holds, so the loop is written here: AdamW with the linear
+    decay transformers' Trainer uses, LoRA through peft (merged on save) or full fine-tuning."""
+    import torch
+
+    from thickets.distill.teacher import kd_loss
+
+    if not rows:
+        raise ThicketsError("no traces to train on")
+    torch.manual_seed(settings.seed)
+    m, tok, _ = load(model)
     if settings.lora:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=settings.lora_r, lora_alpha=2 * settings.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        m = get_peft_model(m, config)
+    else:
+        m.requires_grad_(True)
+    m.train()
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate)
+    per_epoch = math.ceil(len(rows) / settings.batch_size)
+    steps = max(1, math.ceil(settings.epochs * per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
+    order = torch.Generator().manual_seed(settings.seed)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    with bar(f"{label}distil ({loss}, {'LoRA' if settings.lora else 'full'})", steps, progress) as update:
+        batches: list[list[int]] = []
+        for _ in range(steps):
+            if not batches:
+                perm = torch.randperm(len(rows), generator=order).tolist()
+                batches = [perm[i : i + settings.batch_size] for i in range(0, len(perm), settings.batch_size)]
+            batch = batches.pop(0)
+            width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, i in enumerate(batch):
+                p, c = rows[i]
+                ids[j, : len(p) + len(c)] = torch.tensor(p + c)
+                mask[j, : len(p) + len(c)] = 1
+            logits = m(input_ids=ids, attention_mask=mask).logits
+            at = torch.cat(
+                [logits[j, len(rows[i][0]) - 1 : len(rows[i][0]) + len(rows[i][1]) - 1] for j, i in enumerate(batch)]
+            )
+            t_ids = torch.cat([teachers[i][0] for i in batch])
+            t_probs = torch.cat([teachers[i][1] for i in batch])
+            value = kd_loss(at, t_ids, t_probs, loss)
+            value.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            schedule.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(value.detach()))
+            update(advance=1, loss=f"{losses[-1]:.3f}")
+    seconds = time.perf_counter() - t0
+    m.eval()
+    _write_model(m, settings.lora, tok, out)
+    tokens = sum(len(c) for _, c in rows)
+    return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+
+
+def _write_model(trained: Any, lora: bool, saver: Any, out: Path) -> None:
+    """The trained model, its LoRA merged, with its tokenizer or processor, as one folder written whole."""
+    if lora:
         trained = trained.merge_and_unload()
     with written_whole(out) as tmp:
         trained.save_pretrained(tmp)
-        (processor if processor is not None else tok).save_pretrained(tmp)
-    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(out, resolve(str(out)).sha256, int(tokens * settings.epochs), losses, seconds)
+        saver.save_pretrained(tmp)
 
 
 def _vision_modules() -> str:
