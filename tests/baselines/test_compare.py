@@ -111,6 +111,43 @@ def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(
     assert d["test_answers_per_question"] == 1
 
 
+def test_merged_randopt_merges_the_search_that_leaves_room_for_choosing_its_scale(tiny_model_dir, tmp_path):
+    from thickets.baselines.compare import run_merged
+    from thickets.engines import load_engine
+    from thickets.randopt.config import SearchConfig
+    from thickets.randopt.scoring import task_for
+    from thickets.ship.merge_config import SCALES
+    from thickets.tasks.splits import make_splits
+
+    cfg = CompareConfig(
+        model=str(tiny_model_dir), task="toy", budget=300, val_size=4, test_size=5, max_new_tokens=4, top_k=2,
+        sigmas=(0.1,), merge_method="mean",
+    )  # fmt: skip
+    search_cfg = SearchConfig(
+        model=cfg.model, task="toy", population=1, sigmas=cfg.sigmas, val_size=4, max_new_tokens=4
+    )
+    task = task_for(search_cfg)
+    _, test = make_splits(task, 0, 4, 5)
+    engine, _ = load_engine(cfg.model, batch_size=4)
+    randopt = run_randopt(cfg, tmp_path, engine, task, test, search_cfg)
+    m = run_merged(cfg, tmp_path, randopt, {"accuracy": 0.0, "test_tokens_per_question": 4.0})
+    assert "not_merged" not in m
+    recipe = json.loads((tmp_path / "merged_model" / "thickets_merge.json").read_text())
+    gate = recipe["gate"]
+    spent = randopt["spent_after"]
+    per_pass = spent[-1] / len(spent)
+    # the most candidates whose search leaves room for a validation pass at each scale, and no more
+    assert spent[m["candidates"] - 1] + len(SCALES) * per_pass <= cfg.budget
+    assert m["candidates"] == len(spent) or spent[m["candidates"]] + len(SCALES) * per_pass > cfg.budget
+    assert m["tokens"] == {
+        "search": spent[m["candidates"] - 1],
+        "scales": sum(t["tokens"] for t in gate["scales_tried"]),
+    }
+    assert m["train_tokens"] == sum(m["tokens"].values()) and m["tokens"]["scales"] > 0
+    assert gate["gate_size"] == cfg.test_size and len(gate["experts"]) == min(cfg.top_k, m["candidates"])
+    assert m["accuracy"] == gate["rows"][-1]["accuracy"] and m["test_answers_per_question"] == 1
+
+
 def test_methods_are_checked_before_anything_runs():
     from thickets.errors import ThicketsError
 
@@ -118,5 +155,7 @@ def test_methods_are_checked_before_anything_runs():
         CompareConfig(methods=("randopt", "ppo"))
     with pytest.raises(ThicketsError, match="starts from RandOpt's own search: add randopt"):
         CompareConfig(methods=("distilled", "es"))
+    with pytest.raises(ThicketsError, match="merged RandOpt starts from RandOpt's own search"):
+        CompareConfig(methods=("merged",))
     with pytest.raises(ThicketsError, match="distill-search-share must be in"):
         CompareConfig(distill_search_share=0)

@@ -453,12 +453,19 @@ def print_compare(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
             f"{r['test_tokens_per_question']:.1f}",
         )
     Console().print(t)
-    for r in rows:
-        if "tokens" in r:  # distilled RandOpt: where its budget went
-            spent = ", ".join(f"{what} {n}" for what, n in r["tokens"].items())
-            kept = f"{r['traces_kept']} traces kept from {r['train_questions']} train questions"
-            why = f"; not trained: {r['not_trained']}" if "not_trained" in r else ""
-            print(f"{r['method']}: tokens {spent}; {kept}{why}")
+    for r in rows:  # distilled and merged RandOpt: where their budgets went
+        parts = []
+        if "tokens" in r:
+            parts.append("tokens " + ", ".join(f"{what} {n}" for what, n in r["tokens"].items()))
+        if "traces_kept" in r:
+            parts.append(f"{r['traces_kept']} traces kept from {r['train_questions']} train questions")
+        if "scale" in r:
+            parts.append(f"{r['candidates']} candidates searched, the merge at scale {r['scale']:g}")
+        parts += [
+            f"not {what}: {r[key]}" for key, what in (("not_trained", "trained"), ("not_merged", "merged")) if key in r
+        ]
+        if parts:
+            print(f"{r['method']}: {'; '.join(parts)}")
 
 
 def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]]) -> None:

@@ -1,9 +1,10 @@
-"""`thickets compare`: RandOpt, distilled RandOpt, ES and GRPO on one model and task, at one budget of
-generated tokens.
+"""`thickets compare`: RandOpt, distilled RandOpt, merged RandOpt, ES and GRPO on one model and task, at
+one budget of generated tokens.
 
 Every method draws on the same validation prompts and is judged on the same held-out test split.
-The budget counts tokens generated while training or selecting, and, for distilled RandOpt, the
-completion tokens its fine-tune trains on (wall time is reported beside it). RandOpt's ensemble
+The budget counts tokens generated while training or selecting, for distilled RandOpt the completion
+tokens its fine-tune trains on, and for merged RandOpt its search's tokens and those of choosing the
+merge's scale on validation (wall time is reported beside it). RandOpt's ensemble
 also pays at test time, K answers per question; that cost is shown next to the single-model
 methods rather than hidden.
 """
@@ -37,6 +38,9 @@ from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import RunStore, candidate_model, read_config
 from thickets.randopt.vote import fully_scored
+from thickets.ship.merge import merge
+from thickets.ship.merge_config import METHODS as MERGE_METHODS
+from thickets.ship.merge_config import SCALES, MergeConfig
 from thickets.tasks import Example, Task
 from thickets.tasks.splits import make_splits, train_examples
 from thickets.tracking import NO_TRACKER, Tracker
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
     from thickets.engines.transformers_engine import TransformersEngine
 
 
-METHODS = ("randopt", "distilled", "es", "grpo")
+METHODS = ("randopt", "distilled", "merged", "es", "grpo")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class CompareConfig:
         "share of the budget distilled RandOpt spends on its search; the rest on traces and training",
         bounds=(0, 1),
     )
+    merge_method: str = option(
+        "corp", "merged RandOpt's weights (thickets merge --method): mean, reward or corp", choices=MERGE_METHODS
+    )
     es_population: int = option(8, "ES perturbations per iteration", bounds=(2, MAX_POPULATION))
     es_sigma: float = option(1e-3, "ES noise scale", bounds=(0, 10))
     es_alpha: float = option(5e-4, "ES step size", bounds=(0, MAX_RATE))
@@ -87,8 +94,9 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ThicketsError(f"unknown method {unknown[0] if unknown else ''!r}; use some of {', '.join(METHODS)}")
-        if "distilled" in self.methods and "randopt" not in self.methods:
-            raise ThicketsError("distilled RandOpt starts from RandOpt's own search: add randopt to --methods")
+        for derived in ("distilled", "merged"):
+            if derived in self.methods and "randopt" not in self.methods:
+                raise ThicketsError(f"{derived} RandOpt starts from RandOpt's own search: add randopt to --methods")
         if not 0 < self.distill_search_share <= 1:
             raise ThicketsError(f"distill-search-share must be in (0, 1], got {self.distill_search_share}")
 
@@ -246,6 +254,60 @@ def _undistilled(
     }
 
 
+def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Merged RandOpt (`thickets merge`) within the same budget: RandOpt's search as it stood when what is
+    left pays for choosing the merge's scale (one validation pass a scale, at a candidate's mean cost),
+    its top K merged into one model, which answers the test split (the merge's gate) once a question."""
+    spent_after = randopt["spent_after"]
+    scales = SCALES
+    per_pass = spent_after[-1] / len(spent_after)
+    fits = [i + 1 for i, s in enumerate(spent_after) if s + len(scales) * per_pass <= cfg.budget]
+    row: dict[str, Any] = {"method": f"merged RandOpt ({cfg.merge_method})", "test_answers_per_question": 1}
+    t0 = time.perf_counter()
+    if not fits:
+        return _unmerged(row, base, 0, 0, "the budget leaves no room to choose the merge's scale")
+    count = fits[-1]
+    searched, k = spent_after[count - 1], min(cfg.top_k, count)
+    t0 -= randopt["seconds_after"][count - 1]  # the search's time is the method's too
+    run_dir = _as_of(out / "randopt", count, out / "merged")
+    merged_dir = out / "merged_model"
+    shutil.rmtree(merged_dir, ignore_errors=True)  # a model folder is output only: a rerun writes it again
+    settings = MergeConfig(
+        run_dir=str(run_dir), out=str(merged_dir), top_k=k, method=cfg.merge_method, gate_size=cfg.test_size
+    )
+    try:
+        report = merge(settings, progress=False)
+    except ThicketsError as e:  # no expert beats the base, or none agrees with the rewarded direction
+        return _unmerged(row, base, count, searched, str(e))
+    spent = searched + sum(t["tokens"] for t in report["scales_tried"])
+    merged = report["rows"][-1]
+    return {
+        **row,
+        "candidates": count,
+        "train_tokens": spent,
+        "seconds": time.perf_counter() - t0,
+        "accuracy": merged["accuracy"],
+        "scale": report["scale"],
+        "tokens": {"search": searched, "scales": spent - searched},
+        "curve": [{"tokens": spent, "accuracy": merged["accuracy"]}],
+        "test_tokens_per_question": base["test_tokens_per_question"],
+    }
+
+
+def _unmerged(row: dict[str, Any], base: dict[str, Any], count: int, searched: int, why: str) -> dict[str, Any]:
+    """Nothing merged: the method's model is the base, unchanged, and the row says why."""
+    return {
+        **row,
+        "candidates": count,
+        "train_tokens": searched,
+        "seconds": 0.0,
+        "accuracy": base["accuracy"],
+        "not_merged": why,
+        "curve": [{"tokens": searched, "accuracy": base["accuracy"]}],
+        "test_tokens_per_question": base["test_tokens_per_question"],
+    }
+
+
 def run_es_method(
     cfg: CompareConfig, out: Path, task: Task, test: Sequence[Example], search_cfg: SearchConfig
 ) -> dict[str, Any]:
@@ -355,6 +417,7 @@ def compare(
     methods: dict[str, Callable[[], dict[str, Any]]] = {
         "randopt": lambda: run_randopt(cfg, out, engine, task, test, search_cfg),
         "distilled": lambda: run_distilled(cfg, out, engine, task, search_cfg, rows[1], rows[0]),  # rows[1]: RandOpt's
+        "merged": lambda: run_merged(cfg, out, rows[1], rows[0]),
         "es": lambda: run_es_method(cfg, out, task, test, search_cfg),
         "grpo": lambda: run_grpo_method(cfg, out, task, test, search_cfg),
     }

@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 
 from thickets.disk import written_whole
+from thickets.engines import count_tokens
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.errors import ThicketsError
 from thickets.models import local_folder, resolve, same_model
@@ -119,7 +120,8 @@ def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
                 rows = evaluate(engine, task, val, config)
             finally:
                 engine.restore()
-            tried.append({"scale": scale, "val_score": Summary.of([r.score for r in rows]).score})
+            tokens = count_tokens(engine.tokenizer, [r.completion for r in rows])
+            tried.append({"scale": scale, "val_score": Summary.of([r.score for r in rows]).score, "tokens": tokens})
             update()
     best = max(tried, key=lambda t: (t["val_score"], -abs(t["scale"] - 1.0)))
     terms = terms_of(specs, w, best["scale"])

@@ -10,6 +10,8 @@ from thickets.options import check_bounds, commas, option, parse_floats
 from thickets.randopt.config import MAX_SPLIT
 
 METHODS = ("mean", "reward", "corp")
+#: overall scales tried on validation by default
+SCALES = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class MergeConfig:
         choices=METHODS,
     )
     scales: tuple[float, ...] = option(
-        (0.5, 1.0, 2.0, 4.0),
+        SCALES,
         "overall scales of the weighted sum tried on validation (1: the weighted mean of the perturbations, whose "
         "size is about 1/sqrt(K) of one expert's)",
         flag="--scale",
