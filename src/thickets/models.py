@@ -325,7 +325,12 @@ def parameter_shapes(identity: ModelIdentity) -> dict[str, tuple[int, ...]]:
     checkpoints as it loads them (Qwen2-VL stores `visual.*` and `model.layers.*`, and loads them as
     `model.visual.*` and `model.language_model.layers.*`), and noise and filters go by the loaded names.
     Tied weights appear once, under their first name."""
-    model = meta_model(local_folder(identity))
+    try:
+        model = meta_model(local_folder(identity))
+    except Exception as e:  # an architecture this transformers cannot build: one line, before anything is written
+        raise ThicketsError(
+            f"cannot build model {identity.name} to read its parameter names: {type(e).__name__}: {e}"
+        ) from None
     return {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=True)}
 
 
@@ -400,7 +405,11 @@ def meta_model(folder: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(folder)
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    try:  # the rule `load` and `is_vision_language` go by: a vision part in config.json
+        vision = isinstance(json.loads((folder / "config.json").read_text()).get("vision_config"), dict)
+    except (OSError, ValueError):
+        vision = False
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(config)  # type: ignore[no-untyped-call]  # unannotated in transformers
 

@@ -45,6 +45,18 @@ def test_forward_kl_is_the_divergence_from_the_teacher_and_every_loss_is_zero_at
         kd_loss(logits, ids, teacher, "kd-xyz")
 
 
+@pytest.mark.parametrize("loss", ["kd-fkl", "kd-rkl", "kd-jsd"])
+def test_a_one_token_teacher_is_learnt_as_its_token_by_every_loss(loss):
+    """A trace no expert agrees with is taught its own tokens: over one token, a reverse KL or JSD would be 0
+    whatever the student says, so that position takes the cross-entropy."""
+    ids, probs = combine([4, 2], [], top=3)
+    logits = torch.zeros(2, 7, requires_grad=True)
+    value = kd_loss(logits, ids, probs, loss)
+    assert float(value.detach()) == pytest.approx(torch.log(torch.tensor(7.0)).item(), rel=1e-5)  # -log(1/7)
+    value.backward()
+    assert float(logits.grad[0, 4]) < 0 and float(logits.grad[1, 2]) < 0  # raising the trace's token lowers it
+
+
 def test_a_traces_teacher_is_the_mean_of_its_agreeing_experts_or_its_own_tokens():
     a = (torch.tensor([[5, 6], [1, 2]], dtype=torch.int32), torch.tensor([[0.6, 0.4], [0.9, 0.1]]))
     b = (torch.tensor([[6, 7], [1, 3]], dtype=torch.int32), torch.tensor([[0.8, 0.2], [0.5, 0.5]]))

@@ -55,6 +55,20 @@ def test_a_small_sigma_is_mostly_rounded_away_and_warned_a_large_one_is_kept(tin
     assert NOISE_VERSION >= 3 and rounding_record(tiny_model_dir, [lowrank], "bfloat16") is None
 
 
+def test_a_checkpoint_stored_under_other_names_is_said_to_be_unmeasured(tmp_path):
+    """Qwen2-VL stores `visual.*` and `model.layers.*` and loads them as `model.visual.*` and
+    `model.language_model.*`: the noise goes by the loaded names, so those tensors are not measured, and
+    the run says so instead of keeping quiet."""
+    from tests.support import make_tiny_vlm
+
+    folder = make_tiny_vlm(tmp_path / "qwen2_vl", "qwen2_vl")
+    record = rounding_record(folder, [PerturbationSpec(seed=1, sigma=1e-5)], "bfloat16")
+    measured = set(record["sigmas"][0]["groups"])
+    assert not any(g.startswith(("model.language_model", "model.visual", "visual.")) for g in measured)
+    if not measured:
+        assert "not measured" in rounding_warning(record)
+
+
 def test_a_half_precision_run_records_it_and_analyze_shows_it(tiny_model_dir, tmp_path, capsys, caplog):
     from tests.support import search_argv
     from thickets.cli.commands import main

@@ -53,7 +53,7 @@ def population_curve(run_dir: str | Path, top_k: int = 5) -> dict[str, Any] | No
         for c in cands
         if test_positions and all(p in tests[c.idx] for p in test_positions)
     }
-    rng = np.random.default_rng(SEED)
+    rng, subsets = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)  # the test's own draws
     rows, missing, unanswered = [], None, set()
     for n in grid(len(cands), min(4, len(cands))):
         boot = scores[rng.integers(0, len(cands), size=(RESAMPLES, n))].max(axis=1)
@@ -76,7 +76,7 @@ def population_curve(run_dir: str | Path, top_k: int = 5) -> dict[str, Any] | No
         if test_positions:
             votes = []
             for _ in range(TEST_RESAMPLES):
-                picked = rank([cands[i] for i in rng.choice(len(cands), n, replace=False)])[:top_k]
+                picked = rank([cands[i] for i in subsets.choice(len(cands), n, replace=False)])[:top_k]
                 unanswered |= {c.idx for c in picked if c.idx not in answered}
                 if not unanswered:
                     votes.append(_vote(picked, answered, len(test_positions)))

@@ -290,7 +290,7 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
         "scale": report["scale"],
         "tokens": {"search": searched, "scales": spent - searched},
         "curve": [{"tokens": spent, "accuracy": merged["accuracy"]}],
-        "test_tokens_per_question": base["test_tokens_per_question"],
+        "test_tokens_per_question": report["merged_tokens_per_answer"],
     }
 
 

@@ -299,14 +299,9 @@ def _round(
                 path = folder / f"teacher-{k}.safetensors"
                 if not path.exists():
                     engine = engine if engine is not None else engine_for(round_config)
-                    agrees_at = [j for j, a in enumerate(agree) if k in a]
-                    engine.perturb(round_config.candidate(c.idx))
-                    try:
-                        model_k = cast("TransformersEngine", engine).model
-                        tops = expert_top(model_k, [rows[j] for j in agrees_at], cfg.top_probs, pad_id(tokenizer))
-                    finally:
-                        engine.restore()
-                    write_expert(path, [keys[j] for j in agrees_at], tops)
+                    at = [j for j, a in enumerate(agree) if k in a]
+                    tops = _tops(engine, round_config.candidate(c.idx), [rows[j] for j in at], cfg, tokenizer)
+                    write_expert(path, [keys[j] for j in at], tops)
                 per_expert[k] = read_expert(path)
                 update()
         del engine
@@ -318,24 +313,18 @@ def _round(
         )
 
     # 5. the report: the original base, the round's top-K vote and the distilled model on one test split
-    report = _report(run_dir, search_dir, round_config, trained.model_dir, task, cfg, experts, progress)
-    extra = {}
-    if cfg.keep_best:  # the model's validation score: what --keep-best chooses rounds by (never the test's)
-        val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
-        distilled = replace(round_config, model=str(trained.model_dir))
-        extra["val_score"] = Summary.of(
-            [row.score for row in evaluate(engine_for(distilled), task, val, distilled)]
-        ).score
+    report, val_score = _report(run_dir, search_dir, round_config, trained.model_dir, task, cfg, experts, progress)
+    extra = {"val_score": val_score} if cfg.keep_best else {}
     record = {
         "round": r,
         "mode": mode,
         "base_model": model,
         "search_dir": str(search_dir),
         "experts": [c.idx for c in experts],
-        "traces": len(traces),
+        "traces": len(traces) + len(own),  # the experts' and (with --on-policy) the student's
         "kept_this_round": len(new),
         "kept_total": len(kept),
-        "share_kept": len(new) / max(1, len(traces)),
+        "share_kept": len(new) / max(1, len(traces) + len(own)),
         "questions_covered": len({t.example_id for t in kept}),
         "tokens_generated": tokens_generated,
         "tokens_trained": trained.tokens_trained,
@@ -371,6 +360,17 @@ def _write_traces(path: Path, traces: Sequence[Trace]) -> None:
     write_whole(path, "".join(json.dumps({**asdict(t), "score": asdict(t.score)}) + "\n" for t in traces))
 
 
+def _tops(
+    engine: Any, spec: Any, rows: list[tuple[list[int], list[int]]], cfg: DistillConfig, tokenizer: Any
+) -> list[Any]:
+    """One expert's top next tokens on the traces it agrees with (nothing of the expert outlives the call)."""
+    engine.perturb(spec)
+    try:
+        return expert_top(cast("TransformersEngine", engine).model, rows, cfg.top_probs, pad_id(tokenizer))
+    finally:
+        engine.restore()
+
+
 def _traces_file(k: int, student: int) -> str:
     """Expert K's traces, or (K = student, with --on-policy) the round's model's own."""
     return "traces-student.jsonl" if k == student else f"traces-{k}.jsonl"
@@ -399,10 +399,11 @@ def _report(
     cfg: DistillConfig,
     experts: Sequence[Candidate],
     progress: bool,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float | None]:
     """Test accuracy of the original base, the round's top-K vote and the distilled model, on the same
-    questions, with paired intervals against the base. The base's and the experts' answers are stored
-    in their run folders (as `ensemble` stores them), so a resumed report generates nothing twice."""
+    questions, with paired intervals against the base (and, with --keep-best, the distilled model's
+    validation score, by the same engine). The base's and the experts' answers are stored in their run
+    folders (as `ensemble` stores them), so a resumed report generates nothing twice."""
     _, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size, scheme=config.split_scheme)
     positions = list(range(len(test)))
     with bar("test answers", len(experts) + 2, progress) as update:
@@ -420,11 +421,15 @@ def _report(
         tokenizer = engine.tokenizer
         rows = evaluate(engine, task, test, distilled)
         update()
+        val_score = None
+        if cfg.keep_best:  # the model's validation score: what --keep-best chooses rounds by (never the test's)
+            val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
+            val_score = Summary.of([row.score for row in evaluate(engine, task, val, distilled)]).score
     vote = vote_outcomes(per_expert, len(test))
     base_ok = [base[i].correct for i in positions]
     vote_ok = [bool(v and v.correct) for v in vote]
     model_ok = [r.score.correct for r in rows]
-    return {
+    report = {
         "test_size": len(test),
         "base": {"accuracy": sum(base_ok) / len(test), "answers_per_question": 1},
         "ensemble": {
@@ -440,3 +445,4 @@ def _report(
             "vs_base": paired_gain(model_ok, base_ok),
         },
     }
+    return report, val_score

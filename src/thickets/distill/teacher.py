@@ -85,9 +85,9 @@ def _expert_top(
         for i, (p, c) in enumerate(chunk):
             ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             mask[i, : len(p) + len(c)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         for i, (p, c) in enumerate(chunk):
-            at = logits[i, len(p) - 1 : len(p) + len(c) - 1]  # position t predicts token t + 1
+            at = logits[i, len(p) - 1 : len(p) + len(c) - 1].float()  # position t predicts token t + 1
             probs, idx = torch.softmax(at, dim=-1).topk(min(top, at.shape[-1]), dim=-1)
             out.append((idx.to(torch.int32).cpu(), probs.cpu()))
     return out
@@ -129,15 +129,13 @@ def combine(
         return ids, probs
     ids_all = torch.cat([i.long() for i, _ in experts], dim=1)  # [L, E top]
     probs_all = torch.cat([p for _, p in experts], dim=1) / len(experts)
-    uniq, inverse = torch.unique(ids_all, return_inverse=True)  # sum each token's probability over experts
-    summed = torch.zeros((length, len(uniq))).scatter_add_(1, inverse, probs_all)
-    probs, where = summed.topk(min(top, len(uniq)), dim=1)
-    ids = uniq[where]
-    probs = probs / probs.sum(dim=1, keepdim=True)
-    if probs.shape[1] < top:  # fewer distinct tokens than `top`: pad with zero probability
-        pad = top - probs.shape[1]
-        ids = torch.cat([ids, torch.zeros((length, pad), dtype=ids.dtype)], dim=1)
-        probs = torch.cat([probs, torch.zeros((length, pad))], dim=1)
+    ids = torch.zeros((length, top), dtype=torch.long)
+    probs = torch.zeros((length, top))
+    for t in range(length):  # each position's tokens summed over the experts (at most E x top of them)
+        uniq, inverse = torch.unique(ids_all[t], return_inverse=True)
+        summed = torch.zeros(len(uniq)).scatter_add_(0, inverse, probs_all[t])
+        best, where = summed.topk(min(top, len(uniq)))
+        ids[t, : len(best)], probs[t, : len(best)] = uniq[where], best / best.sum()
     return ids.to(torch.int32), probs
 
 
@@ -146,23 +144,29 @@ def kd_loss(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_probs: torc
     [N, top]. kd-fkl: KL(teacher || student), the student over its whole vocabulary (mass outside the
     teacher's tokens costs); kd-rkl: KL(student || teacher) and kd-jsd: the Jensen-Shannon divergence (beta
     1/2), both with the student renormalised over the teacher's tokens (where the teacher, cut to its top,
-    is 0 a reverse KL would be infinite)."""
+    is 0 a reverse KL would be infinite); a position whose teacher is one token takes the forward KL (the
+    cross-entropy), since over one token any student has no divergence."""
     import torch
 
+    if loss not in ("kd-fkl", "kd-rkl", "kd-jsd"):
+        raise ValueError(f"unknown loss {loss!r}")
     ids = teacher_ids.long()
     p = teacher_probs
     logp = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
+    forward = (p * (logp - torch.log_softmax(logits.float(), dim=-1).gather(1, ids))).sum(dim=1)
     if loss == "kd-fkl":
-        logq = torch.log_softmax(logits.float(), dim=-1).gather(1, ids)
-        return (p * (logp - logq)).sum(dim=1).mean()
+        return forward.mean()
     support = torch.where(p > 0, logits.float().gather(1, ids), torch.full_like(p, float("-inf")))
     logq = torch.log_softmax(support, dim=-1)
     q = logq.exp()
     safe_logq = torch.where(p > 0, logq, torch.zeros_like(logq))
     if loss == "kd-rkl":
-        return (q * (safe_logq - logp)).sum(dim=1).mean()
-    if loss == "kd-jsd":
+        div = (q * (safe_logq - logp)).sum(dim=1)
+    else:
         m = 0.5 * (p + q)
         logm = torch.where(m > 0, m.clamp_min(1e-30).log(), torch.zeros_like(m))
-        return (0.5 * (p * (logp - logm)).sum(dim=1) + 0.5 * (q * (safe_logq - logm)).sum(dim=1)).mean()
-    raise ValueError(f"unknown loss {loss!r}")
+        div = 0.5 * (p * (logp - logm)).sum(dim=1) + 0.5 * (q * (safe_logq - logm)).sum(dim=1)
+    # a one-token teacher (a trace no expert agrees with) leaves no divergence over its support to learn
+    # from: it is taught its token by the forward KL, the cross-entropy
+    single = (p > 0).sum(dim=1) == 1
+    return torch.where(single, forward, div).mean()

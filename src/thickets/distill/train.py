@@ -149,8 +149,9 @@ def fine_tune_kd(
     """Train `model` towards the experts' next-token probabilities on the kept traces (teacher.py): rows of
     (prompt ids, completion ids), each with its teacher ([L, top] ids and probabilities), the loss over the
     completion tokens only. TRL's trainers distil from a live teacher model; ours is a set of stored
-    distributions of an ensemble no single model holds, so the loop is written here: AdamW with the linear
-    decay transformers' Trainer uses, LoRA through peft (merged on save) or full fine-tuning."""
+    distributions of an ensemble no single model holds, so the loop is written here with the defaults of
+    transformers' Trainer (AdamW without weight decay, linear decay to 0, gradients clipped to norm 1), LoRA
+    through peft (merged on save) or full fine-tuning, on the GPU where there is one."""
     import torch
 
     from thickets.distill.teacher import kd_loss
@@ -158,7 +159,8 @@ def fine_tune_kd(
     if not rows:
         raise ThicketsError("no traces to train on")
     torch.manual_seed(settings.seed)
-    m, tok, _ = load(model)
+    device = "cuda" if _cuda() else "cpu"
+    m, tok, _ = load(model, device=device)
     if settings.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -170,7 +172,7 @@ def fine_tune_kd(
         m.requires_grad_(True)
     m.train()
     params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate)
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)  # as the Trainer's defaults
     per_epoch = math.ceil(len(rows) / settings.batch_size)
     steps = max(1, math.ceil(settings.epochs * per_epoch))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
@@ -192,14 +194,15 @@ def fine_tune_kd(
                 p, c = rows[i]
                 ids[j, : len(p) + len(c)] = torch.tensor(p + c)
                 mask[j, : len(p) + len(c)] = 1
-            logits = m(input_ids=ids, attention_mask=mask).logits
+            logits = m(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             at = torch.cat(
                 [logits[j, len(rows[i][0]) - 1 : len(rows[i][0]) + len(rows[i][1]) - 1] for j, i in enumerate(batch)]
             )
-            t_ids = torch.cat([teachers[i][0] for i in batch])
-            t_probs = torch.cat([teachers[i][1] for i in batch])
+            t_ids = torch.cat([teachers[i][0] for i in batch]).to(device)
+            t_probs = torch.cat([teachers[i][1] for i in batch]).to(device)
             value = kd_loss(at, t_ids, t_probs, loss)
             value.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Trainer's max_grad_norm
             opt.step()
             schedule.step()
             opt.zero_grad(set_to_none=True)

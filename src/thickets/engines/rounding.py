@@ -112,6 +112,11 @@ def rounding_warning(record: dict[str, Any] | None) -> str | None:
         ((g["kept"], row["sigma"], name) for row in record["sigmas"] for name, g in row["groups"].items()),
         default=None,
     )
+    if worst is None and record.get("sigmas"):
+        return (
+            f"warning: in {record['dtype']}, what rounding leaves of the perturbation was not measured: the weights "
+            f"files name the tensors otherwise than the loaded model (a checkpoint transformers renames as it loads)"
+        )
     if worst is None or worst[0] >= WARN_BELOW:
         return None
     kept, sigma, name = worst

@@ -135,6 +135,9 @@ def merge(cfg: MergeConfig, *, progress: bool = True) -> dict[str, Any]:
         merged_rows = evaluate(engine, task, test, config)
         report = _gate(cfg, config, experts, tried, best, base, per_expert, [r.score.correct for r in merged_rows])
         report["weights"] = w
+        report["merged_tokens_per_answer"] = count_tokens(engine.tokenizer, [r.completion for r in merged_rows]) / len(
+            test
+        )
         if gram is not None:
             report["compatibility"] = compatibility(gram, gains_over(experts, base_score))
         _write(cfg, config, engine, specs, w, best["scale"], report)
