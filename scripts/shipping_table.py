@@ -42,7 +42,8 @@ def main() -> None:
         rows.append((label, 1, d["accuracy"], _pts(d)))
     if len(sizes) > 1:
         raise SystemExit(f"the rows were measured on test splits of different sizes: {sorted(sizes)}")
-    print(f"| model ({sizes.pop() if sizes else '?'} test questions) | answers a question | accuracy | vs base, pts [95% CI] |")
+    size = sizes.pop() if sizes else "?"
+    print(f"| model ({size} test questions) | answers a question | accuracy | vs base, pts [95% CI] |")
     print("|---|---:|---:|---:|")
     for label, answers, acc, pts in rows:
         print(f"| {label} | {answers} | {100 * acc:.1f}% | {pts} |")
