@@ -69,11 +69,24 @@ def test_budget_accounting_adds_up(tiny_model_dir, tmp_path):
     assert all(0 <= r["accuracy"] <= 1 for r in result["rows"])
 
 
-def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(tiny_model_dir, tmp_path):
+def _randopt(cfg: CompareConfig, out):
+    """RandOpt's part of a comparison on the toy task (4 validation, 5 test questions): what the methods
+    derived from its search start from."""
     from thickets.engines import load_engine
     from thickets.randopt.config import SearchConfig
     from thickets.randopt.scoring import task_for
     from thickets.tasks.splits import make_splits
+
+    search_cfg = SearchConfig(
+        model=cfg.model, task="toy", population=1, sigmas=cfg.sigmas, val_size=4, max_new_tokens=4
+    )
+    task = task_for(search_cfg)
+    _, test = make_splits(task, 0, 4, 5)
+    engine, _ = load_engine(cfg.model, batch_size=4)
+    return engine, task, search_cfg, run_randopt(cfg, out, engine, task, test, search_cfg)
+
+
+def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(tiny_model_dir, tmp_path):
 
     cfg = CompareConfig(
         model=str(tiny_model_dir),
@@ -86,13 +99,7 @@ def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(
         sigmas=(0.1,),
         distill_search_share=0.25,
     )
-    search_cfg = SearchConfig(
-        model=cfg.model, task="toy", population=1, sigmas=cfg.sigmas, val_size=4, max_new_tokens=4
-    )
-    task = task_for(search_cfg)
-    _, test = make_splits(task, 0, 4, 5)
-    engine, _ = load_engine(cfg.model, batch_size=4)
-    randopt = run_randopt(cfg, tmp_path, engine, task, test, search_cfg)
+    engine, task, search_cfg, randopt = _randopt(cfg, tmp_path)
     base = {"accuracy": 0.0, "test_tokens_per_question": 4.0}
     d = run_distilled(cfg, tmp_path, engine, task, search_cfg, randopt, base)
     record = json.loads((tmp_path / "distilled" / "distill" / "round-1" / "round.json").read_text())
@@ -113,23 +120,13 @@ def test_distilled_randopt_spends_the_rest_of_the_budget_on_traces_and_training(
 
 def test_merged_randopt_merges_the_search_that_leaves_room_for_choosing_its_scale(tiny_model_dir, tmp_path):
     from thickets.baselines.compare import run_merged
-    from thickets.engines import load_engine
-    from thickets.randopt.config import SearchConfig
-    from thickets.randopt.scoring import task_for
     from thickets.ship.merge_config import SCALES
-    from thickets.tasks.splits import make_splits
 
     cfg = CompareConfig(
         model=str(tiny_model_dir), task="toy", budget=300, val_size=4, test_size=5, max_new_tokens=4, top_k=2,
         sigmas=(0.1,), merge_method="mean",
     )  # fmt: skip
-    search_cfg = SearchConfig(
-        model=cfg.model, task="toy", population=1, sigmas=cfg.sigmas, val_size=4, max_new_tokens=4
-    )
-    task = task_for(search_cfg)
-    _, test = make_splits(task, 0, 4, 5)
-    engine, _ = load_engine(cfg.model, batch_size=4)
-    randopt = run_randopt(cfg, tmp_path, engine, task, test, search_cfg)
+    *_, randopt = _randopt(cfg, tmp_path)
     m = run_merged(cfg, tmp_path, randopt, {"accuracy": 0.0, "test_tokens_per_question": 4.0})
     assert "not_merged" not in m
     recipe = json.loads((tmp_path / "merged_model" / "thickets_merge.json").read_text())

@@ -14,16 +14,6 @@ from thickets.randopt.search import search
 from thickets.tasks import get_task
 from thickets.tasks.splits import make_splits
 
-
-@pytest.fixture()
-def run(tiny_model_dir, tmp_path):
-    config = SearchConfig(
-        model=str(tiny_model_dir), task="toy", population=4, sigmas=(0.1,), val_size=4, max_new_tokens=4
-    )
-    search(config, tmp_path / "run", progress=False)
-    return tmp_path / "run"
-
-
 SMALL = dict(top_k=2, train_size=6, test_size=5, learning_rate=1e-3, lora_r=4, epochs=1.0, train_batch_size=4)
 
 

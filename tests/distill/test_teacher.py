@@ -14,8 +14,6 @@ from thickets.distill.rounds import distill
 from thickets.distill.teacher import agreeing, combine, kd_loss, read_expert
 from thickets.distill.traces import Trace, keep
 from thickets.errors import ThicketsError
-from thickets.randopt.config import SearchConfig
-from thickets.randopt.search import search
 from thickets.tasks import Score
 
 
@@ -82,15 +80,6 @@ def test_experts_agree_with_a_trace_by_its_vote_key_or_by_being_right_and_the_st
     kept = keep(traces, "vote", 8, judged=student)
     assert {(t.example_id, t.score.vote_key) for t in kept} == {("q1", "a"), ("q2", "c")}
     assert [t.completion for t in kept if t.expert_rank == 4] == ["c!"]  # judged like the experts' answers
-
-
-@pytest.fixture()
-def run(tiny_model_dir, tmp_path):
-    config = SearchConfig(
-        model=str(tiny_model_dir), task="toy", population=4, sigmas=(0.1,), val_size=4, max_new_tokens=4
-    )
-    search(config, tmp_path / "run", progress=False)
-    return tmp_path / "run"
 
 
 KD = dict(top_k=2, train_size=16, test_size=5, learning_rate=5e-3, lora_r=4, epochs=3.0, train_batch_size=4)

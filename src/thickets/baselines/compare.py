@@ -38,7 +38,6 @@ from thickets.randopt.scoring import evaluate, task_for
 from thickets.randopt.search import search
 from thickets.randopt.store import RunStore, candidate_model, read_config
 from thickets.randopt.vote import fully_scored
-from thickets.ship.merge import merge
 from thickets.ship.merge_config import METHODS as MERGE_METHODS
 from thickets.ship.merge_config import SCALES, MergeConfig
 from thickets.tasks import Example, Task
@@ -275,6 +274,8 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
     settings = MergeConfig(
         run_dir=str(run_dir), out=str(merged_dir), top_k=k, method=cfg.merge_method, gate_size=cfg.test_size
     )
+    from thickets.ship.merge import merge  # torch with it: not when the command line starts
+
     try:
         report = merge(settings, progress=False)
     except ThicketsError as e:  # no expert beats the base, or none agrees with the rewarded direction
