@@ -63,6 +63,17 @@ def test_where_test_answers_are_missing_the_curve_stops_and_says_what_to_run(tmp
     assert all(r["test_vote_boot_mean"] is None for r in curve["rows"])
 
 
+def test_the_bootstrap_needs_exactly_the_candidates_that_can_reach_a_subsets_top_k(tmp_path):
+    """Candidate c is in the top K of some subset of N when N - K others rank below it: for N = 8 of 8 and
+    K = 3 the best 3, for N = 4 the best 7. The worst candidate (val 0.1, idx 0) never votes at N = 4."""
+    val = [0.1, 0.5, 0.2, 0.9, 0.3, 0.4, 0.8, 0.6]
+    all_but_worst = population_curve(_run(tmp_path / "a", val, set(range(1, 8))), top_k=3)
+    assert all(r["test_vote_boot_mean"] is not None for r in all_but_worst["rows"])
+    all_but_two = population_curve(_run(tmp_path / "b", val, set(range(1, 8)) - {2}), top_k=3)  # idx 2: 7th best
+    four, whole = all_but_two["rows"]
+    assert four["test_vote_boot_mean"] is None and whole["test_vote_boot_mean"] is not None
+
+
 def test_the_bootstrap_vote_is_the_expected_vote_of_a_random_subset_of_n(tmp_path):
     from itertools import combinations
 

@@ -7,9 +7,10 @@ For N on a doubling grid up to the population: the best validation score among t
 N candidates all have stored test answers, the vote of those K on the stored test questions; where some
 do not, the curve stops there and says which candidates would have to answer. Likewise the vote's
 bootstrap: subsets of N candidates drawn without replacement (a candidate voting twice would weigh one
-expert double), the vote of each subset's top K; given only where every subset's top K has stored test
-answers (`thickets transfer --sample` with the population answers them all), since a mean over the
-subsets that happen to be answerable would lean towards the candidates `ensemble` already answered.
+expert double), the vote of each subset's top K; given only where every candidate that can be in some
+subset's top K has stored test answers (the best population - N + K: `thickets transfer --sample` with
+the population answers them all), since a mean over the subsets that happen to be answerable would
+lean towards the candidates `ensemble` already answered.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def population_curve(run_dir: str | Path, top_k: int = 5) -> dict[str, Any] | No
         if test_positions and all(p in tests[c.idx] for p in test_positions)
     }
     rng, subsets = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)  # the test's own draws
-    rows, missing, unanswered = [], None, set()
+    rows, missing = [], None
+    ranked, q = rank(cands), len(test_positions)
     for n in grid(len(cands), min(4, len(cands))):
         boot = scores[rng.integers(0, len(cands), size=(RESAMPLES, n))].max(axis=1)
         row: dict[str, Any] = {
@@ -73,16 +75,15 @@ def population_curve(run_dir: str | Path, top_k: int = 5) -> dict[str, Any] | No
                 missing = {"n": n, "candidates": lacking}
             else:
                 row["test_vote"] = _vote(top, answered, len(test_positions))
-        if test_positions:
-            votes = []
-            for _ in range(TEST_RESAMPLES):
-                picked = rank([cands[i] for i in subsets.choice(len(cands), n, replace=False)])[:top_k]
-                unanswered |= {c.idx for c in picked if c.idx not in answered}
-                if not unanswered:
-                    votes.append(_vote(picked, answered, len(test_positions)))
-            if not unanswered:
-                row["test_vote_boot_mean"] = float(np.mean(votes))
-                row["test_vote_boot_90"] = [float(np.quantile(votes, 0.05)), float(np.quantile(votes, 0.95))]
+        # a candidate is in the top K of some subset of N exactly when at least N - K others rank below it:
+        # the best len - N + K of the population; every one of them must have answered
+        if test_positions and all(c.idx in answered for c in ranked[: len(cands) - n + top_k]):
+            votes = [
+                _vote(rank([cands[i] for i in subsets.choice(len(cands), n, replace=False)])[:top_k], answered, q)
+                for _ in range(TEST_RESAMPLES)
+            ]
+            row["test_vote_boot_mean"] = float(np.mean(votes))
+            row["test_vote_boot_90"] = [float(np.quantile(votes, 0.05)), float(np.quantile(votes, 0.95))]
         rows.append(row)
     base_acc = float(np.mean([base_test[p].correct for p in test_positions])) if test_positions else None
     return {
