@@ -340,12 +340,27 @@ def load_tokenizer(identity: ModelIdentity) -> Any:
 
     quiet_transformers()
     try:
-        return AutoTokenizer.from_pretrained(local_folder(identity))
+        return with_processor_template(AutoTokenizer.from_pretrained(local_folder(identity)), local_folder(identity))
     except Exception as e:
         raise ThicketsError(
             f"cannot load the tokenizer of model {identity.name}: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from None
+
+
+def with_processor_template(tokenizer: Any, folder: Path) -> Any:
+    """The tokenizer, given the processor's chat template where it has none of its own: many vision-language
+    checkpoints keep theirs in `chat_template.json`, which the processor reads and the tokenizer does not,
+    and every prompt is rendered through the tokenizer (with the image part in place)."""
+    if getattr(tokenizer, "chat_template", None) or not (folder / "chat_template.json").is_file():
+        return tokenizer
+    try:
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return tokenizer
+    if isinstance(template, str) and template:
+        tokenizer.chat_template = template
+    return tokenizer
 
 
 def quiet_transformers() -> None:
@@ -427,7 +442,7 @@ def load(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, A
     torch_dtype = getattr(torch, dtype)
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = with_processor_template(AutoTokenizer.from_pretrained(folder), folder)
         # Any: transformers types `.to` through functools.wraps, which mypy does not bind to the model
         auto = AutoModelForImageTextToText if is_vision_language(identity) else AutoModelForCausalLM
         model: Any = auto.from_pretrained(folder, dtype=torch_dtype)

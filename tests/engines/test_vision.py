@@ -19,7 +19,7 @@ from thickets.cli.commands import main
 from thickets.engines import load_engine
 from thickets.randopt.config import SearchConfig
 from thickets.randopt.preflight import VISION_PARTS, prepare
-from thickets.randopt.scoring import generate, task_for
+from thickets.randopt.scoring import generate, render_prompts, task_for
 from thickets.randopt.store import RunStore, candidate_model
 from thickets.tasks.splits import make_splits
 
@@ -79,6 +79,22 @@ def test_a_vision_language_model_answers_each_image_alike_alone_and_in_a_batch(v
         type(ex)(ex.id, ex.prompt, {**ex.data, "image": val[(i + 1) % 4].data["image"]}) for i, ex in enumerate(val)
     ]
     assert generate(engine, task, other, config) != together
+
+
+def test_a_chat_template_kept_for_the_processor_alone_renders_the_prompts(shapes, tmp_path):
+    """Many vision-language checkpoints keep their chat template in chat_template.json, which the processor
+    reads and the tokenizer does not: the prompts still get the image placeholder, and the model sees it."""
+    folder = make_tiny_vlm(tmp_path / "llava", "llava")
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    engine, _ = load_engine(str(folder), batch_size=2)
+    assert engine.tokenizer.chat_template == template
+    config = _config(folder, shapes)
+    task = task_for(config)
+    val, _ = make_splits(task, 0, 2)
+    assert all("<image>" in p for p in render_prompts(engine.tokenizer, task, val, config))
+    assert len(generate(engine, task, val, config)) == 2
 
 
 def test_a_new_run_perturbs_the_language_model_only_and_restores_it_bitwise(vlm, shapes, tmp_path):
