@@ -77,6 +77,8 @@ def test_memory_and_load_figures(figures):
     """Every part of a candidate's time is measured; a search's peak memory is above the interpreter's."""
     assert figures["perturb_share"] > 0 and figures["perturb_restore_s"] > 0 and figures["candidate_s"] > 0
     assert figures["noise_v1_ns_per_param"] > 0 and figures["noise_v2_ns_per_param"] > 0
+    # a perturbation reads and writes every moved tensor at least once: it cannot beat a plain copy by much
+    assert figures["copy_floor_s"] > 0 and figures["perturb_vs_copy"] > 0
     assert figures["peak_rss_gb"] > figures["baseline_rss_gb"] > 0
 
 

@@ -530,7 +530,8 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
     console.print(
         f"noise: {r['noise_v1_ns_per_param']:.2f} ns per parameter with version 1 (host Philox), "
         f"{r['noise_v2_ns_per_param']:.2f} with version 2 (table windows on the weight's device): "
-        f"{r['noise_v1_vs_v2']:.1f}x"
+        f"{r['noise_v1_vs_v2']:.1f}x; perturb + restore {r['perturb_vs_copy']:.2f}x a plain copy of the weights "
+        f"({r['copy_floor_s']:.3f} s: reading the base and writing the working copy once, the floor on this memory)"
     )
     console.print(
         f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
