@@ -388,8 +388,12 @@ VISION_PARTS = (
 def is_vision_language(identity: ModelIdentity) -> bool:
     """A model that reads images beside text (its config has a vision part): loaded as an image-text-to-text
     model, with its processor."""
+    return _has_vision(local_folder(identity))
+
+
+def _has_vision(folder: Path) -> bool:
     try:
-        config = json.loads((local_folder(identity) / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(config.get("vision_config"), dict)
@@ -420,11 +424,7 @@ def meta_model(folder: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(folder)
-    try:  # the rule `load` and `is_vision_language` go by: a vision part in config.json
-        vision = isinstance(json.loads((folder / "config.json").read_text()).get("vision_config"), dict)
-    except (OSError, ValueError):
-        vision = False
-    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    auto = AutoModelForImageTextToText if _has_vision(folder) else AutoModelForCausalLM  # as `load` chooses
     with torch.device("meta"):
         return auto.from_config(config)  # type: ignore[no-untyped-call]  # unannotated in transformers
 

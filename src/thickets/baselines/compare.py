@@ -239,16 +239,22 @@ def _undistilled(
     row: dict[str, Any], base: dict[str, Any], searched: int, questions: int, traces: int, seconds: float, why: str
 ) -> dict[str, Any]:
     """Nothing to train on: the method's model is the base, unchanged, and the row says why."""
+    tokens = {"search": searched, "traces": traces, "trained": 0}
+    extra = {"train_questions": questions, "traces_kept": 0, "tokens": tokens, "not_trained": why}
+    return _as_base(row, base, searched + traces, seconds, extra)
+
+
+def _as_base(
+    row: dict[str, Any], base: dict[str, Any], spent: int, seconds: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A derived method that made no model of its own: it answers as the base, having spent `spent` tokens."""
     return {
         **row,
-        "train_questions": questions,
-        "train_tokens": searched + traces,
+        **extra,
+        "train_tokens": spent,
         "seconds": seconds,
         "accuracy": base["accuracy"],
-        "traces_kept": 0,
-        "tokens": {"search": searched, "traces": traces, "trained": 0},
-        "not_trained": why,
-        "curve": [{"tokens": searched + traces, "accuracy": base["accuracy"]}],
+        "curve": [{"tokens": spent, "accuracy": base["accuracy"]}],
         "test_tokens_per_question": base["test_tokens_per_question"],
     }
 
@@ -258,9 +264,8 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
     left pays for choosing the merge's scale (one validation pass a scale, at a candidate's mean cost),
     its top K merged into one model, which answers the test split (the merge's gate) once a question."""
     spent_after = randopt["spent_after"]
-    scales = SCALES
     per_pass = spent_after[-1] / len(spent_after)
-    fits = [i + 1 for i, s in enumerate(spent_after) if s + len(scales) * per_pass <= cfg.budget]
+    fits = [i + 1 for i, s in enumerate(spent_after) if s + len(SCALES) * per_pass <= cfg.budget]
     row: dict[str, Any] = {"method": f"merged RandOpt ({cfg.merge_method})", "test_answers_per_question": 1}
     t0 = time.perf_counter()
     if not fits:
@@ -297,16 +302,7 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
 
 def _unmerged(row: dict[str, Any], base: dict[str, Any], count: int, searched: int, why: str) -> dict[str, Any]:
     """Nothing merged: the method's model is the base, unchanged, and the row says why."""
-    return {
-        **row,
-        "candidates": count,
-        "train_tokens": searched,
-        "seconds": 0.0,
-        "accuracy": base["accuracy"],
-        "not_merged": why,
-        "curve": [{"tokens": searched, "accuracy": base["accuracy"]}],
-        "test_tokens_per_question": base["test_tokens_per_question"],
-    }
+    return _as_base(row, base, searched, 0.0, {"candidates": count, "not_merged": why})
 
 
 def run_es_method(

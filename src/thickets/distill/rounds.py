@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any, cast
 from thickets.analysis.plots import pyplot, save
 from thickets.disk import write_whole
 from thickets.distill.config import DistillConfig
-from thickets.distill.teacher import agreeing, combine, expert_top, read_expert, trace_tokens, write_expert
+from thickets.distill.teacher import (
+    agreeing,
+    combine,
+    expert_top,
+    pad_id,
+    read_expert,
+    trace_tokens,
+    write_expert,
+)
 from thickets.distill.traces import Trace, keep, mode_for
 from thickets.distill.train import TrainSettings, fine_tune, fine_tune_kd
 from thickets.engines import count_tokens, uses_chat_template
@@ -374,10 +382,6 @@ def _tops(
 def _traces_file(k: int, student: int) -> str:
     """Expert K's traces, or (K = student, with --on-policy) the round's model's own."""
     return "traces-student.jsonl" if k == student else f"traces-{k}.jsonl"
-
-
-def pad_id(tokenizer: Any) -> int:
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0)
 
 
 def _read_traces(path: Path) -> list[Trace]:

@@ -75,22 +75,34 @@ def _expert_top(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    device = next(model.parameters()).device
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo : lo + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (p, c) in enumerate(chunk):
-            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[i, : len(p) + len(c)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        for i, (p, c) in enumerate(chunk):
-            at = logits[i, len(p) - 1 : len(p) + len(c) - 1].float()  # position t predicts token t + 1
-            probs, idx = torch.softmax(at, dim=-1).topk(min(top, at.shape[-1]), dim=-1)
+        for at in completion_logits(model, rows[lo : lo + batch_size], pad_id):
+            probs, idx = torch.softmax(at.float(), dim=-1).topk(min(top, at.shape[-1]), dim=-1)
             out.append((idx.to(torch.int32).cpu(), probs.cpu()))
     return out
+
+
+def completion_logits(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> list[torch.Tensor]:
+    """One forward of (prompt ids, completion ids) rows, right-padded and masked, on the model's device: per
+    row, the logits [len(completion), vocab] at the positions that predict its completion tokens (position
+    t predicts token t + 1), what the teacher is read at and the student trained at."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        mask[i, : len(p) + len(c)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    return [logits[i, len(p) - 1 : len(p) + len(c) - 1] for i, (p, c) in enumerate(rows)]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id right padding takes (masked, and never read at a completion position)."""
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0)
 
 
 def write_expert(

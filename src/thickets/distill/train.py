@@ -105,17 +105,7 @@ def fine_tune(
         dataloader_num_workers=0,
         completion_only_loss=True,
     )
-    peft_config = None
-    if settings.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=2 * settings.lora_r,
-            target_modules="all-linear",
-            exclude_modules=_vision_modules() if processor is not None else None,
-            task_type="CAUSAL_LM",
-        )
+    peft_config = _lora_config(settings, vision=processor is not None) if settings.lora else None
     trainer = SFTTrainer(
         model=m,
         args=args,
@@ -154,7 +144,7 @@ def fine_tune_kd(
     through peft (merged on save) or full fine-tuning, on the GPU where there is one."""
     import torch
 
-    from thickets.distill.teacher import kd_loss
+    from thickets.distill.teacher import completion_logits, kd_loss, pad_id
 
     if not rows:
         raise ThicketsError("no traces to train on")
@@ -162,12 +152,9 @@ def fine_tune_kd(
     device = "cuda" if _cuda() else "cpu"
     m, tok, _ = load(model, device=device)
     if settings.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        config = LoraConfig(
-            r=settings.lora_r, lora_alpha=2 * settings.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
-        m = get_peft_model(m, config)
+        m = get_peft_model(m, _lora_config(settings, vision=False))
     else:
         m.requires_grad_(True)
     m.train()
@@ -177,7 +164,7 @@ def fine_tune_kd(
     steps = max(1, math.ceil(settings.epochs * per_epoch))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
     order = torch.Generator().manual_seed(settings.seed)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     losses: list[float] = []
     t0 = time.perf_counter()
     with bar(f"{label}distil ({loss}, {'LoRA' if settings.lora else 'full'})", steps, progress) as update:
@@ -187,17 +174,7 @@ def fine_tune_kd(
                 perm = torch.randperm(len(rows), generator=order).tolist()
                 batches = [perm[i : i + settings.batch_size] for i in range(0, len(perm), settings.batch_size)]
             batch = batches.pop(0)
-            width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, i in enumerate(batch):
-                p, c = rows[i]
-                ids[j, : len(p) + len(c)] = torch.tensor(p + c)
-                mask[j, : len(p) + len(c)] = 1
-            logits = m(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            at = torch.cat(
-                [logits[j, len(rows[i][0]) - 1 : len(rows[i][0]) + len(rows[i][1]) - 1] for j, i in enumerate(batch)]
-            )
+            at = torch.cat(completion_logits(m, [rows[i] for i in batch], pad))
             t_ids = torch.cat([teachers[i][0] for i in batch]).to(device)
             t_probs = torch.cat([teachers[i][1] for i in batch]).to(device)
             value = kd_loss(at, t_ids, t_probs, loss)
@@ -224,12 +201,21 @@ def _write_model(trained: Any, lora: bool, saver: Any, out: Path) -> None:
         saver.save_pretrained(tmp)
 
 
-def _vision_modules() -> str:
-    """The vision tower's and projector's modules (the patterns a search leaves alone) as the one regular
-    expression peft matches module names against."""
+def _lora_config(settings: TrainSettings, vision: bool) -> Any:
+    """The adapter every fine-tune trains: rank r, alpha 2r, on every linear layer; for a vision-language model
+    the language model's only (the vision tower's and projector's modules, the patterns a search leaves
+    alone, as the one regular expression peft matches module names against)."""
     import fnmatch
 
-    return "|".join(f"(?:{fnmatch.translate(p)})" for p in VISION_PARTS)
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=2 * settings.lora_r,
+        target_modules="all-linear",
+        exclude_modules="|".join(f"(?:{fnmatch.translate(p)})" for p in VISION_PARTS) if vision else None,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _progress(update: Any) -> Any:

@@ -198,7 +198,7 @@ def write_adapter(
         pieces = []
         for s, weight in terms:
             a, b = lowrank_factors(s.seed, site.name, rows, cols, s.rank)
-            scale = adapter_scale(s) if weight == 1.0 else adapter_scale(s) * np.float32(weight)
+            scale = adapter_scale(s) * np.float32(weight)  # times float32(1), exactly itself, for one expert
             pieces.append((torch.from_numpy(a * scale), torch.from_numpy(b.copy())))
         a_scaled = torch.cat([a for a, _ in pieces], dim=1)  # [rows, K R]
         b_all = torch.cat([b for _, b in pieces], dim=1)  # [cols, K R]
