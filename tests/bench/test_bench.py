@@ -68,8 +68,10 @@ def test_search_and_naive_loop_score_the_same_candidates_alike(figures):
 def test_decode_figures_for_each_batch_size(figures):
     for b in (1, 3):
         d = figures["decode"][str(b)]
-        # both fast paths gave generate's tokens, at every batch size timed
-        assert d["same_tokens"] is True and d["loop_same_tokens"] is True
+        # both fast paths gave generate's tokens, at every batch size timed, and the compiled step the eager one's
+        assert d["same_tokens"] is True and d["loop_same_tokens"] is True and d["compiled_same_tokens"] is True
+        assert figures[f"compiled_vs_eager_step_b{b}"] == pytest.approx(d["compiled_step_tok_s"] / d["ours_step_tok_s"])
+        assert isinstance(figures[f"compile_s_b{b}"], float)
         assert d["matmul_gflop_s"] > 0 and d["ours_tok_s"] > 0 and d["hf_tok_s"] > 0 and d["loop_tok_s"] > 0
 
 

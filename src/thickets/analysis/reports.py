@@ -484,6 +484,9 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
         "limit",
         "ours/lim",
         "HF/lim",
+        "compiled step",
+        "compiled/ours",
+        "compile s",
         "same",
     ):
         t.add_column(col, justify="right")
@@ -500,7 +503,10 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
             f"{d['limit_tok_s']:.0f}",
             f"{r[f'roofline_fraction_b{b}']:.0%}",
             f"{r[f'hf_roofline_fraction_b{b}']:.0%}",
-            ("yes" if d["same_tokens"] else "NO") + ("/yes" if d["loop_same_tokens"] else "/NO"),
+            f"{d['compiled_step_tok_s']:.0f}",
+            f"{r[f'compiled_vs_eager_step_b{b}']:.2f}x",
+            f"{r[f'compile_s_b{b}']:.1f}",
+            "/".join("yes" if d[k] else "NO" for k in ("same_tokens", "loop_same_tokens", "compiled_same_tokens")),
         )
     console = Console(width=max(Console().width, 110))
     console.print(t)

@@ -83,8 +83,10 @@ def _loop(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
     return hf_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad)
 
 
-def _ours(model: Any, enc: Any, n: int, pad: int) -> torch.Tensor:
-    return fast_decode.generate_greedy(model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad)
+def _ours(model: Any, enc: Any, n: int, pad: int, compiled: bool = False) -> torch.Tensor:
+    return fast_decode.generate_greedy(
+        model, enc["input_ids"], enc["attention_mask"], n, pad_token_id=pad, compiled=compiled
+    )
 
 
 def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
@@ -100,14 +102,14 @@ def measure(
     repeats: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Tokens/s of the three greedy paths at each batch size (the hand-written decoder "ours", our loop
-    over transformers' forward "loop", and `generate` "hf"), timed interleaved (best of `repeats`), with the
-    end-of-sequence id switched off so every row makes `new_tokens` tokens on both paths.
+    """Tokens/s of the four greedy paths at each batch size (the hand-written decoder "ours", eager and
+    "compiled", our loop over transformers' forward "loop", and `generate` "hf"), timed interleaved (best
+    of `repeats`), with the end-of-sequence id switched off so every row makes `new_tokens` tokens.
 
     Two figures per path: generation (prompt in, `new_tokens` out, what a search pays) and the
     decode step alone (the time of n tokens less the time of 1, which is the prefill). Keys:
-    decode_vs_hf_b{B} (generation tokens/s ratio) and roofline_fraction_b{B} (decode-step tokens/s
-    over the matrix-multiply limit).
+    decode_vs_hf_b{B} (generation tokens/s ratio), roofline_fraction_b{B} (decode-step tokens/s
+    over the matrix-multiply limit), compiled_vs_eager_step_b{B} and compile_s_b{B}.
     """
     model, tok = engine.model, engine.tokenizer
     if not fast_decode.supports(model):
@@ -124,12 +126,15 @@ def measure(
                 enc = tok(_prompts(tok, b), return_tensors="pt", padding=True, add_special_tokens=False)
                 paths: dict[str, Callable[..., torch.Tensor]] = {
                     "ours": _ours,
+                    "compiled": partial(_ours, compiled=True),
                     "loop": _loop,
                     "hf": partial(_hf, tok),
                 }
                 best = {(p, n): float("inf") for p in paths for n in (1, new_tokens)}
-                for fn in paths.values():
-                    fn(model, enc, 2, pad)  # warm
+                warm = {p: _timed(partial(fn, model, enc, 3, pad))[0] for p, fn in paths.items()}
+                # the first compiled call's extra time: compiling (two steps, so a second shape too), less
+                # what the eager call of the same work took; inductor's on-disk cache can make it a warm compile
+                res[f"compile_s_b{b}"] = warm["compiled"] - warm["ours"]
                 for _ in range(repeats):
                     for name, fn in paths.items():
                         for n in (new_tokens, 1):
@@ -140,9 +145,8 @@ def measure(
                 step = {p: b * (new_tokens - 1) / max(best[p, new_tokens] - best[p, 1], 1e-9) for p in paths}
                 limit = matmul_limit(model, b)
                 limit_tok_s = limit["flops_per_s"] / (2 * n_params)
-                a = fast_decode.generate_greedy(
-                    model, enc["input_ids"], enc["attention_mask"], new_tokens, pad_token_id=pad
-                )
+                a = _ours(model, enc, new_tokens, pad)
+                c = _ours(model, enc, new_tokens, pad, compiled=True)
                 h = hf_generate_greedy(model, tok, enc, new_tokens)
                 g = _loop(model, enc, new_tokens, pad)
                 res["decode"][b] = {
@@ -150,6 +154,9 @@ def measure(
                     "new_tokens": b * new_tokens,
                     "same_tokens": bool(a.shape == h.shape and torch.equal(a, h)),
                     "loop_same_tokens": bool(g.shape == h.shape and torch.equal(g, h)),
+                    "compiled_same_tokens": bool(c.shape == a.shape and torch.equal(c, a)),
+                    "compiled_tok_s": full["compiled"],
+                    "compiled_step_tok_s": step["compiled"],
                     "loop_tok_s": full["loop"],
                     "loop_step_tok_s": step["loop"],
                     "ours_tok_s": full["ours"],
@@ -166,6 +173,8 @@ def measure(
                 res[f"handwritten_vs_loop_b{b}"] = full["ours"] / full["loop"]
                 res[f"decode_step_vs_hf_b{b}"] = step["ours"] / step["hf"]
                 res[f"roofline_fraction_b{b}"] = step["ours"] / limit_tok_s
+                res[f"compiled_vs_eager_step_b{b}"] = step["compiled"] / step["ours"]
+                res[f"compiled_roofline_fraction_b{b}"] = step["compiled"] / limit_tok_s
                 res[f"hf_roofline_fraction_b{b}"] = step["hf"] / limit_tok_s
     finally:
         gen.eos_token_id = saved_eos

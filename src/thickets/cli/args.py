@@ -46,7 +46,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] =
         help_text = f.metadata["help"] + _default_text(f)
         kind = hints[f.name]
         if kind is bool:
-            name = f.name.replace("_", "-")
+            name = flag_of(f).removeprefix("--")
             flag, action = (f"--no-{name}", "store_false") if f.default is True else (f"--{name}", "store_true")
             parser.add_argument(flag, dest=f.name, action=action, default=argparse.SUPPRESS, help=help_text)
             continue

@@ -24,10 +24,16 @@ kernel may differ (a static cache and a compacted batch give other blockings), w
 the last bits of a logit and could flip a near-tie.
 
 `supports(model)` says whether a model can take this path; callers fall back to `generate`.
+
+With `compiled=True` a decode step's layer blocks (norms, projections, RoPE, the MLP) run through
+`torch.compile` (inductor): the same operations, fused where inductor can, so the tokens are those of
+the eager step unless a fused reduction moves a near-tie. On this project's 2-core CPU it is no faster
+(the step is matrix-multiply bound; BENCHMARKS.md), so it is off unless asked for.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,11 +165,71 @@ def _attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
 
 
+def _block_in(
+    x: torch.Tensor,
+    ln: torch.Tensor,
+    eps: float,
+    q_proj: torch.nn.Linear,
+    k_proj: torch.nn.Linear,
+    v_proj: torch.nn.Linear,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    nh: int,
+    nkv: int,
+    hd: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer up to attention: its norm, q/k/v [n, heads, t, hd], RoPE on q and k."""
+    n, t = x.shape[:2]
+    h = _rms_norm(x, ln, eps)
+    q = _linear(h, q_proj).view(n, t, nh, hd).transpose(1, 2)
+    k = _linear(h, k_proj).view(n, t, nkv, hd).transpose(1, 2)
+    v = _linear(h, v_proj).view(n, t, nkv, hd).transpose(1, 2)
+    return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+
+def _block_out(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    o_proj: torch.nn.Linear,
+    ln: torch.Tensor,
+    eps: float,
+    gate: torch.nn.Linear,
+    up: torch.nn.Linear,
+    down: torch.nn.Linear,
+) -> torch.Tensor:
+    """A layer after attention: the output projection and residual, the norm, the SwiGLU MLP and residual."""
+    n, heads, t, hd = a.shape
+    x = x + _linear(a.transpose(1, 2).reshape(n, t, heads * hd), o_proj)
+    h = _rms_norm(x, ln, eps)
+    return x + _linear(F.silu(_linear(h, gate)) * _linear(h, up), down)
+
+
+_EAGER_ROUNDING = {"emulate_precision_casts": True}
+
+
+@functools.cache
+def _compiled_block_in() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`_block_in` through torch.compile, made on first use: one compiled graph serves every layer (the
+    modules are its inputs, not constants) and every batch size after the second (automatic dynamic
+    shapes), so a search compiles it about twice; the cache writes and attention around it stay eager.
+    Half-precision values are rounded where the eager step rounds them (inductor would otherwise keep a
+    fused chain in float32), so a bf16 step's logits are the eager step's, bit for bit."""
+    return torch.compile(_block_in, dynamic=None, options=_EAGER_ROUNDING)
+
+
+@functools.cache
+def _compiled_block_out() -> Callable[..., torch.Tensor]:
+    """`_block_out` through torch.compile; see `_compiled_block_in`."""
+    return torch.compile(_block_out, dynamic=None, options=_EAGER_ROUNDING)
+
+
 class _Decoder:
     """The model's layers over a preallocated cache [layers, batch, kv_heads, max_len, head_dim]."""
 
-    def __init__(self, model: Any, batch: int, max_len: int, device: torch.device):
+    def __init__(self, model: Any, batch: int, max_len: int, device: torch.device, compiled: bool = False):
         inner = model.model
+        #: decode steps (one token a row) through the compiled blocks
+        self.compiled = compiled
         self.layers = _layers(model)
         self.embed_tokens = inner.embed_tokens
         self.embed = inner.embed_tokens.weight
@@ -201,13 +267,11 @@ class _Decoder:
         n, t = ids.shape
         hi = lo + t
         hd, nh, nkv = self.hd, self.n_heads, self.n_kv
+        compiled = self.compiled and t == 1  # decode steps; a prompt's varying width would recompile
+        into, out = (_compiled_block_in(), _compiled_block_out()) if compiled else (_block_in, _block_out)
         x = self.embed_tokens(ids)
         for i, L in enumerate(self.layers):
-            h = _rms_norm(x, L.ln1, L.eps1)
-            q = _linear(h, L.q).view(n, t, nh, hd).transpose(1, 2)
-            k = _linear(h, L.k).view(n, t, nkv, hd).transpose(1, 2)
-            v = _linear(h, L.v).view(n, t, nkv, hd).transpose(1, 2)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q, k, v = into(x, L.ln1, L.eps1, L.q, L.k, L.v, cos, sin, nh, nkv, hd)
             ck, cv = self.k[i, : rows or n], self.v[i, : rows or n]
             ck[:, :, lo:hi] = k
             cv[:, :, lo:hi] = v
@@ -215,9 +279,7 @@ class _Decoder:
                 a = _attend(q, k, v, self.scaling, self.group, None, True)
             else:
                 a = _attend(q, ck[:n, :, :hi], cv[:n, :, :hi], self.scaling, self.group, mask, False)
-            x = x + _linear(a.transpose(1, 2).reshape(n, t, nh * hd), L.o)
-            h = _rms_norm(x, L.ln2, L.eps2)
-            x = x + _linear(F.silu(_linear(h, L.gate)) * _linear(h, L.up), L.down)
+            x = out(x, a, L.o, L.ln2, L.eps2, L.gate, L.up, L.down)
         x = _rms_norm(x[:, -1], self.norm, self.norm_eps)
         return _linear(x, self.head)
 
@@ -229,6 +291,10 @@ class _Decoder:
             for i in range(cache.shape[0]):
                 cache[i, :n] = cache[i].index_select(0, rows)
         self.k, self.v = self.k[:, :n], self.v[:, :n]
+
+
+def _hooked(model: Any) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 @torch.inference_mode()
@@ -245,6 +311,7 @@ def generate_greedy(
     share_prefix: bool = True,
     groups: torch.Tensor | None = None,
     on_rows: Callable[[torch.Tensor], None] | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Greedy continuation of left-padded prompts: a [batch, n] tensor of new tokens, padded with
     `pad_token_id` after each row's end, exactly as `model.generate(do_sample=False)` returns them
@@ -257,6 +324,10 @@ def generate_greedy(
     `groups` ([batch], ascending): rows of different groups answer through different weights (a
     population batch), so a shared prefix is run once per group; `on_rows` is told the group of each
     row of every forward before it runs.
+
+    `compiled`: decode steps through the torch.compile'd layer blocks, unless a module of the model carries
+    forward hooks (a population batch's low-rank products: their per-forward row bookkeeping would force a
+    recompile on every change), which run eagerly.
     """
     device = input_ids.device
     B, T = input_ids.shape
@@ -279,7 +350,7 @@ def generate_greedy(
     S = int(lengths.max()) - P  # width of the rows' own parts, left-padded
     W = P + S  # prompt columns in the cache
     max_len = W + max_new_tokens - 1  # the last new token is never fed back
-    dec = _Decoder(model, B, max_len, device)
+    dec = _Decoder(model, B, max_len, device, compiled and not _hooked(model))
     cos_t, sin_t = dec.rope_table(W + max_new_tokens + 1)
 
     # the rows' own tokens, right-aligned in S columns; positions as transformers computes them

@@ -78,7 +78,16 @@ class TransformersEngine:
     its adapter is applied unmerged through forward hooks, which restore() removes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, fast: bool = True, processor: Any = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        fast: bool = True,
+        processor: Any = None,
+        compiled: bool = False,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -92,6 +101,13 @@ class TransformersEngine:
             else "generate"
         )
         self.fast = self.decoder != "generate"
+        if compiled and self.decoder != "fast_decode":
+            raise ThicketsError(
+                f"a compiled decode step is for {' and '.join(fast_decode.SUPPORTED_ARCHITECTURES)} text models; "
+                f"{type(model).__name__} decodes through {self.decoder}, uncompiled"
+            )
+        #: decode steps through torch.compile (fast_decode.generate_greedy's `compiled`)
+        self.compiled = compiled
         self.params = canonical_parameters(model)
         self._base = {n: p.data for n, p in self.params.items()}
         self._work: dict[str, torch.Tensor] = {}
@@ -381,6 +397,7 @@ class TransformersEngine:
                     stop_strings=stop,
                     groups=groups,
                     on_rows=on_rows,
+                    **({"compiled": True} if self.compiled else {}),
                 )
             else:
                 new = hf_generate_greedy(self.model, tok, enc, max_new_tokens, stop)
@@ -399,4 +416,5 @@ class TransformersEngine:
             "batch_size": self.batch_size,
             "fast_decode": self.fast,
             "decoder": self.decoder,
+            "compiled": self.compiled,
         }

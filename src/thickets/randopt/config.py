@@ -78,6 +78,12 @@ class SearchConfig:
     engine: str = option("transformers", "vllm: GPUs only, experimental (see README)", choices=ENGINES)
     dtype: str = option("float32", "weights' dtype", choices=DTYPES)
     device: str = option("cpu", "where the weights live and candidates are made", choices=DEVICES)
+    compile_decode: bool = option(
+        False,
+        "decode steps through torch.compile (Llama and Qwen2 text models; the first batch pays a few seconds "
+        "of compiling; no faster on a CPU, see BENCHMARKS.md)",
+        flag="--compile",
+    )
     chat_template: bool = option(
         True, "feed the prompt through the tokenizer's chat template (--no-chat-template: the raw prompt)"
     )
@@ -139,7 +145,7 @@ class SearchConfig:
         (), "--sigma auto: the sigmas chosen, recorded once the pilot is done", cli=False
     )
     #: fields a later call may change without changing what the finished candidates mean
-    EXTENDABLE = ("population", "reward_timeout", "device", "population_batch")
+    EXTENDABLE = ("population", "reward_timeout", "device", "population_batch", "compile_decode")
     #: fields an existing run folder decides, whatever a later call says (the pilot's choice: once it is made
     #: there; a new run folder starts without one, see `starting`)
     INHERITED = ("batching", "noise_version", "split_scheme", "pilot_tried", "pilot_chosen")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import platform
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -59,6 +61,7 @@ def prepare(
             check_unchanged(store, task, identity, val)
     check_prompts(config, identity, task, val)
     check_weights(config, identity)
+    check_compile(config, identity)
     return config, task, val, identity
 
 
@@ -214,6 +217,28 @@ def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
             from thickets.engines.lowrank_sites import check_sites
 
             check_sites(local_folder(identity), spec.filter.keeps)
+
+
+def check_compile(config: SearchConfig, identity: ModelIdentity) -> None:
+    """--compile: a model the hand-written decoder takes (built on the meta device, nothing read), dense
+    experts (a low-rank expert's adapter runs as forward hooks, which the compiled step leaves eager) and,
+    on a CPU, the C++ compiler torch's inductor builds its kernels with."""
+    if not config.compile_decode:
+        return
+    if config.engine != "transformers":
+        raise ThicketsError("--compile is for the transformers engine; vLLM compiles and graph-captures its own step")
+    if unmerged(config.candidate(0)):
+        raise ThicketsError("--compile makes dense experts' decode step; low-rank experts decode through adapter hooks")
+    from thickets.engines import fast_decode
+    from thickets.models import meta_model
+
+    if not fast_decode.supports(meta_model(local_folder(identity)).eval()):
+        raise ThicketsError(
+            f"--compile is for {' and '.join(fast_decode.SUPPORTED_ARCHITECTURES)} text models, which the "
+            f"hand-written decoder takes; {identity.name} is not one"
+        )
+    if config.device == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise ThicketsError("--compile on a CPU needs a C++ compiler for torch's inductor (g++ or clang++; or set CXX)")
 
 
 def population_batch_for(config: SearchConfig, examples: Sequence[Example], cap: int = 16) -> int:

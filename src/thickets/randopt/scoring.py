@@ -140,5 +140,6 @@ def engine_for(config: SearchConfig, device: str | None = None) -> Engine:
         dtype=config.dtype,
         device=device or config.device,
         batch_size=config.batch_size,
+        compiled=config.compile_decode,
     )
     return engine
