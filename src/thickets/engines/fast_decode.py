@@ -204,7 +204,7 @@ def _block_out(
     return x + _linear(F.silu(_linear(h, gate)) * _linear(h, up), down)
 
 
-_EAGER_ROUNDING = {"emulate_precision_casts": True}
+_EAGER_ROUNDING: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_precision_casts": True}
 
 
 @functools.cache
