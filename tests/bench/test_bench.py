@@ -81,7 +81,11 @@ def test_memory_and_load_figures(figures):
     assert figures["noise_v1_ns_per_param"] > 0 and figures["noise_v2_ns_per_param"] > 0
     # a perturbation reads and writes every moved tensor at least once: it cannot beat a plain copy by much
     assert figures["copy_floor_s"] > 0 and figures["perturb_vs_copy"] > 0
-    assert figures["peak_rss_gb"] > figures["baseline_rss_gb"] > 0
+    assert figures["peak_rss_gb"] > figures["loaded_rss_gb"] >= figures["baseline_rss_gb"] > 0
+    # the named parts and the rest add up to the peak above the interpreter
+    parts = ("memory_budget_gb", "noise_table_gb", "load_overhead_gb", "unnamed_gb")
+    assert sum(figures[k] for k in parts) == pytest.approx(figures["peak_above_baseline_gb"])
+    assert figures["noise_table_gb"] == 0.125
 
 
 def test_population_figures_compare_the_same_rows(figures):

@@ -135,3 +135,14 @@ def test_threads_perturbing_at_once_each_get_their_own_noise(monkeypatch):
     for t in threads:
         t.join()
     assert len(wrong) == 40 and not any(wrong)
+
+
+def test_the_cpu_table_is_the_host_tables_memory_not_a_second_copy():
+    """128 MiB held once on a CPU: the table torch gathers from is the NumPy table itself."""
+    from thickets.engines.device_noise import table_on
+    from thickets.noise import noise_table
+
+    table = table_on(torch.device("cpu"))
+    host = noise_table()
+    assert table.data_ptr() == host.ctypes.data
+    assert np.array_equal(table[0].numpy(), host[:4096])

@@ -542,7 +542,9 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
     console.print(
         f"memory: search peak RSS {r['peak_rss_gb']:.2f} GB; {r['peak_above_baseline_gb']:.2f} GB above the "
         f"interpreter with torch and transformers ({r['baseline_rss_gb']:.2f} GB); budget 2 x model "
-        f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB"
+        f"{r['model_gb']:.2f} GB + KV cache {r['kv_cache_gb']:.3f} GB = {r['memory_budget_gb']:.2f} GB; "
+        f"held besides: the noise table {r['noise_table_gb']:.3f} GB, what loading holds before a weight is read "
+        f"{r['load_overhead_gb']:.3f} GB, the rest {r['unnamed_gb']:.3f} GB"
     )
     console.print(
         f"load: warm {r['warm_load_s']:.2f} s (libraries imported); a fresh process to a ready engine "

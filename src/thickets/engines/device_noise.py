@@ -10,6 +10,7 @@ base + that are single correctly rounded float32 operations on both.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +53,10 @@ def table_on(device: torch.device) -> torch.Tensor:
     """The noise table on `device`, as (TABLE_SIZE - WINDOW + 1, WINDOW) overlapping windows (a view)."""
     with _tables_lock:  # made once per device, whichever thread asks first
         if device not in _tables:
-            _tables[device] = torch.from_numpy(noise_table().copy()).to(device)
+            with warnings.catch_warnings():  # read-only: torch is never given a way to write it (views, gathers)
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+                host = torch.from_numpy(noise_table())  # on the CPU, the host table's own memory: no second copy
+            _tables[device] = host.to(device)
     return _tables[device].as_strided((TABLE_SIZE - WINDOW + 1, WINDOW), (1, 1))
 
 
