@@ -9,10 +9,14 @@ process on the embedded model (float32, this machine's CPU):
 - `population`: where a population batch's time goes (cProfile): the base model's matrix multiplies, the
   experts' low-rank products, the hooks' own Python and additions, the rest; beside plain inference of
   the same rows.
+- `whole-step`: the whole decode step (cache writes included) as one compiled graph, against the eager
+  step, batch 32: compile time, speed, and whether the argmax tokens agree.
+- `fused-noise`: one compiled kernel that gathers the noise windows, scales them and adds them to the
+  base, against `perturbed_into_`'s eager passes, on three tensor sizes of the model: speed and bits.
+- `product-inside`: `baddbmm_`/`addmm_` into the output against making h @ A.T and adding it, the
+  unmerged adapter's float32 step, at ranks 1-64 and three shapes: are the bits the same.
 
-    .venv/bin/python scripts/speed_probes.py fuse
-    .venv/bin/python scripts/speed_probes.py overlap
-    .venv/bin/python scripts/speed_probes.py population
+    .venv/bin/python scripts/speed_probes.py fuse          # likewise overlap, population, whole-step, ...
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -170,11 +175,100 @@ def population(experts: int = 4, rank: int = 4) -> None:
     print(f"  the rest: {1 - sum(shares.values()) / total:.1%}")
 
 
+def whole_step(batch: int = 32, length: int = 128) -> None:
+    from thickets.engines import fast_decode as fd
+
+    engine, _ = load_engine(MODEL)
+    dec = fd._Decoder(engine.model, batch, length, torch.device("cpu"))
+    cos_t, sin_t = dec.rope_table(length + 1)
+    torch.manual_seed(0)
+
+    def step(tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        cos, sin = cos_t[pos][:, None, None], sin_t[pos][:, None, None]
+        x = dec.embed_tokens(tok[:, None])
+        for i, L in enumerate(dec.layers):
+            q, k, v = fd._block_in(x, L.ln1, L.eps1, L.q, L.k, L.v, cos, sin, dec.n_heads, dec.n_kv, dec.hd)
+            dec.k[i].index_copy_(2, col.view(1), k)
+            dec.v[i].index_copy_(2, col.view(1), v)
+            a = fd._attend(q, dec.k[i], dec.v[i], dec.scaling, dec.group, keys[:, None, None, :], False)
+            x = fd._block_out(x, a, L.o, L.ln2, L.eps2, L.gate, L.up, L.down)
+        logits: torch.Tensor = dec.head(fd._rms_norm(x[:, -1], dec.norm, dec.norm_eps))
+        return logits.argmax(-1)
+
+    tok, pos, col = torch.randint(0, 1000, (batch,)), torch.full((batch,), 50), torch.tensor(60)
+    keys = torch.zeros(batch, length, dtype=torch.bool)
+    keys[:, :61] = True
+    with torch.inference_mode():
+        dec.k.normal_()
+        dec.v.normal_()
+        compiled = torch.compile(step, dynamic=False)
+        t = time.perf_counter()
+        got = compiled(tok, pos, col, keys)
+        compile_s = time.perf_counter() - t
+        eager_ms = _best_ms(lambda: step(tok, pos, col, keys), calls=5, rounds=3)
+        compiled_ms = _best_ms(lambda: compiled(tok, pos, col, keys), calls=5, rounds=3)
+        same = torch.equal(got, step(tok, pos, col, keys))
+    print(
+        f"whole step compiled: {compile_s:.0f} s to compile; eager {eager_ms:.0f} ms, compiled {compiled_ms:.0f} ms "
+        f"({eager_ms / compiled_ms:.2f}x); same tokens: {same}"
+    )
+
+
+def fused_noise() -> None:
+    from thickets.engines import device_noise as dn
+    from thickets.noise import WINDOW, PerturbationSpec, window_offsets, window_span
+
+    cpu = torch.device("cpu")
+    dn.table_on(cpu)
+    flat = dn._tables[cpu]
+
+    def fused(base: torch.Tensor, offsets: torch.Tensor, skip: int, factor: float) -> torch.Tensor:
+        rows = flat.as_strided((flat.numel() - WINDOW + 1, WINDOW), (1, 1))[offsets]
+        noise: torch.Tensor = rows.view(-1)[skip : skip + base.numel()]
+        return base + noise * factor
+
+    compiled = torch.compile(fused, dynamic=True)
+    spec = PerturbationSpec(7, 0.001)
+    for n in (576 * 576, 576 * 1536, 49152 * 576):
+        base, out = torch.randn(n), torch.empty(n)
+        first, count, skip = window_span(0, n)
+        offsets = torch.from_numpy(window_offsets(spec.seed, "w", first, count))
+        compiled(base, offsets, skip, spec.sigma)
+        eager = _best_ms(partial(dn.perturbed_into_, out, base, spec, "w"), calls=5)
+        fast = _best_ms(partial(compiled, base, offsets, skip, spec.sigma), calls=5)
+        same = torch.equal(out, compiled(base, offsets, skip, spec.sigma))
+        print(f"{n:,} parameters: eager passes {eager:.2f} ms, one compiled kernel {fast:.2f} ms; same bits: {same}")
+
+
+def product_inside() -> None:
+    differ = 0
+    cases = 0
+    for rank in (1, 4, 16, 64):
+        g = torch.Generator().manual_seed(rank)
+        for lead in ((), (3,)):
+            for rows, out in ((1, 7), (37, 576), (128, 1536)):
+                output = torch.randn(*lead, rows, out, generator=g)
+                h = torch.randn(*lead, rows, rank, generator=g) * 0.01
+                a_t = torch.randn(*lead, rank, out, generator=g)
+                want = output + h @ a_t
+                (output.baddbmm_ if lead else output.addmm_)(h, a_t)
+                cases += 1
+                differ += not torch.equal(output, want)
+    print(f"the product taken inside the multiply differs from product-then-add in {differ} of {cases} cases")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=("fuse", "overlap", "population"))
-    args = parser.parse_args()
-    {"fuse": fuse, "overlap": overlap, "population": population}[args.probe]()
+    probes = {
+        "fuse": fuse,
+        "overlap": overlap,
+        "population": population,
+        "whole-step": whole_step,
+        "fused-noise": fused_noise,
+        "product-inside": product_inside,
+    }
+    parser.add_argument("probe", choices=tuple(probes))
+    probes[parser.parse_args().probe]()
 
 
 if __name__ == "__main__":

@@ -508,7 +508,7 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
             f"{r[f'compile_s_b{b}']:.1f}",
             "/".join("yes" if d[k] else "NO" for k in ("same_tokens", "loop_same_tokens", "compiled_same_tokens")),
         )
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 160))
     console.print(t)
     s = Table(title="targets")
     for col in ("figure", "measured", "target", "met"):
