@@ -13,6 +13,9 @@ process on the embedded model (float32, this machine's CPU):
   step, batch 32: compile time, speed, and whether the argmax tokens agree.
 - `fused-noise`: one compiled kernel that gathers the noise windows, scales them and adds them to the
   base, against `perturbed_into_`'s eager passes, on three tensor sizes of the model: speed and bits.
+- `compile-cache`: the compiled step's compile time in a fresh process with an empty kernel cache, then in
+  a second fresh process that finds the first one's cache (the first compiled generation's time less
+  an eager one's, batch 32).
 - `product-inside`: `baddbmm_`/`addmm_` into the output against making h @ A.T and adding it, the
   unmerged adapter's float32 step, at ranks 1-64 and three shapes: are the bits the same.
 
@@ -257,6 +260,39 @@ def product_inside() -> None:
     print(f"the product taken inside the multiply differs from product-then-add in {differ} of {cases} cases")
 
 
+def _first_compiled_call() -> None:
+    from thickets.bench.decode import _ours, _prompts
+
+    engine, _ = load_engine(MODEL)
+    tok = engine.tokenizer
+    enc = tok(_prompts(tok, 32), return_tensors="pt", padding=True, add_special_tokens=False)
+    pad = tok.pad_token_id
+    _ours(engine.model, enc, 4, pad)
+    t = time.perf_counter()
+    _ours(engine.model, enc, 4, pad)
+    eager = time.perf_counter() - t
+    t = time.perf_counter()
+    _ours(engine.model, enc, 4, pad, compiled=True)
+    print(f"{time.perf_counter() - t - eager:.1f}")
+
+
+def compile_cache() -> None:
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as kernels:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": kernels}
+        code = "import sys; sys.path.insert(0, 'scripts'); import speed_probes; speed_probes._first_compiled_call()"
+        runs = [
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)
+        ]
+    cold, warm = (float(r.stdout.strip().splitlines()[-1]) for r in runs)
+    print(f"compiling the decode step: {cold:.1f} s with an empty kernel cache, {warm:.1f} s with the first one's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     probes = {
@@ -266,6 +302,7 @@ def main() -> None:
         "whole-step": whole_step,
         "fused-noise": fused_noise,
         "product-inside": product_inside,
+        "compile-cache": compile_cache,
     }
     parser.add_argument("probe", choices=tuple(probes))
     probes[parser.parse_args().probe]()

@@ -188,3 +188,22 @@ def test_what_the_compiled_step_cannot_do_is_refused_before_anything_is_written(
     assert main(search_argv(tiny_model_dir, run, "--compile")) == 2
     _one_line(capsys, "needs a C++ compiler")
     assert not run.exists()
+
+
+def test_compiled_kernels_are_kept_in_thickets_cache_unless_the_user_chose_a_place(tiny_model_dir, tmp_path):
+    """A later process compiles warm from them; /tmp, torch's default, is emptied by a reboot."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from thickets.engines.transformers_engine import TransformersEngine; from thickets.models import load; "
+        f"m, tok, _ = load({str(tiny_model_dir)!r}); TransformersEngine(m, tok, compiled=True).generate(['a b'], 3)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    for cache, chosen in ((tmp_path / "ours", None), (tmp_path / "theirs", tmp_path / "chosen")):
+        extra = {"TORCHINDUCTOR_CACHE_DIR": str(chosen)} if chosen else {}
+        subprocess.run([sys.executable, "-c", code], env={**env, "THICKETS_CACHE": str(cache), **extra}, check=True)
+        kept = chosen or cache / "inductor"
+        assert kept.is_dir() and any(kept.iterdir())
+    assert not (tmp_path / "theirs" / "inductor").exists()

@@ -34,6 +34,7 @@ the eager step unless a fused reduction moves a near-tie. On this project's 2-co
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ from thickets.engines.greedy import (
     group_leaders,
     shared_prefix,
 )
+from thickets.models import cache_root
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed; no per-length update
@@ -207,6 +209,19 @@ def _block_out(
 _EAGER_ROUNDING: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_precision_casts": True}
 
 
+def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compile with inductor's on-disk cache of compiled kernels in thickets' cache (not torch's default
+    under /tmp, which a reboot empties), unless the user chose its place: a later process compiles warm.
+    torch writes its default into TORCHINDUCTOR_CACHE_DIR when loading a model, so only that value is
+    taken for unchosen."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
+    return torch.compile(fn, dynamic=None, options=_EAGER_ROUNDING)
+
+
 @functools.cache
 def _compiled_block_in() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """`_block_in` through torch.compile, made on first use: one compiled graph serves every layer (the
@@ -214,13 +229,13 @@ def _compiled_block_in() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torc
     shapes), so a search compiles it about twice; the cache writes and attention around it stay eager.
     Half-precision values are rounded where the eager step rounds them (inductor would otherwise keep a
     fused chain in float32), so a bf16 step's logits are the eager step's, bit for bit."""
-    return torch.compile(_block_in, dynamic=None, options=_EAGER_ROUNDING)
+    return _compile(_block_in)
 
 
 @functools.cache
 def _compiled_block_out() -> Callable[..., torch.Tensor]:
     """`_block_out` through torch.compile; see `_compiled_block_in`."""
-    return torch.compile(_block_out, dynamic=None, options=_EAGER_ROUNDING)
+    return _compile(_block_out)
 
 
 class _Decoder:
