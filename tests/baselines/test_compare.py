@@ -156,3 +156,29 @@ def test_methods_are_checked_before_anything_runs():
         CompareConfig(methods=("merged",))
     with pytest.raises(ThicketsError, match="distill-search-share must be in"):
         CompareConfig(distill_search_share=0)
+
+
+def test_a_merge_that_finds_nothing_to_merge_answers_as_the_base_and_counts_the_search_it_spent(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from thickets.baselines.compare import run_merged
+    from thickets.errors import ThicketsError
+    from thickets.ship import merge as merge_module
+
+    cfg = CompareConfig(
+        model=str(tiny_model_dir), task="toy", budget=300, val_size=4, test_size=5, max_new_tokens=4, top_k=2,
+        sigmas=(0.1,), merge_method="mean",
+    )  # fmt: skip
+    *_, randopt = _randopt(cfg, tmp_path)
+
+    def nothing(settings, progress=True):
+        raise ThicketsError("no expert of the top 2 beats the base on validation")
+
+    monkeypatch.setattr(merge_module, "merge", nothing)
+    base = {"accuracy": 0.25, "test_tokens_per_question": 4.0}
+    m = run_merged(cfg, tmp_path, randopt, base)
+    assert m["not_merged"] == "no expert of the top 2 beats the base on validation"
+    assert m["accuracy"] == 0.25 and m["candidates"] >= 1
+    assert m["train_tokens"] == randopt["spent_after"][m["candidates"] - 1]
+    # the search it stood on took time, and that time is the method's
+    assert m["seconds"] >= randopt["seconds_after"][m["candidates"] - 1] > 0

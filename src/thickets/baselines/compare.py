@@ -269,7 +269,7 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
     row: dict[str, Any] = {"method": f"merged RandOpt ({cfg.merge_method})", "test_answers_per_question": 1}
     t0 = time.perf_counter()
     if not fits:
-        return _unmerged(row, base, 0, 0, "the budget leaves no room to choose the merge's scale")
+        return _unmerged(row, base, 0, 0, 0.0, "the budget leaves no room to choose the merge's scale")
     count = fits[-1]
     searched, k = spent_after[count - 1], min(cfg.top_k, count)
     t0 -= randopt["seconds_after"][count - 1]  # the search's time is the method's too
@@ -284,7 +284,7 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
     try:
         report = merge(settings, progress=False)
     except ThicketsError as e:  # no expert beats the base, or none agrees with the rewarded direction
-        return _unmerged(row, base, count, searched, str(e))
+        return _unmerged(row, base, count, searched, time.perf_counter() - t0, str(e))
     spent = searched + sum(t["tokens"] for t in report["scales_tried"])
     merged = report["rows"][-1]
     return {
@@ -300,9 +300,12 @@ def run_merged(cfg: CompareConfig, out: Path, randopt: dict[str, Any], base: dic
     }
 
 
-def _unmerged(row: dict[str, Any], base: dict[str, Any], count: int, searched: int, why: str) -> dict[str, Any]:
-    """Nothing merged: the method's model is the base, unchanged, and the row says why."""
-    return _as_base(row, base, searched, 0.0, {"candidates": count, "not_merged": why})
+def _unmerged(
+    row: dict[str, Any], base: dict[str, Any], count: int, searched: int, seconds: float, why: str
+) -> dict[str, Any]:
+    """Nothing merged: the method's model is the base, unchanged, having spent the search's tokens and time
+    (and the failed merge's time), and the row says why."""
+    return _as_base(row, base, searched, seconds, {"candidates": count, "not_merged": why})
 
 
 def run_es_method(
