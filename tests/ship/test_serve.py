@@ -172,7 +172,9 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
         (h.post(chat, json={**ok, "messages": [{"role": "user", "content": "x" * 5000}]}), 413, "over the limit"),
         (h.post("/v1/completions", json={"model": "run-top5", "prompt": []}), 400, "no prompt given"),
         (h.post("/v1/completions", json={"model": "run-top5", "prompt": ["a"] * 129}), 400, "at most 128 prompts"),
-        (h.post("/v1/completions", json={"model": "run-top5", "prompt": [10**9]}), 400, "token ids must be"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": [10**9]}), 400, "token ids must be in"),
+        (h.post("/v1/completions", json={"model": "run-top5", "prompt": [[1], []]}), 400, "prompt.1: token ids must"),
+        (h.post("/detokenize", json={"tokens": [1, -1]}), 400, "tokens: token ids must be in [0, "),
         (h.post("/v1/completions", json={"model": "run-top5", "prompt": ["a", " "]}), 400, "prompt.1: the prompt"),
     ]
     for reply, status, message in cases:

@@ -18,7 +18,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
@@ -325,6 +325,11 @@ def make_app(served: Served, config: ServeConfig, answer: Answer) -> FastAPI:
             "thickets": fields(v),
         }
 
+    def check_ids(ids: Sequence[int], where: str) -> None:
+        vocab = len(served.tokenizer)
+        if any(not 0 <= t < vocab for t in ids):
+            raise BadRequest(400, f"{where}: token ids must be in [0, {vocab})", where)
+
     def texts_of(prompt: str | list[str] | list[int] | list[list[int]]) -> list[tuple[str, bool]]:
         """(text, add special tokens) of each prompt: text gets the tokenizer's special tokens, as a raw
         prompt does in a search; token ids are the model's input as given, so they are decoded to the text
@@ -347,9 +352,9 @@ def make_app(served: Served, config: ServeConfig, answer: Answer) -> FastAPI:
                     raise BadRequest(400, f"{where}: the prompt is empty", where)
                 out.append((p, True))
                 continue
-            vocab = len(served.tokenizer)
-            if not p or any(not 0 <= t < vocab for t in p):
-                raise BadRequest(400, f"{where}: token ids must be a non-empty list in [0, {vocab})", where)
+            if not p:
+                raise BadRequest(400, f"{where}: token ids must be a non-empty list", where)
+            check_ids(p, where)
             text = served.tokenizer.decode(p, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             if served.tokenizer(text, add_special_tokens=False).input_ids != list(p):
                 raise BadRequest(
@@ -428,9 +433,7 @@ def make_app(served: Served, config: ServeConfig, answer: Answer) -> FastAPI:
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         req: DetokenizeRequest = await read(request, DetokenizeRequest)
-        vocab = len(served.tokenizer)
-        if any(not 0 <= t < vocab for t in req.tokens):
-            raise BadRequest(400, f"tokens: token ids must be in [0, {vocab})", "tokens")
+        check_ids(req.tokens, "tokens")
         return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
     return app
