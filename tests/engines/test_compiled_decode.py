@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engines.test_fast_decode import PROMPTS
 from thickets.engines import fast_decode
 from thickets.engines.transformers_engine import TransformersEngine
 from thickets.errors import ThicketsError
 from thickets.models import load
 from thickets.noise import PerturbationSpec
 
-PROMPTS = [
-    "Hello there, how",
-    "A",
-    "Tell me about the weather in a long sentence please, with some detail",
-    "B c d",
-    "What is 7 times 8?",
-    "Write a poem\n",
-    "x",
-]
+#: what compiles needs a C++ compiler for inductor (a machine without one is refused, tested below)
+compiles = pytest.mark.skipif(not fast_decode.has_cxx_compiler(), reason="inductor needs a C++ compiler")
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "llama-bfloat16"])
@@ -55,6 +49,7 @@ def _tokens(model, tok, prompts, n, **kw):
     )
 
 
+@compiles
 def test_the_compiled_step_gives_the_eager_steps_tokens(loaded, counted):
     """Padded prompts, a shared-prefix-free batch, and rows ending at different steps (EOS ids the model
     emits), so finished rows leave the batch and the compiled step sees several batch sizes."""
@@ -75,6 +70,7 @@ def test_the_compiled_step_gives_the_eager_steps_tokens(loaded, counted):
     assert torch.equal(_tokens(model, tok, PROMPTS[:1], 12, compiled=True), _tokens(model, tok, PROMPTS[:1], 12))
 
 
+@compiles
 def test_a_perturbed_model_decodes_compiled_through_its_new_weights(tiny_model_dir):
     """The compiled blocks take the modules as inputs, not constants: a perturbation swapped in afterwards
     is what they read, and restore brings the base tokens back."""
@@ -93,6 +89,7 @@ def test_a_perturbed_model_decodes_compiled_through_its_new_weights(tiny_model_d
     assert engine.generate(PROMPTS, 12) == base
 
 
+@compiles
 def test_a_low_rank_expert_decodes_eagerly_under_a_compiled_engine(tiny_model_dir, counted):
     m, tok, _ = load(str(tiny_model_dir))
     engine = TransformersEngine(m, tok, batch_size=4, compiled=True)
@@ -121,6 +118,7 @@ def test_models_the_hand_written_decoder_lacks_are_refused_in_one_line(tiny_mode
     assert "\n" not in str(e.value)
 
 
+@compiles
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_compiled_steps_logits_are_the_eager_steps(tiny_model_dir, dtype):
     """bf16: bit for bit (values rounded where eager rounds them); float32: within a fused reduction's
@@ -149,6 +147,7 @@ def _one_line(capsys, *texts):
         assert text in err, err
 
 
+@compiles
 def test_a_compiled_search_scores_as_the_eager_one(tiny_model_dir, tmp_path):
     from tests.support import search_argv
     from thickets.cli.commands import main
@@ -170,7 +169,6 @@ def test_what_the_compiled_step_cannot_do_is_refused_before_anything_is_written(
 ):
     from tests.support import search_argv
     from thickets.cli.commands import main
-    from thickets.randopt import preflight
 
     run = tmp_path / "run"
     lowrank = ("--noise", "lowrank", "--rank", "2")
@@ -184,12 +182,13 @@ def test_what_the_compiled_step_cannot_do_is_refused_before_anything_is_written(
     tok.save_pretrained(gpt2)
     assert main(search_argv(gpt2, run, "--compile")) == 2
     _one_line(capsys, "--compile is for LlamaForCausalLM and Qwen2ForCausalLM text models", "is not one")
-    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fast_decode, "has_cxx_compiler", lambda: False)
     assert main(search_argv(tiny_model_dir, run, "--compile")) == 2
     _one_line(capsys, "needs a C++ compiler")
     assert not run.exists()
 
 
+@compiles
 def test_compiled_kernels_are_kept_in_thickets_cache_unless_the_user_chose_a_place(tiny_model_dir, tmp_path):
     """A later process compiles warm from them; /tmp, torch's default, is emptied by a reboot."""
     import os
@@ -207,3 +206,12 @@ def test_compiled_kernels_are_kept_in_thickets_cache_unless_the_user_chose_a_pla
         kept = chosen or cache / "inductor"
         assert kept.is_dir() and any(kept.iterdir())
     assert not (tmp_path / "theirs" / "inductor").exists()
+
+
+def test_a_compiler_is_found_where_inductor_looks(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not fast_decode.has_cxx_compiler()
+    (tmp_path / "clang++").write_text("#!/bin/sh\n")
+    (tmp_path / "clang++").chmod(0o755)
+    assert fast_decode.has_cxx_compiler()

@@ -503,10 +503,19 @@ def print_bench(r: Mapping[str, Any], targets: Mapping[str, tuple[float, bool]])
             f"{d['limit_tok_s']:.0f}",
             f"{r[f'roofline_fraction_b{b}']:.0%}",
             f"{r[f'hf_roofline_fraction_b{b}']:.0%}",
-            f"{d['compiled_step_tok_s']:.0f}",
-            f"{r[f'compiled_vs_eager_step_b{b}']:.2f}x",
-            f"{r[f'compile_s_b{b}']:.1f}",
-            "/".join("yes" if d[k] else "NO" for k in ("same_tokens", "loop_same_tokens", "compiled_same_tokens")),
+            *(
+                (
+                    f"{d['compiled_step_tok_s']:.0f}",
+                    f"{r[f'compiled_vs_eager_step_b{b}']:.2f}x",
+                    f"{r[f'compile_s_b{b}']:.1f}",
+                )
+                if "compiled_step_tok_s" in d
+                else ("-", "-", "no C++ compiler")
+            ),
+            "/".join(
+                ("yes" if d[k] else "NO") if k in d else "-"
+                for k in ("same_tokens", "loop_same_tokens", "compiled_same_tokens")
+            ),
         )
     console = Console(width=max(Console().width, 160))
     console.print(t)

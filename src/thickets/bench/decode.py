@@ -118,23 +118,21 @@ def measure(
     pad = tok.pad_token_id
     tok.padding_side = "left"
     res: dict[str, Any] = {"decode": {}}
+    compiles = fast_decode.has_cxx_compiler()  # the compiled step's figures need inductor's C++ compiler
     gen = model.generation_config
     saved_eos, gen.eos_token_id = gen.eos_token_id, None
     try:
         with bar("bench: decode", len(batch_sizes) * repeats, progress) as update:
             for b in batch_sizes:
                 enc = tok(_prompts(tok, b), return_tensors="pt", padding=True, add_special_tokens=False)
-                paths: dict[str, Callable[..., torch.Tensor]] = {
-                    "ours": _ours,
-                    "compiled": partial(_ours, compiled=True),
-                    "loop": _loop,
-                    "hf": partial(_hf, tok),
-                }
+                paths: dict[str, Callable[..., torch.Tensor]] = {"ours": _ours, "loop": _loop, "hf": partial(_hf, tok)}
+                if compiles:
+                    paths["compiled"] = partial(_ours, compiled=True)
                 best = {(p, n): float("inf") for p in paths for n in (1, new_tokens)}
                 warm = {p: _timed(partial(fn, model, enc, 3, pad))[0] for p, fn in paths.items()}
-                # the first compiled call's extra time: compiling (two steps, so a second shape too), less
-                # what the eager call of the same work took; inductor's on-disk cache can make it a warm compile
-                res[f"compile_s_b{b}"] = warm["compiled"] - warm["ours"]
+                if compiles:  # the first compiled call's extra time: compiling (two steps, so a second shape
+                    # too) less what the eager call of the same work took; inductor's kernel cache can make it warm
+                    res[f"compile_s_b{b}"] = warm["compiled"] - warm["ours"]
                 for _ in range(repeats):
                     for name, fn in paths.items():
                         for n in (new_tokens, 1):
@@ -146,7 +144,6 @@ def measure(
                 limit = matmul_limit(model, b)
                 limit_tok_s = limit["flops_per_s"] / (2 * n_params)
                 a = _ours(model, enc, new_tokens, pad)
-                c = _ours(model, enc, new_tokens, pad, compiled=True)
                 h = hf_generate_greedy(model, tok, enc, new_tokens)
                 g = _loop(model, enc, new_tokens, pad)
                 res["decode"][b] = {
@@ -154,9 +151,6 @@ def measure(
                     "new_tokens": b * new_tokens,
                     "same_tokens": bool(a.shape == h.shape and torch.equal(a, h)),
                     "loop_same_tokens": bool(g.shape == h.shape and torch.equal(g, h)),
-                    "compiled_same_tokens": bool(c.shape == a.shape and torch.equal(c, a)),
-                    "compiled_tok_s": full["compiled"],
-                    "compiled_step_tok_s": step["compiled"],
                     "loop_tok_s": full["loop"],
                     "loop_step_tok_s": step["loop"],
                     "ours_tok_s": full["ours"],
@@ -173,8 +167,15 @@ def measure(
                 res[f"handwritten_vs_loop_b{b}"] = full["ours"] / full["loop"]
                 res[f"decode_step_vs_hf_b{b}"] = step["ours"] / step["hf"]
                 res[f"roofline_fraction_b{b}"] = step["ours"] / limit_tok_s
-                res[f"compiled_vs_eager_step_b{b}"] = step["compiled"] / step["ours"]
-                res[f"compiled_roofline_fraction_b{b}"] = step["compiled"] / limit_tok_s
+                if compiles:
+                    c = _ours(model, enc, new_tokens, pad, compiled=True)
+                    res["decode"][b] |= {
+                        "compiled_same_tokens": bool(c.shape == a.shape and torch.equal(c, a)),
+                        "compiled_tok_s": full["compiled"],
+                        "compiled_step_tok_s": step["compiled"],
+                    }
+                    res[f"compiled_vs_eager_step_b{b}"] = step["compiled"] / step["ours"]
+                    res[f"compiled_roofline_fraction_b{b}"] = step["compiled"] / limit_tok_s
                 res[f"hf_roofline_fraction_b{b}"] = step["hf"] / limit_tok_s
     finally:
         gen.eos_token_id = saved_eos

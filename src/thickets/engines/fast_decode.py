@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -207,6 +208,11 @@ def _block_out(
 
 
 _EAGER_ROUNDING: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_precision_casts": True}
+
+
+def has_cxx_compiler() -> bool:
+    """Whether torch's inductor finds a C++ compiler to build CPU kernels with (it looks at CXX, then these)."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import os
 import platform
-import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -237,7 +235,7 @@ def check_compile(config: SearchConfig, identity: ModelIdentity) -> None:
             f"--compile is for {' and '.join(fast_decode.SUPPORTED_ARCHITECTURES)} text models, which the "
             f"hand-written decoder takes; {identity.name} is not one"
         )
-    if config.device == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+    if config.device == "cpu" and not fast_decode.has_cxx_compiler():
         raise ThicketsError("--compile on a CPU needs a C++ compiler for torch's inductor (g++ or clang++; or set CXX)")
 
 
