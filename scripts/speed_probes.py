@@ -1,4 +1,4 @@
-"""Three measurements behind issue 31's write-up in BENCHMARKS.md, each a ratio timed side by side in one
+"""Measurements behind issue 31's write-up in BENCHMARKS.md, each a ratio timed side by side in one
 process on the embedded model (float32, this machine's CPU):
 
 - `fuse`: a layer's q/k/v projections and its gate/up projections as separate matrix multiplies (what the

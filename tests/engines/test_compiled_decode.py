@@ -16,6 +16,21 @@ from thickets.noise import PerturbationSpec
 compiles = pytest.mark.skipif(not fast_decode.has_cxx_compiler(), reason="inductor needs a C++ compiler")
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiles(monkeypatch, tmp_path_factory):
+    """Each test compiles from a clean slate and may not fall back to eager in silence: past dynamo's
+    recompile limit a compiled function quietly runs eagerly, and these tests would compare eager with
+    eager. Kernels go to the session's temporary folder, not the developer's cache."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    fast_decode._compiled_block_in.cache_clear()
+    fast_decode._compiled_block_out.cache_clear()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2", "llama-bfloat16"])
 def loaded(request, tiny_model_dir, tiny_qwen2_dir):
     family, _, dtype = request.param.partition("-")
@@ -148,7 +163,7 @@ def _one_line(capsys, *texts):
 
 
 @compiles
-def test_a_compiled_search_scores_as_the_eager_one(tiny_model_dir, tmp_path):
+def test_a_compiled_search_scores_as_the_eager_one(tiny_model_dir, tmp_path, counted):
     from tests.support import search_argv
     from thickets.cli.commands import main
     from thickets.randopt.store import RunStore
@@ -158,10 +173,10 @@ def test_a_compiled_search_scores_as_the_eager_one(tiny_model_dir, tmp_path):
         run = tmp_path / name
         assert main(search_argv(tiny_model_dir, run, *extra, population=3, val_size=4, max_new_tokens=6)) == 0
         with RunStore.open(run, write=False) as store:
-            runs[name] = ([(c.seed, c.score) for c in store.candidates()], store.meta("engine"), store.config)
+            runs[name] = ([(c.seed, c.score) for c in store.candidates()], store.config, counted["in"])
     assert runs["compiled"][0] == runs["eager"][0]
-    assert runs["compiled"][1]["compiled"] is True and runs["eager"][1]["compiled"] is False
-    assert runs["compiled"][2].compile_decode and not runs["eager"][2].compile_decode
+    assert runs["compiled"][1].compile_decode and not runs["eager"][1].compile_decode
+    assert runs["eager"][2] == 0 < runs["compiled"][2]  # the eager search never called the compiled blocks
 
 
 def test_what_the_compiled_step_cannot_do_is_refused_before_anything_is_written(
@@ -185,6 +200,8 @@ def test_what_the_compiled_step_cannot_do_is_refused_before_anything_is_written(
     monkeypatch.setattr(fast_decode, "has_cxx_compiler", lambda: False)
     assert main(search_argv(tiny_model_dir, run, "--compile")) == 2
     _one_line(capsys, "needs a C++ compiler")
+    with pytest.raises(ThicketsError, match="needs a C\\+\\+ compiler"):  # an engine built from Python, a Ray worker
+        TransformersEngine(*load(str(tiny_model_dir))[:2], compiled=True)
     assert not run.exists()
 
 
@@ -208,10 +225,21 @@ def test_compiled_kernels_are_kept_in_thickets_cache_unless_the_user_chose_a_pla
     assert not (tmp_path / "theirs" / "inductor").exists()
 
 
-def test_a_compiler_is_found_where_inductor_looks(monkeypatch, tmp_path):
-    monkeypatch.delenv("CXX", raising=False)
+def test_a_compiler_is_looked_for_where_inductor_looks(monkeypatch, tmp_path):
+    """inductor tries its `cpp.cxx` (CXX or g++) and nothing else: a clang++ alone on the PATH is not enough."""
+    import sysconfig
+    from pathlib import Path
+
+    from torch._inductor import config
+
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert not fast_decode.has_cxx_compiler()
+    monkeypatch.setattr(config.cpp, "cxx", (None, "g++"))
     (tmp_path / "clang++").write_text("#!/bin/sh\n")
     (tmp_path / "clang++").chmod(0o755)
-    assert fast_decode.has_cxx_compiler()
+    assert not fast_decode.has_cxx_compiler()
+    assert fast_decode.compile_refusal("cpu") is not None and fast_decode.compile_refusal("cuda") is None
+    monkeypatch.setattr(config.cpp, "cxx", (None, "clang++"))  # CXX=clang++ when torch started
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    assert fast_decode.has_cxx_compiler() is headers
+    monkeypatch.setattr(fast_decode.torch, "__version__", "2.12.1+cpu")
+    assert "needs torch 2.13 or later; this is torch 2.12.1+cpu" in fast_decode.compile_refusal("cuda")

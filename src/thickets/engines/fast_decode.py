@@ -36,8 +36,10 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sysconfig
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -211,8 +213,27 @@ _EAGER_ROUNDING: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_pr
 
 
 def has_cxx_compiler() -> bool:
-    """Whether torch's inductor finds a C++ compiler to build CPU kernels with (it looks at CXX, then these)."""
-    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+    """Whether torch's inductor can build CPU kernels here: one of the compilers it tries (its
+    `cpp.cxx`: CXX, else g++, as set when torch started) is on the PATH, and Python's headers, which its
+    kernels include, are installed."""
+    from torch._inductor import config
+
+    found = any(c and shutil.which(c) for c in config.cpp.cxx)
+    return bool(found) and Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+
+
+#: the torch release the compiled step was built and tested with (inductor's options and module inlining)
+COMPILE_TORCH = (2, 13)
+
+
+def compile_refusal(device: str) -> str | None:
+    """Why a compiled decode step cannot run here (one line), or None."""
+    release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if release < COMPILE_TORCH:
+        return f"--compile needs torch {'.'.join(map(str, COMPILE_TORCH))} or later; this is torch {torch.__version__}"
+    if device == "cpu" and not has_cxx_compiler():
+        return "--compile on a CPU needs a C++ compiler for torch's inductor (g++, or set CXX) and Python's headers"
+    return None
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -232,9 +253,10 @@ def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _compiled_block_in() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """`_block_in` through torch.compile, made on first use: one compiled graph serves every layer (the
     modules are its inputs, not constants) and every batch size after the second (automatic dynamic
-    shapes), so a search compiles it about twice; the cache writes and attention around it stay eager.
-    Half-precision values are rounded where the eager step rounds them (inductor would otherwise keep a
-    fused chain in float32), so a bf16 step's logits are the eager step's, bit for bit."""
+    shapes; batch 1 gets its own), so a search compiles it a few times; the cache writes and attention
+    around it stay eager. Half-precision values are rounded where the eager step rounds them (inductor
+    would otherwise keep a fused chain in float32); the float32 reductions it fuses (RMSNorm's mean) may
+    sum in another order, so a logit's last bits can move and a near-tie flip."""
     return _compile(_block_in)
 
 

@@ -106,6 +106,10 @@ class TransformersEngine:
                 f"a compiled decode step is for {' and '.join(fast_decode.SUPPORTED_ARCHITECTURES)} text models; "
                 f"{type(model).__name__} decodes through {self.decoder}, uncompiled"
             )
+        if compiled:  # a Ray worker, or an engine built from Python, meets what preflight checked for a search
+            refusal = fast_decode.compile_refusal(next(model.parameters()).device.type)
+            if refusal:
+                raise ThicketsError(refusal)
         #: decode steps through torch.compile (fast_decode.generate_greedy's `compiled`)
         self.compiled = compiled
         self.params = canonical_parameters(model)
@@ -416,5 +420,4 @@ class TransformersEngine:
             "batch_size": self.batch_size,
             "fast_decode": self.fast,
             "decoder": self.decoder,
-            "compiled": self.compiled,
         }

@@ -76,7 +76,7 @@ class _Scorer:
             val = make_splits(self.task, config.split_seed, config.val_size, scheme=config.split_scheme)[0]
         self.val = val
         self.race = race_for(config, self.task)
-        self.engine = engine_for(config, device) if engine is None else engine
+        self.engine = engine_for(config, device, compiled=config.compile_decode) if engine is None else engine
 
     def score(self, item: Item, threshold: float | None) -> Result:
         spec = None if item is None else self.config.candidate(item)

@@ -219,8 +219,8 @@ def check_weights(config: SearchConfig, identity: ModelIdentity) -> None:
 
 def check_compile(config: SearchConfig, identity: ModelIdentity) -> None:
     """--compile: a model the hand-written decoder takes (built on the meta device, nothing read), dense
-    experts (a low-rank expert's adapter runs as forward hooks, which the compiled step leaves eager) and,
-    on a CPU, the C++ compiler torch's inductor builds its kernels with."""
+    experts (a low-rank expert's adapter runs as forward hooks, which the compiled step leaves eager), the
+    torch it was tested with and, on a CPU, the C++ compiler torch's inductor builds its kernels with."""
     if not config.compile_decode:
         return
     if config.engine != "transformers":
@@ -235,8 +235,9 @@ def check_compile(config: SearchConfig, identity: ModelIdentity) -> None:
             f"--compile is for {' and '.join(fast_decode.SUPPORTED_ARCHITECTURES)} text models, which the "
             f"hand-written decoder takes; {identity.name} is not one"
         )
-    if config.device == "cpu" and not fast_decode.has_cxx_compiler():
-        raise ThicketsError("--compile on a CPU needs a C++ compiler for torch's inductor (g++ or clang++; or set CXX)")
+    refusal = fast_decode.compile_refusal(config.device)
+    if refusal:
+        raise ThicketsError(refusal)
 
 
 def population_batch_for(config: SearchConfig, examples: Sequence[Example], cap: int = 16) -> int:

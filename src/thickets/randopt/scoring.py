@@ -131,15 +131,17 @@ def task_for(config: SearchConfig) -> Task:
     return get_task(config.task, parse_columns(config.columns), config.reward, config.reward_timeout)
 
 
-def engine_for(config: SearchConfig, device: str | None = None) -> Engine:
+def engine_for(config: SearchConfig, device: str | None = None, *, compiled: bool = False) -> Engine:
     """The engine a run's config asks for (its model, engine, dtype, device and batch size); `device`
-    overrides the config's (a Ray worker's GPU)."""
+    overrides the config's (a Ray worker's GPU). `compiled`: the search's scorers pass the run's
+    --compile; the commands that read a finished run (ensemble, serve, distill, merge) decode eagerly,
+    wherever the run was made."""
     engine, _ = load_engine(
         config.model,
         engine=config.engine,
         dtype=config.dtype,
         device=device or config.device,
         batch_size=config.batch_size,
-        compiled=config.compile_decode,
+        compiled=compiled,
     )
     return engine
