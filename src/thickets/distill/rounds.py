@@ -408,7 +408,7 @@ def _report(
     questions, with paired intervals against the base (and, with --keep-best, the distilled model's
     validation score, by the same engine). The base's and the experts' answers are stored in their run
     folders (as `ensemble` stores them), so a resumed report generates nothing twice."""
-    _, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size, scheme=config.split_scheme)
+    val, test = make_splits(task, config.split_seed, config.val_size, cfg.test_size, scheme=config.split_scheme)
     positions = list(range(len(test)))
     with bar("test answers", len(experts) + 2, progress) as update:
         with RunStore.open(run_dir) as store:
@@ -427,7 +427,6 @@ def _report(
         update()
         val_score = None
         if cfg.keep_best:  # the model's validation score: what --keep-best chooses rounds by (never the test's)
-            val, _ = make_splits(task, config.split_seed, config.val_size, scheme=config.split_scheme)
             val_score = Summary.of([row.score for row in evaluate(engine, task, val, distilled)]).score
     vote = vote_outcomes(per_expert, len(test))
     base_ok = [base[i].correct for i in positions]

@@ -66,20 +66,12 @@ def expert_top(
     (predicting it from what came before), teacher-forced, rows right-padded in batches."""
     import torch
 
-    with torch.inference_mode():
-        return _expert_top(model, rows, top, pad_id, batch_size)
-
-
-def _expert_top(
-    model: Any, rows: Sequence[tuple[list[int], list[int]]], top: int, pad_id: int, batch_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    import torch
-
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for lo in range(0, len(rows), batch_size):
-        for at in completion_logits(model, rows[lo : lo + batch_size], pad_id):
-            probs, idx = torch.softmax(at.float(), dim=-1).topk(min(top, at.shape[-1]), dim=-1)
-            out.append((idx.to(torch.int32).cpu(), probs.cpu()))
+    with torch.inference_mode():
+        for lo in range(0, len(rows), batch_size):
+            for at in completion_logits(model, rows[lo : lo + batch_size], pad_id):
+                probs, idx = torch.softmax(at.float(), dim=-1).topk(min(top, at.shape[-1]), dim=-1)
+                out.append((idx.to(torch.int32).cpu(), probs.cpu()))
     return out
 
 
